@@ -1,0 +1,30 @@
+"""The project's user-facing error, and the wrapper every `__main__` uses to report it."""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable, NoReturn
+
+
+class LimaError(Exception):
+    """A problem with the user's input (file, key, tensor), told in one line."""
+
+
+def run_main(main: Callable[[list[str]], None], argv: list[str], verbose: bool) -> NoReturn:
+    """Runs `main`; a LimaError becomes one line on stderr and exit 2, any other failure exit 1.
+
+    The traceback is printed only with `--verbose`.
+    """
+    try:
+        main(argv)
+    except LimaError as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - a runtime failure still gets one readable line
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,343 @@
+"""The LLaMA decoder in Flax NNX: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Shapes: B batch, T query tokens, S key slots, D model dim, H query heads, K key/value heads,
+Dh head dim, F hidden MLP dim, V vocabulary, L layers.
+
+Every parameter carries logical axis names (`sharding_names`), which a rules table maps onto a
+device mesh; the model itself never names a mesh axis. The layers' parameters are stacked along a
+leading `layers` axis and run with `lax.scan`, so compile time does not grow with depth.
+
+Residual dropout follows LIMA: each residual branch (attention output, MLP output) is dropped out
+before it is added back, at a rate rising linearly from 0.0 at the bottom layer to
+`residual_dropout` at the top one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+REMAT_POLICIES = ("none", "full", "save_dots")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The architecture, plus how it is computed (dtypes, scan, remat) and regularised (dropout)."""
+
+    vocab_size: int = 32000
+    dim: int = 4096
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 0  # 0 means dim // num_heads
+    ffn_dim: int = 11008
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    max_len: int = 2048
+    tie_embeddings: bool = False
+    bos_id: int = 1
+    eos_id: int = 2
+    residual_dropout: float = 0.2  # the rate at the top layer; 0.0 at the bottom, linear between
+    scan_layers: bool = True
+    remat: str = "none"  # none | full | save_dots (keep matmul outputs, recompute the rest)
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; norms, softmax and logits stay in float32
+    init_std: float = 0.02
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.dim // self.num_heads
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            from lima_jax.errors import LimaError
+
+            raise LimaError(f"unknown model config key(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+def dropout_rates(num_layers: int, top_rate: float) -> np.ndarray:
+    """LIMA's residual dropout schedule: 0.0 at the bottom layer, `top_rate` at the top, linear."""
+    return np.linspace(0.0, top_rate, num_layers, dtype=np.float32)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer for `S` slots, with each slot's segment id.
+
+    Slot `j` holds the token written at step `j`; segment id 0 marks padding and empty slots, so a
+    real token (segment >= 1) never attends to them. `index` is the next slot to write.
+    """
+
+    k: jax.Array  # (L, B, S, K, Dh)
+    v: jax.Array  # (L, B, S, K, Dh)
+    segment_ids: jax.Array  # (B, S) int32
+    index: jax.Array  # () int32
+
+    @classmethod
+    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
+        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+        dtype = jnp.dtype(cfg.dtype)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            segment_ids=jnp.zeros((batch, max_len), jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+
+def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
+    # eager_sharding=False: the names are metadata here; placement on a mesh happens in sharding.py.
+    return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=names, eager_sharding=False)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in float32, as Hugging Face's LlamaRMSNorm does, cast back to x's dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (scale.astype(x.dtype) * normed.astype(x.dtype)).astype(x.dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding in the "rotate-half" layout: x (B, T, heads, Dh), positions (B, T)."""
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (theta ** (np.arange(0, half, dtype=np.float32) * 2.0 / x.shape[-1]))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, Dh/2)
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_segments: jax.Array,
+    kv_segments: jax.Array,
+    q_slots: jax.Array,
+) -> jax.Array:
+    """Causal, segment-aware grouped-query attention.
+
+    q (B, T, H, Dh); k, v (B, S, K, Dh); q_segments (B, T); kv_segments (B, S); q_slots (B, T) is
+    each query's slot, and key slot j is visible when j <= that slot and the segments match.
+    """
+    b, t, h, dh = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / np.sqrt(dh))
+    kv_slots = jnp.arange(k.shape[1], dtype=jnp.int32)
+    visible = (q_segments[:, :, None] == kv_segments[:, None, :]) & (
+        kv_slots[None, None, :] <= q_slots[:, :, None]
+    )
+    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, dh)
+
+
+def residual_dropout(x: jax.Array, rate: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout with a traced rate (it differs per layer); a no-op without a key."""
+    if key is None:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+class Block(nnx.Module):
+    """One decoder layer. Built with `stack=(L,)` it holds the parameters of all L layers stacked;
+    `Llama` then runs it one layer slice at a time under `lax.scan`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: tuple[int, ...] = ()):
+        self.cfg = cfg
+        d, h, kv, dh, f = cfg.dim, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.ffn_dim
+        lyr = ("layers",) * len(stack)
+        normal = jax.nn.initializers.normal(cfg.init_std)
+        ones = jax.nn.initializers.ones
+        pd = jnp.dtype(cfg.param_dtype)
+        self.attn_norm = _param(rngs, ones, (*stack, d), (*lyr, "norm"), pd)
+        self.wq = _param(rngs, normal, (*stack, d, h, dh), (*lyr, "embed", "heads", "head_dim"), pd)
+        self.wk = _param(rngs, normal, (*stack, d, kv, dh), (*lyr, "embed", "kv_heads", "head_dim"), pd)
+        self.wv = _param(rngs, normal, (*stack, d, kv, dh), (*lyr, "embed", "kv_heads", "head_dim"), pd)
+        self.wo = _param(rngs, normal, (*stack, h, dh, d), (*lyr, "heads", "head_dim", "embed"), pd)
+        self.mlp_norm = _param(rngs, ones, (*stack, d), (*lyr, "norm"), pd)
+        self.w_gate = _param(rngs, normal, (*stack, d, f), (*lyr, "embed", "mlp"), pd)
+        self.w_up = _param(rngs, normal, (*stack, d, f), (*lyr, "embed", "mlp"), pd)
+        self.w_down = _param(rngs, normal, (*stack, f, d), (*lyr, "mlp", "embed"), pd)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        q_segments: jax.Array,
+        kv_segments: jax.Array,
+        q_slots: jax.Array,
+        kv: tuple[jax.Array, jax.Array] | None,
+        write_index: jax.Array | None,
+        dropout_rate: jax.Array,
+        dropout_key: jax.Array | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        cfg, dt = self.cfg, x.dtype
+        attn_key = mlp_key = None
+        if dropout_key is not None:
+            attn_key, mlp_key = jax.random.split(dropout_key)
+
+        h = rms_norm(x, self.attn_norm[...], cfg.norm_eps)
+        q = rotary(jnp.einsum("btd,dhk->bthk", h, self.wq[...].astype(dt)), positions, cfg.rope_theta)
+        k = rotary(jnp.einsum("btd,dhk->bthk", h, self.wk[...].astype(dt)), positions, cfg.rope_theta)
+        v = jnp.einsum("btd,dhk->bthk", h, self.wv[...].astype(dt))
+        if kv is not None:  # decoding: write this step's keys/values into the cache, attend to all of it
+            k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), write_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), write_index, axis=1)
+            kv = (k, v)
+        out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
+        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
+        x = x + residual_dropout(out, dropout_rate, attn_key)
+
+        h = rms_norm(x, self.mlp_norm[...], cfg.norm_eps)
+        gate = jnp.einsum("btd,df->btf", h, self.w_gate[...].astype(dt))
+        up = jnp.einsum("btd,df->btf", h, self.w_up[...].astype(dt))
+        out = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
+        x = x + residual_dropout(out, dropout_rate, mlp_key)
+        return x, kv
+
+
+def _remat(fn, policy: str):
+    if policy == "none":
+        return fn
+    if policy == "full":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+    if policy == "save_dots":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {policy!r}")
+
+
+class Llama(nnx.Module):
+    """A LLaMA-architecture decoder-only language model."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = jnp.dtype(cfg.param_dtype)
+        normal = jax.nn.initializers.normal(cfg.init_std)
+        self.embed = _param(rngs, normal, (cfg.vocab_size, cfg.dim), ("vocab", "embed"), pd)
+        self.layers = Block(cfg, rngs=rngs, stack=(cfg.num_layers,))
+        self.norm = _param(rngs, jax.nn.initializers.ones, (cfg.dim,), ("norm",), pd)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, normal, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), pd)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits (B, T, V) in float32 for tokens (B, T).
+
+        Packed rows pass `segment_ids` (1, 2, ... per example, 0 for padding) and `positions` that
+        restart at each example; tokens attend only within their own segment. Residual dropout is
+        applied only when `dropout_rng` is given (training), never at inference.
+        """
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x, _ = self._run_layers(self._embed(tokens), positions, segment_ids, segment_ids, slots, None, None, dropout_rng)
+        return self._logits(x)
+
+    def decode(
+        self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
+        """Runs T new tokens (a prompt, or one sampled token) against the cache; returns their
+        logits (B, T, V) and the cache with their keys and values written at `cache.index`."""
+        t = tokens.shape[1]
+        kv_segments = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, axis=1)
+        slots = cache.index + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), tokens.shape)
+        x, (k, v) = self._run_layers(
+            self._embed(tokens), positions, segment_ids, kv_segments, slots, (cache.k, cache.v), cache.index, None
+        )
+        return self._logits(x), KVCache(k, v, kv_segments, cache.index + t)
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        x = rms_norm(x, self.norm[...], self.cfg.norm_eps)
+        if self.cfg.tie_embeddings:
+            return jnp.einsum("btd,vd->btv", x, self.embed[...].astype(x.dtype), preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
+
+    def _run_layers(self, x, positions, q_segments, kv_segments, q_slots, kv, write_index, dropout_rng):
+        cfg = self.cfg
+        rates = jnp.asarray(dropout_rates(cfg.num_layers, cfg.residual_dropout))
+        keys = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
+        graphdef, stacked = nnx.split(self.layers)
+
+        def one_layer(x, per_layer):
+            params, layer_kv, rate, key = per_layer
+            block = nnx.merge(graphdef, params)
+            return block(x, positions, q_segments, kv_segments, q_slots, layer_kv, write_index, rate, key)
+
+        one_layer = _remat(one_layer, cfg.remat)
+        per_layer = (stacked, kv, rates, keys)
+        if cfg.scan_layers:
+            return jax.lax.scan(one_layer, x, per_layer)
+        outs = []
+        for i in range(cfg.num_layers):
+            x, layer_kv = one_layer(x, jax.tree.map(lambda a: a[i], per_layer))
+            outs.append(layer_kv)
+        return x, (None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *outs))
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """The number of parameters, from the config alone."""
+    d, f, kv_dim = cfg.dim, cfg.ffn_dim, cfg.num_kv_heads * cfg.resolved_head_dim
+    q_dim = cfg.num_heads * cfg.resolved_head_dim
+    per_layer = 2 * d + d * q_dim + 2 * d * kv_dim + q_dim * d + 3 * d * f
+    heads = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return cfg.num_layers * per_layer + heads + d
+
+
+def abstract_model(cfg: ModelConfig) -> Llama:
+    """The model with shapes and dtypes only: nothing allocated (for AOT compiles and restores)."""
+    return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+
+
+def model_from_params(cfg: ModelConfig, params: dict) -> Llama:
+    """A model holding `params`, a nested dict shaped like `nnx.state(model).to_pure_dict()`,
+    cast to `cfg.param_dtype`. A missing, extra or misshapen tensor is named in a LimaError."""
+    from lima_jax.errors import LimaError
+
+    graphdef, state = nnx.split(abstract_model(cfg))
+    expected = dict(jax.tree_util.tree_flatten_with_path(state.to_pure_dict())[0])
+    given = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for path in expected.keys() | given.keys():
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        if path not in given:
+            raise LimaError(f"parameter {name}: missing")
+        if path not in expected:
+            raise LimaError(f"parameter {name}: not part of this model")
+        if tuple(given[path].shape) != tuple(expected[path].shape):
+            raise LimaError(f"parameter {name}: expected shape {tuple(expected[path].shape)}, found {tuple(given[path].shape)}")
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda p: jnp.asarray(p, cfg.param_dtype), params))
+    return nnx.merge(graphdef, state)

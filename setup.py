@@ -1,0 +1,35 @@
+"""lima_jax: LIMA's supervised fine-tuning recipe for LLaMA models in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="lima_jax",
+    version="0.1.0",
+    description="LIMA (Less Is More for Alignment) fine-tuning of LLaMA models in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lima_jax", "lima_jax.*"]) + ["lima_jax.configs"],
+    # The model configs live at the top level (configs/) and install as lima_jax.configs,
+    # so `--config=65b` resolves from any working directory.
+    package_dir={"lima_jax.configs": "configs"},
+    install_requires=[
+        "jax>=0.6.0",
+        "flax>=0.12.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "tensorflow-datasets>=4.9.8",
+        "sentencepiece>=0.2.0",
+        "absl-py>=2.1.0",
+        "ml-collections>=1.0.0",
+        "safetensors>=0.4.3",
+        "numpy>=1.26",
+        "ml_dtypes>=0.5.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
+        "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45"],
+        "tpu": ["jax[tpu]"],
+        "gpu": ["jax[cuda12]"],
+    },
+)
