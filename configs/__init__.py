@@ -1,0 +1,1 @@
+"""Model configs, one file per model: `--config=NAME` loads NAME.py's get_config()."""

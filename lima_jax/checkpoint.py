@@ -1,0 +1,125 @@
+"""Orbax checkpoints of a model: its parameters plus the architecture that reads them.
+
+A checkpoint directory holds two Orbax items, `params` (the parameter tree) and `model` (the
+ModelConfig as JSON), plus `tokenizer.model` when one is known. A converted checkpoint and each step
+a training run saves under `<workdir>/checkpoints/<step>/` have this same layout, so everything
+that reads weights takes any of: a converted checkpoint, one step, or a run's workdir (its latest
+complete step; Orbax writes a step under a temporary name and renames it when complete).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from lima_jax.errors import LimaError
+from lima_jax.model import ModelConfig, abstract_model
+
+PARAMS = "params"
+MODEL = "model"
+TOKENIZER = "tokenizer.model"
+STEPS_DIR = "checkpoints"
+
+
+def _checkpointer() -> ocp.Checkpointer:
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def save(
+    path: str | os.PathLike,
+    params: dict,
+    cfg: ModelConfig,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Writes params (kept in their own dtype) and cfg to `path`; never replaces an existing
+    directory unless `overwrite`."""
+    path = pathlib.Path(path).absolute()
+    if path.exists():
+        if not overwrite:
+            raise LimaError(f"{path} already exists; choose a new output path (or pass --overwrite)")
+        shutil.rmtree(path)
+    model_json = {"format": "lima_jax", "config": dataclasses.asdict(cfg)}
+    with _checkpointer() as ckptr:
+        ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_json)))
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, path / TOKENIZER)
+    return path
+
+
+def is_checkpoint(path: pathlib.Path) -> bool:
+    return (path / PARAMS).is_dir() and (path / MODEL).is_dir()
+
+
+def resolve(path: str | os.PathLike) -> pathlib.Path:
+    """A checkpoint directory from a checkpoint, a step directory, or a run's workdir (latest step)."""
+    path = pathlib.Path(path).absolute()  # Orbax wants absolute paths
+    if not path.exists():
+        raise LimaError(f"checkpoint {path}: no such file or directory")
+    if is_checkpoint(path):
+        return path
+    for steps_dir in (path / STEPS_DIR, path):
+        if steps_dir.is_dir():
+            steps = [
+                int(p.name)
+                for p in steps_dir.iterdir()
+                if p.name.isdigit() and is_checkpoint(p) and ocp.step.is_checkpoint_finalized(p)
+            ]
+            if steps:
+                return steps_dir / str(max(steps))
+    raise LimaError(f"checkpoint {path}: not a checkpoint, a step directory or a workdir with complete steps")
+
+
+def load_model_config(path: str | os.PathLike) -> ModelConfig:
+    path = resolve(path)
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+        model_json = ckptr.restore(path / MODEL)
+    if not isinstance(model_json, dict) or "config" not in model_json:
+        raise LimaError(f"checkpoint {path}: {MODEL}/ holds no model config")
+    return ModelConfig.from_dict(model_json["config"])
+
+
+def stored_dtypes(path: str | os.PathLike) -> dict:
+    """The parameter tree of the checkpoint with each leaf's stored dtype (e.g. bf16 from a hub)."""
+    tree = ocp.StandardCheckpointHandler().metadata((resolve(path) / PARAMS).absolute()).tree
+    return jax.tree.map(lambda m: np.dtype(m.dtype), tree)
+
+
+def load_params(
+    path: str | os.PathLike, cfg: ModelConfig | None = None, shardings: Any = None, keep_dtype: bool = False
+) -> tuple[ModelConfig, dict]:
+    """Restores the parameters as jax arrays in `cfg.param_dtype` (or, with `keep_dtype`, as
+    stored), laid out by `shardings` (a tree of jax.sharding.Sharding) or on the default device.
+    `cfg` defaults to the checkpoint's own config; a mismatch in shapes is a LimaError."""
+    path = resolve(path)
+    cfg = cfg or load_model_config(path)
+    target = nnx.state(abstract_model(cfg)).to_pure_dict()
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, target)
+    stored = stored_dtypes(path)
+    if jax.tree.structure(stored) != jax.tree.structure(target):
+        raise LimaError(f"checkpoint {path}: its parameter names do not match the model config")
+    target = jax.tree.map(
+        lambda a, s, d: jax.ShapeDtypeStruct(a.shape, d if keep_dtype else a.dtype, sharding=s), target, shardings, stored
+    )
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            params = ckptr.restore(path / PARAMS, target)
+        except (ValueError, KeyError) as e:
+            raise LimaError(f"checkpoint {path}: parameters do not match the model config ({str(e).splitlines()[0]})") from None
+    return cfg, params
+
+
+def tokenizer_path(path: str | os.PathLike) -> pathlib.Path | None:
+    """The tokenizer saved with the checkpoint, if any."""
+    candidate = resolve(path) / TOKENIZER
+    return candidate if candidate.is_file() else None
