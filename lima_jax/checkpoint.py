@@ -101,7 +101,7 @@ def load_params(
     `cfg` defaults to the checkpoint's own config; a mismatch in shapes is a LimaError."""
     path = resolve(path)
     cfg = cfg or load_model_config(path)
-    target = nnx.state(abstract_model(cfg)).to_pure_dict()
+    target = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, target)

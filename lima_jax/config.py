@@ -97,7 +97,7 @@ def check_overrides(argv: list[str], name: str = "config") -> None:
 
 def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
     """Loads a config by name or path and applies dotted-key overrides (for tests and scripts)."""
-    config = _NamedConfigParser(name="config").parse(spec)
+    config = _NamedConfigParser(name="config").parse(resolve_config_path(spec))
     for key, value in (overrides or {}).items():
         set_key(config, key, value)
     validate(config)

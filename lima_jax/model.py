@@ -102,7 +102,7 @@ class KVCache(NamedTuple):
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
     # eager_sharding=False: the names are metadata here; placement on a mesh happens in sharding.py.
-    return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=names, eager_sharding=False)
+    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -329,7 +329,7 @@ def model_from_params(cfg: ModelConfig, params: dict) -> Llama:
     from lima_jax.errors import LimaError
 
     graphdef, state = nnx.split(abstract_model(cfg))
-    expected = dict(jax.tree_util.tree_flatten_with_path(state.to_pure_dict())[0])
+    expected = dict(jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0])
     given = dict(jax.tree_util.tree_flatten_with_path(params)[0])
     for path in expected.keys() | given.keys():
         name = jax.tree_util.keystr(path, simple=True, separator=".")

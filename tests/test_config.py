@@ -1,0 +1,75 @@
+"""Configs: names resolve from any directory, the paper's dimensions, overrides and their errors."""
+import subprocess
+import sys
+
+import pytest
+
+from lima_jax.config import available_configs, load_config, model_config
+from lima_jax.errors import LimaError
+from lima_jax.model import param_count
+
+# (dim, ffn, layers, heads, kv heads, vocab, norm eps, rope theta, batch, top dropout)
+EXPECTED = {
+    "7b": (4096, 11008, 32, 32, 32, 32000, 1e-6, 1e4, 64, 0.2),
+    "13b": (5120, 13824, 40, 40, 40, 32000, 1e-6, 1e4, 64, 0.2),
+    "33b": (6656, 17920, 60, 52, 52, 32000, 1e-6, 1e4, 64, 0.2),
+    "65b": (8192, 22016, 80, 64, 64, 32000, 1e-6, 1e4, 32, 0.3),
+    "llama2_7b": (4096, 11008, 32, 32, 32, 32000, 1e-5, 1e4, 64, 0.2),
+    "llama2_70b": (8192, 28672, 80, 64, 8, 32000, 1e-5, 1e4, 32, 0.3),
+    "llama3_8b": (4096, 14336, 32, 32, 8, 128256, 1e-5, 5e5, 64, 0.2),
+}
+# Published parameter counts (billions, two decimals).
+PARAMS_B = {"7b": 6.74, "13b": 13.02, "33b": 32.53, "65b": 65.29, "llama2_70b": 68.98, "llama3_8b": 8.03}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_paper_dimensions(name):
+    c = load_config(name)
+    m = c.model
+    got = (m.dim, m.ffn_dim, m.num_layers, m.num_heads, m.num_kv_heads, m.vocab_size, m.norm_eps, m.rope_theta, c.batch_size, m.residual_dropout)
+    assert got == EXPECTED[name]
+    assert m.max_len >= 2048
+    if name in PARAMS_B:
+        assert round(param_count(model_config(c)) / 1e9, 2) == PARAMS_B[name]
+
+
+def test_every_config_file_loads():
+    assert set(EXPECTED) | {"tiny"} <= set(available_configs())
+    for name in available_configs():
+        model_config(load_config(name))
+
+
+def test_overrides_and_their_errors():
+    c = load_config("tiny", {"model.num_layers": 2, "model.remat": "full"})
+    assert (c.model.num_layers, c.model.remat) == (2, "full")
+    with pytest.raises(LimaError, match="model.dimx: unknown key"):
+        load_config("tiny", {"model.dimx": 3})
+    with pytest.raises(LimaError, match="model.dim"):
+        load_config("tiny", {"model.dim": "abc"})
+    with pytest.raises(LimaError, match="model.num_kv_heads: 3 does not divide model.num_heads=8"):
+        load_config("tiny", {"model.num_kv_heads": 3})
+    with pytest.raises(LimaError, match="model.remat: must be one of"):
+        load_config("tiny", {"model.remat": "some"})
+    with pytest.raises(LimaError, match="unknown config 'nope'"):
+        load_config("nope")
+
+
+def _cli(tmp_path, *args):
+    # From an unrelated working directory, as a user would run it.
+    return subprocess.run([sys.executable, "-m", "lima_jax.convert", *args], cwd=tmp_path, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.model.dimx=3", "error: --config.model.dimx: unknown config key 'dimx' in model"),
+        ("--config.modelx.dim=3", "error: --config.modelx.dim: unknown config key 'modelx' in the top level"),
+        ("--config.model.dim=abc", "error: flag --config.model.dim=abc: invalid literal for int()"),
+    ],
+)
+def test_cli_rejects_bad_overrides_in_one_line(tmp_path, override, message):
+    r = _cli(tmp_path, "--input=nowhere", f"--output={tmp_path}/out", "--config=65b", override)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(message), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
