@@ -75,7 +75,8 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
     expected = _HEADER_BYTES + 4 * sum(math.prod(s) for s in shapes.values())
     if size != expected:
         raise LimaError(
-            f"{path}: expected {expected} bytes for header {header}, found {size} bytes (truncated or not a llama2.c file?)"
+            f"{path}: expected {expected} bytes for header {header}, found {size} bytes"
+            " (truncated, or not a llama2.c version 0 file?)"
         )
 
     raw = np.memmap(path, dtype="<f4", mode="r", offset=_HEADER_BYTES)

@@ -90,7 +90,8 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
                 w = np.concatenate(pieces, axis=axis)
             except ValueError:
                 found = ", ".join(str(tuple(p.shape)) for p in pieces)
-                raise LimaError(f"{folder}: tensor {meta_name}: shards do not join along axis {axis}: {found}") from None
+                msg = f"{folder}: tensor {meta_name}: shards do not join along axis {axis}: {found}"
+                raise LimaError(msg) from None
         expected = shapes[_suffix(hf_name)]
         if tuple(w.shape) != expected:
             raise LimaError(
@@ -186,7 +187,7 @@ def _config(params_file: pathlib.Path, shards: list[dict], table: dict[str, tupl
     vocab = int(p.get("vocab_size", -1))
     if vocab <= 0:  # LLaMA-1 writes -1: the tokenizer decides, so read it off the embedding
         if "model.embed_tokens.weight" not in table:
-            raise LimaError(f"{params_file}: vocab_size is {vocab} and there is no tok_embeddings.weight to infer it from")
+            raise LimaError(f"{params_file}: vocab_size is {vocab} and no tok_embeddings.weight to infer it from")
         emb = table["model.embed_tokens.weight"][0]
         axis = _embedding_axis(shards, emb, dim)
         vocab = _merged_rows(shards, emb, 0) if axis == 0 else int(shards[0][emb].shape[0])
@@ -211,4 +212,8 @@ def _config(params_file: pathlib.Path, shards: list[dict], table: dict[str, tupl
         ffn_dim=ffn_dim,
         norm_eps=norm_eps,
         rope_theta=float(p.get("rope_theta", 10000.0)),
+        # Meta's folders do not say which ids are BOS/EOS; LLaMA-3's tiktoken vocabulary puts
+        # <|begin_of_text|> and <|end_of_text|> at 128000/128001, LLaMA-1/2's sentencepiece at 1/2.
+        bos_id=128000 if vocab == 128256 else 1,
+        eos_id=128001 if vocab == 128256 else 2,
     )
