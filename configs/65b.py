@@ -4,6 +4,7 @@ from lima_jax.config import lima_config
 
 def get_config():
     return lima_config(
+        "65b",
         batch_size=32,
         dim=8192, num_layers=80, num_heads=64, num_kv_heads=64, ffn_dim=22016, vocab_size=32000,
         max_len=2048, norm_eps=1e-6, residual_dropout=0.3, dtype="bfloat16",

@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lima_jax.sharding import constrain
+
+ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -216,7 +219,7 @@ class Block(nnx.Module):
         up = jnp.einsum("btd,df->btf", h, self.w_up[...].astype(dt))
         out = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
         x = x + residual_dropout(out, dropout_rate, mlp_key)
-        return x, kv
+        return constrain(x, ACTIVATION_AXES), kv
 
 
 def _remat(fn, policy: str):
@@ -279,13 +282,15 @@ class Llama(nnx.Module):
         return self._logits(x), KVCache(k, v, kv_segments, cache.index + t)
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
+        return constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype), ACTIVATION_AXES)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         x = rms_norm(x, self.norm[...], self.cfg.norm_eps)
         if self.cfg.tie_embeddings:
-            return jnp.einsum("btd,vd->btv", x, self.embed[...].astype(x.dtype), preferred_element_type=jnp.float32)
-        return jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
+            logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(x.dtype), preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"))
 
     def _run_layers(self, x, positions, q_segments, kv_segments, q_slots, kv, write_index, dropout_rng):
         cfg = self.cfg
@@ -321,6 +326,12 @@ def param_count(cfg: ModelConfig) -> int:
 def abstract_model(cfg: ModelConfig) -> Llama:
     """The model with shapes and dtypes only: nothing allocated (for AOT compiles and restores)."""
     return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+
+
+def logical_axes(cfg: ModelConfig) -> dict:
+    """Each parameter's logical axis names, e.g. {'embed': ('vocab', 'embed'), ...}."""
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(abstract_model(cfg))))
+    return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
 def model_from_params(cfg: ModelConfig, params: dict) -> Llama:

@@ -1,0 +1,82 @@
+"""The pure training and evaluation steps: (state, batch) -> (state, metrics).
+
+The loss is the mean next-token cross-entropy over the batch's target tokens (those with weight 1):
+token losses and target counts are summed over every micro-batch and divided once, so gradient
+accumulation and packing leave the loss unchanged. Dropout keys derive from (seed, step), so the
+state needs no RNG and a resumed run draws the same masks.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+BATCH_FIELDS = ("tokens", "targets", "weights", "positions", "segment_ids")
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # () int32: the number of steps taken, which is also the data position
+    params: Any  # pure dict of arrays
+    opt_state: Any
+
+
+def token_losses(graphdef: nnx.GraphDef, params: Any, batch: dict, dropout_rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(sum of target-token cross-entropies, number of target tokens) for one (micro-)batch."""
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["tokens"], batch["positions"], batch["segment_ids"], dropout_rng=dropout_rng)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])  # float32
+    weights = batch["weights"].astype(jnp.float32)
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def _microbatches(batch: dict, n: int) -> dict:
+    """(rows, T) -> (n, rows / n, T), micro-batch i taking rows i, i+n, ...: every device holds a
+    contiguous block of rows, so each micro-batch stays spread over all devices."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    seed: int,
+    grad_accum: int,
+) -> tuple[TrainState, dict]:
+    step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    # Differentiates the loss sum; the target count rides along as aux.
+    grad_fn = jax.value_and_grad(lambda p, mb, key: token_losses(graphdef, p, mb, key), has_aux=True)
+
+    def accumulate(carry, xs):
+        grads, loss_sum, count = carry
+        i, micro = xs
+        (l, c), g = grad_fn(state.params, micro, jax.random.fold_in(step_key, i))
+        return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + c), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    micro = _microbatches(batch, grad_accum)
+    (grads, loss_sum, count), _ = jax.lax.scan(
+        accumulate, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (jnp.arange(grad_accum), micro)
+    )
+    denom = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss_sum / denom,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+        "target_tokens": count,
+    }
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def eval_step(params: Any, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
+    """Sums for the dev loss: no dropout, no update."""
+    loss_sum, count = token_losses(graphdef, params, batch, None)
+    return {"loss_sum": loss_sum, "count": count}
