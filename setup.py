@@ -12,6 +12,8 @@ setup(
     # The model configs live at the top level (configs/) and install as lima_jax.configs,
     # so `--config=65b` resolves from any working directory.
     package_dir={"lima_jax.configs": "configs"},
+    # The embedded demo: `--config=tiny` trains on it with no download.
+    package_data={"lima_jax.data": ["demo/train.jsonl", "demo/tokenizer.model"]},
     install_requires=[
         "jax>=0.6.0",
         "flax>=0.12.0",
@@ -25,6 +27,7 @@ setup(
         "numpy>=1.26",
         "ml_dtypes>=0.5.0",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.

@@ -1,0 +1,90 @@
+"""From `config.data` to what the trainer consumes: the tokenizer, the training batcher and the dev
+batches. Everything that can be wrong with the data is found here, before any compilation."""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Sequence
+
+import ml_collections
+
+from lima_jax import checkpoint
+from lima_jax.data import demo_dir
+from lima_jax.data.batches import Batch, Batcher, Example, eval_batches
+from lima_jax.data.lima import dev_split, load_split
+from lima_jax.data.records import read_conversations
+from lima_jax.data.tokenizer import TRAIN_ON, ChatTokenizer
+from lima_jax.errors import LimaError
+
+
+@dataclasses.dataclass
+class TrainingData:
+    tokenizer: ChatTokenizer
+    batcher: Batcher
+    dev_batches: list[Batch]
+    num_train: int
+    num_dev: int
+    skipped: int
+    source: str  # where the examples came from, for the log
+
+
+def resolve_tokenizer(config: ml_collections.ConfigDict, using_demo: bool) -> pathlib.Path:
+    """The tokenizer: `data.tokenizer`, else the init checkpoint's, else the demo's (demo data only)."""
+    if config.data.tokenizer:
+        return pathlib.Path(config.data.tokenizer)
+    if config.init_checkpoint:
+        found = checkpoint.tokenizer_path(config.init_checkpoint)
+        if found is not None:
+            return found
+        raise LimaError(
+            f"config key data.tokenizer: {config.init_checkpoint} holds no tokenizer.model; pass the base model's "
+            "with --config.data.tokenizer=PATH"
+        )
+    if using_demo:
+        return demo_dir() / "tokenizer.model"
+    raise LimaError("config key data.tokenizer: give the LLaMA tokenizer.model to use with your data")
+
+
+def build(
+    config: ml_collections.ConfigDict, *, process_index: int, process_count: int, row_multiple: int, eval_rows: int
+) -> TrainingData:
+    data = config.data
+    if data.train_on not in TRAIN_ON:
+        raise LimaError(f"config key data.train_on: must be one of {', '.join(TRAIN_ON)}, got {data.train_on!r}")
+    using_demo = not data.manual_dir
+    manual_dir = pathlib.Path(data.manual_dir) if data.manual_dir else demo_dir()
+    cache_dir = pathlib.Path(config.workdir) / "tfds"
+    records, skipped = load_split(manual_dir, "train", cache_dir=cache_dir, skip_invalid=data.skip_invalid)
+    if data.dev_file:
+        dev, dev_skipped = read_conversations(data.dev_file, skip_invalid=data.skip_invalid)
+        train = list(records)
+        skipped += dev_skipped
+    else:
+        train, dev = dev_split(records, data.dev_size, config.seed)
+    train = [r for r in train if len(r["conversations"]) >= 2]  # prompts without answers teach nothing
+    if not train:
+        raise LimaError(f"{manual_dir}: no training conversations with an answer")
+
+    tokenizer = ChatTokenizer(resolve_tokenizer(config, using_demo))
+
+    def encode(record) -> Example:
+        return tokenizer.encode_conversation(record["conversations"], max_len=data.max_len + 1, train_on=data.train_on)
+
+    # One pass for the lengths table (the packing plan needs every length); batches then re-encode
+    # only this host's examples, on demand.
+    lengths = [len(encode(r)[0]) for r in train]
+    batcher = Batcher(
+        lengths,
+        lambda i: encode(train[i]),
+        batch_size=config.batch_size,
+        seq_len=data.max_len,
+        num_epochs=config.num_epochs,
+        seed=config.seed,
+        process_index=process_index,
+        process_count=process_count,
+        pack=data.pack,
+        row_multiple=row_multiple,
+    )
+    dev_examples: Sequence[Example] = [encode(r) for r in dev if len(r["conversations"]) >= 2]
+    dev_batches = eval_batches(dev_examples, data.max_len, eval_rows) if dev_examples else []
+    return TrainingData(tokenizer, batcher, dev_batches, len(train), len(dev_examples), skipped, str(manual_dir))

@@ -1,0 +1,125 @@
+"""Conversations from JSONL files, in LIMA's format or OpenAI's chat `messages` format.
+
+One record per line, either
+  {"conversations": ["user", "assistant", "user", ...], "source": "stackexchange"}   (LIMA)
+  {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}         (OpenAI)
+and both become `{"conversations": list[str], "source": str}`. Turns alternate user/assistant,
+starting with the user; an odd number of turns (LIMA's test.jsonl: the prompt only) is valid.
+Every problem is told as `file:line: what is wrong`, so a bad record in a 1,000-line file is
+found without a debugger.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from lima_jax.errors import LimaError
+
+Record = dict[str, Any]  # {"conversations": list[str], "source": str}
+
+_ROLES = ("user", "assistant")
+
+
+class _BadLine(Exception):
+    """What is wrong with one line; read_conversations adds `file:line`."""
+
+
+def read_conversations(path: str | os.PathLike, *, skip_invalid: bool = False) -> tuple[list[Record], int]:
+    """Reads a JSONL file of conversations; returns the records and how many bad lines were skipped.
+
+    With `skip_invalid=False` the first bad line raises a LimaError naming `file:line`; with
+    `skip_invalid=True` bad lines are skipped and counted. Blank lines are ignored.
+    """
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise LimaError(f"{name}: no such file")
+    records: list[Record] = []
+    skipped = 0
+    # Binary lines, decoded one at a time, so that bad UTF-8 is reported with its line too.
+    with open(name, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+                if not text.strip():
+                    continue
+                records.append(parse_record(text))
+            except (_BadLine, UnicodeDecodeError) as e:
+                why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+                if not skip_invalid:
+                    raise LimaError(f"{name}:{lineno}: {why}") from None
+                skipped += 1
+    return records, skipped
+
+
+def parse_record(line: str) -> Record:
+    """One JSONL line -> a record; raises _BadLine with what is wrong."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise _BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise _BadLine(f"expected a JSON object, got {_kind(obj)}")
+    if "conversations" in obj and "messages" in obj:
+        raise _BadLine("has both 'conversations' and 'messages'; keep one")
+    if "conversations" in obj:
+        turns = _lima_turns(obj["conversations"])
+    elif "messages" in obj:
+        turns = _openai_turns(obj["messages"])
+    else:
+        raise _BadLine("no 'conversations' (LIMA format) or 'messages' (OpenAI format) list")
+    source = obj.get("source", "")
+    if not isinstance(source, str):
+        raise _BadLine(f"'source' is not a string (got {_kind(source)})")
+    return {"conversations": turns, "source": source}
+
+
+def _lima_turns(turns: Any) -> list[str]:
+    if not isinstance(turns, list):
+        raise _BadLine(f"'conversations' is not a list (got {_kind(turns)})")
+    if not turns:
+        raise _BadLine("'conversations' is empty")
+    for i, turn in enumerate(turns, start=1):  # 1-based: the way people count turns
+        if not isinstance(turn, str):
+            raise _BadLine(f"turn {i} is not a string (got {_kind(turn)})")
+        if not turn.strip():
+            raise _BadLine(f"turn {i} is empty")
+    return list(turns)
+
+
+def _openai_turns(messages: Any) -> list[str]:
+    if not isinstance(messages, list):
+        raise _BadLine(f"'messages' is not a list (got {_kind(messages)})")
+    if not messages:
+        raise _BadLine("'messages' is empty")
+    system: str | None = None
+    turns: list[str] = []
+    for i, msg in enumerate(messages, start=1):
+        if not isinstance(msg, dict):
+            raise _BadLine(f"message {i} is not an object (got {_kind(msg)})")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ("system", *_ROLES):
+            raise _BadLine(f"message {i}: role {role!r} is not 'system', 'user' or 'assistant'")
+        if not isinstance(content, str):
+            raise _BadLine(f"message {i}: content is not a string (got {_kind(content)})")
+        if not content.strip():
+            raise _BadLine(f"message {i}: content is empty")
+        if role == "system":
+            if i != 1:
+                raise _BadLine(f"message {i}: a system message may only come first")
+            system = content
+            continue
+        expected = _ROLES[len(turns) % 2]
+        if role != expected:
+            raise _BadLine(f"message {i}: expected role {expected!r}, got {role!r} (roles alternate user/assistant, starting with user)")
+        turns.append(content)
+    if not turns:
+        raise _BadLine("'messages' has a system message but no user message")
+    if system is not None:
+        # A model fine-tuned LIMA-style has no system slot: the instructions lead the first prompt.
+        turns[0] = f"{system}\n\n{turns[0]}"
+    return turns
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), type(value).__name__)
