@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from lima_jax.config import check_overrides, describe_flag_error
 from lima_jax.errors import LimaError, run_main
@@ -19,10 +19,21 @@ flags.DEFINE_bool("verbose", False, "print tracebacks with errors")
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         check_overrides(argv)
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except (flags.Error, LimaError) as e:
         print(f"error: {describe_flag_error(str(e))}", file=sys.stderr)
         sys.exit(2)
+    if not flags.FLAGS["verbosity"].present:  # Orbax and JAX log every step at INFO; --verbosity=0 shows it
+        logging.set_verbosity(logging.WARNING)
+    return rest
+
+
+def say(message: str) -> None:
+    """A line for the user, from process 0 only (logs are quiet unless --verbosity=0)."""
+    import jax
+
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def run(main: Callable[[list[str]], None]) -> NoReturn:

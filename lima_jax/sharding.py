@@ -140,3 +140,12 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
         jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
     else:
         jax.distributed.initialize()
+
+
+def launched_on_cluster() -> bool:
+    """Whether this process is one of several that a cluster manager started (SLURM, a TPU pod)."""
+    import os
+
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")

@@ -45,6 +45,20 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, using_demo: bool) -> pa
     raise LimaError("config key data.tokenizer: give the LLaMA tokenizer.model to use with your data")
 
 
+def _load_train_split(manual_dir, cache_dir, skip_invalid: bool, process_index: int, process_count: int):
+    """Process 0 prepares the TFDS files; the other hosts wait, then read what it wrote."""
+    if process_count == 1:
+        return load_split(manual_dir, "train", cache_dir=cache_dir, skip_invalid=skip_invalid)
+    from jax.experimental import multihost_utils
+
+    if process_index == 0:
+        loaded = load_split(manual_dir, "train", cache_dir=cache_dir, skip_invalid=skip_invalid)
+    multihost_utils.sync_global_devices("lima_jax: training data prepared")
+    if process_index != 0:
+        loaded = load_split(manual_dir, "train", cache_dir=cache_dir, skip_invalid=skip_invalid)
+    return loaded
+
+
 def build(
     config: ml_collections.ConfigDict, *, process_index: int, process_count: int, row_multiple: int, eval_rows: int
 ) -> TrainingData:
@@ -54,7 +68,7 @@ def build(
     using_demo = not data.manual_dir
     manual_dir = pathlib.Path(data.manual_dir) if data.manual_dir else demo_dir()
     cache_dir = pathlib.Path(config.workdir) / "tfds"
-    records, skipped = load_split(manual_dir, "train", cache_dir=cache_dir, skip_invalid=data.skip_invalid)
+    records, skipped = _load_train_split(manual_dir, cache_dir, data.skip_invalid, process_index, process_count)
     if data.dev_file:
         dev, dev_skipped = read_conversations(data.dev_file, skip_invalid=data.skip_invalid)
         train = list(records)

@@ -1,0 +1,68 @@
+"""What a user sees of a run, on process 0 only: a progress bar, `<workdir>/metrics.jsonl` (one JSON
+object per step, one per epoch with the dev loss) and TensorBoard event files (tensorboardX: no
+TensorFlow needed)."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    def __init__(self, workdir: pathlib.Path, *, resume_step: int, total_steps: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path = workdir / METRICS_FILE
+        self._drop_records_after(resume_step)
+        self.file = self.path.open("a", encoding="utf-8")
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        self.bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)
+
+    def _drop_records_after(self, resume_step: int) -> None:
+        """A resumed run rewrites what the interrupted one logged past its last checkpoint, so the
+        file ends as an uninterrupted run's would."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the interruption
+            if ("dev_loss" in record and record["step"] <= resume_step) or record.get("step", math.inf) < resume_step:
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def step(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "padding_fraction"):
+            self.tb.add_scalar(f"train/{key}", record[key], record["step"])
+        self.bar.set_description(f"epoch {record['epoch']:.2f}")
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+        self.bar.update(1)
+
+    def epoch(self, epoch: int, step: int, dev_loss: float) -> None:
+        if not self.enabled:
+            return
+        record = {"epoch": epoch, "step": step, "dev_loss": dev_loss, "dev_perplexity": math.exp(min(dev_loss, 50.0))}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.tb.add_scalar("dev/loss", dev_loss, step)
+        self.bar.write(f"epoch {epoch}: dev loss {dev_loss:.4f} (perplexity {record['dev_perplexity']:.2f})")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.file.close()
+            self.tb.close()

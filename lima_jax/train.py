@@ -1,0 +1,277 @@
+"""The LIMA supervised fine-tuning run.
+
+    python -m lima_jax.train --config=tiny                      # embedded demo data, CPU, minutes
+    python -m lima_jax.train --config=65b --config.init_checkpoint=gs://.../llama-65b \
+        --config.data.manual_dir=/data/lima --config.data.tokenizer=/data/tokenizer.model \
+        --config.workdir=gs://.../runs/lima-65b                 # every TPU worker runs the same line
+
+Reads top to bottom: check the config and the data (all before compiling), build the mesh and the
+state (fresh, from a pretrained checkpoint, or resumed from the workdir's latest step), then loop.
+A run restarted with the same workdir continues exactly where it stopped; SIGTERM (a preemption)
+saves and exits cleanly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags
+
+from lima_jax import checkpoint, flops, optim, sharding
+from lima_jax.cli import run, say
+from lima_jax.config import define_config_flag, model_config, validate
+from lima_jax.data import pipeline
+from lima_jax.errors import LimaError
+from lima_jax.metrics import MetricsWriter
+from lima_jax.model import ModelConfig
+from lima_jax.state import init_state, jit_eval_step, jit_train_step, param_shardings, abstract_state, state_from_params
+from lima_jax.train_step import TrainState
+
+_CONFIG = define_config_flag("config", "tiny")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-node GPU runs")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "the number of processes (hosts), with --coordinator_address")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, with --coordinator_address")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", None, "initialise JAX's multi-controller runtime (default: on TPU pods and under SLURM)")
+
+# The architecture keys a pretrained checkpoint must agree on with the config.
+ARCHITECTURE = ("dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffn_dim", "tie_embeddings", "rope_theta", "norm_eps")
+
+
+def check_training_config(config: ml_collections.ConfigDict) -> None:
+    for key in ("num_epochs", "batch_size", "grad_accum", "log_every"):
+        if config[key] < 1:
+            raise LimaError(f"config key {key}: must be positive, got {config[key]}")
+    if config.data.max_len < 2:
+        raise LimaError(f"config key data.max_len: must be at least 2, got {config.data.max_len}")
+    if config.checkpoint.every_steps < 0 or config.checkpoint.max_to_keep < 0:
+        raise LimaError("config keys checkpoint.every_steps and checkpoint.max_to_keep must be >= 0")
+
+
+def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh) -> int:
+    """Rows per host must split evenly over the data axes and the micro-batches: returns the row
+    multiple each host rounds its packed rows up to."""
+    dp = sharding.data_parallel_size(mesh)
+    if config.batch_size % dp:
+        raise LimaError(f"config key batch_size: {config.batch_size} does not divide over the data axes (data*fsdp = {dp})")
+    per_step = dp * config.grad_accum
+    return per_step // math.gcd(per_step, jax.process_count())
+
+
+def training_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+    """The config's model with the tokenizer's vocabulary (its pieces plus LIMA's EOT token)."""
+    return model_config(config).replace(vocab_size=vocab_size)
+
+
+def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -> dict:
+    """The init checkpoint's parameters, sharded, with one new embedding row for EOT (and one new
+    output column) initialised to the mean of the existing ones."""
+    base = checkpoint.load_model_config(config.init_checkpoint)
+    for key in ARCHITECTURE:
+        if getattr(base, key) != getattr(cfg, key):
+            raise LimaError(
+                f"config key model.{key}: {getattr(cfg, key)} but {config.init_checkpoint} has {getattr(base, key)}"
+            )
+    if base.vocab_size not in (cfg.vocab_size, cfg.vocab_size - 1):
+        raise LimaError(
+            f"{config.init_checkpoint}: vocabulary {base.vocab_size} does not fit the tokenizer's {cfg.vocab_size - 1} pieces"
+        )
+    stored = cfg.replace(vocab_size=base.vocab_size)
+    _, params = checkpoint.load_params(config.init_checkpoint, stored, param_shardings(stored, mesh))
+    if base.vocab_size == cfg.vocab_size:
+        return params
+
+    def grow(params):
+        params = dict(params)
+        params["embed"] = jnp.concatenate([params["embed"], params["embed"].mean(0, keepdims=True)], axis=0)
+        if "lm_head" in params:
+            params["lm_head"] = jnp.concatenate([params["lm_head"], params["lm_head"].mean(1, keepdims=True)], axis=1)
+        return params
+
+    return jax.jit(grow, out_shardings=param_shardings(cfg, mesh))(params)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Saves the resolved config; a workdir holding a different run is refused, not overwritten."""
+    path = workdir / "config.json"
+    resolved = json.loads(config.to_json_best_effort())
+    if path.exists():
+        previous = json.loads(path.read_text())
+        ignore = {"log_every", "checkpoint"}
+        for key in sorted(set(previous) | set(resolved)):
+            if key not in ignore and previous.get(key) != resolved.get(key):
+                raise LimaError(
+                    f"workdir {workdir} holds a run with a different config (key {key}); use a new --config.workdir"
+                )
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+
+
+class Preemption:
+    """SIGTERM (a TPU preemption, a SLURM time limit) asks the loop to save and stop at the next step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        say("SIGTERM received: saving a checkpoint and stopping after this step")
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        # Every host must stop at the same step: agree on the flag.
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+
+
+def evaluate(eval_step, params, batches, mesh) -> float:
+    """Mean dev loss per target token over the whole dev set."""
+    loss_sum = count = 0.0
+    for batch in batches:
+        out = eval_step(params, _global_batch(batch.arrays(), mesh))
+        loss_sum += float(out["loss_sum"])
+        count += float(out["count"])
+    return loss_sum / max(count, 1.0)
+
+
+def _global_batch(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """This host's rows -> one global array per field, sharded over the data axes."""
+    target = sharding.batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(target, v) for k, v in arrays.items()}
+
+
+def train(config: ml_collections.ConfigDict) -> dict:
+    """Runs (or resumes) the fine-tuning; returns the last step's metrics."""
+    validate(config)
+    check_training_config(config)
+    workdir = pathlib.Path(config.workdir).absolute()
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    row_multiple = check_batch_fits_mesh(config, mesh)
+    data = pipeline.build(
+        config,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        row_multiple=row_multiple,
+        eval_rows=max(row_multiple, sharding.data_parallel_size(mesh) // jax.process_count() or 1),
+    )
+    cfg = training_model_config(config, data.tokenizer.vocab_size)
+    batcher = data.batcher
+    total = batcher.total_steps
+    say(
+        f"{data.num_train} training and {data.num_dev} dev conversations from {data.source} "
+        f"({data.skipped} invalid skipped); {total} steps of {config.batch_size} examples in "
+        f"{batcher.rows_per_host} rows x {config.data.max_len} tokens per host; mesh {dict(mesh.shape)}"
+    )
+    if config.init_checkpoint:
+        checkpoint.resolve(config.init_checkpoint)  # a wrong path fails here, before compiling
+    write_config(config, workdir)
+
+    optimizer = optim.make_optimizer(config.optim, total)
+    schedule = optim.learning_rate(config.optim, total)
+    ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
+    start = ckpts.latest_step() or 0
+    if start:
+        abstract = abstract_state(cfg, optimizer, mesh)
+        params, opt_state, _ = ckpts.restore(start, abstract.params, abstract.opt_state)
+        state = TrainState(jnp.asarray(start, jnp.int32), params, opt_state)
+        say(f"resumed {workdir} at step {start} of {total}")
+    elif config.init_checkpoint:
+        state = state_from_params(load_pretrained(config, cfg, mesh), optimizer, cfg, mesh)
+    else:
+        state = init_state(cfg, optimizer, mesh, config.seed)
+    if jax.process_index() == 0:
+        (workdir / checkpoint.TOKENIZER).write_bytes(pathlib.Path(data.tokenizer.path).read_bytes())
+
+    train_step = jit_train_step(config, cfg, optimizer, schedule, mesh)
+    eval_step = jit_eval_step(cfg, mesh)
+    flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len)
+    peak = flops.peak_tflops(jax.devices()[0], config.peak_tflops) * 1e12 * jax.device_count()
+    epoch_ends = {steps: i + 1 for i, steps in enumerate(batcher.epoch_end_steps())}  # steps done -> epoch
+    writer = MetricsWriter(workdir, resume_step=start, total_steps=total, enabled=jax.process_index() == 0)
+    run_meta = {"config": config.name, "eot_id": data.tokenizer.eot_id, "total_steps": total}
+    preemption = Preemption()
+
+    def save(steps_done: int) -> None:
+        run = dict(run_meta, epoch=batcher.epoch_progress(steps_done))
+        ckpts.save(steps_done, state.params, state.opt_state, cfg, run)
+
+    last: dict = {}
+    pending = None  # the previous step's metrics: fetched after the next step is dispatched
+    tick = time.perf_counter()
+    for step in range(start, total):
+        host_batch = batcher.batch(step)
+        state, metrics = train_step(state, _global_batch(host_batch.arrays(), mesh))
+        if pending is not None:
+            last = _log(writer, pending, batcher, tick, flops_per_token, peak)
+            tick = time.perf_counter()
+        pending = (step, metrics, host_batch.padding_fraction)
+        steps_done = step + 1
+        if steps_done in epoch_ends:
+            last = _log(writer, pending, batcher, tick, flops_per_token, peak)
+            pending, tick = None, time.perf_counter()
+            dev_loss = evaluate(eval_step, state.params, data.dev_batches, mesh) if data.dev_batches else float("nan")
+            writer.epoch(epoch_ends[steps_done], steps_done, dev_loss)
+            save(steps_done)
+        elif config.checkpoint.every_steps and steps_done % config.checkpoint.every_steps == 0:
+            save(steps_done)
+        if preemption.reached(step) and steps_done < total:
+            if pending is not None:
+                last = _log(writer, pending, batcher, tick, flops_per_token, peak)
+            if steps_done not in epoch_ends:
+                save(steps_done)
+            ckpts.wait()
+            writer.close()
+            say(f"preempted: saved step {steps_done} of {total}; rerun the same command to resume")
+            return last
+    if pending is not None:
+        last = _log(writer, pending, batcher, tick, flops_per_token, peak)
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    return last
+
+
+def _log(writer: MetricsWriter, pending, batcher, tick: float, flops_per_token: float, peak: float) -> dict:
+    step, metrics, padding = pending
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for that step only
+    seconds = max(time.perf_counter() - tick, 1e-9)
+    real_tokens = batcher.rows_per_host * jax.process_count() * batcher.seq_len * (1.0 - padding)
+    record = {
+        "step": step,
+        "epoch": round(batcher.epoch_progress(step + 1), 4),
+        "loss": values["loss"],
+        "learning_rate": values["learning_rate"],
+        "grad_norm": values["grad_norm"],
+        "target_tokens": int(values["target_tokens"]),
+        "padding_fraction": round(padding, 4),
+        "tokens_per_s": real_tokens / seconds,
+        "mfu": real_tokens * flops_per_token / seconds / peak,
+    }
+    writer.step(record)
+    return record
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _COORDINATOR.value or _DISTRIBUTED.value:
+        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif _DISTRIBUTED.value is None and sharding.launched_on_cluster():
+        sharding.initialize_distributed(None, None, None)
+    last = train(_CONFIG.value)
+    if last and jax.process_index() == 0:
+        print(json.dumps({"final_step": last["step"], "loss": last["loss"]}))
+
+
+if __name__ == "__main__":
+    run(main)
