@@ -62,7 +62,12 @@ class _NamedConfigParser(_cf.ConfigFileFlagParser):
 
 
 def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "") -> flags.FlagHolder:
-    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name."""
+    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name.
+
+    Each entry point defines it; a process that imports several (tests) shares the first.
+    """
+    if name in flags.FLAGS:
+        return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
     flag = _cf._ConfigFlag(  # noqa: SLF001 - the public helper hard-wires its parser
         parser=_NamedConfigParser(name=name, lock_config=True),
         serializer=flags.ArgumentSerializer(),

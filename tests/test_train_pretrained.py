@@ -1,0 +1,52 @@
+"""Fine-tuning from a converted pretrained checkpoint: the EOT row is added, shapes are checked."""
+import numpy as np
+import pytest
+from hf_reference import random_hf_model
+
+from lima_jax import checkpoint, sharding
+from lima_jax.config import load_config, model_config
+from lima_jax.convert import convert
+from lima_jax.data import demo_dir
+from lima_jax.errors import LimaError
+from lima_jax.train import load_pretrained, train
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A random 'pretrained' model with the tiny architecture and the demo tokenizer's 512 pieces."""
+    root = tmp_path_factory.mktemp("pretrained")
+    cfg = model_config(load_config("tiny"))  # vocab 512: the tokenizer's pieces, no EOT yet
+    random_hf_model(cfg).save_pretrained(root / "hf")
+    return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+
+
+def _config(tmp_path, ckpt, **overrides):
+    base = {"workdir": str(tmp_path / "run"), "init_checkpoint": str(ckpt), "num_epochs": 1, "batch_size": 8,
+            "data.max_len": 64, "data.dev_size": 8, "checkpoint.async_save": False}
+    return load_config("tiny", {**base, **overrides})
+
+
+def test_eot_row_is_the_mean_of_the_pretrained_rows(pretrained, tmp_path):
+    config = _config(tmp_path, pretrained)
+    cfg = model_config(config).replace(vocab_size=513)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    params = load_pretrained(config, cfg, mesh)
+    _, base = checkpoint.load_params(pretrained)
+    embed, head = np.asarray(params["embed"]), np.asarray(params["lm_head"])
+    assert embed.shape == (513, 64) and head.shape == (64, 513)
+    np.testing.assert_array_equal(embed[:512], np.asarray(base["embed"]))
+    np.testing.assert_allclose(embed[512], np.asarray(base["embed"]).mean(0), atol=1e-7)
+    np.testing.assert_allclose(head[:, 512], np.asarray(base["lm_head"]).mean(1), atol=1e-7)
+
+
+def test_fine_tunes_from_the_checkpoint_with_its_tokenizer(pretrained, tmp_path):
+    config = _config(tmp_path, pretrained)  # data.tokenizer left empty: the checkpoint's is used
+    last = train(config)
+    assert np.isfinite(last["loss"])
+    _, tuned = checkpoint.load_params(config.workdir)
+    assert tuned["embed"].shape == (513, 64)
+
+
+def test_architecture_mismatch_names_the_key(pretrained, tmp_path):
+    with pytest.raises(LimaError, match=r"config key model.num_layers: 4 but .* has 5"):
+        train(_config(tmp_path, pretrained, **{"model.num_layers": 4}))
