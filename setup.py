@@ -31,7 +31,13 @@ setup(
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
-        "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45"],
+        # libtpu lets JAX compile for TPU topologies on a CPU host (lima_jax.aot and its tests).
+        "test": [
+            "pytest>=8.0",
+            "torch==2.13.0",
+            "transformers>=4.45",
+            "libtpu==0.0.51; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        ],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

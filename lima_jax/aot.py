@@ -10,8 +10,14 @@ analysis) and exits 1 when the step does not fit.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+
+# This host has no TPU: let several compiles share libtpu (it otherwise locks /tmp/libtpu_lockfile
+# for one process) and skip the TPU VM metadata lookups.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 import jax
 from absl import flags
@@ -89,11 +95,28 @@ def compile_report(config, topology: str, total_steps: int) -> dict:
     schedule = optim.learning_rate(config.optim, total_steps)
     step = jit_train_step(config, cfg, optimizer, schedule, mesh)
     start = time.perf_counter()
-    compiled = step.lower(abstract_state(cfg, optimizer, mesh), abstract_batch(rows, config.data.max_len, mesh)).compile()
+    lowered = step.lower(abstract_state(cfg, optimizer, mesh), abstract_batch(rows, config.data.max_len, mesh))
+    hbm = CHIPS[generation][0] * 2**30
+    summary = {
+        "config": config.name,
+        "topology": topology,
+        "chips": len(devices),
+        "mesh": dict(mesh.shape),
+        "remat": cfg.remat,
+        "batch": [rows, config.data.max_len],
+        "grad_accum": config.grad_accum,
+        "params": param_count(cfg),
+        "hbm_bytes": hbm,
+    }
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - XLA refuses a program that cannot fit in HBM
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return {**summary, "fits": False, "compile_s": round(time.perf_counter() - start, 2), "error": _first_line(str(e))}
     compile_s = time.perf_counter() - start
 
     mem = compiled.memory_analysis()
-    hbm = CHIPS[generation][0] * 2**30
     argument, temp, output, alias = (
         mem.argument_size_in_bytes,
         mem.temp_size_in_bytes,
@@ -106,16 +129,8 @@ def compile_report(config, topology: str, total_steps: int) -> dict:
     tokens = rows * config.data.max_len
     flops_per_token = 6 * param_count(cfg) + 12 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * config.data.max_len
     return {
-        "config": config.name,
-        "topology": topology,
-        "chips": len(devices),
-        "mesh": dict(mesh.shape),
-        "remat": cfg.remat,
-        "batch": [rows, config.data.max_len],
-        "grad_accum": config.grad_accum,
-        "params": param_count(cfg),
+        **summary,
         "per_chip_bytes": {"argument": argument, "output": output, "alias": alias, "temp": temp, "total": total},
-        "hbm_bytes": hbm,
         "hbm_fraction": round(total / hbm, 4),
         "fits": total <= hbm,
         "compile_s": round(compile_s, 2),
@@ -123,6 +138,10 @@ def compile_report(config, topology: str, total_steps: int) -> dict:
         "model_tflops_per_step": round(flops_per_token * tokens / 1e12, 1),
         "peak_tflops_per_chip": PEAK_TFLOPS[generation],
     }
+
+
+def _first_line(message: str) -> str:
+    return next((ln.strip() for ln in message.splitlines() if "RESOURCE_EXHAUSTED" in ln), message.splitlines()[0])
 
 
 def main(argv: list[str]) -> None:
@@ -133,8 +152,9 @@ def main(argv: list[str]) -> None:
     report = compile_report(_CONFIG.value, _TOPOLOGY.value, _STEPS.value)
     print(json.dumps(report))
     if not report["fits"]:
-        print(f"error: {report['config']} needs {report['per_chip_bytes']['total'] / 2**30:.1f} GiB per chip; "
-              f"a {_TOPOLOGY.value} chip has {report['hbm_bytes'] / 2**30:.0f} GiB", file=sys.stderr)
+        needed = report["error"] if "error" in report else f"needs {report['per_chip_bytes']['total'] / 2**30:.1f} GiB per chip"
+        print(f"error: {report['config']} does not fit {_TOPOLOGY.value} ({report['hbm_bytes'] / 2**30:.0f} GiB per chip): {needed}",
+              file=sys.stderr)
         sys.exit(1)
 
 
