@@ -40,7 +40,8 @@ def test_eot_row_is_the_mean_of_the_pretrained_rows(pretrained, tmp_path):
 
 
 def test_fine_tunes_from_the_checkpoint_with_its_tokenizer(pretrained, tmp_path):
-    config = _config(tmp_path, pretrained)  # data.tokenizer left empty: the checkpoint's is used
+    # LIMA-format files given by path; data.tokenizer left empty: the checkpoint's is used.
+    config = _config(tmp_path, pretrained, **{"data.manual_dir": str(demo_dir())})
     last = train(config)
     assert np.isfinite(last["loss"])
     _, tuned = checkpoint.load_params(config.workdir)
