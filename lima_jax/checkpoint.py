@@ -120,9 +120,21 @@ def load_params(
 
 
 def tokenizer_path(path: str | os.PathLike) -> pathlib.Path | None:
-    """The tokenizer saved with the checkpoint, if any."""
-    candidate = resolve(path) / TOKENIZER
-    return candidate if candidate.is_file() else None
+    """The tokenizer saved with the checkpoint, or with the run a step belongs to, if any."""
+    step = resolve(path)
+    for candidate in (step / TOKENIZER, step.parent.parent / TOKENIZER):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def run_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What a training run recorded with a step (e.g. `eot_id`); empty for a converted checkpoint."""
+    step = resolve(path)
+    if not (step / "run").is_dir():
+        return {}
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+        return ckptr.restore(step / "run")
 
 
 class RunCheckpoints:

@@ -1,67 +1,71 @@
-"""A first sampler, for debugging: prefill the prompt into a KV cache, then decode token by token.
+"""Generate from a checkpoint, with LIMA's sampling defaults (nucleus p 0.9, temperature 0.7,
+repetition penalty 1.2).
 
+    python -m lima_jax.sample --checkpoint=runs/tiny --prompt="What is 3 plus 4?"
+    python -m lima_jax.sample --checkpoint=CKPT --prompt_file=prompts.jsonl      # batched, JSONL out
     python -m lima_jax.sample --checkpoint=CKPT --prompt_ids=1,2,3 --temperature=0 \
-        --max_new_tokens=20 --print_ids
+        --max_new_tokens=20 --print_ids                                          # token for token
 
 `--checkpoint` takes a converted checkpoint, one saved step, or a run's workdir (its latest
-complete step). Temperature 0 is greedy; a sequence stops at the model's EOS token.
+complete step). Text prompts use LIMA's chat format (BOS, each utterance followed by EOT) when the
+model was fine-tuned with EOT, and plain text after BOS for a base model. `--prompt_ids` are fed as
+given. Each sequence stops at EOT or EOS.
 """
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+import json
+import pathlib
+
 from absl import flags
-from flax import nnx
 
 from lima_jax import checkpoint
 from lima_jax.cli import run
+from lima_jax.data.records import read_conversations
+from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
-from lima_jax.model import KVCache, Llama, model_from_params
+from lima_jax.model import Llama, model_from_params
+from lima_jax.sampling import SamplingParams, generate
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "the prompt as comma-separated token ids, e.g. 1,2,3")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 samples greedily")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "how many tokens to generate at most")
-_SEED = flags.DEFINE_integer("seed", 0, "sampling seed (unused when greedy)")
-_PRINT_IDS = flags.DEFINE_bool("print_ids", False, "print the generated token ids, space-separated, one line")
+_PROMPT = flags.DEFINE_string("prompt", None, "a user message")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "JSONL, one conversation per line (LIMA or OpenAI messages format)")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "0 decodes greedily")
+_TOP_P = flags.DEFINE_float("top_p", 0.9, "nucleus sampling: the probability mass kept")
+_PENALTY = flags.DEFINE_float("repetition_penalty", 1.2, "CTRL-style penalty on tokens already generated (1 = off)")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 2048, "how many tokens to generate at most")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same text")
+_PRINT_IDS = flags.DEFINE_bool("print_ids", False, "print the generated token ids, space-separated, one line per prompt")
 
 
-def generate(
-    model: Llama,
-    prompt: list[int],
-    max_new_tokens: int,
-    *,
-    temperature: float = 0.0,
-    seed: int = 0,
-    stop_ids: tuple[int, ...] = (),
-) -> list[int]:
-    """The tokens generated after `prompt` (the stop token included, when one ends it)."""
-    if not prompt:
-        raise LimaError("the prompt is empty: give at least one token id")
-    graphdef, state = nnx.split(model)
+class Generator:
+    """A loaded checkpoint with its tokenizer and stop tokens, ready to answer conversations."""
 
-    @jax.jit
-    def step(state, tokens, positions, cache, key):
-        logits, cache = nnx.merge(graphdef, state).decode(tokens, positions, jnp.ones_like(tokens), cache)
-        last = logits[:, -1]
-        if temperature == 0.0:
-            return jnp.argmax(last, axis=-1), cache
-        return jax.random.categorical(key, last / temperature, axis=-1), cache
+    def __init__(self, path: str):
+        cfg, params = checkpoint.load_params(path)
+        self.model: Llama = model_from_params(cfg, params)
+        tokenizer_file = checkpoint.tokenizer_path(path)
+        self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
+        eot = checkpoint.run_info(path).get("eot_id")
+        if eot is None and self.tokenizer is not None and cfg.vocab_size == self.tokenizer.vocab_size:
+            eot = self.tokenizer.eot_id  # a fine-tuned model exported without its run record
+        self.eot_id: int | None = eot
+        self.stop_ids = tuple(t for t in (eot, cfg.eos_id) if t is not None)
 
-    cache = KVCache.zeros(model.cfg, batch=1, max_len=len(prompt) + max_new_tokens)
-    tokens = jnp.asarray([prompt], jnp.int32)
-    positions = jnp.arange(len(prompt), dtype=jnp.int32)[None]
-    key = jax.random.key(seed)
-    out: list[int] = []
-    for i in range(max_new_tokens):
-        key, sub = jax.random.split(key)
-        next_token, cache = step(state, tokens, positions, cache, sub)
-        out.append(int(next_token[0]))
-        if out[-1] in stop_ids:
-            break
-        tokens = next_token[:, None].astype(jnp.int32)
-        positions = jnp.full((1, 1), len(prompt) + i, jnp.int32)
-    return out
+    def encode(self, turns: list[str]) -> list[int]:
+        if self.tokenizer is None:
+            raise LimaError("this checkpoint has no tokenizer.model: use --prompt_ids, or convert with --tokenizer")
+        if self.eot_id is None:  # a base model: plain text, no chat format
+            return [self.tokenizer.bos_id] + self.tokenizer.sp.encode("\n\n".join(turns))
+        return self.tokenizer.encode_prompt(turns)
+
+    def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return " ".join(map(str, ids))
+        return self.tokenizer.decode(ids)
+
+    def __call__(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[int]]:
+        return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed)
 
 
 def parse_ids(text: str) -> list[int]:
@@ -71,34 +75,47 @@ def parse_ids(text: str) -> list[int]:
         raise LimaError(f"--prompt_ids: {text!r} is not a comma-separated list of token ids") from None
 
 
+def prompt_turns(conversation: list[str]) -> list[str]:
+    """The turns up to the last user message: a conversation with an answer loses the answer."""
+    return conversation if len(conversation) % 2 == 1 else conversation[:-1]
+
+
+def sampling_params() -> SamplingParams:
+    params = SamplingParams(_TEMPERATURE.value, _TOP_P.value, _PENALTY.value, _MAX_NEW_TOKENS.value)
+    params.check()
+    return params
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _CHECKPOINT.value:
         raise LimaError("--checkpoint is required")
-    if _PROMPT_IDS.value is None:
-        raise LimaError("--prompt_ids is required (text prompts come with the full sampler)")
-    if _TEMPERATURE.value < 0:
-        raise LimaError(f"--temperature must be >= 0, got {_TEMPERATURE.value}")
-    prompt = parse_ids(_PROMPT_IDS.value)
-    cfg, params = checkpoint.load_params(_CHECKPOINT.value)
-    bad = [t for t in prompt if not 0 <= t < cfg.vocab_size]
-    if bad:
-        raise LimaError(f"--prompt_ids: token id {bad[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})")
-    model = model_from_params(cfg, params)
-    ids = generate(
-        model, prompt, _MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, seed=_SEED.value, stop_ids=(cfg.eos_id,)
-    )
-    if _PRINT_IDS.value:
-        print(" ".join(map(str, ids)))
-        return
-    tokenizer = checkpoint.tokenizer_path(_CHECKPOINT.value)
-    if tokenizer is None:
-        print(" ".join(map(str, ids)))
-        return
-    import sentencepiece as spm
+    given = [f for f in (_PROMPT_IDS, _PROMPT, _PROMPT_FILE) if f.value is not None]
+    if len(given) != 1:
+        raise LimaError("give exactly one of --prompt_ids, --prompt, --prompt_file")
+    params = sampling_params()
+    generator = Generator(_CHECKPOINT.value)
 
-    print(spm.SentencePieceProcessor(model_file=str(tokenizer)).decode(ids))
+    if _PROMPT_IDS.value is not None:
+        conversations = None
+        prompts = [parse_ids(_PROMPT_IDS.value)]
+    elif _PROMPT.value is not None:
+        conversations = [[_PROMPT.value]]
+        prompts = [generator.encode(conversations[0])]
+    else:
+        records, _ = read_conversations(pathlib.Path(_PROMPT_FILE.value))
+        conversations = [prompt_turns(r["conversations"]) for r in records]
+        prompts = [generator.encode(turns) for turns in conversations]
+
+    outputs = generator(prompts, params, _SEED.value)
+    for i, ids in enumerate(outputs):
+        if _PRINT_IDS.value or generator.tokenizer is None:
+            print(" ".join(map(str, ids)))
+        elif _PROMPT_FILE.value is not None:
+            print(json.dumps({"prompt": conversations[i], "output": generator.decode(ids)}))
+        else:
+            print(generator.decode(ids))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,153 @@
+"""Compiled generation: one prefill, then a `lax.while_loop` of single-token decode steps.
+
+LIMA samples with nucleus p 0.9, temperature 0.7 and a repetition penalty of 1.2 on the tokens it has
+already generated (CTRL-style: a positive logit is divided by the penalty, a negative one multiplied),
+for at most 2048 tokens. Temperature 0 is plain greedy decoding (the argmax of the model's logits,
+with neither penalty nor nucleus), so it can be compared token for token with other implementations.
+
+Prompts are left-padded to a bucketed length (padding has segment id 0 and is never attended to,
+positions start at 0 at each prompt's first token), so new prompt lengths reuse a compiled program.
+Each row stops on its own at a stop token (EOT or EOS); the loop ends when every row has stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lima_jax.errors import LimaError
+from lima_jax.model import KVCache, Llama
+
+MIN_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.2
+    max_new_tokens: int = 2048
+
+    def check(self) -> None:
+        if self.temperature < 0:
+            raise LimaError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise LimaError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise LimaError(f"--repetition_penalty must be positive, got {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            raise LimaError(f"--max_new_tokens must be positive, got {self.max_new_tokens}")
+
+
+def bucket(n: int) -> int:
+    """The next power of two, at least MIN_BUCKET: prompt lengths that share a compiled program."""
+    return max(MIN_BUCKET, 1 << max(0, n - 1).bit_length())
+
+
+def repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float | jax.Array) -> jax.Array:
+    """CTRL's penalty on tokens already generated: logits (B, V), seen (B, V) bool."""
+    penalized = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalized, logits)
+
+
+def nucleus(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """Keeps the smallest set of most likely tokens whose probability reaches top_p (the top one
+    always); the rest get -inf. logits (B, V), already divided by the temperature."""
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass of strictly more likely tokens
+    keep_sorted = before < top_p
+    keep_sorted = keep_sorted.at[:, 0].set(True)
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def next_token(key: jax.Array, logits: jax.Array, seen: jax.Array, params: dict[str, jax.Array], greedy: bool) -> jax.Array:
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = repetition_penalty(logits, seen, params["repetition_penalty"]) / params["temperature"]
+    return jax.random.categorical(key, nucleus(logits, params["top_p"]), axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
+def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, key, *, max_new_tokens, greedy):
+    model = nnx.merge(graphdef, state)
+    b, p = tokens.shape
+    cache = KVCache.zeros(model.cfg, b, p + max_new_tokens)
+    logits, cache = model.decode(tokens, positions, segments, cache)
+    vocab = logits.shape[-1]
+
+    def body(carry):
+        step, out, cache, logits, done, seen, key = carry
+        key, sub = jax.random.split(key)
+        token = next_token(sub, logits, seen, knobs, greedy)
+        token = jnp.where(done, stop_ids[0], token)  # a stopped row repeats its stop token
+        out = out.at[:, step].set(token)
+        seen = seen | jax.nn.one_hot(token, vocab, dtype=jnp.bool_)
+        done = done | jnp.isin(token, stop_ids)
+        step_logits, cache = model.decode(token[:, None], (lengths + step)[:, None], jnp.ones((b, 1), jnp.int32), cache)
+        return step + 1, out, cache, step_logits[:, -1], done, seen, key
+
+    def cond(carry):
+        step, *_, done, _, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    init = (
+        jnp.zeros((), jnp.int32),
+        jnp.full((b, max_new_tokens), stop_ids[0], jnp.int32),
+        cache,
+        logits[:, -1],
+        jnp.zeros((b,), jnp.bool_),
+        jnp.zeros((b, vocab), jnp.bool_),
+        key,
+    )
+    step, out, *_ = jax.lax.while_loop(cond, body, init)
+    return out, step
+
+
+def generate(
+    model: Llama,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    *,
+    stop_ids: Sequence[int],
+    seed: int = 0,
+) -> list[list[int]]:
+    """The tokens generated for each prompt, up to and including its stop token."""
+    params.check()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise LimaError("every prompt needs at least one token")
+    vocab = model.cfg.vocab_size
+    for p in prompts:
+        bad = [t for t in p if not 0 <= t < vocab]
+        if bad:
+            raise LimaError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    if not stop_ids:
+        raise LimaError("no stop token: give the EOS (and EOT) ids")
+    width = bucket(max(len(p) for p in prompts))
+    tokens = np.zeros((len(prompts), width), np.int32)
+    segments = np.zeros_like(tokens)
+    positions = np.zeros_like(tokens)
+    for i, p in enumerate(prompts):  # left-pad: every prompt ends at the last column
+        tokens[i, width - len(p):] = p
+        segments[i, width - len(p):] = 1
+        positions[i, width - len(p):] = np.arange(len(p))
+    graphdef, state = nnx.split(model)
+    knobs = {k: jnp.float32(getattr(params, k)) for k in ("temperature", "top_p", "repetition_penalty")}
+    out, steps = _generate(
+        graphdef, state, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments),
+        jnp.asarray([len(p) for p in prompts], jnp.int32), jnp.asarray(list(stop_ids), jnp.int32), knobs,
+        jax.random.key(seed), max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0,
+    )
+    out = np.asarray(out)[:, : int(steps)]
+    results = []
+    for row in out.tolist():
+        stops = [i for i, t in enumerate(row) if t in stop_ids]
+        results.append(row[: stops[0] + 1] if stops else row)
+    return results
+

@@ -1,0 +1,114 @@
+"""The compiled sampler: greedy equals repeated full forwards, batching changes nothing, LIMA's
+repetition penalty and nucleus cut are right, seeds reproduce, rows stop on their own."""
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lima_jax import checkpoint
+from lima_jax.data import demo_dir
+from lima_jax.model import Llama, ModelConfig
+from lima_jax.sampling import SamplingParams, bucket, generate, nucleus, repetition_penalty
+
+CFG = ModelConfig(vocab_size=61, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=128, init_std=0.2)
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
+NO_STOP = (CFG.vocab_size + 5,)  # a stop id no row can produce: every row runs to the limit
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Llama(CFG, rngs=nnx.Rngs(3))
+
+
+def test_greedy_equals_argmax_of_repeated_full_forwards(model):
+    prompt = [1, 7, 22, 5]
+    got = generate(model, [prompt], GREEDY, stop_ids=NO_STOP)[0]
+    seq = list(prompt)
+    for _ in range(GREEDY.max_new_tokens):
+        seq.append(int(jnp.argmax(model(jnp.asarray([seq]))[0, -1])))
+    assert got == seq[len(prompt):]
+    assert len(set(got)) > 1
+
+
+def test_a_batch_gives_each_prompt_what_it_gives_alone(model):
+    prompts = [[1, 7], [1, 9, 14, 3, 30, 2, 8], [1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55]]
+    together = generate(model, prompts, GREEDY, stop_ids=NO_STOP)
+    alone = [generate(model, [p], GREEDY, stop_ids=NO_STOP)[0] for p in prompts]
+    assert together == alone
+
+
+def test_rows_stop_on_their_own(model):
+    prompts = [[1, 7], [1, 9, 14, 3]]
+    free = generate(model, prompts, GREEDY, stop_ids=NO_STOP)
+    stop = free[0][3]
+    stopped = generate(model, prompts, GREEDY, stop_ids=(stop,))
+    assert stopped[0] == free[0][: free[0].index(stop) + 1]
+    assert stopped[1] == (free[1][: free[1].index(stop) + 1] if stop in free[1] else free[1])
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    logits = jnp.asarray([[2.0, -1.0, 0.5, -3.0]])
+    seen = jnp.asarray([[True, True, False, False]])
+    np.testing.assert_allclose(repetition_penalty(logits, seen, 1.2), [[2.0 / 1.2, -1.2, 0.5, -3.0]], rtol=1e-6)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_p():
+    probs = np.asarray([[0.5, 0.25, 0.15, 0.1]])
+    logits = jnp.log(jnp.asarray(probs))
+    kept = lambda p: np.isfinite(np.asarray(nucleus(logits, p)))[0].tolist()
+    assert kept(0.9) == [True, True, True, False]  # 0.5 + 0.25 < 0.9 <= 0.9: three tokens
+    assert kept(0.75) == [True, True, False, False]
+    assert kept(0.1) == [True, False, False, False]  # the top token always stays
+    assert kept(1.0) == [True, True, True, True]
+    shuffled = jnp.log(jnp.asarray([[0.1, 0.5, 0.15, 0.25]]))
+    assert np.isfinite(np.asarray(nucleus(shuffled, 0.9)))[0].tolist() == [False, True, True, True]
+
+
+def test_sampled_tokens_stay_inside_the_nucleus():
+    logits = jnp.log(jnp.asarray([[0.6, 0.3, 0.05, 0.05]]))
+    from lima_jax.sampling import next_token
+
+    knobs = {"temperature": jnp.float32(1.0), "top_p": jnp.float32(0.8), "repetition_penalty": jnp.float32(1.0)}
+    seen = jnp.zeros((1, 4), bool)
+    draws = {int(next_token(jax.random.key(i), logits, seen, knobs, False)[0]) for i in range(200)}
+    assert draws == {0, 1}
+
+
+def test_a_seed_reproduces_the_same_tokens(model):
+    params = SamplingParams(temperature=0.9, top_p=0.95, repetition_penalty=1.2, max_new_tokens=16)
+    a = generate(model, [[1, 7, 22]], params, stop_ids=NO_STOP, seed=5)
+    b = generate(model, [[1, 7, 22]], params, stop_ids=NO_STOP, seed=5)
+    c = generate(model, [[1, 7, 22]], params, stop_ids=NO_STOP, seed=6)
+    assert a == b and a != c
+
+
+def test_prompt_lengths_are_bucketed():
+    assert [bucket(n) for n in (1, 16, 17, 100, 2048)] == [16, 16, 32, 128, 2048]
+
+
+def test_cli_answers_a_prompt_file(tmp_path):
+    from hf_reference import random_hf_model
+
+    from lima_jax.convert import convert
+
+    cfg = ModelConfig(vocab_size=512, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
+    random_hf_model(cfg).save_pretrained(tmp_path / "hf")
+    ckpt = convert(tmp_path / "hf", tmp_path / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+    assert checkpoint.tokenizer_path(ckpt) is not None
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"conversations": ["What is 2 plus 2?"]}) + "\n"
+                       + json.dumps({"conversations": ["Hi", "Hello", "Name a color."]}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "lima_jax.sample", f"--checkpoint={ckpt}", f"--prompt_file={prompts}",
+                        "--max_new_tokens=8", "--seed=1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [line["prompt"] for line in lines] == [["What is 2 plus 2?"], ["Hi", "Hello", "Name a color."]]
+    assert all(isinstance(line["output"], str) for line in lines)
+    r = subprocess.run([sys.executable, "-m", "lima_jax.sample", f"--checkpoint={ckpt}", "--prompt=x", "--top_p=0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: --top_p must be in (0, 1], got 0.0"
