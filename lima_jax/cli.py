@@ -16,6 +16,14 @@ from lima_jax.errors import LimaError, run_main
 flags.DEFINE_bool("verbose", False, "print tracebacks with errors")
 
 
+def define(kind: str, name: str, default, help_string: str) -> flags.FlagHolder:
+    """`flags.DEFINE_<kind>`, sharing a flag another entry point already defined: every command runs
+    in its own process, but the tests import several of them into one."""
+    if name in flags.FLAGS:
+        return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+    return getattr(flags, f"DEFINE_{kind}")(name, default, help_string)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         check_overrides(argv)

@@ -67,15 +67,17 @@ def nucleus(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def next_token(key: jax.Array, logits: jax.Array, seen: jax.Array, params: dict[str, jax.Array], greedy: bool) -> jax.Array:
+def next_token(keys: jax.Array, logits: jax.Array, seen: jax.Array, params: dict[str, jax.Array], greedy: bool) -> jax.Array:
+    """One token per row; `keys` (B,) are the rows' own keys, so a row's draw does not depend on
+    which other prompts share its batch."""
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = repetition_penalty(logits, seen, params["repetition_penalty"]) / params["temperature"]
-    return jax.random.categorical(key, nucleus(logits, params["top_p"]), axis=-1).astype(jnp.int32)
+    logits = nucleus(repetition_penalty(logits, seen, params["repetition_penalty"]) / params["temperature"], params["top_p"])
+    return jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, logits).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
-def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, key, *, max_new_tokens, greedy):
+def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, keys, *, max_new_tokens, greedy):
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
     cache = KVCache.zeros(model.cfg, b, p + max_new_tokens)
@@ -83,15 +85,14 @@ def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, k
     vocab = logits.shape[-1]
 
     def body(carry):
-        step, out, cache, logits, done, seen, key = carry
-        key, sub = jax.random.split(key)
-        token = next_token(sub, logits, seen, knobs, greedy)
+        step, out, cache, logits, done, seen, keys = carry
+        token = next_token(jax.vmap(jax.random.fold_in, (0, None))(keys, step), logits, seen, knobs, greedy)
         token = jnp.where(done, stop_ids[0], token)  # a stopped row repeats its stop token
         out = out.at[:, step].set(token)
         seen = seen | jax.nn.one_hot(token, vocab, dtype=jnp.bool_)
         done = done | jnp.isin(token, stop_ids)
         step_logits, cache = model.decode(token[:, None], (lengths + step)[:, None], jnp.ones((b, 1), jnp.int32), cache)
-        return step + 1, out, cache, step_logits[:, -1], done, seen, key
+        return step + 1, out, cache, step_logits[:, -1], done, seen, keys
 
     def cond(carry):
         step, *_, done, _, _ = carry
@@ -104,7 +105,7 @@ def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, k
         logits[:, -1],
         jnp.zeros((b,), jnp.bool_),
         jnp.zeros((b, vocab), jnp.bool_),
-        key,
+        keys,
     )
     step, out, *_ = jax.lax.while_loop(cond, body, init)
     return out, step
@@ -117,8 +118,12 @@ def generate(
     *,
     stop_ids: Sequence[int],
     seed: int = 0,
+    row_seeds: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """The tokens generated for each prompt, up to and including its stop token."""
+    """The tokens generated for each prompt, up to and including its stop token.
+
+    Row i draws from `seed` and `row_seeds[i]` (default i) alone, so a prompt given the same row
+    seed samples the same text in any batch."""
     params.check()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise LimaError("every prompt needs at least one token")
@@ -142,7 +147,8 @@ def generate(
     out, steps = _generate(
         graphdef, state, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments),
         jnp.asarray([len(p) for p in prompts], jnp.int32), jnp.asarray(list(stop_ids), jnp.int32), knobs,
-        jax.random.key(seed), max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0,
+        _row_keys(seed, row_seeds if row_seeds is not None else range(len(prompts))),
+        max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0,
     )
     out = np.asarray(out)[:, : int(steps)]
     results = []
@@ -151,3 +157,7 @@ def generate(
         results.append(row[: stops[0] + 1] if stops else row)
     return results
 
+
+def _row_keys(seed: int, row_seeds: Sequence[int]) -> jax.Array:
+    base = jax.random.key(seed)
+    return jnp.stack([jax.random.fold_in(base, int(r) & 0x7FFFFFFF) for r in row_seeds])

@@ -75,7 +75,7 @@ def test_sampled_tokens_stay_inside_the_nucleus():
 
     knobs = {"temperature": jnp.float32(1.0), "top_p": jnp.float32(0.8), "repetition_penalty": jnp.float32(1.0)}
     seen = jnp.zeros((1, 4), bool)
-    draws = {int(next_token(jax.random.key(i), logits, seen, knobs, False)[0]) for i in range(200)}
+    draws = {int(next_token(jax.random.key(i)[None], logits, seen, knobs, False)[0]) for i in range(200)}
     assert draws == {0, 1}
 
 
@@ -112,3 +112,11 @@ def test_cli_answers_a_prompt_file(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lima_jax.sample", f"--checkpoint={ckpt}", "--prompt=x", "--top_p=0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: --top_p must be in (0, 1], got 0.0"
+
+
+def test_a_prompt_samples_the_same_text_in_any_batch(model):
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=10)
+    a, b = [1, 7, 22], [1, 30, 31, 32, 33]
+    together = generate(model, [a, b], params, stop_ids=NO_STOP, seed=2, row_seeds=[11, 12])
+    alone = generate(model, [b], params, stop_ids=NO_STOP, seed=2, row_seeds=[12])
+    assert together[1] == alone[0]
