@@ -28,6 +28,7 @@ setup(
         "ml_dtypes>=0.5.0",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
+        "matplotlib>=3.7",
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.

@@ -1,0 +1,241 @@
+"""What pairwise and absolute judging share: the on-disk judgment cache, the loop that asks the
+judge what the cache lacks, and the judge flags.
+
+The cache is JSONL, one judgment per line, appended and flushed as each answer arrives, so an
+interrupted run loses at most the judgments in flight. A line records the key, the judge, the
+verdict (null for a failure), the raw judge output and the error. Reading keeps, per key, the
+last successful judgment, else the last failure; only keys with a verdict count as done, so a
+rerun asks the missing and the failed ones and nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Iterable, Sequence
+
+from absl import flags
+
+from lima_jax.errors import LimaError
+from lima_jax.evaluate.judges import Judge, JudgeFailure, OpenAIJudge
+
+Judgment = dict[str, Any]
+
+
+def judgment_key(*parts: str) -> str:
+    return hashlib.sha256(json.dumps(list(parts), ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
+
+
+def succeeded(judgment: Judgment | None) -> bool:
+    return judgment is not None and judgment.get("verdict") is not None
+
+
+class JudgmentCache:
+    """The judgments in a JSONL file, plus those appended while it is open (thread-safe)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.records: list[Judgment] = []
+        self._best: dict[str, Judgment] = {}
+        self._lock = threading.Lock()
+        self._truncate_at: int | None = None
+        if os.path.exists(self.path):
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        offset = 0
+        lines = data.split(b"\n")
+        for i, raw in enumerate(lines):
+            start, offset = offset, offset + len(raw) + 1
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+                    raise ValueError("not a judgment (a JSON object with a 'key')")
+            except (ValueError, UnicodeDecodeError) as e:
+                if i == len(lines) - 1:
+                    # A run killed mid-write leaves a partial last line (no newline): the next
+                    # append cuts it off.
+                    print(f"{self.path}:{i + 1}: ignoring an incomplete last line", file=sys.stderr)
+                    self._truncate_at = start
+                    continue
+                raise LimaError(f"{self.path}:{i + 1}: {e}") from None
+            self._add(record)
+
+    def _add(self, record: Judgment) -> None:
+        self.records.append(record)
+        key = record["key"]
+        if succeeded(record) or not succeeded(self._best.get(key)):
+            self._best[key] = record
+
+    def get(self, key: str) -> Judgment | None:
+        """The judgment for `key`: the last success, else the last failure, else None."""
+        return self._best.get(key)
+
+    def done(self, key: str) -> bool:
+        return succeeded(self._best.get(key))
+
+    def append(self, record: Judgment) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            if self._truncate_at is not None:
+                with open(self.path, "r+b") as f:
+                    f.truncate(self._truncate_at)
+                self._truncate_at = None
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+            self._add(record)
+
+
+@dataclasses.dataclass
+class Task:
+    key: str
+    messages: list[dict[str, str]]
+    choices: Sequence[str]
+    fields: dict[str, Any]  # recorded with the judgment (prompt id, order, output hashes, ...)
+
+
+@dataclasses.dataclass
+class RunStats:
+    asked: int = 0
+    failed: int = 0
+    stopped: bool = False  # --max_failures reached: some tasks were not asked
+
+
+def _judge_one(judge: Judge, task: Task) -> Judgment:
+    record: Judgment = {"key": task.key, **task.fields, "judge": judge.name}
+    try:
+        choice, raw = judge.verdict(task.messages, task.choices)
+        if choice not in task.choices:  # a judge bug must not become a verdict
+            raise JudgeFailure(f"the judge returned {choice!r}, not one of {list(task.choices)}", raw=raw)
+        record.update(verdict=choice, raw=raw, error=None)
+    except JudgeFailure as e:
+        record.update(verdict=None, raw=e.raw, error=str(e))
+    record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return record
+
+
+def run_tasks(tasks: Iterable[Task], judge: Judge, cache: JudgmentCache, workers: int = 1,
+              max_failures: int | None = None, progress: bool = True) -> RunStats:
+    """Asks `judge` each task, `workers` at a time, appending every judgment to `cache` as it comes.
+
+    After `max_failures` failures no new task is started (those in flight finish): a judge that
+    fails everything should stop the run early, not once per prompt.
+    """
+    tasks = list(tasks)
+    stats = RunStats()
+    if not tasks:
+        return stats
+    every = max(1, len(tasks) // 20)
+    pending = iter(tasks)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        in_flight: set[Future] = set()
+        try:
+            while True:
+                while len(in_flight) < max(1, workers) and not stats.stopped:
+                    task = next(pending, None)
+                    if task is None:
+                        break
+                    in_flight.add(pool.submit(_judge_one, judge, task))
+                if not in_flight:
+                    break
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                error: BaseException | None = None
+                for future in finished:
+                    if future.exception() is not None:  # not a JudgeFailure: a bug or a bad key stops the run
+                        error = error or future.exception()
+                        continue
+                    record = future.result()
+                    cache.append(record)
+                    stats.asked += 1
+                    if not succeeded(record):
+                        stats.failed += 1
+                        print(f"judgment failed: {record['error']}", file=sys.stderr)
+                        if max_failures is not None and stats.failed >= max_failures:
+                            stats.stopped = True
+                    if progress and (stats.asked % every == 0 or stats.asked == len(tasks)):
+                        print(f"judged {stats.asked}/{len(tasks)} ({stats.failed} failed)", file=sys.stderr, flush=True)
+                if error is not None:  # raised after the finished judgments are saved: they cost money
+                    raise error
+        finally:
+            for future in in_flight:
+                future.cancel()
+    return stats
+
+
+def percent(count: int, total: int) -> float:
+    return round(100.0 * count / total, 1) if total else 0.0
+
+
+def stop_message(stats: RunStats, max_failures: int | None) -> str:
+    return (f"stopped after {stats.failed} failed judgments (--max_failures={max_failures}); "
+            "the cache keeps what was judged: rerun to retry the failures and judge the rest")
+
+
+# Flags, defined only when a judging command runs as a program: importing its module (tests, the
+# report) then defines nothing that could collide with another module's flags.
+def define_judge_flags() -> None:
+    flags.DEFINE_string("judge_checkpoint", None, "a lima_jax checkpoint as the judge (verdicts from answer log-probabilities), instead of --judge_url")
+    flags.DEFINE_string("judge_url", None, "an OpenAI-compatible API base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (vLLM)")
+    flags.DEFINE_string("judge_model", None, "the judge model name, e.g. gpt-4")
+    flags.DEFINE_string("api_key_env", "OPENAI_API_KEY", "environment variable holding the API key (may be unset for a local server)")
+    flags.DEFINE_string("cache", None, "JSONL of judgments: read to skip what is done, appended as judgments arrive")
+    flags.DEFINE_string("out", None, "also write the summary and per-prompt results to this JSON file")
+    flags.DEFINE_float("timeout_s", 120.0, "seconds to wait for one judge answer")
+    flags.DEFINE_integer("max_retries", 5, "retries per judgment (timeouts, connection errors, 429, 5xx, no readable verdict)")
+    flags.DEFINE_float("backoff_s", 2.0, "first retry delay; doubles on each retry")
+    flags.DEFINE_float("max_backoff_s", 60.0, "longest retry delay, also the cap on a server's Retry-After")
+    flags.DEFINE_float("judge_temperature", 0.0, "the judge's sampling temperature")
+    flags.DEFINE_integer("judge_max_tokens", None, "cap on the judge's answer length (default: the service's)")
+    flags.DEFINE_integer("workers", 4, "judgments asked concurrently")
+    flags.DEFINE_integer("max_failures", 20, "stop starting new judgments after this many fail in one run (0: never stop)")
+
+
+def judge_from_flags() -> Judge:
+    f = flags.FLAGS
+    if f.workers < 1:
+        raise LimaError(f"--workers={f.workers}: must be at least 1")
+    if f.judge_checkpoint:
+        if f.judge_url:
+            raise LimaError("give --judge_checkpoint or --judge_url, not both")
+        from lima_jax.evaluate.local_judge import LocalJudge  # loads JAX only for a local judge
+
+        return LocalJudge(f.judge_checkpoint)
+    if not f.judge_url or not f.judge_model:
+        raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
+    return OpenAIJudge(f.judge_url, f.judge_model, api_key_env=f.api_key_env, timeout_s=f.timeout_s,
+                       max_retries=f.max_retries, backoff_s=f.backoff_s, temperature=f.judge_temperature,
+                       max_backoff_s=f.max_backoff_s, max_tokens=f.judge_max_tokens)
+
+
+def cache_from_flags() -> JudgmentCache:
+    path = flags.FLAGS.cache
+    if not path:
+        raise LimaError("--cache is required (a JSONL file; it is created if absent)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise LimaError(f"--cache={path}: its directory does not exist")
+    return JudgmentCache(path)
+
+
+def max_failures_from_flags() -> int | None:
+    if flags.FLAGS.max_failures < 0:
+        raise LimaError(f"--max_failures={flags.FLAGS.max_failures}: must be 0 (never stop) or more")
+    return flags.FLAGS.max_failures or None
+
+
+def write_json(path: str, value: Any) -> None:
+    """Written beside the target and renamed into place, so a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,60 @@
+"""A lima_jax checkpoint as the judge: the verdict is read from the log-probabilities of the answers.
+
+The judging prompt asks for a last line `Verdict: X`. Instead of sampling a justification, the
+judge scores each choice X as the continuation of "Verdict: " at the start of its answer and takes
+the most likely one: deterministic, one forward pass per judgment, and never unreadable.
+"""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lima_jax.evaluate.judges import JudgeFailure, Messages
+from lima_jax.sample import Generator
+
+ANSWER_PREFIX = "Verdict: "
+
+
+class LocalJudge:
+    """Implements the `Judge` protocol with a local checkpoint (fine-tuned or base)."""
+
+    def __init__(self, checkpoint: str):
+        self.generator = Generator(checkpoint)
+        if self.generator.tokenizer is None:
+            raise JudgeFailure(f"{checkpoint} has no tokenizer.model to read the judging prompt with")
+        self.name = f"local:{checkpoint}"
+        self._forward = jax.jit(lambda tokens: jax.nn.log_softmax(self.generator.model(tokens), axis=-1))
+
+    def _prefix(self, messages: Messages) -> list[int]:
+        # System and user messages form one user turn; the answer starts with "Verdict: ".
+        request = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
+        return self.generator.encode([request])
+
+    def choice_logprobs(self, messages: Messages, choices: Sequence[str]) -> dict[str, float]:
+        tok = self.generator.tokenizer.sp
+        prefix = self._prefix(messages)
+        # Encode "Verdict: X" whole, so X is tokenized as it would follow the prefix in text.
+        head = tok.encode(ANSWER_PREFIX.rstrip())
+        continuations = [tok.encode(ANSWER_PREFIX + c)[len(head):] for c in choices]
+        rows = [prefix + head + c for c in continuations]
+        width = max(map(len, rows))
+        tokens = np.zeros((len(rows), width), np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = r  # right padding: causal attention never sees it
+        logp = np.asarray(self._forward(jnp.asarray(tokens)))
+        scores = {}
+        for i, (choice, cont) in enumerate(zip(choices, continuations)):
+            start = len(prefix) + len(head)
+            scores[choice] = float(sum(logp[i, start + j - 1, t] for j, t in enumerate(cont)))
+        return scores
+
+    def verdict(self, prompt_messages: Messages, choices: Sequence[str]) -> tuple[str, str]:
+        scores = self.choice_logprobs(prompt_messages, choices)
+        if not all(np.isfinite(v) for v in scores.values()):
+            raise JudgeFailure("the judge model gave non-finite log-probabilities", raw=json.dumps(scores))
+        best = max(scores, key=scores.get)
+        return best, json.dumps({"logprobs": scores})

@@ -1,0 +1,202 @@
+"""The OpenAI-compatible judge client against a real HTTP server on 127.0.0.1 whose answers each
+test scripts per request. `ScriptedServer` is also used by the pairwise and absolute tests."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import pytest
+
+from lima_jax.errors import LimaError
+from lima_jax.evaluate.judges import Judge, JudgeFailure, JudgeUnavailable, OpenAIJudge
+from lima_jax.evaluate.prompts import PAIRWISE_CHOICES
+
+
+@dataclasses.dataclass
+class Reply:
+    content: str | None = None  # a chat-completions answer with this text
+    status: int = 200
+    body: str | None = None  # a raw body instead (garbage, an error message)
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    delay_s: float = 0.0  # sleep before answering (past the client's timeout, to time it out)
+
+
+def chat_body(content: str) -> str:
+    return json.dumps({"id": "cmpl-1", "object": "chat.completion", "model": "judge",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                    "finish_reason": "stop"}]})
+
+
+@dataclasses.dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def user_text(self) -> str:
+        return self.body["messages"][-1]["content"]
+
+
+class ScriptedServer:
+    """An OpenAI-compatible chat-completions server on 127.0.0.1 (ephemeral port); `script` maps
+    each request to a Reply. Every request is recorded in `requests`."""
+
+    def __init__(self, script: Callable[[Request], Reply]):
+        self.script = script
+        self.requests: list[Request] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    @property
+    def hits(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def __enter__(self) -> "ScriptedServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", 0))
+                request = Request(self.path, dict(self.headers), json.loads(self.rfile.read(length)))
+                with server.lock:
+                    server.requests.append(request)
+                reply = Reply(status=404, body="no such route") if self.path != "/v1/chat/completions" \
+                    else server.script(request)
+                time.sleep(reply.delay_s)
+                payload = (reply.body if reply.body is not None else chat_body(reply.content or "")).encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def fast_judge(url: str, **kw: Any) -> OpenAIJudge:
+    opts = dict(timeout_s=2.0, max_retries=2, backoff_s=0.01, max_backoff_s=0.05)
+    opts.update(kw)
+    return OpenAIJudge(url, "judge-model", **opts)
+
+
+MESSAGES = [{"role": "user", "content": "Which is better? ..."}]
+
+
+def test_request_is_openai_chat_completions_with_bearer_key(monkeypatch):
+    monkeypatch.setenv("LIMA_TEST_KEY", "sk-test-123")
+    with ScriptedServer(lambda r: Reply("Reasons.\nVerdict: B")) as server:
+        judge = fast_judge(server.url, api_key_env="LIMA_TEST_KEY")
+        assert judge.verdict(MESSAGES, PAIRWISE_CHOICES) == ("B", "Reasons.\nVerdict: B")
+        monkeypatch.delenv("LIMA_TEST_KEY")
+        assert judge.complete(MESSAGES) == "Reasons.\nVerdict: B"  # a local server needs no key
+    first, second = server.requests
+    assert first.path == "/v1/chat/completions"
+    assert first.body == {"model": "judge-model", "messages": MESSAGES, "temperature": 0.0}
+    assert first.headers["Authorization"] == "Bearer sk-test-123"
+    assert "Authorization" not in second.headers
+    assert isinstance(judge, Judge) and judge.name == "judge-model"
+
+
+def test_timeout_is_retried():
+    calls = []
+
+    def script(r: Request) -> Reply:
+        calls.append(time.monotonic())
+        return Reply("Verdict: A", delay_s=1.0 if len(calls) == 1 else 0.0)
+
+    with ScriptedServer(script) as server:
+        t0 = time.monotonic()
+        assert fast_judge(server.url, timeout_s=0.3).verdict(MESSAGES, PAIRWISE_CHOICES)[0] == "A"
+        assert server.hits == 2
+        assert time.monotonic() - t0 < 0.95  # the client gave up on the slow answer
+
+
+def test_429_honours_retry_after_capped_and_5xx_backs_off_exponentially():
+    replies = iter([Reply(status=429, body='{"error": "slow down"}', headers={"Retry-After": "7"}),
+                    Reply(status=429, body="{}", headers={"Retry-After": "100"}),
+                    Reply(status=500, body="oops"), Reply(status=503, body="busy"), Reply("Verdict: C")])
+    slept: list[float] = []
+    with ScriptedServer(lambda r: next(replies)) as server:
+        judge = fast_judge(server.url, max_retries=4, backoff_s=1.0, max_backoff_s=30.0, sleep=slept.append)
+        assert judge.verdict(MESSAGES, PAIRWISE_CHOICES) == ("C", "Verdict: C")
+        assert server.hits == 5
+    # Retry-After 7 honoured, 100 capped at 30; then backoff 1 * 2**attempt for the 5xx.
+    assert slept == [7.0, 30.0, 4.0, 8.0]
+
+
+def test_unreadable_answers_are_retried_then_fail_with_the_raw_output():
+    with ScriptedServer(lambda r: Reply("Both have merits; I cannot choose.")) as server:
+        with pytest.raises(JudgeFailure) as info:
+            fast_judge(server.url, max_retries=2).verdict(MESSAGES, PAIRWISE_CHOICES)
+        assert server.hits == 3
+    assert info.value.raw == "Both have merits; I cannot choose."
+    assert "no readable verdict" in str(info.value)
+
+
+def test_malformed_bodies_and_5xx_fail_after_max_retries():
+    bodies = iter(["<html>bad gateway</html>", '{"choices": []}'])
+    with ScriptedServer(lambda r: Reply(body=next(bodies, "x"))) as server:
+        with pytest.raises(JudgeFailure) as info:
+            fast_judge(server.url, max_retries=1).complete(MESSAGES)
+        assert server.hits == 2
+    assert info.value.raw == '{"choices": []}'
+    with ScriptedServer(lambda r: Reply(status=500, body="internal error")) as server:
+        with pytest.raises(JudgeFailure, match="HTTP 500"):
+            fast_judge(server.url, max_retries=3).complete(MESSAGES)
+        assert server.hits == 4
+
+
+def test_client_errors_are_not_retried():
+    with ScriptedServer(lambda r: Reply(status=400, body='{"error": "context length exceeded"}')) as server:
+        with pytest.raises(JudgeFailure, match="HTTP 400.*context length"):
+            fast_judge(server.url).complete(MESSAGES)
+        assert server.hits == 1
+    with ScriptedServer(lambda r: Reply(status=401, body='{"error": "bad key"}')) as server:
+        with pytest.raises(JudgeUnavailable, match="HTTP 401") as info:  # every prompt would fail: stop
+            fast_judge(server.url).complete(MESSAGES)
+        assert isinstance(info.value, LimaError) and server.hits == 1
+
+
+def test_unreachable_server_fails_after_retries():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    slept: list[float] = []
+    with pytest.raises(JudgeFailure, match="cannot reach|connection"):
+        fast_judge(f"http://127.0.0.1:{port}/v1", max_retries=3, backoff_s=0.5,
+                   max_backoff_s=0.8, sleep=slept.append).complete(MESSAGES)
+    assert slept == [0.5, 0.8, 0.8]  # doubling, capped at max_backoff_s
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(LimaError, match="not an http"):
+        OpenAIJudge("api.openai.com/v1", "gpt-4")
+    with pytest.raises(LimaError, match="model"):
+        OpenAIJudge("http://127.0.0.1:1/v1", "")

@@ -1,0 +1,149 @@
+"""The report: percentages, bootstrap intervals, report.md and the PNG charts, from judgment caches
+made by an in-process judge (which also shows that any `Judge` plugs in, not only the HTTP one)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lima_jax.errors import LimaError
+from lima_jax.evaluate import report
+from lima_jax.evaluate.absolute import judge_absolute
+from lima_jax.evaluate.judges import Judge, JudgeFailure
+from lima_jax.evaluate.judging import JudgmentCache
+from lima_jax.evaluate.pairwise import judge_pairwise
+from lima_jax.evaluate.responses import make_record
+from test_evaluate_pairwise import run_cli
+
+
+class TableJudge:
+    """A judge that needs no server: looks up each prompt's planned outcome (as a local-checkpoint
+    judge would compute one from answer-letter log-probabilities)."""
+
+    def __init__(self, plan: dict[str, str], name: str = "table-judge"):
+        self.plan = plan
+        self.name = name
+        self.asked = 0
+
+    def verdict(self, prompt_messages, choices):
+        self.asked += 1
+        text = prompt_messages[-1]["content"]
+        tag = text.split("TAG-")[1].split()[0]
+        planned = self.plan[tag]
+        if planned == "fail":
+            raise JudgeFailure("no verdict", raw="???")
+        if planned in choices:  # an absolute rating
+            return planned, f"Verdict: {planned}"
+        ours_is_a = text.index("OURS") < text.index("BASE")
+        letter = {"win": "A" if ours_is_a else "B", "loss": "B" if ours_is_a else "A", "tie": "C"}[planned]
+        return letter, f"Verdict: {letter}"
+
+
+def pair_cache(path, outcomes: list[str]):
+    plan = {str(i): o for i, o in enumerate(outcomes)}
+    ours = {f"p{i}": make_record([f"TAG-{i} question"], f"OURS {i}", "lima") for i in plan}
+    base = {f"p{i}": make_record([f"TAG-{i} question"], f"BASE {i}", "alpaca-65b") for i in plan}
+    judge = TableJudge(plan)
+    assert isinstance(judge, Judge)
+    judge_pairwise(ours, base, judge, JudgmentCache(path), progress=False)
+    return path
+
+
+def rating_cache(path, ratings: list[str]):
+    plan = {str(i): r for i, r in enumerate(ratings)}
+    records = {f"p{i}": make_record([f"TAG-{i} question"], f"answer {i}", "lima") for i in plan}
+    judge_absolute(records, TableJudge(plan), JudgmentCache(path), progress=False)
+    return path
+
+
+def test_bootstrap_contains_the_estimate_and_shrinks_with_more_data():
+    small = ["win"] * 12 + ["tie"] * 5 + ["loss"] * 3
+    large = small * 100
+    cats = ("win", "tie", "loss")
+    a = report.bootstrap_intervals(small, cats, samples=2000, seed=0)
+    b = report.bootstrap_intervals(large, cats, seed=0)
+    for c, share in (("win", 60.0), ("tie", 25.0), ("loss", 15.0)):
+        assert a[c][0] <= share <= a[c][1] and b[c][0] <= share <= b[c][1]
+        assert b[c][1] - b[c][0] < (a[c][1] - a[c][0]) / 5  # ~1/sqrt(100) of the width
+    assert 30 <= a["win"][1] - a["win"][0] <= 50  # about +-21 points for 20 prompts at 60%
+    assert report.bootstrap_intervals(large, cats, seed=0) == b  # seeded: the same report every time
+    assert report.bootstrap_intervals(large, cats, seed=1) != b
+    assert all(math.isnan(v) for iv in report.bootstrap_intervals([], cats).values() for v in iv)
+    assert report.bootstrap_intervals(["tie"] * 5, cats)["tie"] == (100.0, 100.0)
+
+
+def check_png(path, min_width=400):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 0
+    import matplotlib.image
+
+    image = matplotlib.image.imread(str(path))
+    assert image.ndim == 3 and image.shape[2] in (3, 4) and image.shape[1] >= min_width and image.shape[0] >= 100
+    assert np.ptp(image[..., :3]) > 0  # not blank
+
+
+def test_report_tables_and_charts(tmp_path):
+    alpaca = pair_cache(tmp_path / "alpaca.jsonl", ["win"] * 6 + ["tie"] * 3 + ["loss"] + ["fail"])
+    gpt4 = pair_cache(tmp_path / "gpt4.jsonl", ["win"] * 1 + ["tie"] * 1 + ["loss"] * 2)
+    ratings = rating_cache(tmp_path / "abs.jsonl", ["Excellent"] * 5 + ["Pass"] * 4 + ["Fail"] + ["fail"] * 2)
+    comparisons = [report.pairwise_distribution(name, str(path)) for name, path in
+                   report.parse_pairwise_flag(f"Alpaca 65B={alpaca}, {gpt4}")]
+    rated = report.absolute_distribution("LIMA", str(ratings))
+    text = report.write_report(str(tmp_path / "out"), comparisons, rated, samples=500, seed=0)
+
+    assert comparisons[1].name == "alpaca-65b"  # unnamed: the baseline's recorded generator
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md == text
+    alpaca_row = next(ln for ln in md.splitlines() if ln.startswith("| Alpaca 65B |"))
+    cells = [c.strip() for c in alpaca_row.strip("|").split("|")]
+    assert cells[:2] == ["Alpaca 65B", "10"] and cells[5] == "1"
+    assert [c.split("%")[0] for c in cells[2:5]] == ["60.0", "30.0", "10.0"]
+    gpt4_row = next(ln for ln in md.splitlines() if ln.startswith("| alpaca-65b |"))
+    assert "| 4 | 25.0% [" in gpt4_row and "| 50.0% [" in gpt4_row and gpt4_row.endswith("| 0 |")
+    assert "| LIMA wins | Tie | LIMA loses | Excluded |" in md
+    assert "Excluded: 1 prompt in all with a failed or missing judgment, not counted as ties." in md
+    assert "| Excellent | 5 | 50.0% [" in md and "| Pass | 4 | 40.0% [" in md and "| Fail | 1 | 10.0% [" in md
+    assert "Rated: 10 responses." in md and "Excluded: 2 responses" in md
+
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())
+    alp = summary["pairwise"][0]
+    assert alp["pct"] == {"win": 60.0, "tie": 30.0, "loss": 10.0} and alp["excluded"] == 1 and alp["judged"] == 10
+    for c, (lo, hi) in alp["ci95"].items():
+        assert lo <= alp["pct"][c] <= hi
+    assert summary["absolute"]["counts"] == {"Fail": 1, "Pass": 4, "Excellent": 5}
+    check_png(tmp_path / "out" / "pairwise.png")
+    check_png(tmp_path / "out" / "absolute.png")
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(LimaError, match="no such file"):
+        report.pairwise_distribution("x", str(tmp_path / "absent.jsonl"))
+    ratings = rating_cache(tmp_path / "abs.jsonl", ["Pass"])
+    with pytest.raises(LimaError, match="no pairwise judgments"):
+        report.pairwise_distribution("x", str(ratings))
+    with pytest.raises(LimaError, match="NAME=PATH"):
+        report.parse_pairwise_flag("=x.jsonl")
+    # Two judges in one cache: pick one.
+    path = pair_cache(tmp_path / "p.jsonl", ["win", "loss"])
+    ours = {"p0": make_record(["TAG-0 question"], "OURS 0", "lima")}
+    base = {"p0": make_record(["TAG-0 question"], "BASE 0", "alpaca")}
+    judge_pairwise(ours, base, TableJudge({"0": "loss"}, name="second-judge"), JudgmentCache(path), progress=False)
+    with pytest.raises(LimaError, match="several judges.*--judge_model"):
+        report.pairwise_distribution("x", str(path))
+    assert report.pairwise_distribution("x", str(path), judge="table-judge").counts == {"win": 1, "tie": 0, "loss": 1}
+    assert report.pairwise_distribution("x", str(path), judge="second-judge").counts == {"win": 0, "tie": 0, "loss": 1}
+
+
+def test_report_command(tmp_path):
+    pair_cache(tmp_path / "a.jsonl", ["win", "win", "tie", "loss"])
+    rating_cache(tmp_path / "abs.jsonl", ["Pass", "Excellent"])
+    out = tmp_path / "out"
+    r = run_cli("lima_jax.evaluate.report", f"--pairwise=Alpaca 65B={tmp_path / 'a.jsonl'}",
+                f"--absolute={tmp_path / 'abs.jsonl'}", f"--out_dir={out}", "--bootstrap=200")
+    assert r.returncode == 0, r.stderr
+    assert "| Alpaca 65B | 4 | 50.0% [" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["absolute.png", "pairwise.png", "report.json", "report.md"]
+    r = run_cli("lima_jax.evaluate.report", f"--out_dir={out}")
+    assert r.returncode == 2 and r.stderr.strip() == "error: give --pairwise=NAME=CACHE[,...] and/or --absolute=CACHE"

@@ -1,0 +1,64 @@
+"""A local lima_jax checkpoint as the judge: verdicts from the log-probabilities of the answers."""
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from hf_reference import random_hf_model
+
+from lima_jax.convert import convert
+from lima_jax.data import demo_dir
+from lima_jax.evaluate.judging import JudgmentCache
+from lima_jax.evaluate.local_judge import ANSWER_PREFIX, LocalJudge
+from lima_jax.evaluate.pairwise import judge_pairwise
+from lima_jax.evaluate.prompts import pairwise_messages
+from lima_jax.evaluate.responses import make_record, write_responses
+from lima_jax.model import ModelConfig
+
+PROMPTS = [["What is 2 plus 2?"], ["Name a color."], ["Spell cat backwards."]]
+
+
+@pytest.fixture(scope="module")
+def judge_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("judge")
+    cfg = ModelConfig(vocab_size=513, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=2048)
+    random_hf_model(cfg).save_pretrained(root / "hf")
+    return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+
+
+def test_verdict_is_the_most_likely_answer(judge_ckpt):
+    judge = LocalJudge(str(judge_ckpt))
+    messages = pairwise_messages(PROMPTS[0], "4", "5")
+    choice, raw = judge.verdict(messages, ["A", "B", "C"])
+    scores = json.loads(raw)["logprobs"]
+    assert choice == max(scores, key=scores.get) and set(scores) == {"A", "B", "C"}
+    # The score of "A" by hand: the log-probability of its tokens after "Verdict:" in the answer.
+    g, sp = judge.generator, judge.generator.tokenizer.sp
+    head = sp.encode(ANSWER_PREFIX.rstrip())
+    cont = sp.encode(ANSWER_PREFIX + "A")[len(head):]
+    seq = judge._prefix(messages) + head + cont
+    logp = np.asarray(jax.nn.log_softmax(g.model(np.asarray([seq]))[0], axis=-1))
+    expected = sum(logp[len(seq) - len(cont) + j - 1, t] for j, t in enumerate(cont))
+    assert scores["A"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_pairwise_with_the_local_judge(judge_ckpt, tmp_path):
+    ours = {r["id"]: r for r in (make_record(p, "answer one", "ours") for p in PROMPTS)}
+    base = {r["id"]: r for r in (make_record(p, "another answer", "base") for p in PROMPTS)}
+    cache = JudgmentCache(tmp_path / "cache.jsonl")
+    result = judge_pairwise(ours, base, LocalJudge(str(judge_ckpt)), cache, progress=False)
+    s = result.summary
+    assert s["win"] + s["tie"] + s["loss"] == 3 and s["failed"] == 0
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 6  # both orders, every prompt
+
+    write_responses(tmp_path / "ours.jsonl", ours.values())
+    write_responses(tmp_path / "base.jsonl", base.values())
+    r = subprocess.run([sys.executable, "-m", "lima_jax.evaluate.pairwise", f"--ours={tmp_path / 'ours.jsonl'}",
+                        f"--baseline={tmp_path / 'base.jsonl'}", f"--judge_checkpoint={judge_ckpt}",
+                        f"--cache={tmp_path / 'cache.jsonl'}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["win"], summary["tie"], summary["loss"]) == (s["win"], s["tie"], s["loss"])
+    assert summary["asked"] == 0  # all cached by the in-process run with the same judge
