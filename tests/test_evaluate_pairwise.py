@@ -224,4 +224,4 @@ def test_pairwise_command(tmp_path):
         assert out["summary"] == summary and sorted(out["prompts"].values()).count("win") == 3
 
         r = run_cli("lima_jax.evaluate.pairwise", *args[:2], f"--cache={tmp_path / 'c.jsonl'}")
-        assert r.returncode == 2 and r.stderr.strip() == "error: --judge_url and --judge_model are required"
+        assert r.returncode == 2 and r.stderr.strip() == "error: --judge_url and --judge_model (or --judge_checkpoint) are required"
