@@ -59,6 +59,20 @@ def _load_train_split(manual_dir, cache_dir, skip_invalid: bool, process_index: 
     return loaded
 
 
+def split_conversations(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1):
+    """(train records, dev records, invalid lines skipped): the dev set is `data.dev_file`, or
+    `data.dev_size` examples held out with the run's seed (so checkpoint selection sees the same)."""
+    data = config.data
+    manual_dir = pathlib.Path(data.manual_dir) if data.manual_dir else demo_dir()
+    cache_dir = pathlib.Path(config.workdir) / "tfds"
+    records, skipped = _load_train_split(manual_dir, cache_dir, data.skip_invalid, process_index, process_count)
+    if data.dev_file:
+        dev, dev_skipped = read_conversations(data.dev_file, skip_invalid=data.skip_invalid)
+        return list(records), dev, skipped + dev_skipped
+    train, dev = dev_split(records, data.dev_size, config.seed)
+    return train, dev, skipped
+
+
 def build(
     config: ml_collections.ConfigDict, *, process_index: int, process_count: int, row_multiple: int, eval_rows: int
 ) -> TrainingData:
@@ -67,14 +81,7 @@ def build(
         raise LimaError(f"config key data.train_on: must be one of {', '.join(TRAIN_ON)}, got {data.train_on!r}")
     using_demo = not data.manual_dir
     manual_dir = pathlib.Path(data.manual_dir) if data.manual_dir else demo_dir()
-    cache_dir = pathlib.Path(config.workdir) / "tfds"
-    records, skipped = _load_train_split(manual_dir, cache_dir, data.skip_invalid, process_index, process_count)
-    if data.dev_file:
-        dev, dev_skipped = read_conversations(data.dev_file, skip_invalid=data.skip_invalid)
-        train = list(records)
-        skipped += dev_skipped
-    else:
-        train, dev = dev_split(records, data.dev_size, config.seed)
+    train, dev, skipped = split_conversations(config, process_index, process_count)
     train = [r for r in train if len(r["conversations"]) >= 2]  # prompts without answers teach nothing
     if not train:
         raise LimaError(f"{manual_dir}: no training conversations with an answer")

@@ -1,0 +1,53 @@
+"""Checkpoint selection over a tiny run's epoch checkpoints: the table, the plot, judged win rates."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lima_jax.config import load_config
+from lima_jax.evaluate.responses import make_record, write_responses
+from lima_jax.data.pipeline import split_conversations
+from lima_jax.sample import prompt_turns
+from lima_jax.train import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("select") / "run"
+    config = load_config("tiny", {"workdir": str(workdir), "num_epochs": 3, "batch_size": 32, "data.max_len": 64,
+                                  "data.dev_size": 4, "checkpoint.async_save": False})
+    train(config)
+    return workdir, config
+
+
+def _select(*args):
+    r = subprocess.run([sys.executable, "-m", "lima_jax.evaluate.select", *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_dev_loss_table_and_plot_per_epoch(run, tmp_path):
+    workdir, _ = run
+    rows = _select(f"--workdir={workdir}", f"--out_dir={tmp_path}")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["dev_loss"] for r in rows] == [m["dev_loss"] for m in metrics if "dev_loss" in m]
+    table = (tmp_path / "select.md").read_text()
+    assert table.count("\n") == 5 and f"| 3 | {rows[2]['step']} | {rows[2]['dev_loss']:.4f} |" in table
+    assert (tmp_path / "select.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["epoch"] for r in _select(f"--workdir={workdir}", f"--out_dir={tmp_path}", "--epochs=2-3")] == [2, 3]
+
+
+def test_judged_dev_quality_against_a_reference(run, tmp_path):
+    workdir, config = run
+    _, dev, _ = split_conversations(config)
+    reference = tmp_path / "reference.jsonl"
+    write_responses(reference, [make_record(prompt_turns(r["conversations"]), "I do not know.", "reference") for r in dev])
+    ckpt = workdir / "checkpoints" / str(_select(f"--workdir={workdir}", f"--out_dir={tmp_path}")[-1]["step"])
+    rows = _select(f"--workdir={workdir}", f"--out_dir={tmp_path}", "--epochs=2-3", f"--reference={reference}",
+                   f"--judge_checkpoint={ckpt}", "--max_new_tokens=8")
+    for r in rows:
+        assert r["win_pct"] + r["tie_pct"] + r["loss_pct"] == pytest.approx(100.0) and r["failed"] == 0
+    assert "win %" in (tmp_path / "select.md").read_text()
+    assert len(list((tmp_path / "responses").glob("step_*.jsonl"))) == 2
