@@ -13,7 +13,7 @@ setup(
     # so `--config=65b` resolves from any working directory.
     package_dir={"lima_jax.configs": "configs"},
     # The embedded demo: `--config=tiny` trains on it with no download.
-    package_data={"lima_jax.data": ["demo/train.jsonl", "demo/tokenizer.model"]},
+    package_data={"lima_jax.data": ["demo/train.jsonl", "demo/test.jsonl", "demo/tokenizer.model"]},
     install_requires=[
         "jax>=0.6.0",
         "flax>=0.12.0",

@@ -197,11 +197,20 @@ def train_tokenizer(records: list[dict]) -> bytes:
     return model.getvalue()
 
 
+TEST_PROMPTS = 30
+
+
 def main() -> None:
     records = conversations()
+    # The last conversations become test prompts (their answers dropped, as in LIMA's test.jsonl),
+    # so the demo can be generated from and judged end to end; the tokenizer still sees them all.
+    train, test = records[:-TEST_PROMPTS], records[-TEST_PROMPTS:]
     with open(HERE / "train.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
+        for r in train:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    with open(HERE / "test.jsonl", "w", encoding="utf-8") as f:
+        for r in test:
+            f.write(json.dumps({"conversations": r["conversations"][:1], "source": r["source"]}, ensure_ascii=False) + "\n")
     (HERE / "tokenizer.model").write_bytes(train_tokenizer(records))
     turns = sum(len(r["conversations"]) for r in records)
     print(f"wrote {len(records)} conversations ({turns} turns) and a {VOCAB_SIZE}-piece tokenizer to {HERE}")
