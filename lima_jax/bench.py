@@ -1,0 +1,380 @@
+"""Training throughput and MFU of the real train step, side by side with PyTorch.
+
+    python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
+
+Runs `state.jit_train_step` (the step `lima_jax.train` runs: AdamW, dropout as configured, state
+donated) on one device with random tokens, every weight 1, one segment per row and no packing, and
+prints one JSON line: tokens per second, achieved model TFLOP/s (`flops.train_flops_per_token`),
+MFU, compile and step seconds. The peak MFU is quoted against is the config's `peak_tflops` when
+set, the published figure on a TPU/GPU, and on a CPU the best fp32 matmul throughput measured in
+this run (sizes 1024-2048), so CPU MFU reads "fraction of what this machine's matmuls reach".
+
+With `--compare_torch` (default on a CPU, when torch and transformers import) the same shapes train
+in `transformers.LlamaForCausalLM` (fp32, AdamW with the config's hyperparameters, the faster of
+eager and sdpa attention unless `--torch_attention` picks one, loss.backward + optimizer.step, one
+torch thread per core), and the two steps are timed alternately in this one process; step times
+are medians.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags
+
+from lima_jax import flops, optim, sharding
+from lima_jax.cli import run, say
+from lima_jax.config import define_config_flag, model_config, set_key, validate
+from lima_jax.errors import LimaError
+from lima_jax.model import ModelConfig, param_count
+from lima_jax.state import batch_shardings, init_state, jit_train_step
+
+# Shortcuts for the model overrides of named benchmark shapes.
+SHAPES: dict[str, dict[str, Any]] = {
+    "none": {},
+    # The issue's CI shape: a 58M-parameter LLaMA (trained at sequence 512, batch 4).
+    "ci": {
+        "model.dim": 512,
+        "model.num_layers": 8,
+        "model.num_heads": 8,
+        "model.num_kv_heads": 8,
+        "model.ffn_dim": 1376,
+        "model.vocab_size": 32000,
+        "model.residual_dropout": 0.0,
+    },
+}
+CPU_PEAK_SIZES = (1024, 1536, 2048)  # square fp32 matmuls; the best of them is the CPU "peak"
+TORCH_ATTENTION = ("auto", "eager", "sdpa")
+
+_CONFIG = define_config_flag("config", None)
+_SHAPE = flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "tokens per row")
+_BATCH = flags.DEFINE_integer("batch_size", 4, "rows per step")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed steps (each framework); step times are medians")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compiling (each framework)")
+_COMPARE = flags.DEFINE_bool("compare_torch", None, "also time transformers.LlamaForCausalLM (default: on a CPU, when torch imports)")
+_TORCH_ATTN = flags.DEFINE_enum("torch_attention", "auto", list(TORCH_ATTENTION), "torch attention; auto times one step of each and keeps the faster")
+_SEED = flags.DEFINE_integer("seed", 0, "for the random tokens")
+
+
+def _sig(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def apply_shape(config: ml_collections.ConfigDict, shape: str, explicit: set[str] = frozenset()) -> None:
+    """Applies a named shape's overrides, except keys the user set explicitly (`--config.k=v`)."""
+    if shape not in SHAPES:
+        raise LimaError(f"--shape {shape!r}: expected one of {', '.join(SHAPES)}")
+    for key, value in SHAPES[shape].items():
+        if key not in explicit:
+            set_key(config, key, value)
+
+
+def cpu_peak_tflops(sizes: tuple[int, ...] = CPU_PEAK_SIZES, repeats: int = 5) -> float:
+    """The best fp32 matmul TFLOP/s over a few sizes: a fair best case for this CPU, measured now."""
+    return max(flops.measured_matmul_tflops(size, repeats) for size in sizes)
+
+
+def device_peak(device: jax.Device, override: float) -> tuple[float, str]:
+    """(peak TFLOP/s, where it came from): the override, the CPU's measured best, or peak_tflops."""
+    if override > 0:
+        return override, "config.peak_tflops"
+    if device.platform == "cpu":
+        return cpu_peak_tflops(), f"measured fp32 matmul, best of {'/'.join(map(str, CPU_PEAK_SIZES))}"
+    known = any(device.device_kind.startswith(kind) for kind in flops.PEAK_TFLOPS)
+    return flops.peak_tflops(device), ("published bf16 peak" if known else "measured fp32 matmul 1024")
+
+
+def random_batch(cfg: ModelConfig, batch_size: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Random tokens; targets are the next token (random after the last); weights 1; one segment."""
+    rng = np.random.default_rng(seed)
+    stream = rng.integers(0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32)
+    positions = np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy()
+    return {
+        "tokens": stream[:, :-1].copy(),
+        "targets": stream[:, 1:].copy(),
+        "weights": np.ones((batch_size, seq_len), np.float32),
+        "positions": positions,
+        "segment_ids": np.ones((batch_size, seq_len), np.int32),
+    }
+
+
+class JaxBench:
+    """The project's train step on one device, compiled ahead so compile time is its own number."""
+
+    def __init__(self, config: ml_collections.ConfigDict, cfg: ModelConfig, batch: dict, total_steps: int):
+        device = jax.devices()[0]
+        self.mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, [device])
+        optimizer = optim.make_optimizer(config.optim, total_steps)
+        schedule = optim.learning_rate(config.optim, total_steps)
+        step = jit_train_step(config, cfg, optimizer, schedule, self.mesh)
+        self.state = init_state(cfg, optimizer, self.mesh, config.seed)
+        shardings = batch_shardings(self.mesh)
+        self.batch = {k: jax.device_put(v, shardings[k]) for k, v in batch.items()}
+        jax.block_until_ready((self.state, self.batch))
+        start = time.perf_counter()
+        self.step_fn = step.lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - start
+        self.loss = float("nan")
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        self.state, metrics = self.step_fn(self.state, self.batch)
+        jax.block_until_ready((self.state, metrics))
+        seconds = time.perf_counter() - start
+        self.loss = float(metrics["loss"])
+        return seconds
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class TorchBench:
+    """transformers.LlamaForCausalLM at the same shapes: fp32, AdamW with the same hyperparameters
+    (decay off for norm scales, the same linear schedule, clipping when configured)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, cfg: ModelConfig, batch: dict, total_steps: int, attention: str):
+        import torch
+        import transformers
+
+        self.torch = torch
+        self.threads = cpu_cores()
+        torch.set_num_threads(self.threads)
+        torch.manual_seed(config.seed)
+        hf = transformers.LlamaConfig(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.dim,
+            intermediate_size=cfg.ffn_dim,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads,
+            head_dim=cfg.resolved_head_dim,
+            rms_norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_theta,
+            max_position_embeddings=max(cfg.max_len, batch["tokens"].shape[1]),
+            tie_word_embeddings=cfg.tie_embeddings,
+            bos_token_id=cfg.bos_id,
+            eos_token_id=cfg.eos_id,
+            initializer_range=cfg.init_std,
+            attn_implementation="eager" if attention == "auto" else attention,
+        )
+        self.model = transformers.LlamaForCausalLM(hf).to(torch.float32).train()
+        self.attention = hf._attn_implementation  # noqa: SLF001
+        o = config.optim
+        decay = [p for n, p in self.model.named_parameters() if "norm" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if "norm" in n]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
+        )
+        span = max(total_steps - 1, 1)
+        ratio = o.end_lr / o.lr if o.lr else 1.0
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 + (ratio - 1.0) * min(s, span) / span)
+        self.grad_clip = o.grad_clip
+        self.tokens = torch.as_tensor(batch["tokens"], dtype=torch.long)
+        self.targets = torch.as_tensor(batch["targets"], dtype=torch.long)
+        self.vocab = cfg.vocab_size
+        self.loss = float("nan")
+
+    def set_attention(self, name: str) -> None:
+        self.model.set_attn_implementation(name)
+        self.attention = name
+
+    def step(self) -> float:
+        torch = self.torch
+        start = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.model(input_ids=self.tokens).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab).float(), self.targets.reshape(-1))
+        loss.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.loss = loss.item()  # waits for the step
+        return time.perf_counter() - start
+
+
+def _timed(benches: list[Callable[[], float]], steps: int) -> list[list[float]]:
+    """Interleaves the benches step by step, so both see the same machine state."""
+    times: list[list[float]] = [[] for _ in benches]
+    for _ in range(steps):
+        for i, step in enumerate(benches):
+            times[i].append(step())
+    return times
+
+
+def bench(
+    config: ml_collections.ConfigDict,
+    *,
+    seq_len: int = 512,
+    batch_size: int = 4,
+    steps: int = 5,
+    warmup: int = 1,
+    compare_torch: bool | None = None,
+    torch_attention: str = "auto",
+    seed: int = 0,
+    shape: str = "none",
+) -> dict:
+    """Benchmarks the train step (and torch's); returns the JSON record."""
+    validate(config)
+    if seq_len <= 0 or batch_size <= 0 or steps <= 0 or warmup < 0:
+        raise LimaError(f"--seq_len, --batch_size and --steps must be positive, --warmup >= 0 (got {seq_len}, {batch_size}, {steps}, {warmup})")
+    if config.grad_accum < 1 or batch_size % config.grad_accum:
+        raise LimaError(f"config key grad_accum: {config.grad_accum} does not divide --batch_size={batch_size}")
+    if torch_attention not in TORCH_ATTENTION:
+        raise LimaError(f"--torch_attention {torch_attention!r}: expected one of {', '.join(TORCH_ATTENTION)}")
+    device = jax.devices()[0]
+    if compare_torch is None:
+        compare_torch = device.platform == "cpu" and torch_available()
+    elif compare_torch and not torch_available():
+        raise LimaError("--compare_torch needs torch and transformers: pip install torch transformers")
+
+    cfg = model_config(config)
+    batch = random_batch(cfg, batch_size, seq_len, seed)
+    total_steps = warmup + steps + (2 if compare_torch else 0) + 1
+    tokens_per_step = batch_size * seq_len
+
+    peak, peak_source = device_peak(device, config.peak_tflops)
+    ours = JaxBench(config, cfg, batch, total_steps)
+    say(f"bench: compiled the train step in {ours.compile_s:.1f}s")
+    first_step_s = ours.step()
+    for _ in range(max(warmup - 1, 0)):
+        ours.step()
+
+    runners: list[Callable[[], float]] = [ours.step]
+    probe: dict[str, float] = {}
+    theirs = None
+    if compare_torch:
+        theirs = TorchBench(config, cfg, batch, total_steps, torch_attention)
+        candidates = ["eager", "sdpa"] if torch_attention == "auto" else [torch_attention]
+        for name in candidates:
+            theirs.set_attention(name)
+            for _ in range(max(warmup, 1)):
+                theirs.step()
+            if len(candidates) > 1:
+                probe[name] = theirs.step()
+        if probe:
+            theirs.set_attention(min(probe, key=probe.get))
+        runners.append(theirs.step)
+        say(f"bench: torch attention {theirs.attention} ({', '.join(f'{k} {v:.2f}s' for k, v in probe.items()) or 'as asked'})")
+
+    times = _timed(runners, steps)
+    step_s = statistics.median(times[0])
+    flops_per_token = flops.train_flops_per_token(cfg, seq_len)
+    tokens_per_s = tokens_per_step / step_s
+    tflops = flops_per_token * tokens_per_s / 1e12
+    record: dict[str, Any] = {
+        "config": config.name,
+        "shape": shape,
+        "device": str(device.device_kind),
+        "platform": device.platform,
+        "devices_used": 1,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "tokens_per_step": tokens_per_step,
+        "dim": cfg.dim,
+        "num_layers": cfg.num_layers,
+        "num_heads": cfg.num_heads,
+        "num_kv_heads": cfg.num_kv_heads,
+        "ffn_dim": cfg.ffn_dim,
+        "vocab_size": cfg.vocab_size,
+        "params": param_count(cfg),
+        "dtype": cfg.dtype,
+        "param_dtype": cfg.param_dtype,
+        "remat": cfg.remat,
+        "scan_layers": cfg.scan_layers,
+        "residual_dropout": cfg.residual_dropout,
+        "grad_accum": config.grad_accum,
+        "steps": steps,
+        "warmup": warmup,
+        "compile_s": _sig(ours.compile_s, 4),
+        "first_step_s": _sig(first_step_s, 4),
+        "step_s": _sig(step_s),
+        "step_s_min": _sig(min(times[0])),
+        "train_tokens_per_s": _sig(tokens_per_s),
+        "flops_per_token": flops_per_token,
+        "tflops": _sig(tflops),
+        "peak_tflops": _sig(peak),
+        "peak_source": peak_source,
+        "mfu": _sig(tflops / peak),
+        "loss": _sig(ours.loss),
+        "jax_version": jax.__version__,
+    }
+    if theirs is not None:
+        import torch
+        import transformers
+
+        torch_step_s = statistics.median(times[1])
+        torch_tokens_per_s = tokens_per_step / torch_step_s
+        record.update(
+            {
+                "torch_attention": theirs.attention,
+                "torch_attention_probe_s": {k: _sig(v, 4) for k, v in probe.items()},
+                "torch_threads": theirs.threads,
+                "torch_step_s": _sig(torch_step_s),
+                "torch_step_s_min": _sig(min(times[1])),
+                "torch_tokens_per_s": _sig(torch_tokens_per_s),
+                "torch_tflops": _sig(flops_per_token * torch_tokens_per_s / 1e12),
+                "torch_mfu": _sig(flops_per_token * torch_tokens_per_s / 1e12 / peak),
+                "torch_loss": _sig(theirs.loss),
+                "speedup_vs_torch": _sig(tokens_per_s / torch_tokens_per_s),
+                "torch_version": torch.__version__,
+                "transformers_version": transformers.__version__,
+            }
+        )
+    if not all(math.isfinite(v) for v in (record["loss"], record.get("torch_loss", 0.0))):
+        say("bench: warning: a non-finite loss")
+    return record
+
+
+def explicit_overrides(argv: list[str], name: str = "config") -> set[str]:
+    return {a[len(name) + 3 :].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is None:
+        raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
+    config = _CONFIG.value
+    apply_shape(config, _SHAPE.value, explicit_overrides(sys.argv))
+    record = bench(
+        config,
+        seq_len=_SEQ_LEN.value,
+        batch_size=_BATCH.value,
+        steps=_STEPS.value,
+        warmup=_WARMUP.value,
+        compare_torch=_COMPARE.value,
+        torch_attention=_TORCH_ATTN.value,
+        seed=_SEED.value,
+        shape=_SHAPE.value,
+    )
+    if jax.process_index() == 0:
+        print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    run(main)
