@@ -316,6 +316,8 @@ def bench(
         "step_s_min": _sig(min(times[0])),
         "train_tokens_per_s": _sig(tokens_per_s),
         "flops_per_token": flops_per_token,
+        # flops.py counts 6 FLOPs per input-embedding parameter too, though the lookup is a gather.
+        "input_embedding_flop_share": _sig(6.0 * cfg.vocab_size * cfg.dim / flops_per_token, 4),
         "tflops": _sig(tflops),
         "peak_tflops": _sig(peak),
         "peak_source": peak_source,
@@ -341,6 +343,8 @@ def bench(
                 "torch_mfu": _sig(flops_per_token * torch_tokens_per_s / 1e12 / peak),
                 "torch_loss": _sig(theirs.loss),
                 "speedup_vs_torch": _sig(tokens_per_s / torch_tokens_per_s),
+                # Each round's torch step over ours, then the median: robust to a machine whose speed drifts.
+                "speedup_vs_torch_paired": _sig(statistics.median(t / o for o, t in zip(times[0], times[1]))),
                 "torch_version": torch.__version__,
                 "transformers_version": transformers.__version__,
             }

@@ -1,21 +1,148 @@
-"""The training benchmark's report: its keys, and figures consistent with each other (never timed)."""
+"""The benchmark: one JSON record whose numbers are positive and agree with each other (never timed)."""
 import json
+import math
+import os
 import subprocess
 import sys
 
 import pytest
 
+from lima_jax import bench, flops
+from lima_jax.config import load_config, model_config
+from lima_jax.errors import LimaError
 
-@pytest.mark.parametrize("compare", ["false", "true"])
-def test_bench_reports_consistent_figures(compare):
-    r = subprocess.run([sys.executable, "-m", "lima_jax.bench", "--config=tiny", "--seq_len=32", "--batch_size=2",
-                        "--steps=2", f"--compare_torch={compare}"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    for key in ("train_tokens_per_s", "tflops", "mfu", "compile_s", "step_s", "peak_tflops"):
-        assert out[key] > 0, key
-    assert out["tokens_per_step"] == 64
-    assert out["tflops"] == pytest.approx(out["flops_per_token"] * out["train_tokens_per_s"] / 1e12, rel=1e-3)
-    assert out["mfu"] == pytest.approx(out["tflops"] / out["peak_tflops"], rel=1e-3)
-    if compare == "true":
-        assert out["speedup_vs_torch"] == pytest.approx(out["train_tokens_per_s"] / out["torch_tokens_per_s"], rel=1e-3)
+TINY = {  # seconds per run: the point is the record, not the speed
+    "model.dim": 64,
+    "model.num_layers": 2,
+    "model.num_heads": 4,
+    "model.num_kv_heads": 2,
+    "model.ffn_dim": 128,
+    "model.vocab_size": 256,
+}
+SEQ, BATCH, STEPS = 32, 2, 2
+KEYS = {
+    "train_tokens_per_s", "tflops", "mfu", "peak_tflops", "peak_source", "compile_s", "step_s", "step_s_min", "first_step_s",
+    "device", "platform", "seq_len", "batch_size", "tokens_per_step", "flops_per_token", "params", "dim", "num_layers",
+    "num_heads", "num_kv_heads", "ffn_dim", "vocab_size", "steps", "loss", "residual_dropout",
+}
+TORCH_KEYS = {
+    "torch_tokens_per_s", "torch_step_s", "torch_attention", "torch_threads", "speedup_vs_torch", "speedup_vs_torch_paired",
+    "torch_tflops", "torch_mfu", "torch_loss",
+}
+
+
+def close(a, b, rel=1e-4):
+    return math.isclose(a, b, rel_tol=rel)
+
+
+def check_record(record, config, torch_expected):
+    assert KEYS <= record.keys()
+    assert (TORCH_KEYS <= record.keys()) == torch_expected
+    if not torch_expected:
+        assert not TORCH_KEYS & record.keys()
+    cfg = model_config(config)
+    assert (record["seq_len"], record["batch_size"], record["steps"]) == (SEQ, BATCH, STEPS)
+    assert record["tokens_per_step"] == SEQ * BATCH
+    assert (record["dim"], record["num_layers"], record["vocab_size"]) == (cfg.dim, cfg.num_layers, cfg.vocab_size)
+    assert record["flops_per_token"] == flops.train_flops_per_token(cfg, SEQ)
+    for key in ("train_tokens_per_s", "tflops", "mfu", "peak_tflops", "compile_s", "step_s", "step_s_min", "first_step_s"):
+        assert record[key] > 0, key
+    assert record["step_s_min"] <= record["step_s"]
+    assert math.isfinite(record["loss"])
+    # The derived numbers agree up to the 6 significant digits they are printed with.
+    assert close(record["train_tokens_per_s"], record["tokens_per_step"] / record["step_s"])
+    assert close(record["tflops"], record["flops_per_token"] * record["train_tokens_per_s"] / 1e12)
+    assert close(record["mfu"], record["tflops"] / record["peak_tflops"])
+    if torch_expected:
+        assert record["torch_attention"] in ("eager", "sdpa")
+        assert record["torch_threads"] >= 1
+        for key in ("torch_tokens_per_s", "torch_step_s", "speedup_vs_torch", "speedup_vs_torch_paired", "torch_tflops", "torch_mfu"):
+            assert record[key] > 0, key
+        assert math.isfinite(record["torch_loss"])
+        assert close(record["torch_tokens_per_s"], record["tokens_per_step"] / record["torch_step_s"])
+        assert close(record["speedup_vs_torch"], record["train_tokens_per_s"] / record["torch_tokens_per_s"])
+        assert close(record["torch_tflops"], record["flops_per_token"] * record["torch_tokens_per_s"] / 1e12)
+        assert close(record["torch_mfu"], record["torch_tflops"] / record["peak_tflops"])
+
+
+def tiny_config(**overrides):
+    return load_config("tiny", {**TINY, **overrides})
+
+
+def test_bench_record_without_torch():
+    config = tiny_config()
+    record = bench.bench(config, seq_len=SEQ, batch_size=BATCH, steps=STEPS, compare_torch=False)
+    check_record(record, config, torch_expected=False)
+    assert record["platform"] == "cpu"
+    assert record["peak_source"].startswith("measured")  # the CPU peak is measured in the run
+    assert record["residual_dropout"] == config.model.residual_dropout  # dropout as configured (0.2 here)
+
+
+def test_bench_record_with_torch():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    config = tiny_config(**{"model.residual_dropout": 0.0, "peak_tflops": 0.5})
+    record = bench.bench(config, seq_len=SEQ, batch_size=BATCH, steps=STEPS)  # torch on by default on a CPU
+    check_record(record, config, torch_expected=True)
+    assert record["peak_tflops"] == 0.5 and record["peak_source"] == "config.peak_tflops"
+    assert set(record["torch_attention_probe_s"]) == {"eager", "sdpa"}  # auto times both, keeps the faster
+    assert record["torch_attention_probe_s"][record["torch_attention"]] == min(record["torch_attention_probe_s"].values())
+
+
+def test_bench_torch_attention_choice():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    config = tiny_config(**{"model.residual_dropout": 0.0, "peak_tflops": 0.5})
+    record = bench.bench(config, seq_len=SEQ, batch_size=BATCH, steps=STEPS, compare_torch=True, torch_attention="eager")
+    check_record(record, config, torch_expected=True)
+    assert record["torch_attention"] == "eager" and record["torch_attention_probe_s"] == {}
+
+
+def test_cpu_peak_is_the_best_size():
+    peak = bench.cpu_peak_tflops(sizes=(128, 256), repeats=2)
+    assert peak > 0
+
+
+def test_shape_ci_overrides_and_explicit_keys_win():
+    config = load_config("tiny")
+    bench.apply_shape(config, "ci", explicit={"model.num_layers"})
+    m = config.model
+    assert (m.dim, m.num_heads, m.num_kv_heads, m.ffn_dim, m.vocab_size, m.residual_dropout) == (512, 8, 8, 1376, 32000, 0.0)
+    assert m.num_layers == load_config("tiny").model.num_layers  # the user's --config.model.num_layers is kept
+    assert bench.explicit_overrides(["x", "--config=tiny", "--config.model.num_layers=2", "--seq_len=4"]) == {"model.num_layers"}
+    with pytest.raises(LimaError, match="--shape"):
+        bench.apply_shape(config, "huge")
+
+
+def test_bad_arguments_are_one_line_errors():
+    with pytest.raises(LimaError, match="positive"):
+        bench.bench(tiny_config(), seq_len=0, batch_size=BATCH, steps=STEPS, compare_torch=False)
+    with pytest.raises(LimaError, match="grad_accum"):
+        bench.bench(tiny_config(grad_accum=3), seq_len=SEQ, batch_size=BATCH, steps=STEPS, compare_torch=False)
+
+
+def test_cli_prints_one_json_line():
+    args = [f"--config.{k}={v}" for k, v in TINY.items()]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)  # one CPU device, as a user's shell has
+    result = subprocess.run(
+        [sys.executable, "-m", "lima_jax.bench", "--config=tiny", *args, f"--seq_len={SEQ}", f"--batch_size={BATCH}",
+         f"--steps={STEPS}", "--compare_torch=false", "--config.peak_tflops=0.5"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    check_record(record, tiny_config(), torch_expected=False)
+    assert record["shape"] == "none"
+
+
+def test_cli_rejects_an_unknown_key():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lima_jax.bench", "--config=tiny", "--config.model.nope=1"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "nope" in result.stderr.strip().splitlines()[-1]
