@@ -1,6 +1,8 @@
-"""Training throughput and MFU of the real train step, side by side with PyTorch.
+"""Training throughput and MFU of the real train step, and decode speed of the sampler, each side by
+side with PyTorch (`transformers`).
 
     python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
+    python -m lima_jax.bench --config=tiny --shape=ci --mode=decode      # see lima_jax/bench_decode.py
 
 Runs `state.jit_train_step` (the step `lima_jax.train` runs: AdamW, dropout as configured, state
 donated) on one device with random tokens, every weight 1, one segment per row and no packing, and
@@ -31,10 +33,11 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from lima_jax import flops, optim, sharding
+from lima_jax import bench_decode, flops, optim, sharding
 from lima_jax.cli import run, say
 from lima_jax.config import define_config_flag, model_config, set_key, validate
 from lima_jax.errors import LimaError
+from lima_jax.hf_format import config_to_hf
 from lima_jax.model import ModelConfig, param_count
 from lima_jax.state import batch_shardings, init_state, jit_train_step
 
@@ -55,7 +58,10 @@ SHAPES: dict[str, dict[str, Any]] = {
 CPU_PEAK_SIZES = (1024, 1536, 2048)  # square fp32 matmuls; the best of them is the CPU "peak"
 TORCH_ATTENTION = ("auto", "eager", "sdpa")
 
+MODES = ("train", "decode")
+
 _CONFIG = define_config_flag("config", None)
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's tokens/s, TTFT and roofline")
 _SHAPE = flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "tokens per row")
 _BATCH = flags.DEFINE_integer("batch_size", 4, "rows per step")
@@ -64,6 +70,10 @@ _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compiling (each
 _COMPARE = flags.DEFINE_bool("compare_torch", None, "also time transformers.LlamaForCausalLM (default: on a CPU, when torch imports)")
 _TORCH_ATTN = flags.DEFINE_enum("torch_attention", "auto", list(TORCH_ATTENTION), "torch attention; auto times one step of each and keeps the faster")
 _SEED = flags.DEFINE_integer("seed", 0, "for the random tokens")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "decode: prompt tokens per row")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "decode: tokens generated per row")
+_DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "16"], "decode: batch sizes (the first is the roofline's)")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "decode: timed rounds (each framework); figures are medians")
 
 
 def _sig(x: float, digits: int = 6) -> float:
@@ -163,23 +173,12 @@ class TorchBench:
         self.threads = cpu_cores()
         torch.set_num_threads(self.threads)
         torch.manual_seed(config.seed)
-        hf = transformers.LlamaConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.dim,
-            intermediate_size=cfg.ffn_dim,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            num_key_value_heads=cfg.num_kv_heads,
-            head_dim=cfg.resolved_head_dim,
-            rms_norm_eps=cfg.norm_eps,
-            rope_theta=cfg.rope_theta,
-            max_position_embeddings=max(cfg.max_len, batch["tokens"].shape[1]),
-            tie_word_embeddings=cfg.tie_embeddings,
-            bos_token_id=cfg.bos_id,
-            eos_token_id=cfg.eos_id,
-            initializer_range=cfg.init_std,
-            attn_implementation="eager" if attention == "auto" else attention,
-        )
+        hf = transformers.LlamaConfig(**{
+            **config_to_hf(cfg, "float32"),
+            "max_position_embeddings": max(cfg.max_len, batch["tokens"].shape[1]),
+            "initializer_range": cfg.init_std,
+            "attn_implementation": "eager" if attention == "auto" else attention,
+        })
         self.model = transformers.LlamaForCausalLM(hf).to(torch.float32).train()
         self.attention = hf._attn_implementation  # noqa: SLF001
         o = config.optim
@@ -287,23 +286,11 @@ def bench(
     tokens_per_s = tokens_per_step / step_s
     tflops = flops_per_token * tokens_per_s / 1e12
     record: dict[str, Any] = {
-        "config": config.name,
-        "shape": shape,
-        "device": str(device.device_kind),
-        "platform": device.platform,
-        "devices_used": 1,
+        **model_fields(config, cfg, device, shape),
+        "mode": "train",
         "seq_len": seq_len,
         "batch_size": batch_size,
         "tokens_per_step": tokens_per_step,
-        "dim": cfg.dim,
-        "num_layers": cfg.num_layers,
-        "num_heads": cfg.num_heads,
-        "num_kv_heads": cfg.num_kv_heads,
-        "ffn_dim": cfg.ffn_dim,
-        "vocab_size": cfg.vocab_size,
-        "params": param_count(cfg),
-        "dtype": cfg.dtype,
-        "param_dtype": cfg.param_dtype,
         "remat": cfg.remat,
         "scan_layers": cfg.scan_layers,
         "residual_dropout": cfg.residual_dropout,
@@ -323,7 +310,6 @@ def bench(
         "peak_source": peak_source,
         "mfu": _sig(tflops / peak),
         "loss": _sig(ours.loss),
-        "jax_version": jax.__version__,
     }
     if theirs is not None:
         import torch
@@ -354,6 +340,67 @@ def bench(
     return record
 
 
+def model_fields(config: ml_collections.ConfigDict, cfg: ModelConfig, device: jax.Device, shape: str) -> dict[str, Any]:
+    """What every record says about the model and the machine."""
+    return {
+        "config": config.name,
+        "shape": shape,
+        "device": str(device.device_kind),
+        "platform": device.platform,
+        "devices_used": 1,
+        "dim": cfg.dim,
+        "num_layers": cfg.num_layers,
+        "num_heads": cfg.num_heads,
+        "num_kv_heads": cfg.num_kv_heads,
+        "ffn_dim": cfg.ffn_dim,
+        "vocab_size": cfg.vocab_size,
+        "params": param_count(cfg),
+        "dtype": cfg.dtype,
+        "param_dtype": cfg.param_dtype,
+        "jax_version": jax.__version__,
+    }
+
+
+def decode_bench(
+    config: ml_collections.ConfigDict,
+    *,
+    batches: tuple[int, ...] = (1, 16),
+    prompt_len: int = 16,
+    new_tokens: int = 128,
+    repeats: int = 3,
+    compare_torch: bool | None = None,
+    seed: int = 0,
+    shape: str = "none",
+) -> dict:
+    """Benchmarks the sampler (and transformers' generate); returns the JSON record."""
+    validate(config)
+    device = jax.devices()[0]
+    if compare_torch is None:
+        compare_torch = device.platform == "cpu" and torch_available()
+    elif compare_torch and not torch_available():
+        raise LimaError("--compare_torch needs torch and transformers: pip install torch transformers")
+    cfg = model_config(config)
+    found = bench_decode.bench_decode(
+        cfg, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
+        compare_torch=compare_torch, threads=cpu_cores(), seed=seed,
+    )
+    record = {**model_fields(config, cfg, device, shape), "mode": "decode"}
+    record.update({k: _sig(v) if isinstance(v, float) else v for k, v in found.items()})
+    if compare_torch:
+        import torch
+        import transformers
+
+        record.update({"torch_threads": cpu_cores(), "torch_version": torch.__version__, "transformers_version": transformers.__version__})
+    return record
+
+
+def parse_batches(values: list[str]) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise LimaError(f"--decode_batches: {','.join(values)!r} is not a list of integers") from None
+
+
 def explicit_overrides(argv: list[str], name: str = "config") -> set[str]:
     return {a[len(name) + 3 :].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")}
 
@@ -365,6 +412,20 @@ def main(argv: list[str]) -> None:
         raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
     config = _CONFIG.value
     apply_shape(config, _SHAPE.value, explicit_overrides(sys.argv))
+    if _MODE.value == "decode":
+        record = decode_bench(
+            config,
+            batches=parse_batches(_DECODE_BATCHES.value),
+            prompt_len=_PROMPT_LEN.value,
+            new_tokens=_NEW_TOKENS.value,
+            repeats=_REPEATS.value,
+            compare_torch=_COMPARE.value,
+            seed=_SEED.value,
+            shape=_SHAPE.value,
+        )
+        if jax.process_index() == 0:
+            print(json.dumps(record), flush=True)
+        return
     record = bench(
         config,
         seq_len=_SEQ_LEN.value,

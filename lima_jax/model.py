@@ -83,24 +83,33 @@ class KVCache(NamedTuple):
     """Keys and values of every layer for `S` slots, with each slot's segment id.
 
     Slot `j` holds the token written at step `j`; segment id 0 marks padding and empty slots, so a
-    real token (segment >= 1) never attends to them. `index` is the next slot to write.
+    real token (segment >= 1) never attends to them. `index` is the next slot to write. Each layer
+    has its own arrays (a step updates them in place, never slicing a stacked cache), with heads
+    before slots so attention reads them without a transpose.
     """
 
-    k: jax.Array  # (L, B, S, K, Dh)
-    v: jax.Array  # (L, B, S, K, Dh)
+    k: tuple[jax.Array, ...]  # L arrays (B, K, S, Dh)
+    v: tuple[jax.Array, ...]
     segment_ids: jax.Array  # (B, S) int32
     index: jax.Array  # () int32
 
+    AXES = ("batch", "kv_heads", "length", "head_dim")  # logical names, as for parameters
+
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.resolved_head_dim)
         dtype = jnp.dtype(cfg.dtype)
+        layers = lambda: tuple(constrain(jnp.zeros(shape, dtype), cls.AXES) for _ in range(cfg.num_layers))  # noqa: E731
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
-            segment_ids=jnp.zeros((batch, max_len), jnp.int32),
+            k=layers(),
+            v=layers(),
+            segment_ids=constrain(jnp.zeros((batch, max_len), jnp.int32), ("batch", "length")),
             index=jnp.zeros((), jnp.int32),
         )
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
 
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
@@ -137,21 +146,21 @@ def attention(
 ) -> jax.Array:
     """Causal, segment-aware grouped-query attention.
 
-    q (B, T, H, Dh); k, v (B, S, K, Dh); q_segments (B, T); kv_segments (B, S); q_slots (B, T) is
+    q (B, T, H, Dh); k, v (B, K, S, Dh); q_segments (B, T); kv_segments (B, S); q_slots (B, T) is
     each query's slot, and key slot j is visible when j <= that slot and the segments match.
     """
     b, t, h, dh = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / np.sqrt(dh))
-    kv_slots = jnp.arange(k.shape[1], dtype=jnp.int32)
+    kv_slots = jnp.arange(k.shape[2], dtype=jnp.int32)
     visible = (q_segments[:, :, None] == kv_segments[:, None, :]) & (
         kv_slots[None, None, :] <= q_slots[:, :, None]
     )
     scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
 
 
@@ -192,11 +201,14 @@ class Block(nnx.Module):
         q_segments: jax.Array,
         kv_segments: jax.Array,
         q_slots: jax.Array,
-        kv: tuple[jax.Array, jax.Array] | None,
+        cache: tuple[jax.Array, jax.Array] | None,
         write_index: jax.Array | None,
         dropout_rate: jax.Array,
         dropout_key: jax.Array | None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """One layer on x (B, T, D). `cache` is this layer's (keys, values), (B, K, S, Dh) each, or
+        None in training; the new keys/values are written at slot `write_index`, then attention
+        reads all slots."""
         cfg, dt = self.cfg, x.dtype
         attn_key = mlp_key = None
         if dropout_key is not None:
@@ -206,10 +218,10 @@ class Block(nnx.Module):
         q = rotary(jnp.einsum("btd,dhk->bthk", h, self.wq[...].astype(dt)), positions, cfg.rope_theta)
         k = rotary(jnp.einsum("btd,dhk->bthk", h, self.wk[...].astype(dt)), positions, cfg.rope_theta)
         v = jnp.einsum("btd,dhk->bthk", h, self.wv[...].astype(dt))
-        if kv is not None:  # decoding: write this step's keys/values into the cache, attend to all of it
-            k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), write_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), write_index, axis=1)
-            kv = (k, v)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, Dh)
+        if cache is not None:  # decoding: write this step's keys/values, then attend to every slot
+            k, v = (jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), write_index, axis=2) for c, new in zip(cache, (k, v)))
+            cache = (k, v)
         out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
         out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
         x = x + residual_dropout(out, dropout_rate, attn_key)
@@ -219,7 +231,7 @@ class Block(nnx.Module):
         up = jnp.einsum("btd,df->btf", h, self.w_up[...].astype(dt))
         out = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
         x = x + residual_dropout(out, dropout_rate, mlp_key)
-        return constrain(x, ACTIVATION_AXES), kv
+        return constrain(x, ACTIVATION_AXES), cache
 
 
 def _remat(fn, policy: str):
@@ -274,11 +286,14 @@ class Llama(nnx.Module):
         """Runs T new tokens (a prompt, or one sampled token) against the cache; returns their
         logits (B, T, V) and the cache with their keys and values written at `cache.index`."""
         t = tokens.shape[1]
+        if t > cache.max_len:
+            raise ValueError(f"{t} tokens do not fit a KV cache of {cache.max_len} slots")
         kv_segments = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, axis=1)
         slots = cache.index + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), tokens.shape)
         x, (k, v) = self._run_layers(
             self._embed(tokens), positions, segment_ids, kv_segments, slots, (cache.k, cache.v), cache.index, None
         )
+        k, v = (tuple(constrain(a, KVCache.AXES) for a in arrays) for arrays in (k, v))
         return self._logits(x), KVCache(k, v, kv_segments, cache.index + t)
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
@@ -292,26 +307,62 @@ class Llama(nnx.Module):
             logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"))
 
-    def _run_layers(self, x, positions, q_segments, kv_segments, q_slots, kv, write_index, dropout_rng):
+    def unstack_layers(self) -> None:
+        """Holds each layer's parameters in arrays of its own (an `nnx.List` of Blocks) rather than
+        stacked along a layer axis, for inference: a decode step then reads every weight where it
+        lies, where slicing a stacked array would copy it (XLA on a CPU does, every step). Converts
+        one tensor name at a time, so memory grows by one stacked tensor at most."""
+        if isinstance(self.layers, nnx.List):
+            return
+        stacked = self.layers
+        gdef, abstract = nnx.split(nnx.eval_shape(lambda: Block(self.cfg, rngs=nnx.Rngs(0))))
+        per_layer: list[dict] = [{} for _ in range(self.cfg.num_layers)]
+        for name in list(nnx.to_pure_dict(nnx.state(stacked))):
+            array = getattr(stacked, name)[...]
+            for i, layer in enumerate(per_layer):
+                layer[name] = array[i]
+            delattr(stacked, name)  # the stacked tensor is freed once its slices exist
+            del array
+        blocks = []
+        for layer in per_layer:
+            state = jax.tree.map(lambda a: a, abstract)
+            nnx.replace_by_pure_dict(state, layer)
+            blocks.append(nnx.merge(gdef, state))
+        self.layers = nnx.List(blocks)
+
+    def _run_layers(self, x, positions, q_segments, kv_segments, q_slots, cache, write_index, dropout_rng):
+        """The layers in order: under `lax.scan` over the stacked parameters, unrolled when the
+        config asks or the layers are unstacked, and always unrolled to decode (`cache` given, a
+        tuple of per-layer keys and values), so each layer's cache is its own buffer."""
         cfg = self.cfg
         rates = jnp.asarray(dropout_rates(cfg.num_layers, cfg.residual_dropout))
         keys = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
-        graphdef, stacked = nnx.split(self.layers)
+        if isinstance(self.layers, nnx.List):
+            graphdef = nnx.split(self.layers[0])[0]
+            layer_params = [nnx.state(block) for block in self.layers]
+        else:
+            graphdef, stacked = nnx.split(self.layers)
+            unroll = cache is not None or not cfg.scan_layers
+            layer_params = [jax.tree.map(lambda a: a[i], stacked) for i in range(cfg.num_layers)] if unroll else None
 
         def one_layer(x, per_layer):
             params, layer_kv, rate, key = per_layer
             block = nnx.merge(graphdef, params)
             return block(x, positions, q_segments, kv_segments, q_slots, layer_kv, write_index, rate, key)
 
+        if cache is not None:
+            new_k, new_v = [], []
+            for i, params in enumerate(layer_params):
+                x, (k, v) = one_layer(x, (params, (cache[0][i], cache[1][i]), rates[i], None))
+                new_k.append(k)
+                new_v.append(v)
+            return x, (tuple(new_k), tuple(new_v))
         one_layer = _remat(one_layer, cfg.remat)
-        per_layer = (stacked, kv, rates, keys)
-        if cfg.scan_layers:
-            return jax.lax.scan(one_layer, x, per_layer)
-        outs = []
-        for i in range(cfg.num_layers):
-            x, layer_kv = one_layer(x, jax.tree.map(lambda a: a[i], per_layer))
-            outs.append(layer_kv)
-        return x, (None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *outs))
+        if layer_params is None:
+            return jax.lax.scan(one_layer, x, (stacked, None, rates, keys))
+        for i, params in enumerate(layer_params):
+            x, _ = one_layer(x, (params, None, rates[i], None if keys is None else keys[i]))
+        return x, None
 
 
 def param_count(cfg: ModelConfig) -> int:

@@ -6,6 +6,9 @@ repetition penalty 1.2).
     python -m lima_jax.sample --checkpoint=CKPT --prompt_ids=1,2,3 --temperature=0 \
         --max_new_tokens=20 --print_ids                                          # token for token
 
+`--mesh=fsdp=4,tensor=2` lays the weights and the KV cache over this host's devices by the training
+rules (default: one device).
+
 `--checkpoint` takes a converted checkpoint, one saved step, or a run's workdir (its latest
 complete step). Text prompts use LIMA's chat format (BOS, each utterance followed by EOT) when the
 model was fine-tuned with EOT, and plain text after BOS for a base model. `--prompt_ids` are fed as
@@ -16,15 +19,17 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
 from absl import flags
 
-from lima_jax import checkpoint
+from lima_jax import checkpoint, sharding
 from lima_jax.cli import run
 from lima_jax.data.records import read_conversations
 from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
 from lima_jax.model import Llama, model_from_params
 from lima_jax.sampling import SamplingParams, generate
+from lima_jax.state import param_shardings
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "the prompt as comma-separated token ids, e.g. 1,2,3")
@@ -35,15 +40,21 @@ _TOP_P = flags.DEFINE_float("top_p", 0.9, "nucleus sampling: the probability mas
 _PENALTY = flags.DEFINE_float("repetition_penalty", 1.2, "CTRL-style penalty on tokens already generated (1 = off)")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 2048, "how many tokens to generate at most")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same text")
+_MESH = flags.DEFINE_string("mesh", "", "e.g. fsdp=4,tensor=2 (one size may be -1: the rest of the devices); empty: one device")
 _PRINT_IDS = flags.DEFINE_bool("print_ids", False, "print the generated token ids, space-separated, one line per prompt")
 
 
 class Generator:
     """A loaded checkpoint with its tokenizer and stop tokens, ready to answer conversations."""
 
-    def __init__(self, path: str):
-        cfg, params = checkpoint.load_params(path)
+    def __init__(self, path: str, mesh: jax.sharding.Mesh | None = None):
+        cfg = checkpoint.load_model_config(path)
+        shardings = param_shardings(cfg, mesh) if mesh is not None else None
+        cfg, params = checkpoint.load_params(path, cfg, shardings)
+        self.mesh = mesh
         self.model: Llama = model_from_params(cfg, params)
+        del params
+        self.model.unstack_layers()
         tokenizer_file = checkpoint.tokenizer_path(path)
         self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
         eot = checkpoint.run_info(path).get("eot_id")
@@ -65,7 +76,23 @@ class Generator:
         return self.tokenizer.decode(ids)
 
     def __call__(self, prompts: list[list[int]], params: SamplingParams, seed: int, row_seeds=None) -> list[list[int]]:
-        return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed, row_seeds=row_seeds)
+        return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed, row_seeds=row_seeds, mesh=self.mesh)
+
+
+def parse_mesh(text: str) -> jax.sharding.Mesh | None:
+    """`fsdp=4,tensor=2` -> a mesh over this host's devices; empty -> None (one device)."""
+    if not text.strip():
+        return None
+    sizes = {}
+    for part in text.split(","):
+        name, _, size = part.partition("=")
+        name = name.strip()
+        if name not in sharding.MESH_AXES or not size.strip().lstrip("-").isdigit():
+            raise LimaError(f"--mesh: {part!r} is not AXIS=SIZE with AXIS one of {', '.join(sharding.MESH_AXES)}")
+        sizes[name] = int(size)
+    if -1 not in sizes.values() and "data" not in sizes:
+        sizes["data"] = -1  # the devices the named axes leave
+    return sharding.make_mesh(sizes, jax.local_devices())
 
 
 def parse_ids(text: str) -> list[int]:
@@ -95,7 +122,7 @@ def main(argv: list[str]) -> None:
     if len(given) != 1:
         raise LimaError("give exactly one of --prompt_ids, --prompt, --prompt_file")
     params = sampling_params()
-    generator = Generator(_CHECKPOINT.value)
+    generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
 
     if _PROMPT_IDS.value is not None:
         conversations = None

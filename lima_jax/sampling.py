@@ -8,9 +8,15 @@ with neither penalty nor nucleus), so it can be compared token for token with ot
 Prompts are left-padded to a bucketed length (padding has segment id 0 and is never attended to,
 positions start at 0 at each prompt's first token), so new prompt lengths reuse a compiled program.
 Each row stops on its own at a stop token (EOT or EOS); the loop ends when every row has stopped.
+
+Given a mesh (the training one: data, fsdp, tensor), the parameters stay where they are laid out,
+the KV cache is placed by the same rules (rows over data/fsdp, KV heads over tensor) and the
+activations are constrained as in training. Models meant for decoding hold their layers unstacked
+(`Llama.unstack_layers`): on a CPU that is what lets a step read the weights without copying them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Sequence
@@ -22,6 +28,7 @@ from flax import nnx
 
 from lima_jax.errors import LimaError
 from lima_jax.model import KVCache, Llama
+from lima_jax.sharding import activation_mesh
 
 MIN_BUCKET = 16
 
@@ -76,9 +83,14 @@ def next_token(keys: jax.Array, logits: jax.Array, seen: jax.Array, params: dict
     return jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, logits).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
-def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, keys, *, max_new_tokens, greedy):
-    model = nnx.merge(graphdef, state)
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "mesh"))
+def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, keys, *, max_new_tokens, greedy, mesh):
+    with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        return _decode_loop(nnx.merge(graphdef, state), tokens, positions, segments, lengths, stop_ids, knobs, keys,
+                            max_new_tokens, greedy)
+
+
+def _decode_loop(model, tokens, positions, segments, lengths, stop_ids, knobs, keys, max_new_tokens, greedy):
     b, p = tokens.shape
     cache = KVCache.zeros(model.cfg, b, p + max_new_tokens)
     logits, cache = model.decode(tokens, positions, segments, cache)
@@ -119,11 +131,13 @@ def generate(
     stop_ids: Sequence[int],
     seed: int = 0,
     row_seeds: Sequence[int] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> list[list[int]]:
     """The tokens generated for each prompt, up to and including its stop token.
 
     Row i draws from `seed` and `row_seeds[i]` (default i) alone, so a prompt given the same row
-    seed samples the same text in any batch."""
+    seed samples the same text in any batch. `mesh`: the one the model's parameters are laid out
+    on, if any (see the module docstring)."""
     params.check()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise LimaError("every prompt needs at least one token")
@@ -148,7 +162,7 @@ def generate(
         graphdef, state, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments),
         jnp.asarray([len(p) for p in prompts], jnp.int32), jnp.asarray(list(stop_ids), jnp.int32), knobs,
         _row_keys(seed, row_seeds if row_seeds is not None else range(len(prompts))),
-        max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0,
+        max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0, mesh=mesh,
     )
     out = np.asarray(out)[:, : int(steps)]
     results = []

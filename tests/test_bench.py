@@ -9,6 +9,7 @@ import pytest
 
 from lima_jax import bench, flops
 from lima_jax.config import load_config, model_config
+from lima_jax.model import param_count
 from lima_jax.errors import LimaError
 
 TINY = {  # seconds per run: the point is the record, not the speed
@@ -146,3 +147,66 @@ def test_cli_rejects_an_unknown_key():
     )
     assert result.returncode == 2
     assert "nope" in result.stderr.strip().splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# --mode=decode
+# ----------------------------------------------------------------------------------------------
+DECODE_KEYS = {
+    "ttft_s", "decode_tokens_per_s_b1", "decode_tokens_per_s_b4", "roofline_fraction", "memory_bandwidth_gb_s",
+    "weight_bytes_per_step", "roofline_tokens_per_s_b1", "b4_over_b1", "prompt_len", "new_tokens", "mode",
+}
+TORCH_DECODE_KEYS = {
+    "torch_ttft_s", "torch_decode_tokens_per_s_b1", "torch_decode_tokens_per_s_b4", "decode_speedup_vs_torch_b1",
+    "decode_speedup_vs_torch_b4", "greedy_prefix_matching_torch",
+}
+NEW_TOKENS = 6
+
+
+def check_decode_record(record, config, torch_expected):
+    assert DECODE_KEYS <= record.keys()
+    assert (TORCH_DECODE_KEYS <= record.keys()) == torch_expected
+    cfg = model_config(config)
+    assert record["mode"] == "decode" and record["new_tokens"] == NEW_TOKENS
+    for key in ("ttft_s", "decode_tokens_per_s_b1", "decode_tokens_per_s_b4", "roofline_fraction", "memory_bandwidth_gb_s"):
+        assert record[key] > 0, key
+    # Bytes one step reads: every parameter but the (untied) input embedding, in float32.
+    assert record["weight_bytes_per_step"] == (param_count(cfg) - cfg.vocab_size * cfg.dim) * 4
+    bandwidth = record["memory_bandwidth_gb_s"] * 1e9
+    assert close(record["roofline_tokens_per_s_b1"], bandwidth / record["weight_bytes_per_step"])
+    assert close(record["roofline_fraction"], record["decode_tokens_per_s_b1"] / record["roofline_tokens_per_s_b1"], rel=1e-3)
+    assert close(record["b4_over_b1"], record["decode_tokens_per_s_b4"] / record["decode_tokens_per_s_b1"], rel=1e-3)
+    if torch_expected:
+        for b in (1, 4):
+            assert close(record[f"decode_speedup_vs_torch_b{b}"],
+                         record[f"decode_tokens_per_s_b{b}"] / record[f"torch_decode_tokens_per_s_b{b}"], rel=1e-3)
+        # Same weights, both greedy: transformers generates exactly our tokens.
+        assert record["greedy_prefix_matching_torch"] == NEW_TOKENS
+
+
+def test_decode_record_with_torch_generates_the_same_tokens():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    config = tiny_config()
+    record = bench.decode_bench(config, batches=(1, 4), prompt_len=5, new_tokens=NEW_TOKENS, repeats=1, compare_torch=True)
+    check_decode_record(record, config, torch_expected=True)
+
+
+def test_decode_cli_prints_one_json_line():
+    args = [f"--config.{k}={v}" for k, v in TINY.items()]
+    result = subprocess.run(
+        [sys.executable, "-m", "lima_jax.bench", "--mode=decode", "--config=tiny", *args, "--decode_batches=1,4",
+         "--prompt_len=5", f"--new_tokens={NEW_TOKENS}", "--repeats=1", "--compare_torch=false"],
+        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    check_decode_record(json.loads(lines[0]), tiny_config(), torch_expected=False)
+
+
+def test_decode_bad_arguments_are_one_line_errors():
+    with pytest.raises(LimaError, match="--new_tokens must be >= 2"):
+        bench.decode_bench(tiny_config(), new_tokens=1, compare_torch=False)
+    with pytest.raises(LimaError, match="--decode_batches"):
+        bench.parse_batches(["1", "x"])

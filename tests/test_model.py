@@ -319,6 +319,27 @@ def test_cached_decoding_matches_the_full_forward(scan_layers):
     assert int(cache.index) == total
 
 
+def test_unstacked_layers_give_the_same_logits_and_cache():
+    """`unstack_layers` (the inference layout) changes where weights live, never what they compute."""
+    cfg = tiny()
+    stacked, unstacked = random_model(cfg), random_model(cfg)
+    unstacked.unstack_layers()
+    assert isinstance(unstacked.layers, nnx.List) and len(unstacked.layers) == cfg.num_layers
+    assert unstacked.layers[1].wq[...].shape == stacked.layers.wq[...].shape[1:]
+    np.testing.assert_array_equal(unstacked.layers[1].w_down[...], stacked.layers.w_down[...][1])
+    tokens = random_tokens(cfg, (2, 7))
+    assert_close(forward(unstacked, tokens), forward(stacked, tokens))
+    positions = jnp.broadcast_to(jnp.arange(7, dtype=jnp.int32), (2, 7))
+    segments = jnp.ones((2, 7), jnp.int32)
+    ours, cache = decode(unstacked, tokens, positions, segments, KVCache.zeros(cfg, 2, 9))
+    theirs, reference = decode(stacked, tokens, positions, segments, KVCache.zeros(cfg, 2, 9))
+    assert_close(ours, theirs)
+    for a, b in zip(cache.k + cache.v, reference.k + reference.v):
+        assert_close(a, b)
+    unstacked.unstack_layers()  # a second call is a no-op
+    assert_close(forward(unstacked, tokens), forward(stacked, tokens))
+
+
 def test_left_padded_batch_matches_each_prompt_alone():
     """Row 0 is a 4-token prompt behind 2 padding slots (segment 0, positions start at its first
     real token); row 1 is a 6-token prompt. Prefill, then decode one more token per row."""

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lima_jax import checkpoint
+from lima_jax import checkpoint, state
 from lima_jax.data import demo_dir
-from lima_jax.model import Llama, ModelConfig
+from lima_jax import sharding
+from lima_jax.model import KVCache, Llama, ModelConfig
+from lima_jax.sample import parse_mesh
 from lima_jax.sampling import SamplingParams, bucket, generate, nucleus, repetition_penalty
 
 CFG = ModelConfig(vocab_size=61, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=128, init_std=0.2)
@@ -120,3 +122,40 @@ def test_a_prompt_samples_the_same_text_in_any_batch(model):
     together = generate(model, [a, b], params, stop_ids=NO_STOP, seed=2, row_seeds=[11, 12])
     alone = generate(model, [b], params, stop_ids=NO_STOP, seed=2, row_seeds=[12])
     assert together[1] == alone[0]
+
+
+def test_sampling_on_a_mesh_gives_the_single_device_tokens(model):
+    """Weights laid out as in training (fsdp 2 x tensor 2 x data 2 over the 8 test devices), layers
+    unstacked as the Generator holds them: the same greedy tokens as one device."""
+    mesh = parse_mesh("fsdp=2,tensor=2")
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    params = nnx.to_pure_dict(nnx.state(model))
+    placed = jax.device_put(params, state.param_shardings(CFG, mesh))
+    sharded = nnx.merge(nnx.graphdef(model), nnx.state(model))
+    nnx.update(sharded, placed)
+    sharded.unstack_layers()
+    wq = sharded.layers[0].wq[...]
+    assert "tensor" in str(wq.sharding.spec) and len(wq.sharding.device_set) == 8
+    prompts = [[1, 7], [1, 9, 14, 3, 30, 2, 8], [1, 40, 41], [1, 2, 3, 4, 5]]
+    alone = generate(model, prompts, GREEDY, stop_ids=NO_STOP)
+    assert generate(sharded, prompts, GREEDY, stop_ids=NO_STOP, mesh=mesh) == alone
+
+
+def test_the_kv_cache_is_laid_out_by_the_training_rules():
+    mesh = parse_mesh("tensor=2")
+    with sharding.activation_mesh(mesh):
+        cache = jax.jit(lambda: KVCache.zeros(CFG, 8, 16))()
+    assert len(cache.k) == CFG.num_layers and cache.k[0].shape == (8, CFG.num_kv_heads, 16, CFG.resolved_head_dim)
+    P, named = jax.sharding.PartitionSpec, jax.sharding.NamedSharding
+    assert cache.k[0].sharding.is_equivalent_to(named(mesh, P("data", "tensor")), 4)  # rows, KV heads
+    assert cache.segment_ids.sharding.is_equivalent_to(named(mesh, P("data")), 2)
+
+
+def test_a_bad_mesh_flag_is_one_line():
+    from lima_jax.errors import LimaError
+
+    with pytest.raises(LimaError, match="--mesh: 'pipeline=2'"):
+        parse_mesh("pipeline=2")
+    with pytest.raises(LimaError, match="does not divide"):
+        parse_mesh("tensor=3")
+    assert parse_mesh("") is None

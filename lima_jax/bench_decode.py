@@ -1,0 +1,192 @@
+"""Decode speed of the compiled sampler, side by side with `transformers` `generate`.
+
+    python -m lima_jax.bench --mode=decode --config=tiny --shape=ci
+
+Both frameworks decode greedily from the same weights (ours converted to a
+`transformers.LlamaForCausalLM`), from random prompts of `prompt_len` tokens, for a fixed number of
+new tokens (no stop token fires). Each framework is timed generating N tokens and generating 1, in
+alternation, and each figure is a median:
+
+- `ttft_s`: time to first token at batch 1 (a whole `generate` call for one token: prefill, the
+  first sample; ours also runs the one decode step its loop ends with);
+- `decode_tokens_per_s_bB`: B*(N-1) / (time for N tokens - time for 1), the rate of the decode
+  steps alone, prefill excluded;
+- `roofline_fraction`: batch-1 decode steps per second times the bytes of weights one step reads
+  (every parameter but the input embedding, which is only gathered), over the memory bandwidth
+  measured in this run (a jitted sum over a buffer far larger than any cache). 1.0 would mean
+  every step streams the weights at that bandwidth.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lima_jax.cli import say
+from lima_jax.errors import LimaError
+from lima_jax.hf_format import config_to_hf
+from lima_jax.model import Llama, ModelConfig, param_count
+from lima_jax.sampling import SamplingParams, generate
+from lima_jax.weights import params_to_hf
+
+BANDWIDTH_BYTES = 512 * 2**20  # the buffer the bandwidth is measured on: 16x a 32 MiB L3
+
+
+def measured_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
+    """Bytes per second a jitted reduction streams from device memory (the best of `repeats`)."""
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        total(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return x.nbytes / best
+
+
+def weight_bytes_per_step(cfg: ModelConfig) -> int:
+    """Bytes of parameters one decode step reads: all but the input embedding (a gather of B
+    rows), unless it doubles as the output head."""
+    gathered = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
+    return (param_count(cfg) - gathered) * jnp.dtype(cfg.param_dtype).itemsize
+
+
+def random_prompts(cfg: ModelConfig, batch: int, length: int, seed: int) -> np.ndarray:
+    """Token ids in [3, vocab): clear of the usual BOS/EOS/PAD ids."""
+    return np.random.default_rng(seed).integers(3, cfg.vocab_size, (batch, length), dtype=np.int64)
+
+
+class JaxDecoder:
+    """Our sampler (temperature 0), on the model as the Generator holds it: layers unstacked."""
+
+    def __init__(self, model: Llama):
+        self.model = model
+        self.never = (model.cfg.vocab_size + 1,)  # a stop id no row produces: every row runs to N
+
+    def __call__(self, prompts: np.ndarray, new_tokens: int) -> tuple[float, list[list[int]]]:
+        params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
+        start = time.perf_counter()
+        out = generate(self.model, prompts.tolist(), params, stop_ids=self.never)
+        return time.perf_counter() - start, out
+
+
+class TorchDecoder:
+    """`transformers.LlamaForCausalLM.generate`, greedy, with our weights, fp32, one thread per core."""
+
+    def __init__(self, cfg: ModelConfig, params: dict, threads: int):
+        import torch
+        import transformers
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+        hf = transformers.LlamaConfig(**{**config_to_hf(cfg, "float32"), "pad_token_id": 0})
+        self.model = transformers.LlamaForCausalLM(hf).to(torch.float32).eval()
+        state = {name: torch.from_numpy(np.array(w, np.float32)) for name, w in params_to_hf(params, cfg)}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if not m.endswith("rotary_emb.inv_freq")]:
+            raise LimaError(f"bench: transformers rejected the converted weights (missing {missing}, unexpected {unexpected})")
+
+    def __call__(self, prompts: np.ndarray, new_tokens: int) -> tuple[float, list[list[int]]]:
+        torch = self.torch
+        ids = torch.as_tensor(prompts)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                do_sample=False, eos_token_id=None, pad_token_id=0,
+            )
+            seconds = time.perf_counter() - start
+        return seconds, out[:, prompts.shape[1]:].tolist()
+
+
+def _rates(times: dict[tuple[int, int], list[float]], batches: Sequence[int], new_tokens: int) -> dict[str, float]:
+    out = {"ttft_s": statistics.median(times[(batches[0], 1)])}
+    for b in batches:
+        full, first = statistics.median(times[(b, new_tokens)]), statistics.median(times[(b, 1)])
+        out[f"b{b}"] = b * (new_tokens - 1) / max(full - first, 1e-9)
+    return out
+
+
+def _matching_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def bench_decode(
+    cfg: ModelConfig,
+    *,
+    batches: Sequence[int] = (1, 16),
+    prompt_len: int = 16,
+    new_tokens: int = 128,
+    repeats: int = 3,
+    compare_torch: bool = False,
+    threads: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Times our sampler (and transformers') at each batch size; returns the record's decode keys."""
+    if new_tokens < 2 or prompt_len < 1 or repeats < 1 or not batches or min(batches) < 1:
+        raise LimaError(f"--new_tokens must be >= 2, --prompt_len and --repeats >= 1, batch sizes >= 1 "
+                        f"(got {new_tokens}, {prompt_len}, {repeats}, {list(batches)})")
+    model = Llama(cfg, rngs=nnx.Rngs(seed))
+    params = nnx.to_pure_dict(nnx.state(model)) if compare_torch else None
+    theirs = TorchDecoder(cfg, jax.tree.map(np.asarray, params), threads) if compare_torch else None
+    model.unstack_layers()
+    ours = JaxDecoder(model)
+    runners: list[tuple[str, Callable]] = [("ours", ours)] + ([("torch", theirs)] if theirs else [])
+    prompts = {b: random_prompts(cfg, b, prompt_len, seed + b) for b in batches}
+
+    start = time.perf_counter()
+    for b in batches:  # compiles each program (batch x token count) once, and warms torch up
+        for n in (new_tokens, 1):
+            for _, run in runners:
+                run(prompts[b], n)
+    say(f"bench: compiled and warmed up in {time.perf_counter() - start:.1f}s")
+
+    times = {name: {(b, n): [] for b in batches for n in (new_tokens, 1)} for name, _ in runners}
+    outputs: dict[str, list[list[int]]] = {}
+    for _ in range(repeats):  # alternating, so every figure sees the same machine
+        for b in batches:
+            for n in (new_tokens, 1):
+                for name, run in runners:
+                    seconds, out = run(prompts[b], n)
+                    times[name][(b, n)].append(seconds)
+                    if b == batches[0] and n == new_tokens:
+                        outputs[name] = out
+    bandwidth = measured_bandwidth()
+    bytes_per_step = weight_bytes_per_step(cfg)
+
+    mine = _rates(times["ours"], batches, new_tokens)
+    record: dict[str, Any] = {
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "decode_batches": list(batches),
+        "repeats": repeats,
+        "ttft_s": mine["ttft_s"],
+        **{f"decode_tokens_per_s_b{b}": mine[f"b{b}"] for b in batches},
+        "weight_bytes_per_step": bytes_per_step,
+        "memory_bandwidth_gb_s": bandwidth / 1e9,
+        "roofline_tokens_per_s_b1": bandwidth / bytes_per_step,
+    }
+    b0 = batches[0]
+    record["roofline_fraction"] = mine[f"b{b0}"] * bytes_per_step / bandwidth / b0
+    if len(batches) > 1:
+        record[f"b{batches[-1]}_over_b{b0}"] = mine[f"b{batches[-1]}"] / mine[f"b{b0}"]
+    if theirs is not None:
+        torch_rates = _rates(times["torch"], batches, new_tokens)
+        record["torch_ttft_s"] = torch_rates["ttft_s"]
+        for b in batches:
+            record[f"torch_decode_tokens_per_s_b{b}"] = torch_rates[f"b{b}"]
+            record[f"decode_speedup_vs_torch_b{b}"] = mine[f"b{b}"] / torch_rates[f"b{b}"]
+        # Greedy tokens agree until two logits tie within float error (random weights tie often).
+        record["greedy_prefix_matching_torch"] = min(_matching_prefix(a, b) for a, b in zip(outputs["ours"], outputs["torch"]))
+    return record
