@@ -84,32 +84,39 @@ class KVCache(NamedTuple):
 
     Slot `j` holds the token written at step `j`; segment id 0 marks padding and empty slots, so a
     real token (segment >= 1) never attends to them. `index` is the next slot to write. Each layer
-    has its own arrays (a step updates them in place, never slicing a stacked cache), with heads
-    before slots so attention reads them without a transpose.
+    has its own arrays (a step updates them in place, never slicing a stacked cache). Keys are laid
+    out (B, K, S, Dh) and values (B, K, Dh, S): both attention products then contract their minor
+    dimension, and XLA reads the cache as it lies instead of transposing a copy every step. A batch
+    of one is stored without its batch axis: XLA would fold that axis away with a reshape of the
+    freshly updated cache, and on a CPU that costs a copy of the whole cache every step.
     """
 
-    k: tuple[jax.Array, ...]  # L arrays (B, K, S, Dh)
-    v: tuple[jax.Array, ...]
+    k: tuple[jax.Array, ...]  # L arrays (B, K, S, Dh), or (K, S, Dh) when B is 1
+    v: tuple[jax.Array, ...]  # L arrays (B, K, Dh, S), or (K, Dh, S)
     segment_ids: jax.Array  # (B, S) int32
     index: jax.Array  # () int32
 
-    AXES = ("batch", "kv_heads", "length", "head_dim")  # logical names, as for parameters
+    K_AXES = ("batch", "kv_heads", "length", "head_dim")  # logical names, as for parameters
+    V_AXES = ("batch", "kv_heads", "head_dim", "length")
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
-        shape = (batch, cfg.num_kv_heads, max_len, cfg.resolved_head_dim)
-        dtype = jnp.dtype(cfg.dtype)
-        layers = lambda: tuple(constrain(jnp.zeros(shape, dtype), cls.AXES) for _ in range(cfg.num_layers))  # noqa: E731
+        kv, dh, dtype = cfg.num_kv_heads, cfg.resolved_head_dim, jnp.dtype(cfg.dtype)
+        rows = 1 if batch == 1 else 0  # the leading axes to drop
+
+        def layers(shape, names):
+            return tuple(constrain(jnp.zeros(shape[rows:], dtype), names[rows:]) for _ in range(cfg.num_layers))
+
         return cls(
-            k=layers(),
-            v=layers(),
+            k=layers((batch, kv, max_len, dh), cls.K_AXES),
+            v=layers((batch, kv, dh, max_len), cls.V_AXES),
             segment_ids=constrain(jnp.zeros((batch, max_len), jnp.int32), ("batch", "length")),
             index=jnp.zeros((), jnp.int32),
         )
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[2]
+        return self.k[0].shape[-2]
 
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
@@ -146,21 +153,29 @@ def attention(
 ) -> jax.Array:
     """Causal, segment-aware grouped-query attention.
 
-    q (B, T, H, Dh); k, v (B, K, S, Dh); q_segments (B, T); kv_segments (B, S); q_slots (B, T) is
+    q (B, T, H, Dh); k (B, K, S, Dh); v (B, K, Dh, S) (for B = 1 also (K, S, Dh) and (K, Dh, S), as
+    a KVCache holds them); q_segments (B, T); kv_segments (B, S); q_slots (B, T) is
     each query's slot, and key slot j is visible when j <= that slot and the segments match.
     """
     b, t, h, dh = q.shape
-    kv_heads = k.shape[1]
+    squeezed = k.ndim == 3  # a batch of one without its batch axis: einsums that never reshape the cache
+    kv_heads, slots = k.shape[-3], k.shape[-2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+    if squeezed:
+        scores = jnp.einsum("tkgd,ksd->kgts", q[0], k, preferred_element_type=jnp.float32)[None]
+    else:
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / np.sqrt(dh))
-    kv_slots = jnp.arange(k.shape[2], dtype=jnp.int32)
+    kv_slots = jnp.arange(slots, dtype=jnp.int32)
     visible = (q_segments[:, :, None] == kv_segments[:, None, :]) & (
         kv_slots[None, None, :] <= q_slots[:, :, None]
     )
     scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    if squeezed:
+        out = jnp.einsum("kgts,kds->tkgd", probs[0], v)[None]
+    else:
+        out = jnp.einsum("bkgts,bkds->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
 
 
@@ -218,9 +233,12 @@ class Block(nnx.Module):
         q = rotary(jnp.einsum("btd,dhk->bthk", h, self.wq[...].astype(dt)), positions, cfg.rope_theta)
         k = rotary(jnp.einsum("btd,dhk->bthk", h, self.wk[...].astype(dt)), positions, cfg.rope_theta)
         v = jnp.einsum("btd,dhk->bthk", h, self.wv[...].astype(dt))
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, Dh)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)  # (B, K, T, Dh), (B, K, Dh, T): the cache's layout
         if cache is not None:  # decoding: write this step's keys/values, then attend to every slot
-            k, v = (jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), write_index, axis=2) for c, new in zip(cache, (k, v)))
+            if cache[0].ndim == 3:  # a batch of one (see KVCache)
+                k, v = k[0], v[0]
+            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_index, axis=k.ndim - 2)
+            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_index, axis=v.ndim - 1)
             cache = (k, v)
         out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
         out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
@@ -293,7 +311,8 @@ class Llama(nnx.Module):
         x, (k, v) = self._run_layers(
             self._embed(tokens), positions, segment_ids, kv_segments, slots, (cache.k, cache.v), cache.index, None
         )
-        k, v = (tuple(constrain(a, KVCache.AXES) for a in arrays) for arrays in (k, v))
+        k = tuple(constrain(a, KVCache.K_AXES[-a.ndim:]) for a in k)
+        v = tuple(constrain(a, KVCache.V_AXES[-a.ndim:]) for a in v)
         return self._logits(x), KVCache(k, v, kv_segments, cache.index + t)
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
