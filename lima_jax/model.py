@@ -230,9 +230,8 @@ class Block(nnx.Module):
             attn_key, mlp_key = jax.random.split(dropout_key)
 
         h = rms_norm(x, self.attn_norm[...], cfg.norm_eps)
-        q = rotary(jnp.einsum("btd,dhk->bthk", h, self.wq[...].astype(dt)), positions, cfg.rope_theta)
-        k = rotary(jnp.einsum("btd,dhk->bthk", h, self.wk[...].astype(dt)), positions, cfg.rope_theta)
-        v = jnp.einsum("btd,dhk->bthk", h, self.wv[...].astype(dt))
+        q, k, v = self._qkv(h)
+        q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)  # (B, K, T, Dh), (B, K, Dh, T): the cache's layout
         if cache is not None:  # decoding: write this step's keys/values, then attend to every slot
             if cache[0].ndim == 3:  # a batch of one (see KVCache)
@@ -245,11 +244,41 @@ class Block(nnx.Module):
         x = x + residual_dropout(out, dropout_rate, attn_key)
 
         h = rms_norm(x, self.mlp_norm[...], cfg.norm_eps)
-        gate = jnp.einsum("btd,df->btf", h, self.w_gate[...].astype(dt))
-        up = jnp.einsum("btd,df->btf", h, self.w_up[...].astype(dt))
+        gate, up = self._gate_up(h)
         out = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
         x = x + residual_dropout(out, dropout_rate, mlp_key)
         return constrain(x, ACTIVATION_AXES), cache
+
+
+    def _qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q (B, T, H, Dh), k and v (B, T, K, Dh): three matmuls, or one when fused."""
+        dt = h.dtype
+        if not hasattr(self, "wqkv"):
+            return tuple(jnp.einsum("btd,dhk->bthk", h, w[...].astype(dt)) for w in (self.wq, self.wk, self.wv))
+        cfg = self.cfg
+        heads, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+        qkv = jnp.einsum("btd,dn->btn", h, self.wqkv[...].astype(dt))
+        q, k, v = jnp.split(qkv, [heads * dh, (heads + kv) * dh], axis=-1)
+        return q.reshape(*h.shape[:2], heads, dh), k.reshape(*h.shape[:2], kv, dh), v.reshape(*h.shape[:2], kv, dh)
+
+    def _gate_up(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        dt = h.dtype
+        if not hasattr(self, "w_gate_up"):
+            return tuple(jnp.einsum("btd,df->btf", h, w[...].astype(dt)) for w in (self.w_gate, self.w_up))
+        return tuple(jnp.split(jnp.einsum("btd,df->btf", h, self.w_gate_up[...].astype(dt)), 2, axis=-1))
+
+    def fuse_projections(self) -> None:
+        """For inference on one device: the q, k, v weights as one (D, (H + 2K) * Dh) matrix and gate
+        and up as one (D, 2F). A decode step then runs fewer, larger matmuls; on a CPU each small
+        matrix-vector product pays a fixed cost, and wider ones stream memory faster. (Under tensor
+        parallelism the fused columns would not split by head: keep them apart there.)"""
+        if hasattr(self, "wqkv"):
+            return
+        d = self.cfg.dim
+        self.wqkv = nnx.Param(jnp.concatenate([w[...].reshape(d, -1) for w in (self.wq, self.wk, self.wv)], axis=-1))
+        self.w_gate_up = nnx.Param(jnp.concatenate([self.w_gate[...], self.w_up[...]], axis=-1))
+        for name in ("wq", "wk", "wv", "w_gate", "w_up"):
+            delattr(self, name)
 
 
 def _remat(fn, policy: str):
@@ -326,11 +355,12 @@ class Llama(nnx.Module):
             logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"))
 
-    def unstack_layers(self) -> None:
+    def unstack_layers(self, fuse_projections: bool = True) -> None:
         """Holds each layer's parameters in arrays of its own (an `nnx.List` of Blocks) rather than
         stacked along a layer axis, for inference: a decode step then reads every weight where it
         lies, where slicing a stacked array would copy it (XLA on a CPU does, every step). Converts
-        one tensor name at a time, so memory grows by one stacked tensor at most."""
+        one tensor name at a time, so memory grows by one stacked tensor at most. With
+        `fuse_projections` each Block also fuses its projections (`Block.fuse_projections`)."""
         if isinstance(self.layers, nnx.List):
             return
         stacked = self.layers
@@ -347,6 +377,8 @@ class Llama(nnx.Module):
             state = jax.tree.map(lambda a: a, abstract)
             nnx.replace_by_pure_dict(state, layer)
             blocks.append(nnx.merge(gdef, state))
+            if fuse_projections:
+                blocks[-1].fuse_projections()
         self.layers = nnx.List(blocks)
 
     def _run_layers(self, x, positions, q_segments, kv_segments, q_slots, cache, write_index, dropout_rng):

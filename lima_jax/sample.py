@@ -54,7 +54,7 @@ class Generator:
         self.mesh = mesh
         self.model: Llama = model_from_params(cfg, params)
         del params
-        self.model.unstack_layers()
+        self.model.unstack_layers(fuse_projections=mesh is None)
         tokenizer_file = checkpoint.tokenizer_path(path)
         self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
         eot = checkpoint.run_info(path).get("eot_id")

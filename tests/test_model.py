@@ -319,14 +319,22 @@ def test_cached_decoding_matches_the_full_forward(scan_layers):
     assert int(cache.index) == total
 
 
-def test_unstacked_layers_give_the_same_logits_and_cache():
-    """`unstack_layers` (the inference layout) changes where weights live, never what they compute."""
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+def test_unstacked_layers_give_the_same_logits_and_cache(fuse):
+    """`unstack_layers` (the inference layout, optionally with fused projections) changes where
+    weights live, never what they compute."""
     cfg = tiny()
     stacked, unstacked = random_model(cfg), random_model(cfg)
-    unstacked.unstack_layers()
+    unstacked.unstack_layers(fuse_projections=fuse)
     assert isinstance(unstacked.layers, nnx.List) and len(unstacked.layers) == cfg.num_layers
-    assert unstacked.layers[1].wq[...].shape == stacked.layers.wq[...].shape[1:]
-    np.testing.assert_array_equal(unstacked.layers[1].w_down[...], stacked.layers.w_down[...][1])
+    layer = unstacked.layers[1]
+    np.testing.assert_array_equal(layer.w_down[...], stacked.layers.w_down[...][1])
+    if fuse:
+        assert not hasattr(layer, "wq") and not hasattr(layer, "w_up")
+        qkv_width = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.resolved_head_dim
+        assert layer.wqkv[...].shape == (cfg.dim, qkv_width) and layer.w_gate_up[...].shape == (cfg.dim, 2 * cfg.ffn_dim)
+    else:
+        assert layer.wq[...].shape == stacked.layers.wq[...].shape[1:]
     tokens = random_tokens(cfg, (2, 7))
     assert_close(forward(unstacked, tokens), forward(stacked, tokens))
     positions = jnp.broadcast_to(jnp.arange(7, dtype=jnp.int32), (2, 7))
@@ -338,6 +346,22 @@ def test_unstacked_layers_give_the_same_logits_and_cache():
         assert_close(a, b)
     unstacked.unstack_layers()  # a second call is a no-op
     assert_close(forward(unstacked, tokens), forward(stacked, tokens))
+
+
+def test_a_batch_of_one_decodes_like_the_full_forward():
+    """A batch of one keeps its cache without the batch axis (see KVCache); the logits do not change."""
+    cfg = tiny()
+    model = random_model(cfg)
+    tokens = random_tokens(cfg, (1, 6))
+    full = forward(model, tokens)
+    cache = KVCache.zeros(cfg, 1, 8)
+    assert cache.k[0].shape == (cfg.num_kv_heads, 8, cfg.resolved_head_dim) and cache.max_len == 8
+    assert cache.v[0].shape == (cfg.num_kv_heads, cfg.resolved_head_dim, 8)
+    logits, cache = decode(model, tokens[:, :4], jnp.arange(4)[None], jnp.ones((1, 4), jnp.int32), cache)
+    assert_close(logits, full[:, :4])
+    for t in (4, 5):
+        logits, cache = decode(model, tokens[:, t : t + 1], jnp.full((1, 1), t), jnp.ones((1, 1), jnp.int32), cache)
+        assert_close(logits[:, 0], full[:, t])
 
 
 def test_left_padded_batch_matches_each_prompt_alone():

@@ -15,7 +15,7 @@ from lima_jax.data import demo_dir
 from lima_jax import sharding
 from lima_jax.model import KVCache, Llama, ModelConfig
 from lima_jax.sample import parse_mesh
-from lima_jax.sampling import SamplingParams, bucket, generate, nucleus, repetition_penalty
+from lima_jax.sampling import SamplingParams, bucket, first_argmax, generate, nucleus, repetition_penalty
 
 CFG = ModelConfig(vocab_size=61, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=128, init_std=0.2)
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
@@ -133,7 +133,7 @@ def test_sampling_on_a_mesh_gives_the_single_device_tokens(model):
     placed = jax.device_put(params, state.param_shardings(CFG, mesh))
     sharded = nnx.merge(nnx.graphdef(model), nnx.state(model))
     nnx.update(sharded, placed)
-    sharded.unstack_layers()
+    sharded.unstack_layers(fuse_projections=False)  # as the Generator does on a mesh
     wq = sharded.layers[0].wq[...]
     assert "tensor" in str(wq.sharding.spec) and len(wq.sharding.device_set) == 8
     prompts = [[1, 7], [1, 9, 14, 3, 30, 2, 8], [1, 40, 41], [1, 2, 3, 4, 5]]
@@ -159,3 +159,21 @@ def test_a_bad_mesh_flag_is_one_line():
     with pytest.raises(LimaError, match="does not divide"):
         parse_mesh("tensor=3")
     assert parse_mesh("") is None
+
+
+def test_first_argmax_is_argmax_with_ties_to_the_first():
+    x = jnp.asarray([[0.5, 2.0, 2.0, -1.0], [-jnp.inf, -3.0, -jnp.inf, -3.0], [7.0, 1.0, 7.0, 7.0]])
+    assert first_argmax(x).tolist() == [1, 1, 0] == jnp.argmax(x, axis=-1).tolist()
+    r = jax.random.normal(jax.random.key(0), (5, 1000))
+    assert first_argmax(r).tolist() == jnp.argmax(r, axis=-1).tolist()
+
+
+def test_sampling_draws_what_jax_random_categorical_draws():
+    logits = jax.random.normal(jax.random.key(1), (3, 50)) * 3
+    keys = jax.random.split(jax.random.key(2), 3)
+    params = {"temperature": jnp.float32(1.0), "top_p": jnp.float32(1.0), "repetition_penalty": jnp.float32(1.0)}
+    from lima_jax.sampling import next_token
+
+    ours = next_token(keys, logits, jnp.zeros((3, 50), bool), params, greedy=False)
+    theirs = jax.vmap(jax.random.categorical)(keys, logits)
+    assert ours.tolist() == theirs.tolist()
