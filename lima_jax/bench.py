@@ -60,20 +60,24 @@ TORCH_ATTENTION = ("auto", "eager", "sdpa")
 
 MODES = ("train", "decode")
 
-_CONFIG = define_config_flag("config", None)
-_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's tokens/s, TTFT and roofline")
-_SHAPE = flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "tokens per row")
-_BATCH = flags.DEFINE_integer("batch_size", 4, "rows per step")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps (each framework); step times are medians")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compiling (each framework)")
-_COMPARE = flags.DEFINE_bool("compare_torch", None, "also time transformers.LlamaForCausalLM (default: on a CPU, when torch imports)")
-_TORCH_ATTN = flags.DEFINE_enum("torch_attention", "auto", list(TORCH_ATTENTION), "torch attention; auto times one step of each and keeps the faster")
-_SEED = flags.DEFINE_integer("seed", 0, "for the random tokens")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "decode: prompt tokens per row")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "decode: tokens generated per row")
-_DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "16"], "decode: batch sizes (the first is the roofline's)")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "decode: timed rounds (each framework); figures are medians")
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs (`python -m lima_jax.bench`): the tests import
+    this module into one process beside other commands that define --seed or --batch_size."""
+    define_config_flag("config", None)
+    flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's tokens/s, TTFT and roofline")
+    flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
+    flags.DEFINE_integer("seq_len", 512, "tokens per row")
+    flags.DEFINE_integer("batch_size", 4, "rows per step")
+    flags.DEFINE_integer("steps", 5, "timed steps (each framework); step times are medians")
+    flags.DEFINE_integer("warmup", 1, "untimed steps after compiling (each framework)")
+    flags.DEFINE_bool("compare_torch", None, "also time transformers.LlamaForCausalLM (default: on a CPU, when torch imports)")
+    flags.DEFINE_enum("torch_attention", "auto", list(TORCH_ATTENTION), "torch attention; auto times one step of each and keeps the faster")
+    flags.DEFINE_integer("seed", 0, "for the random tokens")
+    flags.DEFINE_integer("prompt_len", 16, "decode: prompt tokens per row")
+    flags.DEFINE_integer("new_tokens", 128, "decode: tokens generated per row")
+    flags.DEFINE_list("decode_batches", ["1", "16"], "decode: batch sizes (the first is the roofline's)")
+    flags.DEFINE_integer("repeats", 3, "decode: timed rounds (each framework); figures are medians")
 
 
 def _sig(x: float, digits: int = 6) -> float:
@@ -152,6 +156,15 @@ def torch_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def resolve_compare_torch(asked: bool | None, device: jax.Device) -> bool:
+    """--compare_torch: by default on a CPU when torch imports; asked for without torch, an error."""
+    if asked is None:
+        return device.platform == "cpu" and torch_available()
+    if asked and not torch_available():
+        raise LimaError("--compare_torch needs torch and transformers: pip install torch transformers")
+    return asked
 
 
 def cpu_cores() -> int:
@@ -246,10 +259,7 @@ def bench(
     if torch_attention not in TORCH_ATTENTION:
         raise LimaError(f"--torch_attention {torch_attention!r}: expected one of {', '.join(TORCH_ATTENTION)}")
     device = jax.devices()[0]
-    if compare_torch is None:
-        compare_torch = device.platform == "cpu" and torch_available()
-    elif compare_torch and not torch_available():
-        raise LimaError("--compare_torch needs torch and transformers: pip install torch transformers")
+    compare_torch = resolve_compare_torch(compare_torch, device)
 
     cfg = model_config(config)
     batch = random_batch(cfg, batch_size, seq_len, seed)
@@ -375,10 +385,7 @@ def decode_bench(
     """Benchmarks the sampler (and transformers' generate); returns the JSON record."""
     validate(config)
     device = jax.devices()[0]
-    if compare_torch is None:
-        compare_torch = device.platform == "cpu" and torch_available()
-    elif compare_torch and not torch_available():
-        raise LimaError("--compare_torch needs torch and transformers: pip install torch transformers")
+    compare_torch = resolve_compare_torch(compare_torch, device)
     cfg = model_config(config)
     found = bench_decode.bench_decode(
         cfg, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
@@ -408,38 +415,37 @@ def explicit_overrides(argv: list[str], name: str = "config") -> set[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _CONFIG.value is None:
+    if flags.FLAGS.config is None:
         raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
-    config = _CONFIG.value
-    apply_shape(config, _SHAPE.value, explicit_overrides(sys.argv))
-    if _MODE.value == "decode":
+    config = flags.FLAGS.config
+    apply_shape(config, flags.FLAGS.shape, explicit_overrides(sys.argv))
+    if flags.FLAGS.mode == "decode":
         record = decode_bench(
             config,
-            batches=parse_batches(_DECODE_BATCHES.value),
-            prompt_len=_PROMPT_LEN.value,
-            new_tokens=_NEW_TOKENS.value,
-            repeats=_REPEATS.value,
-            compare_torch=_COMPARE.value,
-            seed=_SEED.value,
-            shape=_SHAPE.value,
+            batches=parse_batches(flags.FLAGS.decode_batches),
+            prompt_len=flags.FLAGS.prompt_len,
+            new_tokens=flags.FLAGS.new_tokens,
+            repeats=flags.FLAGS.repeats,
+            compare_torch=flags.FLAGS.compare_torch,
+            seed=flags.FLAGS.seed,
+            shape=flags.FLAGS.shape,
         )
-        if jax.process_index() == 0:
-            print(json.dumps(record), flush=True)
-        return
-    record = bench(
-        config,
-        seq_len=_SEQ_LEN.value,
-        batch_size=_BATCH.value,
-        steps=_STEPS.value,
-        warmup=_WARMUP.value,
-        compare_torch=_COMPARE.value,
-        torch_attention=_TORCH_ATTN.value,
-        seed=_SEED.value,
-        shape=_SHAPE.value,
-    )
+    else:
+        record = bench(
+            config,
+            seq_len=flags.FLAGS.seq_len,
+            batch_size=flags.FLAGS.batch_size,
+            steps=flags.FLAGS.steps,
+            warmup=flags.FLAGS.warmup,
+            compare_torch=flags.FLAGS.compare_torch,
+            torch_attention=flags.FLAGS.torch_attention,
+            seed=flags.FLAGS.seed,
+            shape=flags.FLAGS.shape,
+        )
     if jax.process_index() == 0:
         print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
+    define_flags()
     run(main)

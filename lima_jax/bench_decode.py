@@ -29,6 +29,7 @@ from flax import nnx
 
 from lima_jax.cli import say
 from lima_jax.errors import LimaError
+from lima_jax.flops import best_seconds
 from lima_jax.hf_format import config_to_hf
 from lima_jax.model import Llama, ModelConfig, param_count
 from lima_jax.sampling import SamplingParams, generate
@@ -40,14 +41,7 @@ BANDWIDTH_BYTES = 512 * 2**20  # the buffer the bandwidth is measured on: 16x a 
 def measured_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
     """Bytes per second a jitted reduction streams from device memory (the best of `repeats`)."""
     x = jnp.ones((nbytes // 4,), jnp.float32)
-    total = jax.jit(jnp.sum)
-    total(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        total(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return x.nbytes / best
+    return x.nbytes / best_seconds(jax.jit(jnp.sum), x, repeats)
 
 
 def weight_bytes_per_step(cfg: ModelConfig) -> int:

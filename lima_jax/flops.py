@@ -33,14 +33,18 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def measured_matmul_tflops(size: int = 1024, repeats: int = 5) -> float:
     """This device's fp32 matmul throughput, measured now: the CPU "peak" MFU is quoted against."""
     a = jnp.ones((size, size), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
+    return 2 * size**3 / best_seconds(jax.jit(lambda x: x @ x), a, repeats) / 1e12
+
+
+def best_seconds(fn, arg: jax.Array, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of a compiled `fn(arg)`, after one untimed call."""
+    fn(arg).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        f(a).block_until_ready()
+        fn(arg).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e12
+    return best
 
 
 def peak_tflops(device: jax.Device, override: float = 0.0) -> float:
