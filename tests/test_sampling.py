@@ -111,6 +111,13 @@ def test_cli_answers_a_prompt_file(tmp_path):
     lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [line["prompt"] for line in lines] == [["What is 2 plus 2?"], ["Hi", "Hello", "Name a color."]]
     assert all(isinstance(line["output"], str) for line in lines)
+    # Greedy ids on one device and with the weights and KV cache over a 2x2x2 mesh of the 8 test devices.
+    greedy = [sys.executable, "-m", "lima_jax.sample", f"--checkpoint={ckpt}", f"--prompt_file={prompts}",
+              "--max_new_tokens=8", "--temperature=0", "--print_ids"]
+    one = subprocess.run(greedy, capture_output=True, text=True)
+    meshed = subprocess.run(greedy + ["--mesh=fsdp=2,tensor=2"], capture_output=True, text=True)
+    assert one.returncode == 0 and meshed.returncode == 0, meshed.stderr[-2000:]
+    assert len(one.stdout.strip().splitlines()) == 2 and meshed.stdout == one.stdout
     r = subprocess.run([sys.executable, "-m", "lima_jax.sample", f"--checkpoint={ckpt}", "--prompt=x", "--top_p=0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: --top_p must be in (0, 1], got 0.0"
