@@ -64,14 +64,44 @@ def repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float | jax.
 
 def nucleus(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
     """Keeps the smallest set of most likely tokens whose probability reaches top_p (the top one
-    always); the rest get -inf. logits (B, V), already divided by the temperature."""
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass of strictly more likely tokens
-    keep_sorted = before < top_p
-    keep_sorted = keep_sorted.at[:, 0].set(True)
-    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits >= threshold, logits, -jnp.inf)
+    always); the rest get -inf. logits (B, V), already divided by the temperature.
+
+    Token i is kept when the tokens strictly more likely than it hold less than top_p. That mass
+    only falls as the logit rises, so the kept set is every logit >= the smallest value x with
+    mass(logits > x) < top_p, found by bisection over the 2^32 float32 values: 32 masked sums per
+    row instead of sorting the vocabulary (a sort of 32,000 logits costs several milliseconds per
+    row on a CPU, more than the model's step)."""
+    probs = jax.nn.softmax(logits, axis=-1)
+
+    def reaches(x):  # (B,) float32 -> (B,) bool: is x at or above the threshold?
+        return jnp.sum(jnp.where(logits > x[:, None], probs, 0.0), axis=-1) < top_p
+
+    def halve(_, bounds):
+        lo, hi = bounds  # ordered ints with reaches(lo) false and reaches(hi) true
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # their mean, without overflowing int32
+        ok = reaches(_from_ordered(mid))
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    hi = _to_ordered(jnp.max(logits, axis=-1))  # nothing is above the maximum: reaches() holds there
+    # Just below -inf, so that every midpoint is a real float.
+    lo = jnp.full_like(hi, _to_ordered(jnp.float32(-jnp.inf)) - 1)
+    _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    # top_p 1 keeps everything: in float32 the mass of the least likely tokens can vanish in the sum.
+    keep = (logits >= _from_ordered(hi)[:, None]) | (top_p >= 1.0)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+_SIGN_MASK = 0x7FFFFFFF
+
+
+def _to_ordered(x: jax.Array) -> jax.Array:
+    """float32 -> int32 with the same order (negative floats have their magnitude bits flipped)."""
+    i = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(i < 0, i ^ _SIGN_MASK, i)
+
+
+def _from_ordered(i: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(jnp.where(i < 0, i ^ _SIGN_MASK, i), jnp.float32)
 
 
 def first_argmax(x: jax.Array) -> jax.Array:

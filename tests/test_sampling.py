@@ -184,3 +184,39 @@ def test_sampling_draws_what_jax_random_categorical_draws():
     ours = next_token(keys, logits, jnp.zeros((3, 50), bool), params, greedy=False)
     theirs = jax.vmap(jax.random.categorical)(keys, logits)
     assert ours.tolist() == theirs.tolist()
+
+
+def sorted_nucleus(logits, top_p):
+    """The definition, by sorting: keep tokens while the strictly more likely ones hold < top_p."""
+    out = []
+    for row in np.asarray(logits, np.float64):
+        order = np.argsort(-row, kind="stable")
+        probs = np.exp(row[order] - row.max())
+        probs /= probs.sum()
+        before = np.cumsum(probs) - probs
+        keep = (before < top_p) | (top_p >= 1.0)  # p = 1 turns the cut off (as in transformers)
+        keep[0] = True
+        out.append(row >= row[order][keep].min())
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 0.95, 0.999, 1.0])
+def test_bisected_nucleus_equals_the_sorted_definition(top_p):
+    rng = np.random.default_rng(int(top_p * 1000))
+    logits = np.concatenate([rng.normal(0, s, (4, 3000)) for s in (0.5, 2.0, 6.0)]).astype(np.float32)
+    logits[0, :100] = -np.inf  # masked tokens
+    logits[1, 5:9] = logits[1].max()  # a tie at the top
+    kept = np.isfinite(np.asarray(nucleus(jnp.asarray(logits), top_p)))
+    expected = sorted_nucleus(logits, top_p) & np.isfinite(logits)
+    # Rounding may move a token sitting exactly on the boundary; nothing else may differ.
+    assert (kept != expected).sum(axis=-1).max() <= 1
+    assert (kept == expected).mean() > 0.9999
+
+
+def test_ordered_ints_keep_the_float_order():
+    from lima_jax.sampling import _from_ordered, _to_ordered
+
+    x = jnp.asarray([-jnp.inf, -3e38, -2.5, -1e-30, -0.0, 0.0, 1e-30, 1.0, 7.5, 3e38, jnp.inf], jnp.float32)
+    ordered = np.asarray(_to_ordered(x))
+    assert (np.diff(ordered) >= 0).all() and np.diff(ordered)[5:].min() > 0
+    np.testing.assert_array_equal(np.asarray(_from_ordered(_to_ordered(x))), np.asarray(x))
