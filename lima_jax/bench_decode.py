@@ -11,6 +11,8 @@ alternation, and each figure is a median:
   first sample; ours also runs the one decode step its loop ends with);
 - `decode_tokens_per_s_bB`: B*(N-1) / (time for N tokens - time for 1), the rate of the decode
   steps alone, prefill excluded;
+- `lima_sampling_tokens_per_s_bB`: the same rate sampling with LIMA's settings (nucleus p 0.9,
+  temperature 0.7, repetition penalty 1.2; transformers applies its penalty to the prompt too);
 - `roofline_fraction`: batch-1 decode steps per second times the bytes of weights one step reads
   (every parameter but the input embedding, which is only gathered), over the memory bandwidth
   measured in this run (a jitted sum over a buffer far larger than any cache). 1.0 would mean
@@ -57,21 +59,21 @@ def random_prompts(cfg: ModelConfig, batch: int, length: int, seed: int) -> np.n
 
 
 class JaxDecoder:
-    """Our sampler (temperature 0), on the model as the Generator holds it: layers unstacked."""
+    """Our sampler, on the model as the Generator holds it (layers unstacked, projections fused)."""
 
     def __init__(self, model: Llama):
         self.model = model
         self.never = (model.cfg.vocab_size + 1,)  # a stop id no row produces: every row runs to N
 
-    def __call__(self, prompts: np.ndarray, new_tokens: int) -> tuple[float, list[list[int]]]:
-        params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
+    def __call__(self, prompts: np.ndarray, new_tokens: int, lima: bool = False) -> tuple[float, list[list[int]]]:
+        params = SamplingParams(max_new_tokens=new_tokens) if lima else SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
         start = time.perf_counter()
         out = generate(self.model, prompts.tolist(), params, stop_ids=self.never)
         return time.perf_counter() - start, out
 
 
 class TorchDecoder:
-    """`transformers.LlamaForCausalLM.generate`, greedy, with our weights, fp32, one thread per core."""
+    """`transformers.LlamaForCausalLM.generate` with our weights, fp32, one thread per core."""
 
     def __init__(self, cfg: ModelConfig, params: dict, threads: int):
         import torch
@@ -86,24 +88,27 @@ class TorchDecoder:
         if unexpected or [m for m in missing if not m.endswith("rotary_emb.inv_freq")]:
             raise LimaError(f"bench: transformers rejected the converted weights (missing {missing}, unexpected {unexpected})")
 
-    def __call__(self, prompts: np.ndarray, new_tokens: int) -> tuple[float, list[list[int]]]:
+    def __call__(self, prompts: np.ndarray, new_tokens: int, lima: bool = False) -> tuple[float, list[list[int]]]:
         torch = self.torch
+        knobs = {"do_sample": True, "top_p": 0.9, "temperature": 0.7, "repetition_penalty": 1.2} if lima else {"do_sample": False}
         ids = torch.as_tensor(prompts)
         with torch.inference_mode():
             start = time.perf_counter()
             out = self.model.generate(
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                do_sample=False, eos_token_id=None, pad_token_id=0,
+                eos_token_id=None, pad_token_id=0, **knobs,
             )
             seconds = time.perf_counter() - start
         return seconds, out[:, prompts.shape[1]:].tolist()
 
 
-def _rates(times: dict[tuple[int, int], list[float]], batches: Sequence[int], new_tokens: int) -> dict[str, float]:
-    out = {"ttft_s": statistics.median(times[(batches[0], 1)])}
+def _rates(times: dict[tuple, list[float]], batches: Sequence[int], new_tokens: int) -> dict[str, float]:
+    """Decode rates with the prefill taken out: (b, N tokens) minus (b, 1 token), greedy and LIMA."""
+    out = {"ttft_s": statistics.median(times[(batches[0], 1, False)])}
     for b in batches:
-        full, first = statistics.median(times[(b, new_tokens)]), statistics.median(times[(b, 1)])
-        out[f"b{b}"] = b * (new_tokens - 1) / max(full - first, 1e-9)
+        first = statistics.median(times[(b, 1, False)])
+        for lima, key in ((False, f"b{b}"), (True, f"lima_b{b}")):
+            out[key] = b * (new_tokens - 1) / max(statistics.median(times[(b, new_tokens, lima)]) - first, 1e-9)
     return out
 
 
@@ -139,23 +144,22 @@ def bench_decode(
     runners: list[tuple[str, Callable]] = [("ours", ours)] + ([("torch", theirs)] if theirs else [])
     prompts = {b: random_prompts(cfg, b, prompt_len, seed + b) for b in batches}
 
+    cases = [(b, n, lima) for b in batches for n, lima in ((new_tokens, False), (1, False), (new_tokens, True))]
     start = time.perf_counter()
-    for b in batches:  # compiles each program (batch x token count) once, and warms torch up
-        for n in (new_tokens, 1):
-            for _, run in runners:
-                run(prompts[b], n)
+    for b, n, lima in cases:  # compiles each program once, and warms torch up
+        for _, run in runners:
+            run(prompts[b], n, lima)
     say(f"bench: compiled and warmed up in {time.perf_counter() - start:.1f}s")
 
-    times = {name: {(b, n): [] for b in batches for n in (new_tokens, 1)} for name, _ in runners}
+    times = {name: {case: [] for case in cases} for name, _ in runners}
     outputs: dict[str, list[list[int]]] = {}
     for _ in range(repeats):  # alternating, so every figure sees the same machine
-        for b in batches:
-            for n in (new_tokens, 1):
-                for name, run in runners:
-                    seconds, out = run(prompts[b], n)
-                    times[name][(b, n)].append(seconds)
-                    if b == batches[0] and n == new_tokens:
-                        outputs[name] = out
+        for b, n, lima in cases:
+            for name, run in runners:
+                seconds, out = run(prompts[b], n, lima)
+                times[name][(b, n, lima)].append(seconds)
+                if (b, n, lima) == (batches[0], new_tokens, False):
+                    outputs[name] = out
     bandwidth = measured_bandwidth()
     bytes_per_step = weight_bytes_per_step(cfg)
 
@@ -167,6 +171,7 @@ def bench_decode(
         "repeats": repeats,
         "ttft_s": mine["ttft_s"],
         **{f"decode_tokens_per_s_b{b}": mine[f"b{b}"] for b in batches},
+        **{f"lima_sampling_tokens_per_s_b{b}": mine[f"lima_b{b}"] for b in batches},
         "weight_bytes_per_step": bytes_per_step,
         "memory_bandwidth_gb_s": bandwidth / 1e9,
         "roofline_tokens_per_s_b1": bandwidth / bytes_per_step,
@@ -181,6 +186,8 @@ def bench_decode(
         for b in batches:
             record[f"torch_decode_tokens_per_s_b{b}"] = torch_rates[f"b{b}"]
             record[f"decode_speedup_vs_torch_b{b}"] = mine[f"b{b}"] / torch_rates[f"b{b}"]
+            record[f"torch_lima_sampling_tokens_per_s_b{b}"] = torch_rates[f"lima_b{b}"]
+            record[f"lima_sampling_speedup_vs_torch_b{b}"] = mine[f"lima_b{b}"] / torch_rates[f"lima_b{b}"]
         # Greedy tokens agree until two logits tie within float error (random weights tie often).
         record["greedy_prefix_matching_torch"] = min(_matching_prefix(a, b) for a, b in zip(outputs["ours"], outputs["torch"]))
     return record

@@ -155,10 +155,12 @@ def test_cli_rejects_an_unknown_key():
 DECODE_KEYS = {
     "ttft_s", "decode_tokens_per_s_b1", "decode_tokens_per_s_b4", "roofline_fraction", "memory_bandwidth_gb_s",
     "weight_bytes_per_step", "roofline_tokens_per_s_b1", "b4_over_b1", "prompt_len", "new_tokens", "mode",
+    "lima_sampling_tokens_per_s_b1", "lima_sampling_tokens_per_s_b4",
 }
 TORCH_DECODE_KEYS = {
     "torch_ttft_s", "torch_decode_tokens_per_s_b1", "torch_decode_tokens_per_s_b4", "decode_speedup_vs_torch_b1",
-    "decode_speedup_vs_torch_b4", "greedy_prefix_matching_torch",
+    "decode_speedup_vs_torch_b4", "greedy_prefix_matching_torch", "torch_lima_sampling_tokens_per_s_b1",
+    "lima_sampling_speedup_vs_torch_b4",
 }
 NEW_TOKENS = 6
 
@@ -168,7 +170,8 @@ def check_decode_record(record, config, torch_expected):
     assert (TORCH_DECODE_KEYS <= record.keys()) == torch_expected
     cfg = model_config(config)
     assert record["mode"] == "decode" and record["new_tokens"] == NEW_TOKENS
-    for key in ("ttft_s", "decode_tokens_per_s_b1", "decode_tokens_per_s_b4", "roofline_fraction", "memory_bandwidth_gb_s"):
+    for key in ("ttft_s", "decode_tokens_per_s_b1", "decode_tokens_per_s_b4", "roofline_fraction", "memory_bandwidth_gb_s",
+                "lima_sampling_tokens_per_s_b1", "lima_sampling_tokens_per_s_b4"):
         assert record[key] > 0, key
     # Bytes one step reads: every parameter but the (untied) input embedding, in float32.
     assert record["weight_bytes_per_step"] == (param_count(cfg) - cfg.vocab_size * cfg.dim) * 4
@@ -180,6 +183,8 @@ def check_decode_record(record, config, torch_expected):
         for b in (1, 4):
             assert close(record[f"decode_speedup_vs_torch_b{b}"],
                          record[f"decode_tokens_per_s_b{b}"] / record[f"torch_decode_tokens_per_s_b{b}"], rel=1e-3)
+            assert close(record[f"lima_sampling_speedup_vs_torch_b{b}"],
+                         record[f"lima_sampling_tokens_per_s_b{b}"] / record[f"torch_lima_sampling_tokens_per_s_b{b}"], rel=1e-3)
         # Same weights, both greedy: transformers generates exactly our tokens.
         assert record["greedy_prefix_matching_torch"] == NEW_TOKENS
 
