@@ -28,7 +28,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
@@ -415,33 +414,18 @@ def explicit_overrides(argv: list[str], name: str = "config") -> set[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if flags.FLAGS.config is None:
+    f = flags.FLAGS
+    if f.config is None:
         raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
-    config = flags.FLAGS.config
-    apply_shape(config, flags.FLAGS.shape, explicit_overrides(sys.argv))
-    if flags.FLAGS.mode == "decode":
-        record = decode_bench(
-            config,
-            batches=parse_batches(flags.FLAGS.decode_batches),
-            prompt_len=flags.FLAGS.prompt_len,
-            new_tokens=flags.FLAGS.new_tokens,
-            repeats=flags.FLAGS.repeats,
-            compare_torch=flags.FLAGS.compare_torch,
-            seed=flags.FLAGS.seed,
-            shape=flags.FLAGS.shape,
-        )
+    config = f.config
+    apply_shape(config, f.shape, explicit_overrides(sys.argv))
+    common = {"compare_torch": f.compare_torch, "seed": f.seed, "shape": f.shape}
+    if f.mode == "decode":
+        record = decode_bench(config, batches=parse_batches(f.decode_batches), prompt_len=f.prompt_len,
+                              new_tokens=f.new_tokens, repeats=f.repeats, **common)
     else:
-        record = bench(
-            config,
-            seq_len=flags.FLAGS.seq_len,
-            batch_size=flags.FLAGS.batch_size,
-            steps=flags.FLAGS.steps,
-            warmup=flags.FLAGS.warmup,
-            compare_torch=flags.FLAGS.compare_torch,
-            torch_attention=flags.FLAGS.torch_attention,
-            seed=flags.FLAGS.seed,
-            shape=flags.FLAGS.shape,
-        )
+        record = bench(config, seq_len=f.seq_len, batch_size=f.batch_size, steps=f.steps, warmup=f.warmup,
+                       torch_attention=f.torch_attention, **common)
     if jax.process_index() == 0:
         print(json.dumps(record), flush=True)
 

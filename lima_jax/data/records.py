@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from lima_jax.errors import LimaError
 
@@ -21,20 +21,25 @@ Record = dict[str, Any]  # {"conversations": list[str], "source": str}
 _ROLES = ("user", "assistant")
 
 
-class _BadLine(Exception):
-    """What is wrong with one line; read_conversations adds `file:line`."""
+class BadLine(Exception):
+    """What is wrong with one line; read_jsonl adds `file:line`."""
 
 
-def read_conversations(path: str | os.PathLike, *, skip_invalid: bool = False) -> tuple[list[Record], int]:
-    """Reads a JSONL file of conversations; returns the records and how many bad lines were skipped.
+T = TypeVar("T")
 
-    With `skip_invalid=False` the first bad line raises a LimaError naming `file:line`; with
-    `skip_invalid=True` bad lines are skipped and counted. Blank lines are ignored.
+
+def read_jsonl(
+    path: str | os.PathLike, parse: Callable[[str], T], *, skip_invalid: bool = False
+) -> tuple[list[tuple[int, T]], int]:
+    """Each non-blank line of a JSONL file, parsed, with its line number; and how many were skipped.
+
+    `parse` raises BadLine with what is wrong. With `skip_invalid=False` the first bad line raises a
+    LimaError naming `file:line`; with `skip_invalid=True` bad lines are skipped and counted.
     """
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise LimaError(f"{name}: no such file")
-    records: list[Record] = []
+    parsed: list[tuple[int, T]] = []
     skipped = 0
     # Binary lines, decoded one at a time, so that bad UTF-8 is reported with its line too.
     with open(name, "rb") as f:
@@ -43,78 +48,94 @@ def read_conversations(path: str | os.PathLike, *, skip_invalid: bool = False) -
                 text = raw.decode("utf-8")
                 if not text.strip():
                     continue
-                records.append(parse_record(text))
-            except (_BadLine, UnicodeDecodeError) as e:
+                parsed.append((lineno, parse(text)))
+            except (BadLine, UnicodeDecodeError) as e:
                 why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
                 if not skip_invalid:
                     raise LimaError(f"{name}:{lineno}: {why}") from None
                 skipped += 1
-    return records, skipped
+    return parsed, skipped
 
 
-def parse_record(line: str) -> Record:
-    """One JSONL line -> a record; raises _BadLine with what is wrong."""
+def json_object(line: str) -> dict:
+    """One JSONL line that must hold a JSON object; raises BadLine otherwise."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise _BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
+        raise BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
-        raise _BadLine(f"expected a JSON object, got {_kind(obj)}")
+        raise BadLine(f"expected a JSON object, got {_kind(obj)}")
+    return obj
+
+
+def read_conversations(path: str | os.PathLike, *, skip_invalid: bool = False) -> tuple[list[Record], int]:
+    """Reads a JSONL file of conversations; returns the records and how many bad lines were skipped.
+
+    With `skip_invalid=False` the first bad line raises a LimaError naming `file:line`; with
+    `skip_invalid=True` bad lines are skipped and counted. Blank lines are ignored.
+    """
+    parsed, skipped = read_jsonl(path, parse_record, skip_invalid=skip_invalid)
+    return [record for _, record in parsed], skipped
+
+
+def parse_record(line: str) -> Record:
+    """One JSONL line -> a record; raises BadLine with what is wrong."""
+    obj = json_object(line)
     if "conversations" in obj and "messages" in obj:
-        raise _BadLine("has both 'conversations' and 'messages'; keep one")
+        raise BadLine("has both 'conversations' and 'messages'; keep one")
     if "conversations" in obj:
         turns = _lima_turns(obj["conversations"])
     elif "messages" in obj:
         turns = _openai_turns(obj["messages"])
     else:
-        raise _BadLine("no 'conversations' (LIMA format) or 'messages' (OpenAI format) list")
+        raise BadLine("no 'conversations' (LIMA format) or 'messages' (OpenAI format) list")
     source = obj.get("source", "")
     if not isinstance(source, str):
-        raise _BadLine(f"'source' is not a string (got {_kind(source)})")
+        raise BadLine(f"'source' is not a string (got {_kind(source)})")
     return {"conversations": turns, "source": source}
 
 
 def _lima_turns(turns: Any) -> list[str]:
     if not isinstance(turns, list):
-        raise _BadLine(f"'conversations' is not a list (got {_kind(turns)})")
+        raise BadLine(f"'conversations' is not a list (got {_kind(turns)})")
     if not turns:
-        raise _BadLine("'conversations' is empty")
+        raise BadLine("'conversations' is empty")
     for i, turn in enumerate(turns, start=1):  # 1-based: the way people count turns
         if not isinstance(turn, str):
-            raise _BadLine(f"turn {i} is not a string (got {_kind(turn)})")
+            raise BadLine(f"turn {i} is not a string (got {_kind(turn)})")
         if not turn.strip():
-            raise _BadLine(f"turn {i} is empty")
+            raise BadLine(f"turn {i} is empty")
     return list(turns)
 
 
 def _openai_turns(messages: Any) -> list[str]:
     if not isinstance(messages, list):
-        raise _BadLine(f"'messages' is not a list (got {_kind(messages)})")
+        raise BadLine(f"'messages' is not a list (got {_kind(messages)})")
     if not messages:
-        raise _BadLine("'messages' is empty")
+        raise BadLine("'messages' is empty")
     system: str | None = None
     turns: list[str] = []
     for i, msg in enumerate(messages, start=1):
         if not isinstance(msg, dict):
-            raise _BadLine(f"message {i} is not an object (got {_kind(msg)})")
+            raise BadLine(f"message {i} is not an object (got {_kind(msg)})")
         role, content = msg.get("role"), msg.get("content")
         if role not in ("system", *_ROLES):
-            raise _BadLine(f"message {i}: role {role!r} is not 'system', 'user' or 'assistant'")
+            raise BadLine(f"message {i}: role {role!r} is not 'system', 'user' or 'assistant'")
         if not isinstance(content, str):
-            raise _BadLine(f"message {i}: content is not a string (got {_kind(content)})")
+            raise BadLine(f"message {i}: content is not a string (got {_kind(content)})")
         if not content.strip():
-            raise _BadLine(f"message {i}: content is empty")
+            raise BadLine(f"message {i}: content is empty")
         if role == "system":
             if i != 1:
-                raise _BadLine(f"message {i}: a system message may only come first")
+                raise BadLine(f"message {i}: a system message may only come first")
             system = content
             continue
         expected = _ROLES[len(turns) % 2]
         if role != expected:
-            raise _BadLine(f"message {i}: expected role {expected!r}, got {role!r} (roles alternate user/assistant, starting with user)")
+            raise BadLine(f"message {i}: expected role {expected!r}, got {role!r} (roles alternate user/assistant, starting with user)")
         turns.append(content)
     if not turns:
-        raise _BadLine("'messages' has a system message but no user message")
+        raise BadLine("'messages' has a system message but no user message")
     if system is not None:
         # A model fine-tuned LIMA-style has no system slot: the instructions lead the first prompt.
         turns[0] = f"{system}\n\n{turns[0]}"

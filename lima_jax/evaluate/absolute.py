@@ -11,8 +11,6 @@ the rated responses).
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from typing import Any, Iterable
 
 from absl import flags
@@ -102,14 +100,7 @@ def main(argv: list[str]) -> None:
     responses = read_responses(f.responses)
     result = judge_absolute(responses, judge, judging.cache_from_flags(), workers=f.workers,
                             max_failures=judging.max_failures_from_flags())
-    print(json.dumps(result.summary), flush=True)
-    if f.out:
-        judging.write_json(f.out, {"summary": result.summary, "prompts": result.results})
-    if result.stats.stopped:
-        raise LimaError(judging.stop_message(result.stats, f.max_failures))
-    if result.summary["failed"]:
-        print(f"failed judgments for {result.summary['failed']} of {result.summary['responses']} responses (not counted); "
-              "rerun to retry them", file=sys.stderr)
+    judging.finish(result.summary, result.stats, f.out, result.results, "response", "responses")
 
 
 if __name__ == "__main__":

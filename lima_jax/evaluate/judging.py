@@ -181,6 +181,19 @@ def stop_message(stats: RunStats, max_failures: int | None) -> str:
             "the cache keeps what was judged: rerun to retry the failures and judge the rest")
 
 
+def finish(summary: dict, stats: RunStats, out: str | None, details: Any, unit: str, total_key: str) -> None:
+    """The end of a judging command: the summary as a JSON line, the details to `out` if given, a
+    LimaError if the run stopped early, and a warning naming how many `unit`s failed."""
+    print(json.dumps(summary), flush=True)
+    if out:
+        write_json(out, {"summary": summary, unit + "s": details})
+    if stats.stopped:
+        raise LimaError(stop_message(stats, flags.FLAGS.max_failures))
+    if summary["failed"]:
+        print(f"failed judgments for {summary['failed']} of {summary[total_key]} {unit}s (not counted); "
+              "rerun to retry them", file=sys.stderr)
+
+
 # Flags, defined only when a judging command runs as a program: importing its module (tests, the
 # report) then defines nothing that could collide with another module's flags.
 def define_judge_flags() -> None:

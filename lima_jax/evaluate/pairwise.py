@@ -13,8 +13,6 @@ JSON line (percentages are of the prompts judged in both orders).
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from typing import Any, Iterable
 
 from absl import flags
@@ -158,15 +156,8 @@ def main(argv: list[str]) -> None:
     ours, baseline = read_responses(f.ours), read_responses(f.baseline)
     result = judge_pairwise(ours, baseline, judge, judging.cache_from_flags(), workers=f.workers,
                             max_failures=judging.max_failures_from_flags())
-    print(json.dumps(result.summary), flush=True)
-    if f.out:
-        judging.write_json(f.out, {"summary": result.summary,
-                                   "prompts": {pid: outcome for pid, (outcome, _) in result.results.items()}})
-    if result.stats.stopped:
-        raise LimaError(judging.stop_message(result.stats, f.max_failures))
-    if result.summary["failed"]:
-        print(f"failed judgments for {result.summary['failed']} of {result.summary['prompts']} prompts (not counted); "
-              "rerun to retry them", file=sys.stderr)
+    outcomes = {pid: outcome for pid, (outcome, _) in result.results.items()}
+    judging.finish(result.summary, result.stats, f.out, outcomes, "prompt", "prompts")
 
 
 if __name__ == "__main__":

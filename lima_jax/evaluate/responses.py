@@ -17,6 +17,7 @@ import os
 import pathlib
 from typing import Any, Iterable, Sequence
 
+from lima_jax.data.records import BadLine, json_object, read_jsonl
 from lima_jax.errors import LimaError
 
 Record = dict[str, Any]
@@ -48,61 +49,42 @@ def write_responses(path: str | os.PathLike, records: Iterable[Record]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-class _BadLine(ValueError):
-    pass
-
-
 def _parse(text: str, default_generator: str) -> Record:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise _BadLine(f"expected a JSON object, got {type(obj).__name__}")
+    obj = json_object(text)
     for field in ("prompt", "output"):
         if field not in obj:
-            raise _BadLine(f"missing {field!r}")
+            raise BadLine(f"missing {field!r}")
     prompt = obj["prompt"]
     if isinstance(prompt, str):  # a single user turn, written as a plain string
         prompt = [prompt]
     if not isinstance(prompt, list) or not prompt or not all(isinstance(t, str) for t in prompt):
-        raise _BadLine("'prompt' must be a non-empty list of strings (the turns)")
+        raise BadLine("'prompt' must be a non-empty list of strings (the turns)")
     if len(prompt) % 2 == 0:
-        raise _BadLine(f"'prompt' has {len(prompt)} turns; it must end with a user turn (an odd number)")
+        raise BadLine(f"'prompt' has {len(prompt)} turns; it must end with a user turn (an odd number)")
     if not isinstance(obj["output"], str):
-        raise _BadLine("'output' must be a string")
+        raise BadLine("'output' must be a string")
     rid = obj.get("id")
     if rid is not None and (not isinstance(rid, str) or not rid):
-        raise _BadLine("'id' must be a non-empty string")
+        raise BadLine("'id' must be a non-empty string")
     generator = obj.get("generator", default_generator)
     if not isinstance(generator, str):
-        raise _BadLine("'generator' must be a string")
+        raise BadLine("'generator' must be a string")
     return make_record(prompt, obj["output"], generator, rid)
 
 
 def read_responses(path: str | os.PathLike) -> dict[str, Record]:
     """Reads a response file into {id: record}, in file order; a bad line raises `file:line: why`."""
     name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise LimaError(f"{name}: no such file")
     default_generator = pathlib.Path(name).stem
     records: dict[str, Record] = {}
     first_line: dict[str, int] = {}
-    with open(name, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-                if not text.strip():
-                    continue
-                record = _parse(text, default_generator)
-            except (_BadLine, UnicodeDecodeError) as e:
-                why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
-                raise LimaError(f"{name}:{lineno}: {why}") from None
-            rid = record["id"]
-            if rid in records:  # two answers to one prompt cannot be paired with another file
-                raise LimaError(f"{name}:{lineno}: id {rid!r} already appears on line {first_line[rid]}")
-            records[rid] = record
-            first_line[rid] = lineno
+    parsed, _ = read_jsonl(name, lambda text: _parse(text, default_generator))
+    for lineno, record in parsed:
+        rid = record["id"]
+        if rid in records:  # two answers to one prompt cannot be paired with another file
+            raise LimaError(f"{name}:{lineno}: id {rid!r} already appears on line {first_line[rid]}")
+        records[rid] = record
+        first_line[rid] = lineno
     if not records:
         raise LimaError(f"{name}: no responses")
     return records
