@@ -1,5 +1,5 @@
 """LLaMA-1 13B: 64 examples per batch, residual dropout up to 0.2."""
-from lima_jax.config import lima_config
+from lima_jax.recipe import lima_config
 
 
 def get_config():

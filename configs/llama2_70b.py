@@ -1,5 +1,5 @@
 """Llama 2 70B: grouped-query attention with 8 KV heads; LIMA's 65B recipe (batch 32, dropout 0.3)."""
-from lima_jax.config import lima_config
+from lima_jax.recipe import lima_config
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """Llama 2 7B: LLaMA-1 7B's shape with RMSNorm eps 1e-5 and a 4096-token context."""
-from lima_jax.config import lima_config
+from lima_jax.recipe import lima_config
 
 
 def get_config():

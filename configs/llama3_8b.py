@@ -1,5 +1,5 @@
 """Llama 3 8B: 8 KV heads, a 128,256-token vocabulary and rotary theta 500,000."""
-from lima_jax.config import lima_config
+from lima_jax.recipe import lima_config
 
 
 def get_config():

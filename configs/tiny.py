@@ -4,7 +4,7 @@ Its shapes are llama2.c's stories260K model's. Unlike the paper's runs it starts
 weights, so it learns with a larger learning rate (3e-3 falling to 3e-4) than LIMA's 1e-5 for a
 pretrained model, and its short demo texts need no 2048-token rows.
 """
-from lima_jax.config import lima_config
+from lima_jax.recipe import lima_config
 
 
 def get_config():

@@ -1,15 +1,13 @@
 """Configs: `--config=NAME` finds `configs/NAME.py`, absl `--config.a.b=value` overrides it.
 
 A config file defines `get_config()` returning an `ml_collections.ConfigDict`; most build it with
-`lima_config(...)` below, which holds the paper's recipe as defaults. The dict is locked, so an
+`lima_jax.recipe.lima_config(...)`, which holds the paper's recipe as defaults. The dict is locked, so an
 unknown key fails at parse time, and `validate()` checks values once before any work starts.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
-import re
 from typing import Any
 
 import ml_collections
@@ -18,6 +16,7 @@ from ml_collections.config_flags import config_flags as _cf
 
 from lima_jax.errors import LimaError
 from lima_jax.model import DTYPES, REMAT_POLICIES, ModelConfig
+from lima_jax.recipe import lima_config  # noqa: F401 - config files written before recipe.py import it from here
 
 _REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -126,7 +125,16 @@ def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The config's model as written: `model.vocab_size` is the base vocabulary (the tokenizer's pieces)."""
     return ModelConfig.from_dict(config.model.to_dict())
+
+
+def trained_model_config(config: ml_collections.ConfigDict, tokenizer_pieces: int | None = None) -> ModelConfig:
+    """The model a run trains, for the trainer and AOT alike: the config's architecture with the
+    tokenizer's pieces plus LIMA's new end-of-turn token (one more embedding and output row).
+    Without a tokenizer at hand (AOT), `model.vocab_size` counts the pieces."""
+    pieces = config.model.vocab_size if tokenizer_pieces is None else tokenizer_pieces
+    return model_config(config).replace(vocab_size=pieces + 1)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -149,65 +157,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(m[key] in DTYPES, f"model.{key}", f"must be one of {', '.join(DTYPES)}, got {m[key]!r}")
     need(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
     need(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps}")
-
-
-def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collections.ConfigDict:
-    """A config named `name` with LIMA's recipe as defaults, for the model dimensions given.
-
-    The model keys are ModelConfig's fields (model.dim, model.num_layers, ...). The recipe: 15
-    epochs; AdamW with b1 0.9, b2 0.95, weight decay 0.1; learning rate 1e-5 decaying linearly to
-    1e-6, no warmup; 32 examples per batch for 65B, 64 for smaller models; 2048-token texts; residual
-    dropout rising to 0.3 at the top layer for 65B and 0.2 for smaller models. Loss on assistant turns
-    and their end-of-turn tokens (the paper does not say; `data.train_on=all` trains on every token).
-    """
-    unknown = set(model) - {f.name for f in dataclasses.fields(ModelConfig)}
-    if unknown:
-        raise LimaError(f"lima_config: unknown model key(s) {sorted(unknown)}")
-    c = ml_collections.ConfigDict()
-    c.name = name
-    c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig(**model)))
-    c.workdir = f"runs/{name}"  # a run restarted with the same workdir resumes from its latest step
-    c.init_checkpoint = ""  # a converted pretrained checkpoint; empty trains from a random init
-    c.seed = 0
-    c.num_epochs = 15
-    c.batch_size = batch_size  # examples per step, across all hosts
-    c.grad_accum = 1  # micro-batches per step, when a batch does not fit in memory at once
-
-    c.data = ml_collections.ConfigDict()
-    c.data.manual_dir = ""  # LIMA's train.jsonl/test.jsonl (or your own); empty uses the embedded demo
-    c.data.tokenizer = ""  # a LLaMA sentencepiece tokenizer.model; empty: the init checkpoint's, or the demo's
-    c.data.train_on = "assistant"  # assistant | all
-    c.data.skip_invalid = False
-    c.data.max_len = 2048  # longer texts are trimmed; also the packed row length
-    c.data.pack = True
-    c.data.dev_file = ""  # a dev set file; empty holds out data.dev_size training examples
-    c.data.dev_size = 50
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-5
-    c.optim.end_lr = 1e-6
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.95
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.1
-    c.optim.grad_clip = 0.0  # 0 turns clipping off
-
-    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # -1 takes the rest
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 0  # besides every epoch end; 0 turns it off
-    c.checkpoint.max_to_keep = 0  # 0 keeps all (the paper picks among epochs 5-10)
-    c.checkpoint.async_save = True
-
-    c.log_every = 1
-    c.peak_tflops = 0.0  # per device, for MFU; 0 looks it up by device kind (measured on CPU)
-    return c
-
-
-def describe_flag_error(message: str) -> str:
-    """absl's multi-line flag-parsing errors, shortened to the line that names the problem."""
-    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if re.search(r"(config|key|field|type|override|flag)", line, re.I):
-            return line
-    return lines[-1] if lines else str(message)

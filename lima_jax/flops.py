@@ -30,10 +30,25 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * param_count(cfg) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * seq_len
 
 
-def measured_matmul_tflops(size: int = 1024, repeats: int = 5) -> float:
-    """This device's fp32 matmul throughput, measured now: the CPU "peak" MFU is quoted against."""
-    a = jnp.ones((size, size), jnp.float32)
-    return 2 * size**3 / best_seconds(jax.jit(lambda x: x @ x), a, repeats) / 1e12
+MATMUL_SIZES = (1024, 1536, 2048)  # square fp32 matmuls; the best of them is a CPU's "peak"
+
+
+def published_peak_tflops(device_kind: str) -> float | None:
+    """The published dense bf16 peak for a known accelerator kind (e.g. "TPU v4"), else None."""
+    for kind, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+        if device_kind.startswith(kind):
+            return tflops
+    return None
+
+
+def measured_matmul_tflops(sizes: tuple[int, ...] = MATMUL_SIZES, repeats: int = 5) -> float:
+    """This device's best fp32 matmul throughput over a few sizes, measured now: what CPU MFU is
+    quoted against ("the fraction of what this machine's matmuls reach")."""
+    best = 0.0
+    for size in sizes:
+        a = jnp.ones((size, size), jnp.float32)
+        best = max(best, 2 * size**3 / best_seconds(jax.jit(lambda x: x @ x), a, repeats) / 1e12)
+    return best
 
 
 def best_seconds(fn, arg: jax.Array, repeats: int) -> float:
@@ -47,11 +62,13 @@ def best_seconds(fn, arg: jax.Array, repeats: int) -> float:
     return best
 
 
-def peak_tflops(device: jax.Device, override: float = 0.0) -> float:
-    """Per-device peak: the override, the published figure for a known accelerator, else measured."""
+def peak_tflops(device: jax.Device, override: float = 0.0) -> tuple[float, str]:
+    """(Per-device peak TFLOP/s, where it came from), the one denominator of every MFU we report
+    (training metrics, the bench, AOT): the override, the published figure for a known
+    accelerator, else this device's measured fp32 matmul best."""
     if override > 0:
-        return override
-    for kind, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
-        if device.device_kind.startswith(kind):
-            return tflops
-    return measured_matmul_tflops()
+        return override, "config.peak_tflops"
+    published = published_peak_tflops(device.device_kind)
+    if published is not None and device.platform != "cpu":
+        return published, "published bf16 peak"
+    return measured_matmul_tflops(), f"measured fp32 matmul, best of {'/'.join(map(str, MATMUL_SIZES))}"

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lima_jax.sharding import constrain
+from lima_jax.sharding import constrain, tree_shardings
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
 REMAT_POLICIES = ("none", "full", "save_dots")
@@ -434,6 +434,12 @@ def logical_axes(cfg: ModelConfig) -> dict:
     """Each parameter's logical axis names, e.g. {'embed': ('vocab', 'embed'), ...}."""
     specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(abstract_model(cfg))))
     return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> dict:
+    """Each parameter's NamedSharding on `mesh`, by the rules table (`sharding.py`)."""
+    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
+    return tree_shardings(logical_axes(cfg), abstract, mesh)
 
 
 def model_from_params(cfg: ModelConfig, params: dict) -> Llama:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lima_jax.aot import parse_topology
+from lima_jax.train.aot import parse_topology
 from lima_jax.errors import LimaError
 
 needs_libtpu = pytest.mark.skipif(

@@ -4,12 +4,12 @@ import sys
 
 from hf_reference import random_hf_model
 
-from lima_jax.chat import chat
-from lima_jax.convert import convert
+from lima_jax.inference.chat import chat
+from lima_jax.weights.convert import convert
 from lima_jax.data import demo_dir
 from lima_jax.model import ModelConfig
-from lima_jax.sample import Generator
-from lima_jax.sampling import SamplingParams
+from lima_jax.inference.generator import Generator
+from lima_jax.inference.sampler import SamplingParams
 
 
 def test_chat_keeps_history_until_reset(tmp_path):

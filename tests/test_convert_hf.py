@@ -9,8 +9,8 @@ import pytest
 from hf_reference import hf_logits, hf_state, random_hf_model, torch, transformers
 from safetensors.numpy import load_file, save_file
 
-from lima_jax import checkpoint
-from lima_jax.convert import convert
+from lima_jax.weights import checkpoint
+from lima_jax.weights.convert import convert
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, model_from_params
 

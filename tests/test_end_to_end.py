@@ -62,7 +62,7 @@ def test_hf_folder_generates_like_transformers(stories):
 def test_sharded_meta_folder_generates_like_transformers(stories):
     root, model = stories
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    cfg = __import__("lima_jax.hf_format", fromlist=["x"]).config_from_hf(model.config.to_dict())
+    cfg = __import__("lima_jax.weights.hf", fromlist=["x"]).config_from_hf(model.config.to_dict())
     folder = write_meta_folder(state, cfg, root / "meta", num_shards=2)
     assert len(list(folder.glob("consolidated.*.pth"))) == 2
     _run("convert", f"--input={folder}", "--input_format=meta", f"--output={root / 'from_meta'}")

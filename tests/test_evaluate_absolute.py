@@ -5,7 +5,7 @@ import json
 import re
 import threading
 
-from lima_jax.evaluate.absolute import judge_absolute, results_from_records
+from lima_jax.evaluate.ratings import judge_absolute, results_from_records
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.responses import make_record, read_responses, write_responses
 from test_evaluate_judges import Reply, Request, ScriptedServer, fast_judge

@@ -14,7 +14,7 @@ import pytest
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.judges import OpenAIJudge
 from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.pairwise import judge_pairwise, results_from_records
+from lima_jax.evaluate.comparisons import judge_pairwise, results_from_records
 from lima_jax.evaluate.responses import make_record, read_responses, write_responses
 from test_evaluate_judges import Reply, Request, ScriptedServer, fast_judge
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import report
-from lima_jax.evaluate.absolute import judge_absolute
+from lima_jax.evaluate import reporting as report
+from lima_jax.evaluate.ratings import judge_absolute
 from lima_jax.evaluate.judges import Judge, JudgeFailure
 from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.pairwise import judge_pairwise
+from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.responses import make_record
 from test_evaluate_pairwise import run_cli
 

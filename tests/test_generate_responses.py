@@ -6,13 +6,13 @@ import sys
 import pytest
 from hf_reference import random_hf_model
 
-from lima_jax.convert import convert
+from lima_jax.weights.convert import convert
 from lima_jax.data import demo_dir
-from lima_jax.evaluate.generate import generate_responses
+from lima_jax.evaluate.responses import generate_responses
 from lima_jax.evaluate.responses import prompt_id, read_responses
 from lima_jax.model import ModelConfig
-from lima_jax.sample import Generator
-from lima_jax.sampling import SamplingParams
+from lima_jax.inference.generator import Generator
+from lima_jax.inference.sampler import SamplingParams
 
 PROMPTS = [["What is 2 plus 2?"], ["Name a color."], ["Hi", "Hello!", "How are you?"], ["Spell cat backwards."], ["Why?"]]
 PARAMS = SamplingParams(max_new_tokens=6)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lima_jax import llama2c_format, weights
+from lima_jax.weights import llama2c as llama2c_format, names as weights
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, model_from_params, rotary
 from conftest import STORIES260K, require

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from hf_reference import random_hf_model
 
-from lima_jax.convert import convert
+from lima_jax.weights.convert import convert
 from lima_jax.data import demo_dir
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.local_judge import ANSWER_PREFIX, LocalJudge
-from lima_jax.evaluate.pairwise import judge_pairwise
+from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.prompts import pairwise_messages
 from lima_jax.evaluate.responses import make_record, write_responses
 from lima_jax.model import ModelConfig

@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from lima_jax import meta_format, weights
+from lima_jax.weights import meta as meta_format, names as weights
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, model_from_params
 

@@ -110,7 +110,7 @@ def assert_differs(a, b, by=1e-3):
 )
 def test_logits_match_transformers(cfg):
     hf = pytest.importorskip("hf_reference")
-    from lima_jax.weights import params_from_hf
+    from lima_jax.weights.names import params_from_hf
 
     reference = hf.random_hf_model(cfg, seed=0)
     state = hf.hf_state(reference)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lima_jax import checkpoint, state
+from lima_jax.weights import checkpoint
 from lima_jax.data import demo_dir
 from lima_jax import sharding
-from lima_jax.model import KVCache, Llama, ModelConfig
-from lima_jax.sample import parse_mesh
-from lima_jax.sampling import SamplingParams, bucket, first_argmax, generate, nucleus, repetition_penalty
+from lima_jax.model import KVCache, Llama, ModelConfig, param_shardings
+from lima_jax.inference.generator import parse_mesh
+from lima_jax.inference.sampler import SamplingParams, bucket, first_argmax, generate, nucleus, repetition_penalty
 
 CFG = ModelConfig(vocab_size=61, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=128, init_std=0.2)
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
@@ -73,7 +73,7 @@ def test_nucleus_keeps_the_smallest_set_reaching_p():
 
 def test_sampled_tokens_stay_inside_the_nucleus():
     logits = jnp.log(jnp.asarray([[0.6, 0.3, 0.05, 0.05]]))
-    from lima_jax.sampling import next_token
+    from lima_jax.inference.sampler import next_token
 
     knobs = {"temperature": jnp.float32(1.0), "top_p": jnp.float32(0.8), "repetition_penalty": jnp.float32(1.0)}
     seen = jnp.zeros((1, 4), bool)
@@ -96,7 +96,7 @@ def test_prompt_lengths_are_bucketed():
 def test_cli_answers_a_prompt_file(tmp_path):
     from hf_reference import random_hf_model
 
-    from lima_jax.convert import convert
+    from lima_jax.weights.convert import convert
 
     cfg = ModelConfig(vocab_size=512, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
     random_hf_model(cfg).save_pretrained(tmp_path / "hf")
@@ -137,7 +137,7 @@ def test_sampling_on_a_mesh_gives_the_single_device_tokens(model):
     mesh = parse_mesh("fsdp=2,tensor=2")
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     params = nnx.to_pure_dict(nnx.state(model))
-    placed = jax.device_put(params, state.param_shardings(CFG, mesh))
+    placed = jax.device_put(params, param_shardings(CFG, mesh))
     sharded = nnx.merge(nnx.graphdef(model), nnx.state(model))
     nnx.update(sharded, placed)
     sharded.unstack_layers(fuse_projections=False)  # as the Generator does on a mesh
@@ -179,7 +179,7 @@ def test_sampling_draws_what_jax_random_categorical_draws():
     logits = jax.random.normal(jax.random.key(1), (3, 50)) * 3
     keys = jax.random.split(jax.random.key(2), 3)
     params = {"temperature": jnp.float32(1.0), "top_p": jnp.float32(1.0), "repetition_penalty": jnp.float32(1.0)}
-    from lima_jax.sampling import next_token
+    from lima_jax.inference.sampler import next_token
 
     ours = next_token(keys, logits, jnp.zeros((3, 50), bool), params, greedy=False)
     theirs = jax.vmap(jax.random.categorical)(keys, logits)
@@ -214,7 +214,7 @@ def test_bisected_nucleus_equals_the_sorted_definition(top_p):
 
 
 def test_ordered_ints_keep_the_float_order():
-    from lima_jax.sampling import _from_ordered, _to_ordered
+    from lima_jax.inference.sampler import _from_ordered, _to_ordered
 
     x = jnp.asarray([-jnp.inf, -3e38, -2.5, -1e-30, -0.0, 0.0, 1e-30, 1.0, 7.5, 3e38, jnp.inf], jnp.float32)
     ordered = np.asarray(_to_ordered(x))

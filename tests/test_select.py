@@ -8,8 +8,9 @@ import pytest
 from lima_jax.config import load_config
 from lima_jax.evaluate.responses import make_record, write_responses
 from lima_jax.data.pipeline import split_conversations
-from lima_jax.sample import prompt_turns
-from lima_jax.train import train
+from lima_jax.data.records import read_conversations
+from lima_jax.inference.generator import prompt_turns
+from lima_jax.train.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,17 @@ def test_dev_loss_table_and_plot_per_epoch(run, tmp_path):
     assert [r["epoch"] for r in _select(f"--workdir={workdir}", f"--out_dir={tmp_path}", "--epochs=2-3")] == [2, 3]
 
 
+def test_the_run_writes_the_dev_set_it_evaluated_on(run):
+    """Selection reads <workdir>/dev.jsonl (data flows forward): it must be the run's own split."""
+    workdir, config = run
+    written, _ = read_conversations(workdir / "dev.jsonl")
+    _, dev, _ = split_conversations(config)
+    assert written == [r for r in dev if len(r["conversations"]) >= 2] and len(written) == 4
+
+
 def test_judged_dev_quality_against_a_reference(run, tmp_path):
     workdir, config = run
-    _, dev, _ = split_conversations(config)
+    dev, _ = read_conversations(workdir / "dev.jsonl")
     reference = tmp_path / "reference.jsonl"
     write_responses(reference, [make_record(prompt_turns(r["conversations"]), "I do not know.", "reference") for r in dev])
     ckpt = workdir / "checkpoints" / str(_select(f"--workdir={workdir}", f"--out_dir={tmp_path}")[-1]["step"])

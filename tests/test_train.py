@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lima_jax import checkpoint, optim, sharding
+from lima_jax import sharding
+from lima_jax.train import optimizer as optim
+from lima_jax.weights import checkpoint
 from lima_jax.config import load_config, model_config
 from lima_jax.data import demo_dir
 from lima_jax.data.batches import Batcher, eval_batches
@@ -21,9 +23,9 @@ from lima_jax.data.records import read_conversations
 from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
 from lima_jax.model import abstract_model
-from lima_jax.state import abstract_state, init_state, jit_eval_step, jit_train_step
-from lima_jax.train_step import token_losses
-from lima_jax.train import train
+from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step
+from lima_jax.train.step import token_losses
+from lima_jax.train.loop import train
 
 SMALL = {  # the tiny model on a slice of the demo: seconds per run
     "num_epochs": 1,

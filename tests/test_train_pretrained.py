@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 from hf_reference import random_hf_model
 
-from lima_jax import checkpoint, sharding
+from lima_jax import sharding
+from lima_jax.weights import checkpoint
 from lima_jax.config import load_config, model_config
-from lima_jax.convert import convert
+from lima_jax.weights.convert import convert
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
-from lima_jax.train import load_pretrained, train
+from lima_jax.train.loop import load_pretrained, train
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,20 @@ from lima_jax.errors import LimaError
 
 Example = tuple[np.ndarray, np.ndarray]  # (token ids, 0/1 loss mask), same length
 
+# The batch the train and eval steps take: every field (rows, seq_len), with these dtypes. The one
+# definition that the batcher, the jitted steps' shardings, AOT and the bench all read.
+BATCH_SCHEMA: dict[str, type] = {
+    "tokens": np.int32,
+    "targets": np.int32,
+    "weights": np.float32,
+    "positions": np.int32,
+    "segment_ids": np.int32,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """(rows, seq_len) arrays: int32, but float32 weights."""
+    """(rows, seq_len) arrays, typed as BATCH_SCHEMA says."""
 
     tokens: np.ndarray
     targets: np.ndarray
@@ -39,7 +49,7 @@ class Batch:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays alone, e.g. for `jax.device_put`."""
-        return {k: getattr(self, k) for k in ("tokens", "targets", "weights", "positions", "segment_ids")}
+        return {k: getattr(self, k) for k in BATCH_SCHEMA}
 
 
 def span(length: int, seq_len: int) -> int:
@@ -72,10 +82,7 @@ def fill_batch(examples: Sequence[Example], rows: list[list[int]], num_rows: int
     """Lays out `examples` as `rows` (lists of indices into `examples`) in a (num_rows, seq_len) batch."""
     if len(rows) > num_rows:
         raise ValueError(f"{len(rows)} rows do not fit in a batch of {num_rows}")
-    shape = (num_rows, seq_len)
-    tokens, targets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-    positions, segment_ids = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-    weights = np.zeros(shape, np.float32)
+    tokens, targets, weights, positions, segment_ids = (np.zeros((num_rows, seq_len), d) for d in BATCH_SCHEMA.values())
     for r, items in enumerate(rows):
         offset, seg = 0, 0
         for i in items:

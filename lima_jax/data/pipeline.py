@@ -1,5 +1,6 @@
 """From `config.data` to what the trainer consumes: the tokenizer, the training batcher and the dev
-batches. Everything that can be wrong with the data is found here, before any compilation."""
+batches. Everything that can be wrong with the data is found here, before any compilation. The
+trainer says which tokenizer to use: the data layer knows nothing of checkpoints."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,11 +9,10 @@ from typing import Sequence
 
 import ml_collections
 
-from lima_jax import checkpoint
 from lima_jax.data import demo_dir
 from lima_jax.data.batches import Batch, Batcher, Example, eval_batches
 from lima_jax.data.lima import dev_split, load_split
-from lima_jax.data.records import read_conversations
+from lima_jax.data.records import Record, read_conversations
 from lima_jax.data.tokenizer import TRAIN_ON, ChatTokenizer
 from lima_jax.errors import LimaError
 
@@ -22,27 +22,11 @@ class TrainingData:
     tokenizer: ChatTokenizer
     batcher: Batcher
     dev_batches: list[Batch]
+    dev_records: list[Record]  # the dev conversations, which the trainer writes to <workdir>/dev.jsonl
     num_train: int
     num_dev: int
     skipped: int
     source: str  # where the examples came from, for the log
-
-
-def resolve_tokenizer(config: ml_collections.ConfigDict, using_demo: bool) -> pathlib.Path:
-    """The tokenizer: `data.tokenizer`, else the init checkpoint's, else the demo's (demo data only)."""
-    if config.data.tokenizer:
-        return pathlib.Path(config.data.tokenizer)
-    if config.init_checkpoint:
-        found = checkpoint.tokenizer_path(config.init_checkpoint)
-        if found is not None:
-            return found
-        raise LimaError(
-            f"config key data.tokenizer: {config.init_checkpoint} holds no tokenizer.model; pass the base model's "
-            "with --config.data.tokenizer=PATH"
-        )
-    if using_demo:
-        return demo_dir() / "tokenizer.model"
-    raise LimaError("config key data.tokenizer: give the LLaMA tokenizer.model to use with your data")
 
 
 def _load_train_split(manual_dir, cache_dir, skip_invalid: bool, process_index: int, process_count: int):
@@ -74,8 +58,15 @@ def split_conversations(config: ml_collections.ConfigDict, process_index: int = 
 
 
 def build(
-    config: ml_collections.ConfigDict, *, process_index: int, process_count: int, row_multiple: int, eval_rows: int
+    config: ml_collections.ConfigDict,
+    *,
+    tokenizer_path: pathlib.Path | None,
+    process_index: int,
+    process_count: int,
+    row_multiple: int,
+    eval_rows: int,
 ) -> TrainingData:
+    """`tokenizer_path`: the one to train with, or None for the demo's (demo data only)."""
     data = config.data
     if data.train_on not in TRAIN_ON:
         raise LimaError(f"config key data.train_on: must be one of {', '.join(TRAIN_ON)}, got {data.train_on!r}")
@@ -86,7 +77,11 @@ def build(
     if not train:
         raise LimaError(f"{manual_dir}: no training conversations with an answer")
 
-    tokenizer = ChatTokenizer(resolve_tokenizer(config, using_demo))
+    if tokenizer_path is None:
+        if not using_demo:
+            raise LimaError("config key data.tokenizer: give the LLaMA tokenizer.model to use with your data")
+        tokenizer_path = demo_dir() / "tokenizer.model"
+    tokenizer = ChatTokenizer(tokenizer_path)
 
     def encode(record) -> Example:
         return tokenizer.encode_conversation(record["conversations"], max_len=data.max_len + 1, train_on=data.train_on)
@@ -106,6 +101,7 @@ def build(
         pack=data.pack,
         row_multiple=row_multiple,
     )
-    dev_examples: Sequence[Example] = [encode(r) for r in dev if len(r["conversations"]) >= 2]
+    dev = [r for r in dev if len(r["conversations"]) >= 2]
+    dev_examples: Sequence[Example] = [encode(r) for r in dev]
     dev_batches = eval_batches(dev_examples, data.max_len, eval_rows) if dev_examples else []
-    return TrainingData(tokenizer, batcher, dev_batches, len(train), len(dev_examples), skipped, str(manual_dir))
+    return TrainingData(tokenizer, batcher, dev_batches, dev, len(train), len(dev_examples), skipped, str(manual_dir))

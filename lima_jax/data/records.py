@@ -57,6 +57,35 @@ def read_jsonl(
     return parsed, skipped
 
 
+def incomplete_tail(data: bytes) -> int | None:
+    """Where a JSONL file's last line starts when its writer was killed mid-line (no newline, not
+    valid JSON), else None. A last line that parses but lacks its newline is whole and is kept."""
+    start = data.rfind(b"\n") + 1
+    if start == len(data):
+        return None
+    try:
+        json.loads(data[start:].decode("utf-8"))
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return start
+
+
+def repair_tail(path: str | os.PathLike) -> None:
+    """Before appending to a JSONL file: cuts off an incomplete last line and ends a whole one with
+    its newline, so the next record starts on a line of its own. Nothing else is touched."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    cut = incomplete_tail(data)
+    with open(path, "r+b") as f:
+        if cut is not None:
+            f.truncate(cut)
+        elif data and not data.endswith(b"\n"):
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+
+
 def json_object(line: str) -> dict:
     """One JSONL line that must hold a JSON object; raises BadLine otherwise."""
     try:

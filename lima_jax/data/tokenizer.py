@@ -33,8 +33,9 @@ class ChatTokenizer:
         self.bos_id: int = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()
         self.pad_id: int = 0  # padding is masked out by segment ids and weights, so any id will do
-        self.eot_id: int = self.sp.get_piece_size()
-        self.vocab_size: int = self.eot_id + 1
+        self.num_pieces: int = self.sp.get_piece_size()
+        self.eot_id: int = self.num_pieces  # LIMA's new token: the first id past the pieces
+        self.vocab_size: int = self.num_pieces + 1
 
     def encode_conversation(self, turns: Sequence[str], *, max_len: int, train_on: str = "assistant") -> tuple[np.ndarray, np.ndarray]:
         """Token ids and a 0/1 loss mask (int32), both trimmed to `max_len`.

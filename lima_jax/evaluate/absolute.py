@@ -1,112 +1,36 @@
 r"""Absolute rating, as in LIMA's analysis: is each response Fail, Pass or Excellent?
+(`lima_jax.evaluate.ratings`)
 
     python -m lima_jax.evaluate.absolute --responses=lima.jsonl \
         --judge_url=https://api.openai.com/v1 --judge_model=gpt-4 --cache=absolute_judgments.jsonl
 
-Fail: the response does not meet the request's requirements; Pass: it meets them; Excellent: it
-meets them and is excellent. Judgments are cached and retried like pairwise ones; a failed
-judgment is counted as failed, not as any rating. Prints one summary JSON line (percentages are of
-the rated responses).
+Prints one summary JSON line (percentages are of the rated responses). Imports no JAX unless the
+judge is a local checkpoint.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterable
-
 from absl import flags
 
+from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging, prompts
-from lima_jax.evaluate.judges import Judge
-from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, percent, succeeded
-from lima_jax.evaluate.responses import Record, read_responses, text_hash
+from lima_jax.evaluate import judging
+from lima_jax.evaluate.ratings import judge_absolute
+from lima_jax.evaluate.responses import read_responses
 
-RATINGS = prompts.ABSOLUTE_CHOICES
-
-
-def rating_key(judge: str, prompt_id: str, output_hash: str) -> str:
-    return judging.judgment_key("absolute", prompts.ABSOLUTE_VERSION, judge, prompt_id, output_hash)
-
-
-def outcome(judgment: Judgment | None) -> str:
-    """The rating, "failed" for a judgment with no verdict, "missing" for none at all."""
-    if judgment is None:
-        return "missing"
-    return judgment["verdict"] if succeeded(judgment) else "failed"
-
-
-def summarize(results: dict[str, str]) -> dict[str, Any]:
-    counts = {k: sum(1 for v in results.values() if v == k) for k in (*RATINGS, "failed", "missing")}
-    rated = sum(counts[k] for k in RATINGS)
-    summary: dict[str, Any] = {"responses": len(results), "rated": rated}
-    summary.update({k: counts[k] for k in RATINGS})
-    summary.update({f"{k}_pct": percent(counts[k], rated) for k in RATINGS})
-    summary.update(failed=counts["failed"], missing=counts["missing"])
-    return summary
-
-
-@dataclasses.dataclass
-class AbsoluteResult:
-    summary: dict[str, Any]
-    results: dict[str, str]  # prompt id -> rating, "failed" or "missing"
-    stats: RunStats
-
-
-def judge_absolute(responses: dict[str, Record], judge: Judge, cache: JudgmentCache, workers: int = 1,
-                   max_failures: int | None = None, progress: bool = True) -> AbsoluteResult:
-    """Rates every response the cache has no verdict for."""
-    keys: dict[str, str] = {}
-    tasks: list[Task] = []
-    for pid, r in responses.items():
-        output_hash = text_hash(r["output"])
-        keys[pid] = key = rating_key(judge.name, pid, output_hash)
-        if not cache.done(key):
-            fields = {"kind": "absolute", "version": prompts.ABSOLUTE_VERSION, "prompt_id": pid,
-                      "output_hash": output_hash, "generator": r["generator"]}
-            tasks.append(Task(key, prompts.absolute_messages(r["prompt"], r["output"]), RATINGS, fields))
-    stats = judging.run_tasks(tasks, judge, cache, workers=workers, max_failures=max_failures, progress=progress)
-    results = {pid: outcome(cache.get(key)) for pid, key in keys.items()}
-    first = next(iter(responses.values()))
-    summary = {"judge": judge.name, "generator": first["generator"], **summarize(results), "asked": stats.asked}
-    return AbsoluteResult(summary, results, stats)
-
-
-def results_from_records(records: Iterable[Judgment], judge: str | None = None) -> tuple[dict[str, str], set[str]]:
-    """Per-prompt ratings from a cache alone: each prompt's most recent output and judge."""
-    by_prompt: dict[str, list[Judgment]] = {}
-    for r in records:
-        if r.get("kind") != "absolute" or (judge is not None and r.get("judge") != judge):
-            continue
-        if not isinstance(r.get("prompt_id"), str):
-            raise LimaError(f"an absolute judgment without a prompt id: key {r.get('key')!r}")
-        by_prompt.setdefault(r["prompt_id"], []).append(r)
-    results: dict[str, str] = {}
-    judges: set[str] = set()
-    for pid, rs in by_prompt.items():
-        current = rs[-1]["key"]  # the key holds the output hash, judge and prompt version
-        judges.add(str(rs[-1].get("judge")))
-        matching = [r for r in rs if r["key"] == current]
-        results[pid] = outcome(next((r for r in reversed(matching) if succeeded(r)), matching[-1]))
-    return results, judges
+_RESPONSES = flags.DEFINE_string("responses", None, "the response file to rate (JSONL: id, prompt, output, generator)")
+_JUDGE = judging.define_judge_flags()
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
-    f = flags.FLAGS
-    if not f.responses:
+    no_arguments(argv)
+    if not _RESPONSES.value:
         raise LimaError("--responses is required (a response file, JSONL)")
-    judge = judging.judge_from_flags()
-    responses = read_responses(f.responses)
-    result = judge_absolute(responses, judge, judging.cache_from_flags(), workers=f.workers,
-                            max_failures=judging.max_failures_from_flags())
-    judging.finish(result.summary, result.stats, f.out, result.results, "response", "responses")
+    judge = _JUDGE.judge()
+    responses = read_responses(_RESPONSES.value)
+    max_failures = _JUDGE.max_failures()
+    result = judge_absolute(responses, judge, _JUDGE.cache(), workers=_JUDGE.workers.value, max_failures=max_failures)
+    judging.finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", "responses", max_failures)
 
 
 if __name__ == "__main__":
-    from lima_jax.cli import run  # here, not above: it imports JAX, which judging does not need
-
-    flags.DEFINE_string("responses", None, "the response file to rate (JSONL: id, prompt, output, generator)")
-    judging.define_judge_flags()
-    flags.adopt_module_key_flags(judging)  # list them in this command's --help
     run(main)

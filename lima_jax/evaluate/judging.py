@@ -1,5 +1,5 @@
 """What pairwise and absolute judging share: the on-disk judgment cache, the loop that asks the
-judge what the cache lacks, and the judge flags.
+judge what the cache lacks, and the judge flags the judging commands define.
 
 The cache is JSONL, one judgment per line, appended and flushed as each answer arrives, so an
 interrupted run loses at most the judgments in flight. A line records the key, the judge, the
@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 from absl import flags
 
+from lima_jax.data.records import incomplete_tail, repair_tail
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.judges import Judge, JudgeFailure, OpenAIJudge
 
@@ -43,17 +44,21 @@ class JudgmentCache:
         self.records: list[Judgment] = []
         self._best: dict[str, Judgment] = {}
         self._lock = threading.Lock()
-        self._truncate_at: int | None = None
+        self._repair = False  # an incomplete last line is cut off before the first append
         if os.path.exists(self.path):
             self._load()
 
     def _load(self) -> None:
         with open(self.path, "rb") as f:
             data = f.read()
-        offset = 0
-        lines = data.split(b"\n")
-        for i, raw in enumerate(lines):
-            start, offset = offset, offset + len(raw) + 1
+        self._repair = bool(data) and not data.endswith(b"\n")
+        tail = incomplete_tail(data)
+        if tail is not None:
+            # A run killed mid-write leaves a partial last line: the next append cuts it off.
+            lineno = data.count(b"\n") + 1
+            print(f"{self.path}:{lineno}: ignoring an incomplete last line", file=sys.stderr)
+            data = data[:tail]
+        for i, raw in enumerate(data.split(b"\n")):
             if not raw.strip():
                 continue
             try:
@@ -61,12 +66,6 @@ class JudgmentCache:
                 if not isinstance(record, dict) or not isinstance(record.get("key"), str):
                     raise ValueError("not a judgment (a JSON object with a 'key')")
             except (ValueError, UnicodeDecodeError) as e:
-                if i == len(lines) - 1:
-                    # A run killed mid-write leaves a partial last line (no newline): the next
-                    # append cuts it off.
-                    print(f"{self.path}:{i + 1}: ignoring an incomplete last line", file=sys.stderr)
-                    self._truncate_at = start
-                    continue
                 raise LimaError(f"{self.path}:{i + 1}: {e}") from None
             self._add(record)
 
@@ -86,10 +85,9 @@ class JudgmentCache:
     def append(self, record: Judgment) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            if self._truncate_at is not None:
-                with open(self.path, "r+b") as f:
-                    f.truncate(self._truncate_at)
-                self._truncate_at = None
+            if self._repair:
+                repair_tail(self.path)
+                self._repair = False
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()
@@ -181,57 +179,37 @@ def stop_message(stats: RunStats, max_failures: int | None) -> str:
             "the cache keeps what was judged: rerun to retry the failures and judge the rest")
 
 
-def finish(summary: dict, stats: RunStats, out: str | None, details: Any, unit: str, total_key: str) -> None:
+def finish(summary: dict, stats: RunStats, out: str | None, details: Any, unit: str, total_key: str,
+           max_failures: int | None) -> None:
     """The end of a judging command: the summary as a JSON line, the details to `out` if given, a
     LimaError if the run stopped early, and a warning naming how many `unit`s failed."""
     print(json.dumps(summary), flush=True)
     if out:
         write_json(out, {"summary": summary, unit + "s": details})
     if stats.stopped:
-        raise LimaError(stop_message(stats, flags.FLAGS.max_failures))
+        raise LimaError(stop_message(stats, max_failures or 0))
     if summary["failed"]:
         print(f"failed judgments for {summary['failed']} of {summary[total_key]} {unit}s (not counted); "
               "rerun to retry them", file=sys.stderr)
 
 
-# Flags, defined only when a judging command runs as a program: importing its module (tests, the
-# report) then defines nothing that could collide with another module's flags.
-def define_judge_flags() -> None:
-    flags.DEFINE_string("judge_checkpoint", None, "a lima_jax checkpoint as the judge (verdicts from answer log-probabilities), instead of --judge_url")
-    flags.DEFINE_string("judge_url", None, "an OpenAI-compatible API base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (vLLM)")
-    flags.DEFINE_string("judge_model", None, "the judge model name, e.g. gpt-4")
-    flags.DEFINE_string("api_key_env", "OPENAI_API_KEY", "environment variable holding the API key (may be unset for a local server)")
-    flags.DEFINE_string("cache", None, "JSONL of judgments: read to skip what is done, appended as judgments arrive")
-    flags.DEFINE_string("out", None, "also write the summary and per-prompt results to this JSON file")
-    flags.DEFINE_float("timeout_s", 120.0, "seconds to wait for one judge answer")
-    flags.DEFINE_integer("max_retries", 5, "retries per judgment (timeouts, connection errors, 429, 5xx, no readable verdict)")
-    flags.DEFINE_float("backoff_s", 2.0, "first retry delay; doubles on each retry")
-    flags.DEFINE_float("max_backoff_s", 60.0, "longest retry delay, also the cap on a server's Retry-After")
-    flags.DEFINE_float("judge_temperature", 0.0, "the judge's sampling temperature")
-    flags.DEFINE_integer("judge_max_tokens", None, "cap on the judge's answer length (default: the service's)")
-    flags.DEFINE_integer("workers", 4, "judgments asked concurrently")
-    flags.DEFINE_integer("max_failures", 20, "stop starting new judgments after this many fail in one run (0: never stop)")
-
-
-def judge_from_flags() -> Judge:
-    f = flags.FLAGS
-    if f.workers < 1:
-        raise LimaError(f"--workers={f.workers}: must be at least 1")
-    if f.judge_checkpoint:
-        if f.judge_url:
+def make_judge(*, judge_checkpoint: str | None, judge_url: str | None, judge_model: str | None, workers: int = 1,
+               **client: Any) -> Judge:
+    """A local-checkpoint judge or an OpenAI-compatible one (`client`: OpenAIJudge's keyword arguments)."""
+    if workers < 1:
+        raise LimaError(f"--workers={workers}: must be at least 1")
+    if judge_checkpoint:
+        if judge_url:
             raise LimaError("give --judge_checkpoint or --judge_url, not both")
         from lima_jax.evaluate.local_judge import LocalJudge  # loads JAX only for a local judge
 
-        return LocalJudge(f.judge_checkpoint)
-    if not f.judge_url or not f.judge_model:
+        return LocalJudge(judge_checkpoint)
+    if not judge_url or not judge_model:
         raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
-    return OpenAIJudge(f.judge_url, f.judge_model, api_key_env=f.api_key_env, timeout_s=f.timeout_s,
-                       max_retries=f.max_retries, backoff_s=f.backoff_s, temperature=f.judge_temperature,
-                       max_backoff_s=f.max_backoff_s, max_tokens=f.judge_max_tokens)
+    return OpenAIJudge(judge_url, judge_model, **client)
 
 
-def cache_from_flags() -> JudgmentCache:
-    path = flags.FLAGS.cache
+def open_cache(path: str | None) -> JudgmentCache:
     if not path:
         raise LimaError("--cache is required (a JSONL file; it is created if absent)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
@@ -239,10 +217,58 @@ def cache_from_flags() -> JudgmentCache:
     return JudgmentCache(path)
 
 
-def max_failures_from_flags() -> int | None:
-    if flags.FLAGS.max_failures < 0:
-        raise LimaError(f"--max_failures={flags.FLAGS.max_failures}: must be 0 (never stop) or more")
-    return flags.FLAGS.max_failures or None
+def check_max_failures(max_failures: int) -> int | None:
+    """The run's failure budget: None (never stop) for 0."""
+    if max_failures < 0:
+        raise LimaError(f"--max_failures={max_failures}: must be 0 (never stop) or more")
+    return max_failures or None
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeFlags:
+    """The judging commands' shared flags (pairwise, absolute, select), read into library calls."""
+
+    holders: dict[str, flags.FlagHolder]
+
+    def __getattr__(self, name: str) -> flags.FlagHolder:
+        try:
+            return self.holders[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def judge(self) -> Judge:
+        v = {name: holder.value for name, holder in self.holders.items()}
+        return make_judge(judge_checkpoint=v["judge_checkpoint"], judge_url=v["judge_url"], judge_model=v["judge_model"],
+                          workers=v["workers"], api_key_env=v["api_key_env"], timeout_s=v["timeout_s"],
+                          max_retries=v["max_retries"], backoff_s=v["backoff_s"], temperature=v["judge_temperature"],
+                          max_backoff_s=v["max_backoff_s"], max_tokens=v["judge_max_tokens"])
+
+    def cache(self) -> JudgmentCache:
+        return open_cache(self.holders["cache"].value)
+
+    def max_failures(self) -> int | None:
+        return check_max_failures(self.holders["max_failures"].value)
+
+
+def define_judge_flags() -> JudgeFlags:
+    """Called at import by each judging command (the one way commands define flags: see cli.py)."""
+    d = flags
+    return JudgeFlags({h.name: h for h in (
+        d.DEFINE_string("judge_checkpoint", None, "a lima_jax checkpoint as the judge (verdicts from answer log-probabilities), instead of --judge_url"),
+        d.DEFINE_string("judge_url", None, "an OpenAI-compatible API base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (vLLM)"),
+        d.DEFINE_string("judge_model", None, "the judge model name, e.g. gpt-4"),
+        d.DEFINE_string("api_key_env", "OPENAI_API_KEY", "environment variable holding the API key (may be unset for a local server)"),
+        d.DEFINE_string("cache", None, "JSONL of judgments: read to skip what is done, appended as judgments arrive"),
+        d.DEFINE_string("out", None, "also write the summary and per-prompt results to this JSON file"),
+        d.DEFINE_float("timeout_s", 120.0, "seconds to wait for one judge answer"),
+        d.DEFINE_integer("max_retries", 5, "retries per judgment (timeouts, connection errors, 429, 5xx, no readable verdict)"),
+        d.DEFINE_float("backoff_s", 2.0, "first retry delay; doubles on each retry"),
+        d.DEFINE_float("max_backoff_s", 60.0, "longest retry delay, also the cap on a server's Retry-After"),
+        d.DEFINE_float("judge_temperature", 0.0, "the judge's sampling temperature"),
+        d.DEFINE_integer("judge_max_tokens", None, "cap on the judge's answer length (default: the service's)"),
+        d.DEFINE_integer("workers", 4, "judgments asked concurrently"),
+        d.DEFINE_integer("max_failures", 20, "stop starting new judgments after this many fail in one run (0: never stop)"),
+    )})
 
 
 def write_json(path: str, value: Any) -> None:

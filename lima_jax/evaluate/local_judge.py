@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lima_jax.evaluate.judges import JudgeFailure, Messages
-from lima_jax.sample import Generator
+from lima_jax.inference.generator import Generator
 
 ANSWER_PREFIX = "Verdict: "
 

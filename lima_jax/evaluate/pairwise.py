@@ -1,170 +1,38 @@
 r"""Pairwise judging, as in LIMA's preference study: for every prompt answered in both files, which
-answer does the judge prefer?
+answer does the judge prefer? Each pair is judged in both orders (`lima_jax.evaluate.comparisons`).
 
     python -m lima_jax.evaluate.pairwise --ours=lima.jsonl --baseline=alpaca.jsonl \
         --judge_url=https://api.openai.com/v1 --judge_model=gpt-4 --cache=alpaca_judgments.jsonl
 
-Each pair is judged in both orders (ours as response A, then as response B) to cancel the judge's
-position bias. Per prompt: both orders agree -> that win/loss/tie; they disagree -> tie. A prompt
-with a failed judgment is counted as failed, never as a tie, and its judgment is asked again on
-the next run, as is anything missing; everything else comes from the cache. Prints one summary
-JSON line (percentages are of the prompts judged in both orders).
+Prints one summary JSON line (percentages are of the prompts judged in both orders). Imports no JAX
+unless the judge is a local checkpoint.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterable
-
 from absl import flags
 
+from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging, prompts
-from lima_jax.evaluate.judges import Judge
-from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, percent, succeeded
-from lima_jax.evaluate.responses import Record, read_responses, text_hash
+from lima_jax.evaluate import judging
+from lima_jax.evaluate.comparisons import judge_pairwise
+from lima_jax.evaluate.responses import read_responses
 
-ORDERS = ("ours_first", "baseline_first")  # ours is response A, then response B
-OUTCOMES = ("win", "tie", "loss")  # from our side
-
-
-def pair_key(judge: str, prompt_id: str, ours_hash: str, baseline_hash: str, order: str) -> str:
-    return judging.judgment_key("pairwise", prompts.PAIRWISE_VERSION, judge, prompt_id, ours_hash, baseline_hash, order)
-
-
-def order_outcome(order: str, verdict: str) -> str:
-    """Our win/tie/loss from one judgment: verdict A favours whichever answer was shown first."""
-    if verdict == "C":
-        return "tie"
-    ours_letter = "A" if order == "ours_first" else "B"
-    return "win" if verdict == ours_letter else "loss"
-
-
-def combine(judgments: dict[str, Judgment | None]) -> tuple[str, bool]:
-    """One prompt's result from its two judgments, and whether the orders agreed.
-
-    "missing" when an order was never asked, "failed" when one has no verdict (kept apart from
-    ties: a judge that could not answer has not said the answers are equal).
-    """
-    if any(judgments.get(o) is None for o in ORDERS):
-        return "missing", True
-    if not all(succeeded(judgments[o]) for o in ORDERS):
-        return "failed", True
-    seen = {order_outcome(o, judgments[o]["verdict"]) for o in ORDERS}
-    return (seen.pop(), True) if len(seen) == 1 else ("tie", False)
-
-
-def summarize(results: dict[str, tuple[str, bool]]) -> dict[str, Any]:
-    counts = {k: sum(1 for outcome, _ in results.values() if outcome == k) for k in (*OUTCOMES, "failed", "missing")}
-    judged = sum(counts[k] for k in OUTCOMES)
-    summary: dict[str, Any] = {"prompts": len(results), "judged": judged}
-    for k in OUTCOMES:
-        summary[k] = counts[k]
-    for k in OUTCOMES:
-        summary[f"{k}_pct"] = percent(counts[k], judged)
-    summary["failed"] = counts["failed"]
-    summary["missing"] = counts["missing"]
-    summary["disagreed"] = sum(1 for outcome, agreed in results.values() if not agreed)
-    return summary
-
-
-@dataclasses.dataclass
-class PairwiseResult:
-    summary: dict[str, Any]
-    results: dict[str, tuple[str, bool]]  # prompt id -> (outcome, orders agreed)
-    stats: RunStats
-
-
-def shared_ids(ours: dict[str, Record], baseline: dict[str, Record]) -> list[str]:
-    ids = [i for i in ours if i in baseline]
-    if not ids:
-        raise LimaError("no prompt id appears in both response files (ids default to a hash of the prompt turns, "
-                        "so the prompts must match exactly)")
-    for i in ids:
-        if ours[i]["prompt"] != baseline[i]["prompt"]:
-            raise LimaError(f"prompt id {i!r} has different prompt turns in the two response files")
-    return ids
-
-
-def judge_pairwise(ours: dict[str, Record], baseline: dict[str, Record], judge: Judge, cache: JudgmentCache,
-                   workers: int = 1, max_failures: int | None = None, progress: bool = True) -> PairwiseResult:
-    """Judges, in both orders, every prompt answered in both files that the cache has no verdict for."""
-    ids = shared_ids(ours, baseline)
-    keys: dict[str, dict[str, str]] = {}
-    tasks: list[Task] = []
-    for pid in ids:
-        mine, theirs = ours[pid], baseline[pid]
-        ours_hash, baseline_hash = text_hash(mine["output"]), text_hash(theirs["output"])
-        keys[pid] = {}
-        for order in ORDERS:
-            key = pair_key(judge.name, pid, ours_hash, baseline_hash, order)
-            keys[pid][order] = key
-            if cache.done(key):
-                continue
-            a, b = (mine, theirs) if order == "ours_first" else (theirs, mine)
-            fields = {"kind": "pairwise", "version": prompts.PAIRWISE_VERSION, "prompt_id": pid, "order": order,
-                      "ours_hash": ours_hash, "baseline_hash": baseline_hash,
-                      "ours_generator": mine["generator"], "baseline_generator": theirs["generator"]}
-            tasks.append(Task(key, prompts.pairwise_messages(mine["prompt"], a["output"], b["output"]),
-                              prompts.PAIRWISE_CHOICES, fields))
-    stats = judging.run_tasks(tasks, judge, cache, workers=workers, max_failures=max_failures, progress=progress)
-    results = {pid: combine({o: cache.get(keys[pid][o]) for o in ORDERS}) for pid in ids}
-    summary = {"judge": judge.name, "ours": ours[ids[0]]["generator"], "baseline": baseline[ids[0]]["generator"],
-               **summarize(results),
-               "failed_judgments": sum(1 for pid in ids for o in ORDERS
-                                       if cache.get(keys[pid][o]) is not None and not cache.done(keys[pid][o])),
-               "asked": stats.asked, "only_ours": len(ours) - len(ids), "only_baseline": len(baseline) - len(ids)}
-    return PairwiseResult(summary, results, stats)
-
-
-def _version(record: Judgment) -> tuple:
-    return (record.get("version"), record.get("judge"), record.get("ours_hash"), record.get("baseline_hash"))
-
-
-def results_from_records(records: Iterable[Judgment], judge: str | None = None) -> tuple[dict[str, tuple[str, bool]], set[str]]:
-    """Per-prompt results from a cache alone (for the report), and the judges they come from.
-
-    A prompt's outputs may have been judged more than once (a regenerated answer, a new judge):
-    each prompt uses the outputs, judge and prompt version of its most recent judgment.
-    """
-    by_prompt: dict[str, list[Judgment]] = {}
-    for r in records:
-        if r.get("kind") != "pairwise" or (judge is not None and r.get("judge") != judge):
-            continue
-        if not isinstance(r.get("prompt_id"), str) or r.get("order") not in ORDERS:
-            raise LimaError(f"a pairwise judgment without a prompt id or order: key {r.get('key')!r}")
-        by_prompt.setdefault(r["prompt_id"], []).append(r)
-    results: dict[str, tuple[str, bool]] = {}
-    judges: set[str] = set()
-    for pid, rs in by_prompt.items():
-        current = _version(rs[-1])
-        judges.add(str(current[1]))
-        best: dict[str, Judgment] = {}
-        for r in rs:
-            if _version(r) == current and (succeeded(r) or not succeeded(best.get(r["order"]))):
-                best[r["order"]] = r
-        results[pid] = combine({o: best.get(o) for o in ORDERS})
-    return results, judges
+_OURS = flags.DEFINE_string("ours", None, "our response file (JSONL: id, prompt, output, generator)")
+_BASELINE = flags.DEFINE_string("baseline", None, "the baseline's response file, same format")
+_JUDGE = judging.define_judge_flags()
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
-    f = flags.FLAGS
-    if not f.ours or not f.baseline:
+    no_arguments(argv)
+    if not _OURS.value or not _BASELINE.value:
         raise LimaError("--ours and --baseline are required (response files, JSONL)")
-    judge = judging.judge_from_flags()
-    ours, baseline = read_responses(f.ours), read_responses(f.baseline)
-    result = judge_pairwise(ours, baseline, judge, judging.cache_from_flags(), workers=f.workers,
-                            max_failures=judging.max_failures_from_flags())
+    judge = _JUDGE.judge()
+    ours, baseline = read_responses(_OURS.value), read_responses(_BASELINE.value)
+    max_failures = _JUDGE.max_failures()
+    result = judge_pairwise(ours, baseline, judge, _JUDGE.cache(), workers=_JUDGE.workers.value, max_failures=max_failures)
     outcomes = {pid: outcome for pid, (outcome, _) in result.results.items()}
-    judging.finish(result.summary, result.stats, f.out, outcomes, "prompt", "prompts")
+    judging.finish(result.summary, result.stats, _JUDGE.out.value, outcomes, "prompt", "prompts", max_failures)
 
 
 if __name__ == "__main__":
-    from lima_jax.cli import run  # here, not above: it imports JAX, which judging does not need
-
-    flags.DEFINE_string("ours", None, "our response file (JSONL: id, prompt, output, generator)")
-    flags.DEFINE_string("baseline", None, "the baseline's response file, same format")
-    judging.define_judge_flags()
-    flags.adopt_module_key_flags(judging)  # list them in this command's --help
     run(main)

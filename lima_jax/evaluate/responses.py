@@ -1,4 +1,4 @@
-"""The response file that generation writes and judging reads.
+"""The response file that generation writes and judging reads, and the generation that writes it.
 
 JSONL, one object per line:
 
@@ -15,9 +15,9 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from lima_jax.data.records import BadLine, json_object, read_jsonl
+from lima_jax.data.records import BadLine, json_object, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
 
 Record = dict[str, Any]
@@ -88,3 +88,26 @@ def read_responses(path: str | os.PathLike) -> dict[str, Record]:
     if not records:
         raise LimaError(f"{name}: no responses")
     return records
+
+
+def generate_responses(generator: Any, prompts: list[list[str]], output: pathlib.Path, name: str,
+                       params, seed: int, batch_size: int,
+                       progress: Callable[[str], None] = lambda line: None) -> int:
+    """Answers the prompts the output file lacks with `generator` (an `inference.Generator`), appending
+    each batch as it is done; returns how many were generated now."""
+    repair_tail(output)
+    done = set(read_responses(output)) if output.exists() else set()
+    todo = [turns for turns in dict.fromkeys(map(tuple, prompts)) if prompt_id(turns) not in done]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch_size):
+            batch = [list(t) for t in todo[start : start + batch_size]]
+            # Each prompt's randomness comes from its own id, not its place in a batch: a resumed run
+            # samples every remaining prompt as the uninterrupted run would have.
+            row_seeds = [int(prompt_id(t)[:8], 16) for t in batch]
+            ids = generator([generator.encode(t) for t in batch], params, seed, row_seeds)
+            for turns, out in zip(batch, ids):
+                f.write(json.dumps(make_record(turns, generator.decode(out), name), ensure_ascii=False) + "\n")
+            f.flush()
+            progress(f"{min(start + batch_size, len(todo))}/{len(todo)} prompts answered")
+    return len(todo)

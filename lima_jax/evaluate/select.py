@@ -3,140 +3,50 @@
     python -m lima_jax.evaluate.select --workdir=runs/lima-65b --out_dir=select/ \
         [--epochs=5-10] [--reference=dev_reference.jsonl --judge_url=... --judge_model=...]
 
-For every epoch checkpoint of the run it reports the dev loss and perplexity (from the run's
-metrics.jsonl, computed at that step during training) and, with a judge and a fixed reference
-response file for the dev prompts, the win/tie/loss rate of that checkpoint's dev answers against the
-reference. Writes select.md and select.png. The paper found perplexity a poor guide (it keeps rising
-past the epochs that generate best), which the two columns side by side let you see.
+The dev prompts are the ones the run evaluated on (`<workdir>/dev.jsonl`); see
+`lima_jax.evaluate.selection` for what is reported.
 """
 from __future__ import annotations
 
 import json
-import math
 import pathlib
-from typing import Any
 
-import ml_collections
 from absl import flags
 
-from lima_jax import checkpoint
-from lima_jax.cli import define, run, say
-from lima_jax.data.pipeline import split_conversations
+from lima_jax.cli import define_sampling_flags, no_arguments, run, say
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging
-from lima_jax.evaluate.generate import generate_responses
-from lima_jax.evaluate.pairwise import judge_pairwise
+from lima_jax.evaluate import judging, selection
 from lima_jax.evaluate.responses import read_responses
-from lima_jax.metrics import METRICS_FILE
-from lima_jax.sample import Generator, prompt_turns, sampling_params
+from lima_jax.inference.sampler import SamplingParams
 
-_WORKDIR = define("string", "workdir", None, "the training run's workdir")
-_OUT_DIR = define("string", "out_dir", None, "where select.md, select.png and the dev responses go")
-_EPOCHS = define("string", "epochs", "", "a range of epochs to consider, e.g. 5-10 (default: all)")
-_REFERENCE = define("string", "reference", None, "a fixed reference's responses to the dev prompts (JSONL); with a judge")
-
-
-def epoch_checkpoints(workdir: pathlib.Path) -> list[dict[str, Any]]:
-    """Each epoch's dev loss record joined with its checkpoint step, in epoch order."""
-    metrics = workdir / METRICS_FILE
-    if not metrics.exists():
-        raise LimaError(f"{metrics}: missing file (is {workdir} a lima_jax training run?)")
-    rows = []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "dev_loss" not in record:
-            continue
-        step_dir = workdir / checkpoint.STEPS_DIR / str(record["step"])
-        if checkpoint.is_checkpoint(step_dir):
-            rows.append({"epoch": record["epoch"], "step": record["step"], "dev_loss": record["dev_loss"],
-                         "dev_perplexity": math.exp(min(record["dev_loss"], 50.0)), "checkpoint": step_dir})
-    if not rows:
-        raise LimaError(f"{workdir}: no epoch checkpoints with a dev loss")
-    return rows
-
-
-def parse_epochs(spec: str) -> tuple[int, int]:
-    if not spec:
-        return 0, 10**9
-    lo, _, hi = spec.partition("-")
-    try:
-        return int(lo), int(hi or lo)
-    except ValueError:
-        raise LimaError(f"--epochs={spec!r}: expected a range such as 5-10") from None
-
-
-def judge_epochs(rows, dev_prompts, reference, judge, cache, out_dir: pathlib.Path, params, seed: int) -> None:
-    """Generates each checkpoint's dev answers (resumably) and judges them against the reference."""
-    for row in rows:
-        responses = out_dir / "responses" / f"step_{row['step']}.jsonl"
-        generate_responses(Generator(str(row["checkpoint"])), dev_prompts, responses, f"epoch {row['epoch']}",
-                           params, seed, batch_size=8)
-        result = judge_pairwise(read_responses(responses), reference, judge, cache, progress=False)
-        row.update({k: result.summary[k] for k in ("win_pct", "tie_pct", "loss_pct", "failed")})
-
-
-def write_table(rows, path: pathlib.Path) -> str:
-    judged = "win_pct" in rows[0]
-    head = "| epoch | step | dev loss | dev perplexity |" + (" win % | tie % | loss % | failed |" if judged else "")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        line = f"| {r['epoch']} | {r['step']} | {r['dev_loss']:.4f} | {r['dev_perplexity']:.2f} |"
-        if judged:
-            line += f" {r['win_pct']:.1f} | {r['tie_pct']:.1f} | {r['loss_pct']:.1f} | {r['failed']} |"
-        lines.append(line)
-    text = "\n".join(lines) + "\n"
-    path.write_text(text, encoding="utf-8")
-    return text
-
-
-def plot(rows, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, [r["dev_perplexity"] for r in rows], "o-", color="tab:blue", label="dev perplexity")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("dev perplexity", color="tab:blue")
-    if "win_pct" in rows[0]:
-        twin = ax.twinx()
-        twin.plot(epochs, [r["win_pct"] for r in rows], "s-", color="tab:green", label="win % vs reference")
-        twin.set_ylabel("win % vs reference", color="tab:green")
-        twin.set_ylim(0, 100)
-    ax.set_title("Checkpoint selection")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+_WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "where select.md, select.png and the dev responses go")
+_EPOCHS = flags.DEFINE_string("epochs", "", "a range of epochs to consider, e.g. 5-10 (default: all)")
+_REFERENCE = flags.DEFINE_string("reference", None, "a fixed reference's responses to the dev prompts (JSONL); with a judge")
+_SAMPLING = define_sampling_flags()
+_JUDGE = judging.define_judge_flags()
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
+    no_arguments(argv)
     if not _WORKDIR.value or not _OUT_DIR.value:
         raise LimaError("--workdir and --out_dir are required")
     workdir, out_dir = pathlib.Path(_WORKDIR.value), pathlib.Path(_OUT_DIR.value)
-    lo, hi = parse_epochs(_EPOCHS.value)
-    rows = [r for r in epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
+    lo, hi = selection.parse_epochs(_EPOCHS.value)
+    rows = [r for r in selection.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
     if not rows:
         raise LimaError(f"--epochs={_EPOCHS.value}: no epoch checkpoint in that range")
     out_dir.mkdir(parents=True, exist_ok=True)
-    f = flags.FLAGS
     if _REFERENCE.value:
-        config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-        _, dev, _ = split_conversations(config)
-        dev_prompts = [prompt_turns(r["conversations"]) for r in dev]
         cache = judging.JudgmentCache(out_dir / "judgments.jsonl")
-        judge_epochs(rows, dev_prompts, read_responses(_REFERENCE.value), judging.judge_from_flags(), cache,
-                     out_dir, sampling_params(), f.seed)
-    elif f.judge_url or f.judge_checkpoint:
+        selection.judge_epochs(rows, selection.dev_prompts(workdir), read_responses(_REFERENCE.value), _JUDGE.judge(),
+                               cache, out_dir, SamplingParams(**_SAMPLING.values()), _SAMPLING.seed.value)
+    elif _JUDGE.judge_url.value or _JUDGE.judge_checkpoint.value:
         raise LimaError("judging needs --reference: a fixed system's responses to the dev prompts")
-    say(write_table(rows, out_dir / "select.md"))
-    plot(rows, out_dir / "select.png")
+    say(selection.write_table(rows, out_dir / "select.md"))
+    selection.plot(rows, out_dir / "select.png")
     print(json.dumps([{k: v for k, v in r.items() if k != "checkpoint"} for r in rows]))
 
 
 if __name__ == "__main__":
-    judging.define_judge_flags()
     run(main)

@@ -16,13 +16,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lima_jax import sharding
-from lima_jax.model import Llama, ModelConfig, abstract_model, logical_axes
-from lima_jax.train_step import BATCH_FIELDS, TrainState, eval_step, train_step
-
-
-def param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
-    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
-    return sharding.tree_shardings(logical_axes(cfg), abstract, mesh)
+from lima_jax.model import Llama, ModelConfig, abstract_model, param_shardings
+from lima_jax.data.batches import BATCH_SCHEMA
+from lima_jax.train.step import TrainState, eval_step, train_step
 
 
 def state_shardings(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
@@ -64,14 +60,13 @@ def state_from_params(params: Any, optimizer: optax.GradientTransformation, cfg:
 
 
 def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
-    return {k: sharding.batch_sharding(mesh) for k in BATCH_FIELDS}
+    return {k: sharding.batch_sharding(mesh) for k in BATCH_SCHEMA}
 
 
 def abstract_batch(rows: int, seq_len: int, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    dtypes = {"weights": jnp.float32}
     return {
-        k: jax.ShapeDtypeStruct((rows, seq_len), dtypes.get(k, jnp.int32), sharding=sharding.batch_sharding(mesh))
-        for k in BATCH_FIELDS
+        k: jax.ShapeDtypeStruct((rows, seq_len), dtype, sharding=sharding.batch_sharding(mesh))
+        for k, dtype in BATCH_SCHEMA.items()
     }
 
 

@@ -1,11 +1,6 @@
-"""The LIMA supervised fine-tuning run.
+"""The LIMA supervised fine-tuning run (`python -m lima_jax.train`; see `train/__main__.py`).
 
-    python -m lima_jax.train --config=tiny                      # embedded demo data, CPU, minutes
-    python -m lima_jax.train --config=65b --config.init_checkpoint=gs://.../llama-65b \
-        --config.data.manual_dir=/data/lima --config.data.tokenizer=/data/tokenizer.model \
-        --config.workdir=gs://.../runs/lima-65b                 # every TPU worker runs the same line
-
-Reads top to bottom: check the config and the data (all before compiling), build the mesh and the
+`train(config)` reads top to bottom: check the config and the data (all before compiling), build the mesh and the
 state (fresh, from a pretrained checkpoint, or resumed from the workdir's latest step), then loop.
 A run restarted with the same workdir continues exactly where it stopped; SIGTERM (a preemption)
 saves and exits cleanly.
@@ -22,23 +17,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import flags
 
-from lima_jax import checkpoint, flops, optim, sharding
-from lima_jax.cli import run, say
-from lima_jax.config import define_config_flag, model_config, validate
+from lima_jax import flops, sharding
+from lima_jax.cli import say
+from lima_jax.config import trained_model_config, validate
 from lima_jax.data import pipeline
 from lima_jax.errors import LimaError
-from lima_jax.metrics import MetricsWriter
-from lima_jax.model import ModelConfig
-from lima_jax.state import init_state, jit_eval_step, jit_train_step, param_shardings, abstract_state, state_from_params
-from lima_jax.train_step import TrainState
-
-_CONFIG = define_config_flag("config", "tiny")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-node GPU runs")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "the number of processes (hosts), with --coordinator_address")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, with --coordinator_address")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", None, "initialise JAX's multi-controller runtime (default: on TPU pods and under SLURM)")
+from lima_jax.model import ModelConfig, param_shardings
+from lima_jax.train import optimizer as optim
+from lima_jax.train.checkpoints import RunCheckpoints
+from lima_jax.train.metrics import DEV_FILE, MetricsWriter
+from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step, state_from_params
+from lima_jax.train.step import TrainState
+from lima_jax.weights import checkpoint
 
 # The architecture keys a pretrained checkpoint must agree on with the config.
 ARCHITECTURE = ("dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffn_dim", "tie_embeddings", "rope_theta", "norm_eps")
@@ -62,11 +53,6 @@ def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh) -> int:
         raise LimaError(f"config key batch_size: {config.batch_size} does not divide over the data axes (data*fsdp = {dp})")
     per_step = dp * config.grad_accum
     return per_step // math.gcd(per_step, jax.process_count())
-
-
-def training_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-    """The config's model with the tokenizer's vocabulary (its pieces plus LIMA's EOT token)."""
-    return model_config(config).replace(vocab_size=vocab_size)
 
 
 def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -> dict:
@@ -95,6 +81,31 @@ def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -
         return params
 
     return jax.jit(grow, out_shardings=param_shardings(cfg, mesh))(params)
+
+
+def tokenizer_for(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+    """`data.tokenizer`, else the init checkpoint's, else None (the demo's, for demo data only)."""
+    if config.data.tokenizer:
+        return pathlib.Path(config.data.tokenizer)
+    if not config.init_checkpoint:
+        return None
+    found = checkpoint.tokenizer_path(config.init_checkpoint)
+    if found is None:
+        raise LimaError(
+            f"config key data.tokenizer: {config.init_checkpoint} holds no tokenizer.model; pass the base model's "
+            "with --config.data.tokenizer=PATH"
+        )
+    return found
+
+
+def write_dev_set(records: list, workdir: pathlib.Path) -> None:
+    """The dev conversations this run evaluates on, as `<workdir>/dev.jsonl` (LIMA's format): what
+    checkpoint selection and generation read, instead of rebuilding the split."""
+    if jax.process_index() == 0:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        tmp = workdir / (DEV_FILE + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(workdir / DEV_FILE)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -159,12 +170,13 @@ def train(config: ml_collections.ConfigDict) -> dict:
     row_multiple = check_batch_fits_mesh(config, mesh)
     data = pipeline.build(
         config,
+        tokenizer_path=tokenizer_for(config),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         row_multiple=row_multiple,
         eval_rows=max(row_multiple, sharding.data_parallel_size(mesh) // jax.process_count() or 1),
     )
-    cfg = training_model_config(config, data.tokenizer.vocab_size)
+    cfg = trained_model_config(config, data.tokenizer.num_pieces)
     batcher = data.batcher
     total = batcher.total_steps
     say(
@@ -175,10 +187,11 @@ def train(config: ml_collections.ConfigDict) -> dict:
     if config.init_checkpoint:
         checkpoint.resolve(config.init_checkpoint)  # a wrong path fails here, before compiling
     write_config(config, workdir)
+    write_dev_set(data.dev_records, workdir)
 
     optimizer = optim.make_optimizer(config.optim, total)
     schedule = optim.learning_rate(config.optim, total)
-    ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
+    ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
     start = ckpts.latest_step() or 0
     if start:
         abstract = abstract_state(cfg, optimizer, mesh)
@@ -195,7 +208,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
     train_step = jit_train_step(config, cfg, optimizer, schedule, mesh)
     eval_step = jit_eval_step(cfg, mesh)
     flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len)
-    peak = flops.peak_tflops(jax.devices()[0], config.peak_tflops) * 1e12 * jax.device_count()
+    peak = flops.peak_tflops(jax.devices()[0], config.peak_tflops)[0] * 1e12 * jax.device_count()
     epoch_ends = {steps: i + 1 for i, steps in enumerate(batcher.epoch_end_steps())}  # steps done -> epoch
     writer = MetricsWriter(workdir, resume_step=start, total_steps=total, enabled=jax.process_index() == 0)
     run_meta = {"config": config.name, "eot_id": data.tokenizer.eot_id, "total_steps": total}
@@ -259,19 +272,3 @@ def _log(writer: MetricsWriter, pending, batcher, tick: float, flops_per_token: 
     }
     writer.step(record)
     return record
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _COORDINATOR.value or _DISTRIBUTED.value:
-        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif _DISTRIBUTED.value is None and sharding.launched_on_cluster():
-        sharding.initialize_distributed(None, None, None)
-    last = train(_CONFIG.value)
-    if last and jax.process_index() == 0:
-        print(json.dumps({"final_step": last["step"], "loss": last["loss"]}))
-
-
-if __name__ == "__main__":
-    run(main)

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a model: its parameters plus the architecture that reads them.
+"""The lima_jax checkpoint (Orbax): a model's parameters plus the architecture that reads them.
 
 A checkpoint directory holds two Orbax items, `params` (the parameter tree) and `model` (the
 ModelConfig as JSON), plus `tokenizer.model` when one is known. A converted checkpoint and each step
@@ -28,6 +28,11 @@ TOKENIZER = "tokenizer.model"
 STEPS_DIR = "checkpoints"
 
 
+def model_record(cfg: ModelConfig) -> dict[str, Any]:
+    """The `model` item: the architecture as JSON, tagged with the format that wrote it."""
+    return {"format": "lima_jax", "config": dataclasses.asdict(cfg)}
+
+
 def _checkpointer() -> ocp.Checkpointer:
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
@@ -47,9 +52,8 @@ def save(
         if not overwrite:
             raise LimaError(f"{path} already exists; choose a new output path (or pass --overwrite)")
         shutil.rmtree(path)
-    model_json = {"format": "lima_jax", "config": dataclasses.asdict(cfg)}
     with _checkpointer() as ckptr:
-        ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_json)))
+        ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_record(cfg))))
     if tokenizer is not None:
         shutil.copyfile(tokenizer, path / TOKENIZER)
     return path
@@ -135,51 +139,3 @@ def run_info(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
         return ckptr.restore(step / "run")
-
-
-class RunCheckpoints:
-    """The checkpoints of a training run: `<workdir>/checkpoints/<step>/` with the items `params`,
-    `opt_state`, `model` (the architecture) and `run` (epoch, config name: what a reader needs).
-
-    Saves are asynchronous; a step becomes visible only once complete, so a resume never picks a
-    half-written one. `max_to_keep=0` keeps every step.
-    """
-
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 0, async_save: bool = True):
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep or None,
-            enable_async_checkpointing=async_save,
-            create=True,
-        )
-        self.directory = pathlib.Path(workdir).absolute() / STEPS_DIR
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, step: int, params: Any, opt_state: Any, cfg: ModelConfig, run: dict[str, Any]) -> None:
-        args = ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            model=ocp.args.JsonSave({"format": "lima_jax", "config": dataclasses.asdict(cfg)}),
-            run=ocp.args.JsonSave(run),
-        )
-        self.manager.save(step, args=args, force=True)
-
-    def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
-        """Restores onto whatever shardings the abstract trees carry (any mesh, any device count)."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_params),
-                opt_state=ocp.args.StandardRestore(abstract_opt_state),
-                run=ocp.args.JsonRestore(),
-            ),
-        )
-        return restored["params"], restored["opt_state"], restored["run"]
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
-    def close(self) -> None:
-        self.manager.close()

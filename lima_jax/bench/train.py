@@ -2,7 +2,7 @@
 side with PyTorch (`transformers`).
 
     python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
-    python -m lima_jax.bench --config=tiny --shape=ci --mode=decode      # see lima_jax/bench_decode.py
+    python -m lima_jax.bench --config=tiny --shape=ci --mode=decode      # see lima_jax/bench/decode.py
 
 Runs `state.jit_train_step` (the step `lima_jax.train` runs: AdamW, dropout as configured, state
 donated) on one device with random tokens, every weight 1, one segment per row and no packing, and
@@ -23,22 +23,23 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
 
-from lima_jax import bench_decode, flops, optim, sharding
-from lima_jax.cli import run, say
-from lima_jax.config import define_config_flag, model_config, set_key, validate
+from lima_jax import flops, sharding
+from lima_jax.bench import decode as bench_decode
+from lima_jax.cli import say
+from lima_jax.config import model_config, set_key, validate
+from lima_jax.data.batches import BATCH_SCHEMA
 from lima_jax.errors import LimaError
-from lima_jax.hf_format import config_to_hf
 from lima_jax.model import ModelConfig, param_count
-from lima_jax.state import batch_shardings, init_state, jit_train_step
+from lima_jax.train import optimizer as optim
+from lima_jax.train.state import batch_shardings, init_state, jit_train_step
+from lima_jax.weights.hf import config_to_hf
 
 # Shortcuts for the model overrides of named benchmark shapes.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -54,29 +55,9 @@ SHAPES: dict[str, dict[str, Any]] = {
         "model.residual_dropout": 0.0,
     },
 }
-CPU_PEAK_SIZES = (1024, 1536, 2048)  # square fp32 matmuls; the best of them is the CPU "peak"
 TORCH_ATTENTION = ("auto", "eager", "sdpa")
 
 MODES = ("train", "decode")
-
-
-def define_flags() -> None:
-    """The command's flags, defined only when it runs (`python -m lima_jax.bench`): the tests import
-    this module into one process beside other commands that define --seed or --batch_size."""
-    define_config_flag("config", None)
-    flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's tokens/s, TTFT and roofline")
-    flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
-    flags.DEFINE_integer("seq_len", 512, "tokens per row")
-    flags.DEFINE_integer("batch_size", 4, "rows per step")
-    flags.DEFINE_integer("steps", 5, "timed steps (each framework); step times are medians")
-    flags.DEFINE_integer("warmup", 1, "untimed steps after compiling (each framework)")
-    flags.DEFINE_bool("compare_torch", None, "also time transformers.LlamaForCausalLM (default: on a CPU, when torch imports)")
-    flags.DEFINE_enum("torch_attention", "auto", list(TORCH_ATTENTION), "torch attention; auto times one step of each and keeps the faster")
-    flags.DEFINE_integer("seed", 0, "for the random tokens")
-    flags.DEFINE_integer("prompt_len", 16, "decode: prompt tokens per row")
-    flags.DEFINE_integer("new_tokens", 128, "decode: tokens generated per row")
-    flags.DEFINE_list("decode_batches", ["1", "16"], "decode: batch sizes (the first is the roofline's)")
-    flags.DEFINE_integer("repeats", 3, "decode: timed rounds (each framework); figures are medians")
 
 
 def _sig(x: float, digits: int = 6) -> float:
@@ -92,33 +73,19 @@ def apply_shape(config: ml_collections.ConfigDict, shape: str, explicit: set[str
             set_key(config, key, value)
 
 
-def cpu_peak_tflops(sizes: tuple[int, ...] = CPU_PEAK_SIZES, repeats: int = 5) -> float:
-    """The best fp32 matmul TFLOP/s over a few sizes: a fair best case for this CPU, measured now."""
-    return max(flops.measured_matmul_tflops(size, repeats) for size in sizes)
-
-
-def device_peak(device: jax.Device, override: float) -> tuple[float, str]:
-    """(peak TFLOP/s, where it came from): the override, the CPU's measured best, or peak_tflops."""
-    if override > 0:
-        return override, "config.peak_tflops"
-    if device.platform == "cpu":
-        return cpu_peak_tflops(), f"measured fp32 matmul, best of {'/'.join(map(str, CPU_PEAK_SIZES))}"
-    known = any(device.device_kind.startswith(kind) for kind in flops.PEAK_TFLOPS)
-    return flops.peak_tflops(device), ("published bf16 peak" if known else "measured fp32 matmul 1024")
-
-
 def random_batch(cfg: ModelConfig, batch_size: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
     """Random tokens; targets are the next token (random after the last); weights 1; one segment."""
     rng = np.random.default_rng(seed)
     stream = rng.integers(0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32)
     positions = np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy()
-    return {
+    batch = {
         "tokens": stream[:, :-1].copy(),
         "targets": stream[:, 1:].copy(),
-        "weights": np.ones((batch_size, seq_len), np.float32),
+        "weights": np.ones((batch_size, seq_len)),
         "positions": positions,
-        "segment_ids": np.ones((batch_size, seq_len), np.int32),
+        "segment_ids": np.ones((batch_size, seq_len)),
     }
+    return {k: batch[k].astype(dtype) for k, dtype in BATCH_SCHEMA.items()}
 
 
 class JaxBench:
@@ -265,7 +232,7 @@ def bench(
     total_steps = warmup + steps + (2 if compare_torch else 0) + 1
     tokens_per_step = batch_size * seq_len
 
-    peak, peak_source = device_peak(device, config.peak_tflops)
+    peak, peak_source = flops.peak_tflops(device, config.peak_tflops)
     ours = JaxBench(config, cfg, batch, total_steps)
     say(f"bench: compiled the train step in {ours.compile_s:.1f}s")
     first_step_s = ours.step()
@@ -408,28 +375,5 @@ def parse_batches(values: list[str]) -> tuple[int, ...]:
 
 
 def explicit_overrides(argv: list[str], name: str = "config") -> set[str]:
+    """The config keys a command line sets (`--config.a.b=value`), which a named shape must not undo."""
     return {a[len(name) + 3 :].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")}
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
-    f = flags.FLAGS
-    if f.config is None:
-        raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
-    config = f.config
-    apply_shape(config, f.shape, explicit_overrides(sys.argv))
-    common = {"compare_torch": f.compare_torch, "seed": f.seed, "shape": f.shape}
-    if f.mode == "decode":
-        record = decode_bench(config, batches=parse_batches(f.decode_batches), prompt_len=f.prompt_len,
-                              new_tokens=f.new_tokens, repeats=f.repeats, **common)
-    else:
-        record = bench(config, seq_len=f.seq_len, batch_size=f.batch_size, steps=f.steps, warmup=f.warmup,
-                       torch_attention=f.torch_attention, **common)
-    if jax.process_index() == 0:
-        print(json.dumps(record), flush=True)
-
-
-if __name__ == "__main__":
-    define_flags()
-    run(main)

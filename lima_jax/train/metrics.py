@@ -10,7 +10,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lima_jax.data.records import repair_tail
+
 METRICS_FILE = "metrics.jsonl"
+DEV_FILE = "dev.jsonl"  # the dev conversations the run evaluated on, for checkpoint selection
 
 
 class MetricsWriter:
@@ -31,6 +34,7 @@ class MetricsWriter:
         file ends as an uninterrupted run's would."""
         if not self.path.exists():
             return
+        repair_tail(self.path)  # a line cut short by the interruption
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:

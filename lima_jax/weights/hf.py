@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
-from lima_jax.weights import params_to_hf
+from lima_jax.weights.names import params_to_hf
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"

@@ -32,10 +32,10 @@ from flax import nnx
 from lima_jax.cli import say
 from lima_jax.errors import LimaError
 from lima_jax.flops import best_seconds
-from lima_jax.hf_format import config_to_hf
+from lima_jax.weights.hf import config_to_hf
 from lima_jax.model import Llama, ModelConfig, param_count
-from lima_jax.sampling import SamplingParams, generate
-from lima_jax.weights import params_to_hf
+from lima_jax.inference.sampler import SamplingParams, generate
+from lima_jax.weights.names import params_to_hf
 
 BANDWIDTH_BYTES = 512 * 2**20  # the buffer the bandwidth is measured on: 16x a 32 MiB L3
 

@@ -14,8 +14,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-BATCH_FIELDS = ("tokens", "targets", "weights", "positions", "segment_ids")
-
 
 class TrainState(NamedTuple):
     step: jax.Array  # () int32: the number of steps taken, which is also the data position

@@ -1,0 +1,56 @@
+"""Training throughput and MFU of the real train step, and decode speed of the sampler, each side by
+side with PyTorch (`transformers`); prints one JSON line.
+
+    python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
+    python -m lima_jax.bench --config=tiny --shape=ci --mode=decode
+
+What each mode measures and how: `lima_jax.bench.train` and `lima_jax.bench.decode`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+from absl import flags
+
+from lima_jax.bench.train import MODES, SHAPES, TORCH_ATTENTION, apply_shape, bench, decode_bench, explicit_overrides, parse_batches
+from lima_jax.cli import no_arguments, run
+from lima_jax.config import define_config_flag
+from lima_jax.errors import LimaError
+
+_CONFIG = define_config_flag("config", None)
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's tokens/s, TTFT and roofline")
+_SHAPE = flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "tokens per row")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "rows per step")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed steps (each framework); step times are medians")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compiling (each framework)")
+_COMPARE_TORCH = flags.DEFINE_bool("compare_torch", None, "also time transformers.LlamaForCausalLM (default: on a CPU, when torch imports)")
+_TORCH_ATTENTION = flags.DEFINE_enum("torch_attention", "auto", list(TORCH_ATTENTION), "torch attention; auto times one step of each and keeps the faster")
+_SEED = flags.DEFINE_integer("seed", 0, "for the random tokens")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "decode: prompt tokens per row")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "decode: tokens generated per row")
+_DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "16"], "decode: batch sizes (the first is the roofline's)")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "decode: timed rounds (each framework); figures are medians")
+
+
+def main(argv: list[str]) -> None:
+    no_arguments(argv)
+    if _CONFIG.value is None:
+        raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
+    config = _CONFIG.value
+    apply_shape(config, _SHAPE.value, explicit_overrides(sys.argv))
+    common = {"compare_torch": _COMPARE_TORCH.value, "seed": _SEED.value, "shape": _SHAPE.value}
+    if _MODE.value == "decode":
+        record = decode_bench(config, batches=parse_batches(_DECODE_BATCHES.value), prompt_len=_PROMPT_LEN.value,
+                              new_tokens=_NEW_TOKENS.value, repeats=_REPEATS.value, **common)
+    else:
+        record = bench(config, seq_len=_SEQ_LEN.value, batch_size=_BATCH_SIZE.value, steps=_STEPS.value,
+                       warmup=_WARMUP.value, torch_attention=_TORCH_ATTENTION.value, **common)
+    if jax.process_index() == 0:
+        print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    run(main)

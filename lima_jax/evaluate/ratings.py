@@ -1,0 +1,85 @@
+r"""Absolute rating, as in LIMA's analysis: is each response Fail, Pass or Excellent?
+
+Fail: the response does not meet the request's requirements; Pass: it meets them; Excellent: it
+meets them and is excellent. Judgments are cached and retried like pairwise ones; a failed
+judgment is counted as failed, not as any rating. Prints one summary JSON line (percentages are of
+the rated responses).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+from lima_jax.errors import LimaError
+from lima_jax.evaluate import judging, prompts
+from lima_jax.evaluate.judges import Judge
+from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, percent, succeeded
+from lima_jax.evaluate.responses import Record, text_hash
+
+RATINGS = prompts.ABSOLUTE_CHOICES
+
+
+def rating_key(judge: str, prompt_id: str, output_hash: str) -> str:
+    return judging.judgment_key("absolute", prompts.ABSOLUTE_VERSION, judge, prompt_id, output_hash)
+
+
+def outcome(judgment: Judgment | None) -> str:
+    """The rating, "failed" for a judgment with no verdict, "missing" for none at all."""
+    if judgment is None:
+        return "missing"
+    return judgment["verdict"] if succeeded(judgment) else "failed"
+
+
+def summarize(results: dict[str, str]) -> dict[str, Any]:
+    counts = {k: sum(1 for v in results.values() if v == k) for k in (*RATINGS, "failed", "missing")}
+    rated = sum(counts[k] for k in RATINGS)
+    summary: dict[str, Any] = {"responses": len(results), "rated": rated}
+    summary.update({k: counts[k] for k in RATINGS})
+    summary.update({f"{k}_pct": percent(counts[k], rated) for k in RATINGS})
+    summary.update(failed=counts["failed"], missing=counts["missing"])
+    return summary
+
+
+@dataclasses.dataclass
+class AbsoluteResult:
+    summary: dict[str, Any]
+    results: dict[str, str]  # prompt id -> rating, "failed" or "missing"
+    stats: RunStats
+
+
+def judge_absolute(responses: dict[str, Record], judge: Judge, cache: JudgmentCache, workers: int = 1,
+                   max_failures: int | None = None, progress: bool = True) -> AbsoluteResult:
+    """Rates every response the cache has no verdict for."""
+    keys: dict[str, str] = {}
+    tasks: list[Task] = []
+    for pid, r in responses.items():
+        output_hash = text_hash(r["output"])
+        keys[pid] = key = rating_key(judge.name, pid, output_hash)
+        if not cache.done(key):
+            fields = {"kind": "absolute", "version": prompts.ABSOLUTE_VERSION, "prompt_id": pid,
+                      "output_hash": output_hash, "generator": r["generator"]}
+            tasks.append(Task(key, prompts.absolute_messages(r["prompt"], r["output"]), RATINGS, fields))
+    stats = judging.run_tasks(tasks, judge, cache, workers=workers, max_failures=max_failures, progress=progress)
+    results = {pid: outcome(cache.get(key)) for pid, key in keys.items()}
+    first = next(iter(responses.values()))
+    summary = {"judge": judge.name, "generator": first["generator"], **summarize(results), "asked": stats.asked}
+    return AbsoluteResult(summary, results, stats)
+
+
+def results_from_records(records: Iterable[Judgment], judge: str | None = None) -> tuple[dict[str, str], set[str]]:
+    """Per-prompt ratings from a cache alone: each prompt's most recent output and judge."""
+    by_prompt: dict[str, list[Judgment]] = {}
+    for r in records:
+        if r.get("kind") != "absolute" or (judge is not None and r.get("judge") != judge):
+            continue
+        if not isinstance(r.get("prompt_id"), str):
+            raise LimaError(f"an absolute judgment without a prompt id: key {r.get('key')!r}")
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    results: dict[str, str] = {}
+    judges: set[str] = set()
+    for pid, rs in by_prompt.items():
+        current = rs[-1]["key"]  # the key holds the output hash, judge and prompt version
+        judges.add(str(rs[-1].get("judge")))
+        matching = [r for r in rs if r["key"] == current]
+        results[pid] = outcome(next((r for r in reversed(matching) if succeeded(r)), matching[-1]))
+    return results, judges

@@ -1,0 +1,107 @@
+"""Pick a checkpoint the way LIMA did: per epoch, the dev loss and the judged quality of dev answers
+(the library behind `python -m lima_jax.evaluate.select`).
+
+For every epoch checkpoint of the run it reports the dev loss and perplexity (from the run's
+metrics.jsonl, computed at that step during training) and, with a judge and a fixed reference
+response file for the dev prompts, the win/tie/loss rate of that checkpoint's dev answers against the
+reference. Writes select.md and select.png. The paper found perplexity a poor guide (it keeps rising
+past the epochs that generate best), which the two columns side by side let you see.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+from lima_jax.data.records import read_conversations
+from lima_jax.errors import LimaError
+from lima_jax.evaluate.comparisons import judge_pairwise
+from lima_jax.evaluate.responses import generate_responses, read_responses
+from lima_jax.inference.generator import Generator, prompt_turns
+from lima_jax.train.metrics import DEV_FILE, METRICS_FILE
+from lima_jax.weights import checkpoint
+
+
+def epoch_checkpoints(workdir: pathlib.Path) -> list[dict[str, Any]]:
+    """Each epoch's dev loss record joined with its checkpoint step, in epoch order."""
+    metrics = workdir / METRICS_FILE
+    if not metrics.exists():
+        raise LimaError(f"{metrics}: missing file (is {workdir} a lima_jax training run?)")
+    rows = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "dev_loss" not in record:
+            continue
+        step_dir = workdir / checkpoint.STEPS_DIR / str(record["step"])
+        if checkpoint.is_checkpoint(step_dir):
+            rows.append({"epoch": record["epoch"], "step": record["step"], "dev_loss": record["dev_loss"],
+                         "dev_perplexity": math.exp(min(record["dev_loss"], 50.0)), "checkpoint": step_dir})
+    if not rows:
+        raise LimaError(f"{workdir}: no epoch checkpoints with a dev loss")
+    return rows
+
+
+def dev_prompts(workdir: pathlib.Path) -> list[list[str]]:
+    """The prompts of the dev set the run evaluated on, from the `dev.jsonl` training wrote."""
+    path = workdir / DEV_FILE
+    if not path.is_file():
+        raise LimaError(f"{path}: missing file (the run's dev set; runs from lima_jax before 0.2 lack it: retrain)")
+    records, _ = read_conversations(path)
+    return [prompt_turns(r["conversations"]) for r in records]
+
+
+def parse_epochs(spec: str) -> tuple[int, int]:
+    if not spec:
+        return 0, 10**9
+    lo, _, hi = spec.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise LimaError(f"--epochs={spec!r}: expected a range such as 5-10") from None
+
+
+def judge_epochs(rows, dev_prompts, reference, judge, cache, out_dir: pathlib.Path, params, seed: int) -> None:
+    """Generates each checkpoint's dev answers (resumably) and judges them against the reference."""
+    for row in rows:
+        responses = out_dir / "responses" / f"step_{row['step']}.jsonl"
+        generate_responses(Generator(str(row["checkpoint"])), dev_prompts, responses, f"epoch {row['epoch']}",
+                           params, seed, batch_size=8)
+        result = judge_pairwise(read_responses(responses), reference, judge, cache, progress=False)
+        row.update({k: result.summary[k] for k in ("win_pct", "tie_pct", "loss_pct", "failed")})
+
+
+def write_table(rows, path: pathlib.Path) -> str:
+    judged = "win_pct" in rows[0]
+    head = "| epoch | step | dev loss | dev perplexity |" + (" win % | tie % | loss % | failed |" if judged else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        line = f"| {r['epoch']} | {r['step']} | {r['dev_loss']:.4f} | {r['dev_perplexity']:.2f} |"
+        if judged:
+            line += f" {r['win_pct']:.1f} | {r['tie_pct']:.1f} | {r['loss_pct']:.1f} | {r['failed']} |"
+        lines.append(line)
+    text = "\n".join(lines) + "\n"
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def plot(rows, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [r["dev_perplexity"] for r in rows], "o-", color="tab:blue", label="dev perplexity")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dev perplexity", color="tab:blue")
+    if "win_pct" in rows[0]:
+        twin = ax.twinx()
+        twin.plot(epochs, [r["win_pct"] for r in rows], "s-", color="tab:green", label="win % vs reference")
+        twin.set_ylabel("win % vs reference", color="tab:green")
+        twin.set_ylim(0, 100)
+    ax.set_title("Checkpoint selection")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,80 @@
+"""A loaded checkpoint ready to answer conversations: weights laid out for decoding, its tokenizer,
+its stop tokens; and the small parsers the sampling commands share.
+
+`Generator(path)` takes a converted checkpoint, one saved step, or a run's workdir (its latest
+complete step). Text prompts use LIMA's chat format (BOS, each utterance followed by EOT) when the
+model was fine-tuned with EOT, and plain text after BOS for a base model.
+"""
+from __future__ import annotations
+
+import jax
+
+from lima_jax import sharding
+from lima_jax.data.tokenizer import ChatTokenizer
+from lima_jax.errors import LimaError
+from lima_jax.inference.sampler import SamplingParams, generate
+from lima_jax.model import Llama, model_from_params, param_shardings
+from lima_jax.weights import checkpoint
+
+
+class Generator:
+    """A loaded checkpoint with its tokenizer and stop tokens, ready to answer conversations."""
+
+    def __init__(self, path: str, mesh: jax.sharding.Mesh | None = None):
+        cfg = checkpoint.load_model_config(path)
+        shardings = param_shardings(cfg, mesh) if mesh is not None else None
+        cfg, params = checkpoint.load_params(path, cfg, shardings)
+        self.mesh = mesh
+        self.model: Llama = model_from_params(cfg, params)
+        del params
+        self.model.unstack_layers(fuse_projections=mesh is None)
+        tokenizer_file = checkpoint.tokenizer_path(path)
+        self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
+        eot = checkpoint.run_info(path).get("eot_id")
+        if eot is None and self.tokenizer is not None and cfg.vocab_size == self.tokenizer.vocab_size:
+            eot = self.tokenizer.eot_id  # a fine-tuned model exported without its run record
+        self.eot_id: int | None = eot
+        self.stop_ids = tuple(t for t in (eot, cfg.eos_id) if t is not None)
+
+    def encode(self, turns: list[str]) -> list[int]:
+        if self.tokenizer is None:
+            raise LimaError("this checkpoint has no tokenizer.model: use --prompt_ids, or convert with --tokenizer")
+        if self.eot_id is None:  # a base model: plain text, no chat format
+            return [self.tokenizer.bos_id] + self.tokenizer.sp.encode("\n\n".join(turns))
+        return self.tokenizer.encode_prompt(turns)
+
+    def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return " ".join(map(str, ids))
+        return self.tokenizer.decode(ids)
+
+    def __call__(self, prompts: list[list[int]], params: SamplingParams, seed: int, row_seeds=None) -> list[list[int]]:
+        return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed, row_seeds=row_seeds, mesh=self.mesh)
+
+
+def parse_mesh(text: str) -> jax.sharding.Mesh | None:
+    """`fsdp=4,tensor=2` -> a mesh over this host's devices; empty -> None (one device)."""
+    if not text.strip():
+        return None
+    sizes = {}
+    for part in text.split(","):
+        name, _, size = part.partition("=")
+        name = name.strip()
+        if name not in sharding.MESH_AXES or not size.strip().lstrip("-").isdigit():
+            raise LimaError(f"--mesh: {part!r} is not AXIS=SIZE with AXIS one of {', '.join(sharding.MESH_AXES)}")
+        sizes[name] = int(size)
+    if -1 not in sizes.values() and "data" not in sizes:
+        sizes["data"] = -1  # the devices the named axes leave
+    return sharding.make_mesh(sizes, jax.local_devices())
+
+
+def parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise LimaError(f"--prompt_ids: {text!r} is not a comma-separated list of token ids") from None
+
+
+def prompt_turns(conversation: list[str]) -> list[str]:
+    """The turns up to the last user message: a conversation with an answer loses the answer."""
+    return conversation if len(conversation) % 2 == 1 else conversation[:-1]

@@ -1,0 +1,126 @@
+"""Compile the real train step for a TPU slice on a CPU host, and report whether it fits (the
+library behind `python -m lima_jax.aot`).
+
+No TPU is needed: `jax.experimental.topologies` (backed by the `libtpu` package) describes the
+slice's devices, the state and batch are abstract, and XLA compiles the step exactly as the slice
+would. Prints one JSON object (per-chip bytes against the chip's HBM, compile seconds, XLA's cost
+analysis) and exits 1 when the step does not fit.
+"""
+from __future__ import annotations
+
+import time
+
+from lima_jax import flops
+from lima_jax.config import trained_model_config, validate
+from lima_jax.errors import LimaError
+from lima_jax.model import param_count
+from lima_jax.sharding import make_mesh
+from lima_jax.train import optimizer as optim
+from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step
+
+# Per generation: HBM per chip (GiB), TensorCores per chip as counted in slice names, and whether
+# the chips form a 3-D torus (v4, v5p) or a 2-D grid (v5e, v6e).
+CHIPS = {
+    "v4": (32, 2, 3),
+    "v5p": (95, 2, 3),
+    "v5litepod": (16, 1, 2),
+    "v5e": (16, 1, 2),
+    "v6e": (32, 1, 2),
+}
+
+
+# Chip grids of the standard slice shapes: 3-D tori (v4, v5p) and 2-D grids (v5e, v6e).
+GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+           512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+
+
+def parse_topology(name: str) -> tuple[str, str, int]:
+    """`v4-128` -> ('v4', 'v4:4x4x4', 64): slice names count TensorCores, two per v4/v5p chip."""
+    generation, _, count = name.partition("-")
+    if generation not in CHIPS or not count.isdigit():
+        raise LimaError(f"--topology {name!r}: expected GENERATION-COUNT with generation one of {', '.join(CHIPS)}")
+    _, cores_per_chip, dims = CHIPS[generation]
+    chips = int(count) // cores_per_chip
+    grids = GRID_3D if dims == 3 else GRID_2D
+    if chips not in grids:
+        raise LimaError(f"--topology {name!r}: no standard {generation} slice has {chips} chips ({', '.join(map(str, grids))})")
+    return generation, f"{'v5e' if generation == 'v5litepod' else generation}:{grids[chips]}", chips
+
+
+def topology_devices(name: str) -> tuple[str, list]:
+    try:
+        from jax.experimental import topologies
+    except ImportError as e:  # pragma: no cover - part of jax
+        raise LimaError(f"jax.experimental.topologies is unavailable: {e}") from None
+    generation, desc, _ = parse_topology(name)
+    try:
+        # v4 trains in megacore mode: one JAX device per chip (two TensorCores, 32 GiB).
+        extra = {"chip_config_name": "megacore"} if generation == "v4" else {}
+        topology = topologies.get_topology_desc(desc, "tpu", **extra)
+    except Exception as e:  # noqa: BLE001 - libtpu reports many ways
+        raise LimaError(f"cannot describe TPU topology {desc} (is libtpu installed? pip install libtpu): {str(e).splitlines()[0]}") from None
+    return generation, list(topology.devices)
+
+
+def compile_report(config, topology: str, total_steps: int) -> dict:
+    """Compiles the train step for `topology` and measures it (no device memory is touched)."""
+    validate(config)
+    cfg = trained_model_config(config)  # the tokenizer's pieces plus EOT, as training builds it
+    generation, devices = topology_devices(topology)
+    mesh = make_mesh(config.mesh.to_dict(), devices)
+    rows = config.batch_size
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % (dp * config.grad_accum):
+        raise LimaError(f"config key batch_size: {rows} rows do not divide over data*fsdp={dp} x grad_accum={config.grad_accum}")
+    optimizer = optim.make_optimizer(config.optim, total_steps)
+    schedule = optim.learning_rate(config.optim, total_steps)
+    step = jit_train_step(config, cfg, optimizer, schedule, mesh)
+    start = time.perf_counter()
+    lowered = step.lower(abstract_state(cfg, optimizer, mesh), abstract_batch(rows, config.data.max_len, mesh))
+    hbm = CHIPS[generation][0] * 2**30
+    summary = {
+        "config": config.name,
+        "topology": topology,
+        "chips": len(devices),
+        "mesh": dict(mesh.shape),
+        "remat": cfg.remat,
+        "batch": [rows, config.data.max_len],
+        "grad_accum": config.grad_accum,
+        "params": param_count(cfg),
+        "hbm_bytes": hbm,
+    }
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - XLA refuses a program that cannot fit in HBM
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return {**summary, "fits": False, "compile_s": round(time.perf_counter() - start, 2), "error": _first_line(str(e))}
+    compile_s = time.perf_counter() - start
+
+    mem = compiled.memory_analysis()
+    argument, temp, output, alias = (
+        mem.argument_size_in_bytes,
+        mem.temp_size_in_bytes,
+        mem.output_size_in_bytes,
+        mem.alias_size_in_bytes,
+    )
+    total = argument + output - alias + temp + mem.generated_code_size_in_bytes
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    tokens = rows * config.data.max_len
+    flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len)
+    return {
+        **summary,
+        "per_chip_bytes": {"argument": argument, "output": output, "alias": alias, "temp": temp, "total": total},
+        "hbm_fraction": round(total / hbm, 4),
+        "fits": total <= hbm,
+        "compile_s": round(compile_s, 2),
+        "cost_analysis": {k: float(v) for k, v in (cost or {}).items() if k in ("flops", "bytes accessed", "transcendentals")},
+        "model_tflops_per_step": round(flops_per_token * tokens / 1e12, 1),
+        "peak_tflops_per_chip": flops.published_peak_tflops(devices[0].device_kind),
+    }
+
+
+def _first_line(message: str) -> str:
+    return next((ln.strip() for ln in message.splitlines() if "RESOURCE_EXHAUSTED" in ln), message.splitlines()[0])

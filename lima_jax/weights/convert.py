@@ -1,0 +1,102 @@
+"""Weights in and out: Hugging Face, Meta or llama2.c -> an Orbax checkpoint, and back to Hugging Face
+(the library behind `python -m lima_jax.convert`).
+
+The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
+shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
+their stored dtype unless `--dtype` says otherwise.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from lima_jax.errors import LimaError
+from lima_jax.model import ModelConfig
+from lima_jax.weights import checkpoint, hf, llama2c, meta
+from lima_jax.weights.names import params_from_hf
+
+INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "orbax")
+
+def detect_format(path: pathlib.Path) -> str:
+    if path.is_file() and path.suffix == ".bin":
+        return "llama2c"
+    if checkpoint.is_checkpoint(path) or (path / checkpoint.STEPS_DIR).is_dir():
+        return "orbax"
+    if (path / hf.CONFIG).is_file():
+        return "hf"
+    if (path / "params.json").is_file():
+        return "meta"
+    raise LimaError(f"{path}: cannot tell its format (no config.json, params.json or checkpoint); pass --input_format")
+
+
+def read_weights(path: pathlib.Path, fmt: str, imposed: ModelConfig | None) -> tuple[ModelConfig, dict]:
+    """The model config and parameter tree (numpy, stored dtypes) of any supported input."""
+    if fmt == "orbax":
+        cfg, params = checkpoint.load_params(path, imposed, keep_dtype=True)
+        return cfg, jax.tree.map(np.asarray, params)
+    reader = {"hf": hf.read, "meta": meta.read, "llama2c": llama2c.read}[fmt]
+    found, names, get = reader(path)
+    cfg = found if imposed is None else imposed
+    return cfg, params_from_hf(names, get, cfg, source=str(path))
+
+
+def find_tokenizer(path: pathlib.Path, fmt: str) -> pathlib.Path | None:
+    """tokenizer.model beside the weights (Meta's release keeps it one level up)."""
+    if fmt == "orbax":
+        return checkpoint.tokenizer_path(path)
+    folder = path.parent if path.is_file() else path
+    for candidate in (folder / "tokenizer.model", folder.parent / "tokenizer.model"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parse_size(text: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * factor)
+    if t.isdigit():
+        return int(t)
+    raise LimaError(f"--max_shard_size: cannot read {text!r} (e.g. 5GB, 500MB)")
+
+
+def convert(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    input_format: str = "auto",
+    output_format: str = "orbax",
+    imposed: ModelConfig | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    dtype: str = "keep",
+    max_shard_bytes: int = 5 * 10**9,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Converts weights; returns the written path."""
+    src = pathlib.Path(input_path)
+    if not src.exists():
+        raise LimaError(f"--input {src}: no such file or directory")
+    out = pathlib.Path(output)
+    if out.exists() and not overwrite:
+        raise LimaError(f"--output {out} already exists; choose a new path (or pass --overwrite)")
+    fmt = detect_format(src) if input_format == "auto" else input_format
+    if output_format == "orbax" and fmt == "orbax":
+        raise LimaError("the input is already a lima_jax checkpoint; pass --output_format=hf to export it")
+    tokenizer = tokenizer or find_tokenizer(src, fmt)
+    if tokenizer is not None and not pathlib.Path(tokenizer).is_file():
+        raise LimaError(f"--tokenizer {tokenizer}: no such file")
+
+    cfg, params = read_weights(src, fmt, imposed)
+    if dtype != "keep":
+        params = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), params)
+    logging.info("read %s (%s): %d layers, dim %d, vocab %d", src, fmt, cfg.num_layers, cfg.dim, cfg.vocab_size)
+    if output_format == "hf":
+        return hf.write(out, params, cfg, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+    return checkpoint.save(out, params, cfg, tokenizer=tokenizer, overwrite=overwrite)
