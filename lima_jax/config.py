@@ -82,7 +82,12 @@ def define_config_flag(name: str = "config", default: str | None = None, help_st
 def check_overrides(argv: list[str], name: str = "config") -> None:
     """Checks every `--NAME.a.b=value` against the keys of the config that `--NAME` loads, so an
     unknown key is named in one line (ml_collections raises a multi-line AttributeError)."""
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+    spec = None  # the last --NAME=SPEC or --NAME SPEC, as absl reads it
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            spec = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(argv):
+            spec = argv[i + 1]
     keys = [a[len(name) + 3 :].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")]
     if not keys:
         return

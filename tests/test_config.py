@@ -73,3 +73,22 @@ def test_cli_rejects_bad_overrides_in_one_line(tmp_path, override, message):
     assert r.stderr.strip().splitlines()[-1].startswith(message), r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _train(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lima_jax.train", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_config_given_with_a_space_still_takes_overrides(tmp_path):
+    """`--config tiny --config.x=...` is the same command as `--config=tiny --config.x=...`."""
+    r = _train("--config", "tiny", "--config.num_epochs=0", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == "error: config key num_epochs: must be positive, got 0"
+
+
+def test_a_workdir_that_is_a_file_is_named_in_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    r = _train("--config=tiny", f"--config.workdir={tmp_path / 'notes.txt'}", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"error: config key workdir: {tmp_path / 'notes.txt'} is a file, not a directory"
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -166,6 +166,8 @@ def train(config: ml_collections.ConfigDict) -> dict:
     validate(config)
     check_training_config(config)
     workdir = pathlib.Path(config.workdir).absolute()
+    if workdir.exists() and not workdir.is_dir():
+        raise LimaError(f"config key workdir: {workdir} is a file, not a directory")
     mesh = sharding.make_mesh(config.mesh.to_dict())
     row_multiple = check_batch_fits_mesh(config, mesh)
     data = pipeline.build(
