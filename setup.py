@@ -34,7 +34,7 @@ setup(
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
         "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45"],
         # libtpu lets JAX compile for TPU topologies on a CPU host (lima_jax.aot and its tests). On a
-        # machine without a TPU it makes JAX print TPU-probe warnings: JAX_PLATFORMS=cpu silences them.
+        # machine without a TPU, lima_jax keeps its TPU probe quiet (lima_jax/tpu_probe.py).
         "aot": ["libtpu==0.0.51; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
