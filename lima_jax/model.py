@@ -7,6 +7,10 @@ Every parameter carries logical axis names (`sharding_names`), which a rules tab
 device mesh; the model itself never names a mesh axis. The layers' parameters are stacked along a
 leading `layers` axis and run with `lax.scan`, so compile time does not grow with depth.
 
+Each layer and the model have two method paths: `__call__` trains (whole sequences, dropout) and
+`decode` runs new tokens against a KV cache. How weights are held for fast decoding on a given device
+is not the model's business: `lima_jax.inference.layout` lays a trained model out for that.
+
 Residual dropout follows LIMA: each residual branch (attention output, MLP output) is dropped out
 before it is added back, at a rate rising linearly from 0.0 at the bottom layer to
 `residual_dropout` at the top one.
@@ -86,13 +90,11 @@ class KVCache(NamedTuple):
     real token (segment >= 1) never attends to them. `index` is the next slot to write. Each layer
     has its own arrays (a step updates them in place, never slicing a stacked cache). Keys are laid
     out (B, K, S, Dh) and values (B, K, Dh, S): both attention products then contract their minor
-    dimension, and XLA reads the cache as it lies instead of transposing a copy every step. A batch
-    of one is stored without its batch axis: XLA would fold that axis away with a reshape of the
-    freshly updated cache, and on a CPU that costs a copy of the whole cache every step.
+    dimension, and XLA reads the cache as it lies instead of transposing a copy every step.
     """
 
-    k: tuple[jax.Array, ...]  # L arrays (B, K, S, Dh), or (K, S, Dh) when B is 1
-    v: tuple[jax.Array, ...]  # L arrays (B, K, Dh, S), or (K, Dh, S)
+    k: tuple[jax.Array, ...]  # L arrays (B, K, S, Dh)
+    v: tuple[jax.Array, ...]  # L arrays (B, K, Dh, S)
     segment_ids: jax.Array  # (B, S) int32
     index: jax.Array  # () int32
 
@@ -102,10 +104,9 @@ class KVCache(NamedTuple):
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
         kv, dh, dtype = cfg.num_kv_heads, cfg.resolved_head_dim, jnp.dtype(cfg.dtype)
-        rows = 1 if batch == 1 else 0  # the leading axes to drop
 
         def layers(shape, names):
-            return tuple(constrain(jnp.zeros(shape[rows:], dtype), names[rows:]) for _ in range(cfg.num_layers))
+            return tuple(constrain(jnp.zeros(shape, dtype), names) for _ in range(cfg.num_layers))
 
         return cls(
             k=layers((batch, kv, max_len, dh), cls.K_AXES),
@@ -153,18 +154,14 @@ def attention(
 ) -> jax.Array:
     """Causal, segment-aware grouped-query attention.
 
-    q (B, T, H, Dh); k (B, K, S, Dh); v (B, K, Dh, S) (for B = 1 also (K, S, Dh) and (K, Dh, S), as
-    a KVCache holds them); q_segments (B, T); kv_segments (B, S); q_slots (B, T) is
-    each query's slot, and key slot j is visible when j <= that slot and the segments match.
+    q (B, T, H, Dh); k (B, K, S, Dh); v (B, K, Dh, S), as a KVCache holds them; q_segments (B, T);
+    kv_segments (B, S); q_slots (B, T) is each query's slot, and key slot j is visible when
+    j <= that slot and the segments match.
     """
     b, t, h, dh = q.shape
-    squeezed = k.ndim == 3  # a batch of one without its batch axis: einsums that never reshape the cache
-    kv_heads, slots = k.shape[-3], k.shape[-2]
+    kv_heads, slots = k.shape[1], k.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-    if squeezed:
-        scores = jnp.einsum("tkgd,ksd->kgts", q[0], k, preferred_element_type=jnp.float32)[None]
-    else:
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / np.sqrt(dh))
     kv_slots = jnp.arange(slots, dtype=jnp.int32)
     visible = (q_segments[:, :, None] == kv_segments[:, None, :]) & (
@@ -172,11 +169,7 @@ def attention(
     )
     scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    if squeezed:
-        out = jnp.einsum("kgts,kds->tkgd", probs[0], v)[None]
-    else:
-        out = jnp.einsum("bkgts,bkds->btkgd", probs, v)
-    return out.reshape(b, t, h, dh)
+    return jnp.einsum("bkgts,bkds->btkgd", probs, v).reshape(b, t, h, dh)
 
 
 def residual_dropout(x: jax.Array, rate: jax.Array, key: jax.Array | None) -> jax.Array:
@@ -210,75 +203,62 @@ class Block(nnx.Module):
         self.w_down = _param(rngs, normal, (*stack, f, d), (*lyr, "mlp", "embed"), pd)
 
     def __call__(
+        self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, dropout_rate: jax.Array, dropout_key: jax.Array | None
+    ) -> jax.Array:
+        """Training: one layer on x (B, T, D), each token attending to the earlier tokens of its own
+        segment, with residual dropout when a key is given."""
+        attn_key = mlp_key = None
+        if dropout_key is not None:
+            attn_key, mlp_key = jax.random.split(dropout_key)
+        slots = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), segment_ids.shape)
+        q, k, v = self._qkv_rotated(x, positions)
+        x = x + residual_dropout(self._attention_out(q, k, v, segment_ids, segment_ids, slots), dropout_rate, attn_key)
+        x = x + residual_dropout(self._mlp(x), dropout_rate, mlp_key)
+        return constrain(x, ACTIVATION_AXES)
+
+    def decode(
         self,
         x: jax.Array,
         positions: jax.Array,
         q_segments: jax.Array,
         kv_segments: jax.Array,
         q_slots: jax.Array,
-        cache: tuple[jax.Array, jax.Array] | None,
-        write_index: jax.Array | None,
-        dropout_rate: jax.Array,
-        dropout_key: jax.Array | None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """One layer on x (B, T, D). `cache` is this layer's (keys, values), (B, K, S, Dh) each, or
-        None in training; the new keys/values are written at slot `write_index`, then attention
-        reads all slots."""
-        cfg, dt = self.cfg, x.dtype
-        attn_key = mlp_key = None
-        if dropout_key is not None:
-            attn_key, mlp_key = jax.random.split(dropout_key)
+        cache: tuple[jax.Array, jax.Array],
+        write_index: jax.Array,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Decoding: one layer on T new tokens x (B, T, D). Their keys and values are written into
+        this layer's cache (keys (B, K, S, Dh), values (B, K, Dh, S)) at slot `write_index`, then
+        they attend to every visible slot. Returns x and the updated cache."""
+        q, k, v = self._qkv_rotated(x, positions)
+        k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_index, axis=2)
+        v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_index, axis=3)
+        x = x + self._attention_out(q, k, v, q_segments, kv_segments, q_slots)
+        x = x + self._mlp(x)
+        return constrain(x, ACTIVATION_AXES), (k, v)
 
-        h = rms_norm(x, self.attn_norm[...], cfg.norm_eps)
-        q, k, v = self._qkv(h)
-        q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)  # (B, K, T, Dh), (B, K, Dh, T): the cache's layout
-        if cache is not None:  # decoding: write this step's keys/values, then attend to every slot
-            if cache[0].ndim == 3:  # a batch of one (see KVCache)
-                k, v = k[0], v[0]
-            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_index, axis=k.ndim - 2)
-            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_index, axis=v.ndim - 1)
-            cache = (k, v)
-        out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
-        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
-        x = x + residual_dropout(out, dropout_rate, attn_key)
+    def project_qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q (B, T, H, Dh), k and v (B, T, K, Dh) from the normed input."""
+        return tuple(jnp.einsum("btd,dhk->bthk", h, w[...].astype(h.dtype)) for w in (self.wq, self.wk, self.wv))
 
-        h = rms_norm(x, self.mlp_norm[...], cfg.norm_eps)
-        gate, up = self._gate_up(h)
-        out = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
-        x = x + residual_dropout(out, dropout_rate, mlp_key)
-        return constrain(x, ACTIVATION_AXES), cache
+    def project_gate_up(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The MLP's gate and up projections (B, T, F) from the normed input."""
+        return tuple(jnp.einsum("btd,df->btf", h, w[...].astype(h.dtype)) for w in (self.w_gate, self.w_up))
 
-
-    def _qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """q (B, T, H, Dh), k and v (B, T, K, Dh): three matmuls, or one when fused."""
-        dt = h.dtype
-        if not hasattr(self, "wqkv"):
-            return tuple(jnp.einsum("btd,dhk->bthk", h, w[...].astype(dt)) for w in (self.wq, self.wk, self.wv))
+    def _qkv_rotated(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q (B, T, H, Dh) and the keys (B, K, T, Dh) and values (B, K, Dh, T) in the cache's layout."""
         cfg = self.cfg
-        heads, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-        qkv = jnp.einsum("btd,dn->btn", h, self.wqkv[...].astype(dt))
-        q, k, v = jnp.split(qkv, [heads * dh, (heads + kv) * dh], axis=-1)
-        return q.reshape(*h.shape[:2], heads, dh), k.reshape(*h.shape[:2], kv, dh), v.reshape(*h.shape[:2], kv, dh)
+        q, k, v = self.project_qkv(rms_norm(x, self.attn_norm[...], cfg.norm_eps))
+        q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+        return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
 
-    def _gate_up(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-        dt = h.dtype
-        if not hasattr(self, "w_gate_up"):
-            return tuple(jnp.einsum("btd,df->btf", h, w[...].astype(dt)) for w in (self.w_gate, self.w_up))
-        return tuple(jnp.split(jnp.einsum("btd,df->btf", h, self.w_gate_up[...].astype(dt)), 2, axis=-1))
+    def _attention_out(self, q, k, v, q_segments, kv_segments, q_slots) -> jax.Array:
+        dt = q.dtype
+        out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
+        return jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
 
-    def fuse_projections(self) -> None:
-        """For inference on one device: the q, k, v weights as one (D, (H + 2K) * Dh) matrix and gate
-        and up as one (D, 2F). A decode step then runs fewer, larger matmuls; on a CPU each small
-        matrix-vector product pays a fixed cost, and wider ones stream memory faster. (Under tensor
-        parallelism the fused columns would not split by head: keep them apart there.)"""
-        if hasattr(self, "wqkv"):
-            return
-        d = self.cfg.dim
-        self.wqkv = nnx.Param(jnp.concatenate([w[...].reshape(d, -1) for w in (self.wq, self.wk, self.wv)], axis=-1))
-        self.w_gate_up = nnx.Param(jnp.concatenate([self.w_gate[...], self.w_up[...]], axis=-1))
-        for name in ("wq", "wk", "wv", "w_gate", "w_up"):
-            delattr(self, name)
+    def _mlp(self, x: jax.Array) -> jax.Array:
+        gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps))
+        return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down[...].astype(x.dtype))
 
 
 def _remat(fn, policy: str):
@@ -323,26 +303,47 @@ class Llama(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
-        slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        x, _ = self._run_layers(self._embed(tokens), positions, segment_ids, segment_ids, slots, None, None, dropout_rng)
+        cfg = self.cfg
+        rates = jnp.asarray(dropout_rates(cfg.num_layers, cfg.residual_dropout))
+        keys = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
+        graphdef, stacked = nnx.split(self.layers)
+
+        def one_layer(x, per_layer):
+            params, rate, key = per_layer
+            return nnx.merge(graphdef, params)(x, positions, segment_ids, rate, key), None
+
+        one_layer = _remat(one_layer, cfg.remat)
+        x = self._embed(tokens)
+        if cfg.scan_layers:
+            x, _ = jax.lax.scan(one_layer, x, (stacked, rates, keys))
+        else:
+            for i in range(cfg.num_layers):
+                x, _ = one_layer(x, (jax.tree.map(lambda a: a[i], stacked), rates[i], None if keys is None else keys[i]))
         return self._logits(x)
 
     def decode(
         self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache
     ) -> tuple[jax.Array, KVCache]:
         """Runs T new tokens (a prompt, or one sampled token) against the cache; returns their
-        logits (B, T, V) and the cache with their keys and values written at `cache.index`."""
+        logits (B, T, V) and the cache with their keys and values written at `cache.index`. The
+        layers run unrolled, each with its own cache buffer."""
         t = tokens.shape[1]
         if t > cache.max_len:
             raise ValueError(f"{t} tokens do not fit a KV cache of {cache.max_len} slots")
         kv_segments = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, axis=1)
         slots = cache.index + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), tokens.shape)
-        x, (k, v) = self._run_layers(
-            self._embed(tokens), positions, segment_ids, kv_segments, slots, (cache.k, cache.v), cache.index, None
-        )
-        k = tuple(constrain(a, KVCache.K_AXES[-a.ndim:]) for a in k)
-        v = tuple(constrain(a, KVCache.V_AXES[-a.ndim:]) for a in v)
-        return self._logits(x), KVCache(k, v, kv_segments, cache.index + t)
+        x, new_k, new_v = self._embed(tokens), [], []
+        for i, block in enumerate(self.decode_blocks()):
+            x, (k, v) = block.decode(x, positions, segment_ids, kv_segments, slots, (cache.k[i], cache.v[i]), cache.index)
+            new_k.append(constrain(k, KVCache.K_AXES))
+            new_v.append(constrain(v, KVCache.V_AXES))
+        return self._logits(x), KVCache(tuple(new_k), tuple(new_v), kv_segments, cache.index + t)
+
+    def decode_blocks(self) -> list[Block]:
+        """The layers one at a time, for decoding: slices of the stacked parameters. (The inference
+        layout, `lima_jax.inference.layout`, holds them as separate arrays instead.)"""
+        graphdef, stacked = nnx.split(self.layers)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a: a[i], stacked)) for i in range(self.cfg.num_layers)]
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         return constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype), ACTIVATION_AXES)
@@ -354,66 +355,6 @@ class Llama(nnx.Module):
         else:
             logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"))
-
-    def unstack_layers(self, fuse_projections: bool = True) -> None:
-        """Holds each layer's parameters in arrays of its own (an `nnx.List` of Blocks) rather than
-        stacked along a layer axis, for inference: a decode step then reads every weight where it
-        lies, where slicing a stacked array would copy it (XLA on a CPU does, every step). Converts
-        one tensor name at a time, so memory grows by one stacked tensor at most. With
-        `fuse_projections` each Block also fuses its projections (`Block.fuse_projections`)."""
-        if isinstance(self.layers, nnx.List):
-            return
-        stacked = self.layers
-        gdef, abstract = nnx.split(nnx.eval_shape(lambda: Block(self.cfg, rngs=nnx.Rngs(0))))
-        per_layer: list[dict] = [{} for _ in range(self.cfg.num_layers)]
-        for name in list(nnx.to_pure_dict(nnx.state(stacked))):
-            array = getattr(stacked, name)[...]
-            for i, layer in enumerate(per_layer):
-                layer[name] = array[i]
-            delattr(stacked, name)  # the stacked tensor is freed once its slices exist
-            del array
-        blocks = []
-        for layer in per_layer:
-            state = jax.tree.map(lambda a: a, abstract)
-            nnx.replace_by_pure_dict(state, layer)
-            blocks.append(nnx.merge(gdef, state))
-            if fuse_projections:
-                blocks[-1].fuse_projections()
-        self.layers = nnx.List(blocks)
-
-    def _run_layers(self, x, positions, q_segments, kv_segments, q_slots, cache, write_index, dropout_rng):
-        """The layers in order: under `lax.scan` over the stacked parameters, unrolled when the
-        config asks or the layers are unstacked, and always unrolled to decode (`cache` given, a
-        tuple of per-layer keys and values), so each layer's cache is its own buffer."""
-        cfg = self.cfg
-        rates = jnp.asarray(dropout_rates(cfg.num_layers, cfg.residual_dropout))
-        keys = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
-        if isinstance(self.layers, nnx.List):
-            graphdef = nnx.split(self.layers[0])[0]
-            layer_params = [nnx.state(block) for block in self.layers]
-        else:
-            graphdef, stacked = nnx.split(self.layers)
-            unroll = cache is not None or not cfg.scan_layers
-            layer_params = [jax.tree.map(lambda a: a[i], stacked) for i in range(cfg.num_layers)] if unroll else None
-
-        def one_layer(x, per_layer):
-            params, layer_kv, rate, key = per_layer
-            block = nnx.merge(graphdef, params)
-            return block(x, positions, q_segments, kv_segments, q_slots, layer_kv, write_index, rate, key)
-
-        if cache is not None:
-            new_k, new_v = [], []
-            for i, params in enumerate(layer_params):
-                x, (k, v) = one_layer(x, (params, (cache[0][i], cache[1][i]), rates[i], None))
-                new_k.append(k)
-                new_v.append(v)
-            return x, (tuple(new_k), tuple(new_v))
-        one_layer = _remat(one_layer, cfg.remat)
-        if layer_params is None:
-            return jax.lax.scan(one_layer, x, (stacked, None, rates, keys))
-        for i, params in enumerate(layer_params):
-            x, _ = one_layer(x, (params, None, rates[i], None if keys is None else keys[i]))
-        return x, None
 
 
 def param_count(cfg: ModelConfig) -> int:

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 import lima_jax.model as model_lib
+from lima_jax.inference.layout import for_decoding
 from lima_jax.model import KVCache, Llama, ModelConfig, abstract_model, dropout_rates, model_from_params
 
 ATOL = 1e-4
@@ -320,12 +321,12 @@ def test_cached_decoding_matches_the_full_forward(scan_layers):
 
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
-def test_unstacked_layers_give_the_same_logits_and_cache(fuse):
-    """`unstack_layers` (the inference layout, optionally with fused projections) changes where
-    weights live, never what they compute."""
+def test_the_decoding_layout_gives_the_same_logits_and_cache(fuse):
+    """`for_decoding` (per-layer arrays, optionally fused projections) changes where weights live,
+    never what they compute."""
     cfg = tiny()
-    stacked, unstacked = random_model(cfg), random_model(cfg)
-    unstacked.unstack_layers(fuse_projections=fuse)
+    stacked = random_model(cfg)
+    unstacked = for_decoding(random_model(cfg), fuse_projections=fuse)
     assert isinstance(unstacked.layers, nnx.List) and len(unstacked.layers) == cfg.num_layers
     layer = unstacked.layers[1]
     np.testing.assert_array_equal(layer.w_down[...], stacked.layers.w_down[...][1])
@@ -344,19 +345,18 @@ def test_unstacked_layers_give_the_same_logits_and_cache(fuse):
     assert_close(ours, theirs)
     for a, b in zip(cache.k + cache.v, reference.k + reference.v):
         assert_close(a, b)
-    unstacked.unstack_layers()  # a second call is a no-op
+    assert for_decoding(unstacked) is unstacked  # laying it out twice is a no-op
     assert_close(forward(unstacked, tokens), forward(stacked, tokens))
 
 
 def test_a_batch_of_one_decodes_like_the_full_forward():
-    """A batch of one keeps its cache without the batch axis (see KVCache); the logits do not change."""
     cfg = tiny()
     model = random_model(cfg)
     tokens = random_tokens(cfg, (1, 6))
     full = forward(model, tokens)
     cache = KVCache.zeros(cfg, 1, 8)
-    assert cache.k[0].shape == (cfg.num_kv_heads, 8, cfg.resolved_head_dim) and cache.max_len == 8
-    assert cache.v[0].shape == (cfg.num_kv_heads, cfg.resolved_head_dim, 8)
+    assert cache.k[0].shape == (1, cfg.num_kv_heads, 8, cfg.resolved_head_dim) and cache.max_len == 8
+    assert cache.v[0].shape == (1, cfg.num_kv_heads, cfg.resolved_head_dim, 8)
     logits, cache = decode(model, tokens[:, :4], jnp.arange(4)[None], jnp.ones((1, 4), jnp.int32), cache)
     assert_close(logits, full[:, :4])
     for t in (4, 5):

@@ -15,6 +15,7 @@ from lima_jax.data import demo_dir
 from lima_jax import sharding
 from lima_jax.model import KVCache, Llama, ModelConfig, param_shardings
 from lima_jax.inference.generator import parse_mesh
+from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, bucket, first_argmax, generate, nucleus, repetition_penalty
 
 CFG = ModelConfig(vocab_size=61, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=128, init_std=0.2)
@@ -140,7 +141,7 @@ def test_sampling_on_a_mesh_gives_the_single_device_tokens(model):
     placed = jax.device_put(params, param_shardings(CFG, mesh))
     sharded = nnx.merge(nnx.graphdef(model), nnx.state(model))
     nnx.update(sharded, placed)
-    sharded.unstack_layers(fuse_projections=False)  # as the Generator does on a mesh
+    sharded = for_decoding(sharded, fuse_projections=False)  # as the Generator does on a mesh
     wq = sharded.layers[0].wq[...]
     assert "tensor" in str(wq.sharding.spec) and len(wq.sharding.device_set) == 8
     prompts = [[1, 7], [1, 9, 14, 3, 30, 2, 8], [1, 40, 41], [1, 2, 3, 4, 5]]

@@ -34,6 +34,7 @@ from lima_jax.errors import LimaError
 from lima_jax.flops import best_seconds
 from lima_jax.weights.hf import config_to_hf
 from lima_jax.model import Llama, ModelConfig, param_count
+from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate
 from lima_jax.weights.names import params_to_hf
 
@@ -139,7 +140,7 @@ def bench_decode(
     model = Llama(cfg, rngs=nnx.Rngs(seed))
     params = nnx.to_pure_dict(nnx.state(model)) if compare_torch else None
     theirs = TorchDecoder(cfg, jax.tree.map(np.asarray, params), threads) if compare_torch else None
-    model.unstack_layers()
+    model = for_decoding(model)  # as the Generator lays it out on one device
     ours = JaxDecoder(model)
     runners: list[tuple[str, Callable]] = [("ours", ours)] + ([("torch", theirs)] if theirs else [])
     prompts = {b: random_prompts(cfg, b, prompt_len, seed + b) for b in batches}

@@ -19,7 +19,6 @@ are medians.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics

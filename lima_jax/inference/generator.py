@@ -12,6 +12,7 @@ import jax
 from lima_jax import sharding
 from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
+from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate
 from lima_jax.model import Llama, model_from_params, param_shardings
 from lima_jax.weights import checkpoint
@@ -25,9 +26,8 @@ class Generator:
         shardings = param_shardings(cfg, mesh) if mesh is not None else None
         cfg, params = checkpoint.load_params(path, cfg, shardings)
         self.mesh = mesh
-        self.model: Llama = model_from_params(cfg, params)
+        self.model: Llama = for_decoding(model_from_params(cfg, params), fuse_projections=mesh is None)
         del params
-        self.model.unstack_layers(fuse_projections=mesh is None)
         tokenizer_file = checkpoint.tokenizer_path(path)
         self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
         eot = checkpoint.run_info(path).get("eot_id")

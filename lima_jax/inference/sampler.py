@@ -12,7 +12,7 @@ Each row stops on its own at a stop token (EOT or EOS); the loop ends when every
 Given a mesh (the training one: data, fsdp, tensor), the parameters stay where they are laid out,
 the KV cache is placed by the same rules (rows over data/fsdp, KV heads over tensor) and the
 activations are constrained as in training. Models meant for decoding hold their layers unstacked
-(`Llama.unstack_layers`): on a CPU that is what lets a step read the weights without copying them.
+(`inference.layout.for_decoding`): on a CPU that is what lets a step read the weights without copying them.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Layout: seven little-endian int32s (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
 seq_len; a negative vocab_size means the classifier is stored separately), then float32 tensors in
 a fixed order, each per-layer matrix a torch `Linear` weight (out, in) stacked over layers. The file
-is memory-mapped; tensors come out under Hugging Face names, ready for `names.params_from_hf`.
+is memory-mapped; tensors come out under Hugging Face names, ready for `weights.names.params_from_hf`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from lima_jax.weights import names
+from lima_jax.weights.names import interleaved_to_rotate_half
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
 
@@ -113,9 +113,9 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
         w = np.asarray(tensors[key][int(m.group(1))])
         # llama2.c rotates interleaved pairs (0,1), (2,3), ...; our model uses rotate-half order.
         if key == "wq":
-            return names.interleaved_to_rotate_half(w, n_heads)
+            return interleaved_to_rotate_half(w, n_heads)
         if key == "wk":
-            return names.interleaved_to_rotate_half(w, n_kv_heads)
+            return interleaved_to_rotate_half(w, n_kv_heads)
         return w
 
     return cfg, names, get

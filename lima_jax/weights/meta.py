@@ -3,7 +3,7 @@
 Big models ship as model-parallel shards, each tensor cut along the axis its parallel layer splits.
 The shards are memory-mapped and `get` merges one tensor at a time, so converting 65B needs about
 one copy of the weights in host memory. Tensors come out under Hugging Face names and in its layout
-(q/k rows in rotate-half order), ready for `names.params_from_hf`.
+(q/k rows in rotate-half order), ready for `weights.names.params_from_hf`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
-from lima_jax.weights import names
+from lima_jax.weights.names import hf_shapes, interleaved_to_rotate_half, natural_key
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
 
@@ -71,7 +71,7 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
     if "model.embed_tokens.weight" in table:
         emb = table["model.embed_tokens.weight"][0]
         table["model.embed_tokens.weight"] = (emb, _embedding_axis(shards, emb, cfg.dim))
-    shapes = names.hf_shapes(cfg)
+    shapes = hf_shapes(cfg)
 
     def get(hf_name: str) -> np.ndarray:
         if hf_name not in table:
@@ -99,12 +99,12 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
             )
         # Meta pairs rotary dims (0,1), (2,3), ...; our model uses Hugging Face's rotate-half order.
         if hf_name.endswith("q_proj.weight"):
-            w = names.interleaved_to_rotate_half(w, cfg.num_heads)
+            w = interleaved_to_rotate_half(w, cfg.num_heads)
         elif hf_name.endswith("k_proj.weight"):
-            w = names.interleaved_to_rotate_half(w, cfg.num_kv_heads)
+            w = interleaved_to_rotate_half(w, cfg.num_kv_heads)
         return w
 
-    return cfg, sorted(table, key=names._natural_key), get
+    return cfg, sorted(table, key=natural_key), get
 
 
 def _shard_files(folder: pathlib.Path) -> list[pathlib.Path]:

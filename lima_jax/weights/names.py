@@ -103,7 +103,7 @@ def params_from_hf(
     unknown = sorted(present - expected)
     if unknown:
         raise LimaError(f"{source}: unknown tensor name {unknown[0]}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-    missing = sorted(expected - present, key=_natural_key)
+    missing = sorted(expected - present, key=natural_key)
     if missing:
         raise LimaError(f"{source}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
 
@@ -150,5 +150,5 @@ def interleaved_to_rotate_half(w: np.ndarray, num_heads: int) -> np.ndarray:
     return w.reshape(num_heads, dh // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
     return [int(p) if p.isdigit() else p for p in name.replace(".", " ").split()]
