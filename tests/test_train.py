@@ -15,6 +15,7 @@ from flax import nnx
 
 from lima_jax import sharding
 from lima_jax.train import optimizer as optim
+from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.weights import checkpoint
 from lima_jax.config import load_config, model_config
 from lima_jax.data import demo_dir
@@ -137,7 +138,7 @@ def test_learning_rate_is_1e5_at_step_0_and_1e6_at_the_last_step(tmp_path):
 def test_checkpoint_saved_on_8_devices_restores_on_1(tmp_path):
     config = small_config(tmp_path)
     train(config)
-    ckpts = checkpoint.RunCheckpoints(config.workdir)
+    ckpts = RunCheckpoints(config.workdir)
     step = ckpts.latest_step()
     assert step is not None
     cfg = checkpoint.load_model_config(os.path.join(config.workdir, "checkpoints", str(step)))
