@@ -79,6 +79,11 @@ def define_config_flag(name: str = "config", default: str | None = None, help_st
     return flags.DEFINE_flag(flag, flags.FLAGS)
 
 
+def override_keys(argv: list[str], name: str = "config") -> list[str]:
+    """The config keys a command line sets: `--config.a.b=value` -> `a.b`."""
+    return [a[len(name) + 3 :].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")]
+
+
 def check_overrides(argv: list[str], name: str = "config") -> None:
     """Checks every `--NAME.a.b=value` against the keys of the config that `--NAME` loads, so an
     unknown key is named in one line (ml_collections raises a multi-line AttributeError)."""
@@ -88,7 +93,7 @@ def check_overrides(argv: list[str], name: str = "config") -> None:
             spec = a.split("=", 1)[1]
         elif a == f"--{name}" and i + 1 < len(argv):
             spec = argv[i + 1]
-    keys = [a[len(name) + 3 :].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")]
+    keys = override_keys(argv, name)
     if not keys:
         return
     if spec is None:

@@ -172,6 +172,16 @@ def attention(
     return jnp.einsum("bkgts,bkds->btkgd", probs, v).reshape(b, t, h, dh)
 
 
+def whole_sequences(tokens: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Positions 0..T-1 and one segment per row, unless given (packed rows give their own)."""
+    b, t = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids is None:
+        segment_ids = jnp.ones((b, t), jnp.int32)
+    return positions, segment_ids
+
+
 def residual_dropout(x: jax.Array, rate: jax.Array, key: jax.Array | None) -> jax.Array:
     """Inverted dropout with a traced rate (it differs per layer); a no-op without a key."""
     if key is None:
@@ -298,11 +308,7 @@ class Llama(nnx.Module):
         restart at each example; tokens attend only within their own segment. Residual dropout is
         applied only when `dropout_rng` is given (training), never at inference.
         """
-        b, t = tokens.shape
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        if segment_ids is None:
-            segment_ids = jnp.ones((b, t), jnp.int32)
+        positions, segment_ids = whole_sequences(tokens, positions, segment_ids)
         cfg = self.cfg
         rates = jnp.asarray(dropout_rates(cfg.num_layers, cfg.residual_dropout))
         keys = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)

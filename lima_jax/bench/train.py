@@ -32,7 +32,7 @@ import numpy as np
 from lima_jax import flops, sharding
 from lima_jax.bench import decode as bench_decode
 from lima_jax.cli import say
-from lima_jax.config import model_config, set_key, validate
+from lima_jax.config import model_config, override_keys, set_key, validate
 from lima_jax.data.batches import BATCH_SCHEMA
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, param_count
@@ -375,4 +375,4 @@ def parse_batches(values: list[str]) -> tuple[int, ...]:
 
 def explicit_overrides(argv: list[str], name: str = "config") -> set[str]:
     """The config keys a command line sets (`--config.a.b=value`), which a named shape must not undo."""
-    return {a[len(name) + 3 :].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")}
+    return set(override_keys(argv, name))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lima_jax.model import Block, KVCache, Llama
+from lima_jax.model import Block, KVCache, Llama, whole_sequences
 
 
 class FusedBlock(Block):
@@ -56,12 +56,8 @@ class DecodingLlama(Llama):
         """Logits (B, T, V) of a whole sequence (e.g. scoring), through the decode path."""
         if dropout_rng is not None:
             raise ValueError("a model laid out for decoding does not train")
-        b, t = tokens.shape
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        if segment_ids is None:
-            segment_ids = jnp.ones((b, t), jnp.int32)
-        logits, _ = self.decode(tokens, positions, segment_ids, KVCache.zeros(self.cfg, b, t))
+        positions, segment_ids = whole_sequences(tokens, positions, segment_ids)
+        logits, _ = self.decode(tokens, positions, segment_ids, KVCache.zeros(self.cfg, *tokens.shape))
         return logits
 
 
