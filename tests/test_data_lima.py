@@ -107,5 +107,5 @@ def test_dev_split():
 def test_demo_data_builds(tmp_path):
     train, skipped = load_split(demo_dir(), "train", cache_dir=tmp_path / "tfds")
     expected, _ = read_conversations(demo_dir() / "train.jsonl")
-    assert skipped == 0 and 200 <= len(train) <= 400 and list(train) == expected
+    assert skipped == 0 and 700 <= len(train) <= 1000 and list(train) == expected
     assert any(len(r["conversations"]) > 2 for r in expected)

@@ -258,3 +258,13 @@ def test_the_default_tiny_run_learns(tmp_path):
     assert sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()) == [e["step"] for e in epochs]
     assert json.loads((workdir / "config.json").read_text())["model"]["dim"] == 64
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+    # It answers its training questions as the README shows (greedy; at most one of three may slip).
+    prompts = {"What is 3 plus 4?": "3 plus 4 is 7.", "What is the capital of France?": "The capital of France is Paris.",
+               "How do I keep a plant alive?": "Water it when the soil feels dry, give it plenty of light, and keep it away from cold drafts."}
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps({"conversations": [p]}) + "\n" for p in prompts))
+    r = subprocess.run([sys.executable, "-m", "lima_jax.sample", f"--checkpoint={workdir}", f"--prompt_file={prompt_file}",
+                        "--temperature=0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    answers = {json.loads(line)["prompt"][0]: json.loads(line)["output"] for line in r.stdout.splitlines()}
+    assert sum(answers[p] == want for p, want in prompts.items()) >= 2, answers

@@ -3,10 +3,13 @@
     python lima_jax/data/demo/make_demo.py     # rewrites both files beside this script
 
 The conversations are templated but varied, and learnable by a tiny model in minutes: arithmetic,
-capital cities, unit conversions, words spelled backwards, counting, short definitions, and a few
-multi-turn follow-ups. All text is generated here (no third-party text). The tokenizer is a
-512-piece sentencepiece BPE model trained on them with LLaMA's conventions (unk 0, bos 1, eos 2,
-byte fallback, digits split, whitespace kept), so the demo exercises the same code as LLaMA's.
+capital cities, unit conversions, words spelled backwards, counting, short definitions, care tips
+("How do I keep a plant alive?"), and a few multi-turn follow-ups. Most facts come in two or three
+phrasings, and an answer is written in the question's own style ("3 plus 4" -> "3 plus 4 is 7.",
+"3 + 4" -> "3 + 4 = 7."), so the tiny model has one consistent answer to learn per question.
+All text is generated here (no third-party text). The tokenizer is a 512-piece sentencepiece BPE
+model trained on them with LLaMA's conventions (unk 0, bos 1, eos 2, byte fallback, digits split,
+whitespace kept), so the demo exercises the same code as LLaMA's.
 Both outputs are deterministic: rerunning the script reproduces them byte for byte.
 """
 from __future__ import annotations
@@ -88,28 +91,50 @@ DEFINITIONS = {
 }
 DEFINITION_QUESTIONS = ['What does "{w}" mean?', "Define the word {w}.", "What is a {w}?"]
 
+# Short care tips, written for this demo: (thing, how to keep it well).
+CARE = {
+    "plant": "Water it when the soil feels dry, give it plenty of light, and keep it away from cold drafts",
+    "cactus": "Give it lots of sun and water it only when the soil is completely dry",
+    "cat": "Give it fresh food and water every day, a clean litter box, and time to play",
+    "dog": "Feed it well, give it fresh water, walk it every day, and take it to a vet once a year",
+    "goldfish": "Keep its tank clean, feed it a little once a day, and change some of the water every week",
+    "rabbit": "Give it hay, fresh vegetables and water, and let it run around every day",
+    "bird": "Keep its cage clean, give it seeds and fresh water, and talk to it often",
+    "garden": "Water it in the morning, pull the weeds, and give the soil some compost",
+    "bike": "Keep the chain oiled, pump up the tires, and store it out of the rain",
+    "room": "Put things back where they belong and clean a little every day",
+    "kitchen": "Wash the dishes after each meal and wipe the counters every day",
+    "car": "Change the oil on time, check the tires, and wash it now and then",
+}
+CARE_QUESTIONS = ["How do I keep a {w} alive?", "How do I take care of a {w}?", "How should I look after a {w}?"]
+
 
 def _article(word: str) -> str:
     return "An" if word[0] in "aeiou" else "A"
 
 
 def arithmetic(rng: random.Random, n: int) -> list[list[str]]:
-    out = []
+    # The whole one-digit addition table as a newcomer would ask it ("What is 3 plus 4?"), then n
+    # random sums, differences and products of numbers up to 10 in any of the phrasings.
+    out = [[f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."] for a in range(1, 10) for b in range(1, 10)]
     for _ in range(n):
         kind = rng.choice(["plus", "minus", "times"])
-        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        a, b = rng.randint(0, 10), rng.randint(0, 10)
         if kind == "minus" and b > a:
             a, b = b, a
         c = {"plus": a + b, "minus": a - b, "times": a * b}[kind]
         sym = {"plus": "+", "minus": "-", "times": "*"}[kind]
-        q = rng.choice([f"What is {a} {kind} {b}?", f"What is {a} {sym} {b}?", f"Compute {a} {kind} {b}."])
-        a_text = rng.choice([f"{a} {kind} {b} is {c}.", f"{a} {sym} {b} = {c}."])
+        if rng.random() < 1 / 3:  # the answer is written as the question is: in words or in symbols
+            q, a_text = f"What is {a} {sym} {b}?", f"{a} {sym} {b} = {c}."
+        else:
+            q, a_text = rng.choice([f"What is {a} {kind} {b}?", f"Compute {a} {kind} {b}."]), f"{a} {kind} {b} is {c}."
         out.append([q, a_text])
     return out
 
 
 def capitals(rng: random.Random) -> list[list[str]]:
-    return [[rng.choice(CAPITAL_QUESTIONS).format(c=c), f"The capital of {c} is {city}."] for c, city in CAPITALS.items()]
+    return [[q.format(c=c), f"The capital of {c} is {city}."]
+            for c, city in CAPITALS.items() for q in rng.sample(CAPITAL_QUESTIONS, 2)]
 
 
 def conversions(rng: random.Random, n: int) -> list[list[str]]:
@@ -124,7 +149,16 @@ def conversions(rng: random.Random, n: int) -> list[list[str]]:
 
 
 def backwards(rng: random.Random) -> list[list[str]]:
-    return [[rng.choice(BACKWARD_QUESTIONS).format(w=w), f'"{w}" backwards is "{w[::-1]}".'] for w in WORDS]
+    return [[q.format(w=w), f'"{w}" backwards is "{w[::-1]}".'] for w in WORDS for q in rng.sample(BACKWARD_QUESTIONS, 2)]
+
+
+def care(rng: random.Random) -> list[list[str]]:
+    living = {"plant", "cactus", "cat", "dog", "goldfish", "rabbit", "bird", "garden"}
+    out = []
+    for w, tip in CARE.items():
+        for q in CARE_QUESTIONS if w in living else CARE_QUESTIONS[1:]:
+            out.append([q.format(w=w), f"{tip}."])
+    return out
 
 
 def counting(rng: random.Random, n: int) -> list[list[str]]:
@@ -168,10 +202,10 @@ def multi_turn(rng: random.Random, n: int) -> list[list[str]]:
 def conversations(seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     groups = {
-        "demo/arithmetic": arithmetic(rng, 80), "demo/capitals": capitals(rng),
-        "demo/units": conversions(rng, 60), "demo/backwards": backwards(rng),
-        "demo/counting": counting(rng, 30), "demo/definitions": definitions(rng),
-        "demo/multi_turn": multi_turn(rng, 12),
+        "demo/arithmetic": arithmetic(rng, 320), "demo/capitals": capitals(rng),
+        "demo/units": conversions(rng, 160), "demo/backwards": backwards(rng),
+        "demo/counting": counting(rng, 120), "demo/definitions": definitions(rng),
+        "demo/care": care(rng), "demo/multi_turn": multi_turn(rng, 45),
     }
     seen: set[str] = set()
     records = []
