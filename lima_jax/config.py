@@ -98,7 +98,7 @@ def check_overrides(argv: list[str], name: str = "config") -> None:
         return
     if spec is None:
         raise LimaError(f"--{name}.{keys[0]} overrides a key, but no --{name}=NAME was given")
-    config = _NamedConfigParser(name=name).parse(spec)
+    config = _cf.ConfigFileFlagParser(name=name).parse(resolve_config_path(spec))  # LimaError names an unknown config
     for dotted in keys:
         node = config
         for i, part in enumerate(dotted.split(".")):

@@ -92,3 +92,13 @@ def test_a_workdir_that_is_a_file_is_named_in_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"error: config key workdir: {tmp_path / 'notes.txt'} is a file, not a directory"
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args", [["--config=nosuch", "--config.num_epochs=2"], ["--config", "nosuch", "--config.num_epochs=2"],
+                                  ["--config=nosuch"]])
+def test_an_unknown_config_with_overrides_is_one_line(tmp_path, args):
+    r = _train(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "--config: unknown config 'nosuch'; available: 13b, " in last, r.stderr
