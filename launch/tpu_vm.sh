@@ -4,7 +4,8 @@
 # worker; on TPU VMs jax.distributed.initialize() needs no arguments.
 #   TPU_NAME=lima ZONE=us-central2-b ACCELERATOR=v4-128 launch/tpu_vm.sh create
 #   WORKDIR=gs://my-bucket/lima-65b launch/tpu_vm.sh run --config.data.manual_dir=gs://my-bucket/lima
-# DRY_RUN=1 prints each command (one per line) instead of running it.
+# DRY_RUN=1 prints each command (one per line) instead of running it. `check` (or CHECK=1 with
+# `create`) compiles the exact training step for ACCELERATOR here, before the slice is paid for.
 set -euo pipefail
 
 TPU_NAME=${TPU_NAME:-lima-jax}
@@ -23,8 +24,11 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
   cat <<USAGE
-usage: $(basename "$0") {create|install|run [TRAIN_ARGS...]|logs|stop|delete}
-  create   create the TPU VM slice (TPU_NAME, ZONE, ACCELERATOR, RUNTIME_VERSION, PROJECT)
+usage: $(basename "$0") {check [TRAIN_ARGS...]|create [TRAIN_ARGS...]|install|run [TRAIN_ARGS...]|logs|stop|delete}
+  check    on this machine: python -m lima_jax.train --dry_run --topology=\$ACCELERATOR with the run's
+           config and TRAIN_ARGS: checks data, tokenizer, init checkpoint, workdir; compiles the step
+  create   create the TPU VM slice (TPU_NAME, ZONE, ACCELERATOR, RUNTIME_VERSION, PROJECT);
+           with CHECK=1, runs check (with TRAIN_ARGS) first and creates nothing if it fails
   install  on all workers: Python $PYTHON_VERSION venv, the repo (REPO_URL or a copy), pip install -e '.[tpu]'
   run      on all workers, in the background: python -m lima_jax.train --config=\$CONFIG
            --config.workdir=\$WORKDIR TRAIN_ARGS...; log in ~/$LOG on each worker
@@ -53,10 +57,20 @@ tpu=(gcloud compute tpus tpu-vm)
 where=(--zone="$ZONE" ${PROJECT:+--project="$PROJECT"})
 on_all() { run "${tpu[@]}" ssh "$TPU_NAME" "${where[@]}" --worker=all --command="$1"; }
 
+# The training job checked and compiled for the slice on this machine (needs lima_jax and libtpu here).
+check() {
+  run "${PYTHON:-python}" -m lima_jax.train --config="$CONFIG" ${WORKDIR:+--config.workdir="$WORKDIR"} \
+    --dry_run --topology="$ACCELERATOR" "$@"
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
+  check)
+    check "$@"
+    ;;
   create)
+    if [[ ${CHECK:-0} == 1 ]]; then check "$@"; fi
     run "${tpu[@]}" create "$TPU_NAME" "${where[@]}" \
       --accelerator-type="$ACCELERATOR" --version="$RUNTIME_VERSION"
     ;;

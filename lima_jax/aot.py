@@ -1,6 +1,10 @@
 """Compile the real train step for a TPU slice on a CPU host, and report whether it fits.
 
-    python -m lima_jax.aot --config=65b --topology=v4-128
+    python -m lima_jax.aot --config=65b --topology=v4-128 [--config.data.tokenizer=tokenizer.model]
+
+The model compiled is the one training builds: the tokenizer's pieces (`data.tokenizer`, else the
+config's `model.vocab_size`, LLaMA's 32,000) plus EOT, padded to `model.vocab_multiple` rows; the
+JSON names the vocabulary, mesh, batch, grad_accum and remat it compiled.
 
 No TPU is needed: libtpu describes the slice's devices and XLA compiles the step exactly as the slice
 would (`lima_jax.train.aot`). Prints one JSON object (per-chip bytes against the chip's HBM, compile
@@ -22,7 +26,7 @@ from absl import flags  # noqa: E402
 from lima_jax.cli import no_arguments, run  # noqa: E402
 from lima_jax.config import define_config_flag  # noqa: E402
 from lima_jax.errors import LimaError  # noqa: E402
-from lima_jax.train.aot import compile_report  # noqa: E402
+from lima_jax.train.aot import compile_report, misfit  # noqa: E402
 
 _CONFIG = define_config_flag("config", None)
 _TOPOLOGY = flags.DEFINE_string("topology", "v4-8", "a TPU slice, e.g. v4-128, v5p-256, v5litepod-64, v6e-16")
@@ -35,10 +39,8 @@ def main(argv: list[str]) -> None:
         raise LimaError("--config is required")
     report = compile_report(_CONFIG.value, _TOPOLOGY.value, _STEPS.value)
     print(json.dumps(report))
-    if not report["fits"]:
-        needed = report["error"] if "error" in report else f"needs {report['per_chip_bytes']['total'] / 2**30:.1f} GiB per chip"
-        print(f"error: {report['config']} does not fit {_TOPOLOGY.value} ({report['hbm_bytes'] / 2**30:.0f} GiB per chip): {needed}",
-              file=sys.stderr)
+    if misfit(report):
+        print(f"error: {misfit(report)}", file=sys.stderr)
         sys.exit(1)
 
 

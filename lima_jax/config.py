@@ -136,15 +136,20 @@ def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """The config's model as written: `model.vocab_size` is the base vocabulary (the tokenizer's pieces)."""
-    return ModelConfig.from_dict(config.model.to_dict())
+    values = config.model.to_dict()
+    values.pop("vocab_multiple", None)  # how training pads the vocabulary, not the architecture
+    return ModelConfig.from_dict(values)
 
 
 def trained_model_config(config: ml_collections.ConfigDict, tokenizer_pieces: int | None = None) -> ModelConfig:
-    """The model a run trains, for the trainer and AOT alike: the config's architecture with the
-    tokenizer's pieces plus LIMA's new end-of-turn token (one more embedding and output row).
-    Without a tokenizer at hand (AOT), `model.vocab_size` counts the pieces."""
+    """The model a run trains, for the trainer, AOT and the dry run alike: the config's architecture
+    with the tokenizer's pieces plus LIMA's new end-of-turn token, padded up to a multiple of
+    `model.vocab_multiple` rows. Without a tokenizer at hand, `model.vocab_size` counts the pieces."""
     pieces = config.model.vocab_size if tokenizer_pieces is None else tokenizer_pieces
-    return model_config(config).replace(vocab_size=pieces + 1)
+    used = pieces + 1
+    multiple = config.model.get("vocab_multiple", 1)
+    padded = -(-used // multiple) * multiple
+    return model_config(config).replace(vocab_size=padded, vocab_padding=padded - used)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -157,6 +162,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     for key in ("dim", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size", "max_len"):
         need(m[key] > 0, f"model.{key}", f"must be positive, got {m[key]}")
+    need(m.get("vocab_multiple", 1) > 0, "model.vocab_multiple", f"must be positive, got {m.get('vocab_multiple')}")
     need(m.head_dim >= 0, "model.head_dim", f"must be >= 0 (0 means dim / num_heads), got {m.head_dim}")
     need(m.head_dim > 0 or m.dim % m.num_heads == 0, "model.dim", f"{m.dim} is not divisible by model.num_heads={m.num_heads}")
     need(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", f"{m.num_kv_heads} does not divide model.num_heads={m.num_heads}")

@@ -31,13 +31,17 @@ from lima_jax.sharding import constrain, tree_shardings
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("float32", "bfloat16", "float16")
+# The logit of a padding id: its probability is exactly 0, and unlike -inf it stays finite through
+# temperature, repetition penalty and a cross-entropy's 0 * log p.
+PADDING_LOGIT = -1e30
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The architecture, plus how it is computed (dtypes, scan, remat) and regularised (dropout)."""
 
-    vocab_size: int = 32000
+    vocab_size: int = 32000  # embedding rows and output columns, padding included
+    vocab_padding: int = 0  # rows past the real vocabulary, so the vocab axis shards; never emitted
     dim: int = 4096
     num_layers: int = 32
     num_heads: int = 32
@@ -60,6 +64,11 @@ class ModelConfig:
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.dim // self.num_heads
+
+    @property
+    def used_vocab_size(self) -> int:
+        """The token ids the model reads and emits: 0 .. used_vocab_size - 1."""
+        return self.vocab_size - self.vocab_padding
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -360,6 +369,9 @@ class Llama(nnx.Module):
             logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(x.dtype), preferred_element_type=jnp.float32)
         else:
             logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
+        if self.cfg.vocab_padding:  # padding ids are never sampled nor trained towards
+            used = jnp.arange(self.cfg.vocab_size) < self.cfg.used_vocab_size
+            logits = jnp.where(used, logits, PADDING_LOGIT)
         return constrain(logits, ("batch", "length", "vocab"))
 
 

@@ -35,6 +35,11 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
     c = ml_collections.ConfigDict()
     c.name = name
     c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig(**model)))
+    del c.model.vocab_padding  # training derives it from vocab_multiple
+    # The trained vocabulary (the tokenizer's pieces + EOT) is padded up to a multiple of this, so
+    # the embedding, the output matrix and the logits shard over the tensor axis (128 divides every
+    # tensor-axis size in use); the padding ids are masked, never sampled nor trained towards.
+    c.model.vocab_multiple = 128
     c.workdir = f"runs/{name}"  # a run restarted with the same workdir resumes from its latest step
     c.init_checkpoint = ""  # a converted pretrained checkpoint; empty trains from a random init
     c.seed = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import sys
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -76,26 +77,47 @@ def spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=RU
     A mesh axis is used once per array, and only where it divides the dimension (8 KV heads on a
     tensor axis of 16 stay replicated rather than fail to compile).
     """
+    return _spec(names, shape, mesh, rules)[0]
+
+
+def _spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules) -> tuple[P, list[tuple[str, int, int]]]:
+    """The spec, and the (mesh axis, dimension, axis size) of each axis dropped for not dividing."""
     table = dict(rules)
     used: set[str] = set()
-    out = []
+    out, dropped = [], []
     for name, dim in zip(names, shape):
         axes = table.get(name) if name is not None else None
         axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
         axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
         while axes and dim % math.prod(mesh.shape[a] for a in axes):
+            dropped.append((axes[-1], dim, mesh.shape[axes[-1]]))
             axes = axes[:-1]
         used.update(axes)
         out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
-    return P(*out)
+    return P(*out), dropped
+
+
+_REPORTED: set[tuple] = set()  # drops already said, so a run says each once
 
 
 def tree_shardings(logical: Any, abstract: Any, mesh: Mesh, rules=RULES) -> Any:
-    """NamedShardings for a tree of arrays, given a matching tree of logical-name tuples."""
-    return jax.tree.map(
-        lambda names, a: NamedSharding(mesh, spec(names, a.shape, mesh, rules)),
-        logical,
-        abstract,
+    """NamedShardings for a tree of arrays, given a matching tree of logical-name tuples. A mesh axis
+    dropped because it does not divide a parameter's dimension is said once: that parameter is then
+    replicated over it, which costs memory."""
+
+    def one(path, names, a) -> NamedSharding:
+        partition, dropped = _spec(names, a.shape, mesh, rules)
+        for axis, dim, size in dropped:
+            name = jax.tree_util.keystr(path, simple=True, separator=".")
+            if (name, axis, dim, size) not in _REPORTED:
+                _REPORTED.add((name, axis, dim, size))
+                if jax.process_index() == 0:
+                    print(f"note: {name} is not sharded over mesh axis {axis!r}: its dimension {dim} "
+                          f"does not divide by {size}", file=sys.stderr, flush=True)
+        return NamedSharding(mesh, partition)
+
+    return jax.tree_util.tree_map_with_path(
+        one, logical, abstract,
         is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x),
     )
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from lima_jax.config import available_configs, load_config, model_config
+from lima_jax.config import available_configs, load_config, model_config, trained_model_config
 from lima_jax.errors import LimaError
 from lima_jax.model import param_count
 
@@ -102,3 +102,27 @@ def test_an_unknown_config_with_overrides_is_one_line(tmp_path, args):
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "--config: unknown config 'nosuch'; available: 13b, " in last, r.stderr
+
+
+@pytest.mark.parametrize("name, pieces, rows", [("65b", None, 32128), ("tiny", 512, 640), ("llama3_8b", None, 128384)])
+def test_the_trained_vocabulary_is_padded_to_shard(name, pieces, rows):
+    """Pieces + EOT, rounded up to model.vocab_multiple (128): 32,001 would not divide a tensor axis."""
+    cfg = trained_model_config(load_config(name), pieces)
+    assert cfg.vocab_size == rows and cfg.used_vocab_size == (pieces or load_config(name).model.vocab_size) + 1
+    assert trained_model_config(load_config(name, {"model.vocab_multiple": 1}), pieces).vocab_padding == 0
+
+
+def test_a_parameter_that_cannot_shard_is_said_once(capsys):
+    import jax
+
+    from lima_jax import sharding
+    from lima_jax.model import param_shardings
+
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 8}, jax.devices()[:8])
+    cfg = model_config(load_config("tiny")).replace(vocab_size=513)  # unpadded: 513 is odd
+    for _ in range(2):
+        shardings = param_shardings(cfg, mesh)
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note: embed ")]
+    assert notes == ["note: embed is not sharded over mesh axis 'tensor': its dimension 513 does not divide by 8"]
+    assert shardings["embed"].spec == jax.sharding.PartitionSpec(None, None)
+    assert param_shardings(trained_model_config(load_config("tiny"), 512), mesh)["embed"].spec[0] == "tensor"

@@ -114,3 +114,22 @@ def test_cli_errors_are_one_line_and_nothing_is_overwritten(hf_folder, tmp_path)
     assert r.stderr.strip().splitlines()[-1] == f"error: {empty}/config.json: missing key hidden_size"
     r = cli(f"--input={empty}", f"--output={tmp_path}/o2", "--input_format=hf", "--verbose")
     assert "Traceback" in r.stderr
+
+
+def test_export_drops_the_vocabulary_padding(hf_folder, tmp_path):
+    """A trained checkpoint pads its vocabulary rows for sharding; transformers gets only the real
+    rows, so the exported model's logits are ours over the real ids and it can never emit padding."""
+    cfg = CFG.replace(vocab_size=128, vocab_padding=31)
+    rng = np.random.default_rng(2)
+    params = dict(checkpoint.load_params(convert(hf_folder, tmp_path / "base"))[1])
+    params["embed"] = np.concatenate([params["embed"], rng.standard_normal((31, CFG.dim), np.float32)])
+    params["lm_head"] = np.concatenate([params["lm_head"], rng.standard_normal((CFG.dim, 31), np.float32)], axis=1)
+    ckpt = checkpoint.save(tmp_path / "padded", params, cfg)
+    out = convert(ckpt, tmp_path / "export", output_format="hf")
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 97
+    exported = _load_folder(out)
+    assert exported["model.embed_tokens.weight"].shape == (97, CFG.dim) and exported["lm_head.weight"].shape == (97, CFG.dim)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    tokens = np.random.RandomState(1).randint(0, 97, (2, 9))
+    ours = np.asarray(model_from_params(cfg, params)(tokens))[..., :97]
+    np.testing.assert_allclose(hf_logits(reloaded, tokens), ours, atol=1e-4)

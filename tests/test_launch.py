@@ -18,7 +18,7 @@ SCRIPTS = ["tpu_vm.sh", "gpu_node.sh", "slurm.sbatch"]
 # Variables the scripts read; cleared so the caller's environment cannot leak into the tests.
 SCRIPT_VARS = {"TPU_NAME", "ZONE", "ACCELERATOR", "RUNTIME_VERSION", "PROJECT", "REPO_URL", "CONFIG",
                "WORKDIR", "PYTHON_VERSION", "REMOTE_DIR", "VENV", "LOG", "PYTHON", "INIT", "PORT",
-               "DRY_RUN", "TMPDIR", "JAX_LOCAL_DEVICE_IDS"}
+               "DRY_RUN", "TMPDIR", "JAX_LOCAL_DEVICE_IDS", "CHECK"}
 TPU_ENV = {"TPU_NAME": "lima-test", "ZONE": "us-central2-b", "ACCELERATOR": "v4-128",
            "CONFIG": "65b", "WORKDIR": "gs://bucket/lima-65b"}
 SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu-node[01-02]",
@@ -94,6 +94,22 @@ def test_tpu_create():
     assert commands(launch("tpu_vm.sh", "create", env=TPU_ENV)) == [
         TPU + ["create", "lima-test", "--zone=us-central2-b", "--accelerator-type=v4-128",
                "--version=tpu-ubuntu2204-base"]]
+
+
+def test_tpu_check_compiles_the_job_here_and_create_runs_it_first_when_asked():
+    check = ["python", "-m", "lima_jax.train", "--config=65b", "--config.workdir=gs://bucket/lima-65b",
+             "--dry_run", "--topology=v4-128", *EXTRA]
+    assert commands(launch("tpu_vm.sh", "check", *EXTRA, env=TPU_ENV)) == [check]
+    cmds = commands(launch("tpu_vm.sh", "create", *EXTRA, env={**TPU_ENV, "CHECK": "1"}))
+    assert cmds[0] == check and cmds[1][:5] == TPU + ["create"] and len(cmds) == 2
+
+
+def test_tpu_create_is_not_run_when_the_check_fails(tmp_path):
+    bin_dir = fake_bin(tmp_path, python='echo "error: 65b does not fit v4-128" >&2; exit 1\n',
+                       gcloud=f'echo gcloud "$@" >> {tmp_path}/gcloud.log\n')
+    result = launch("tpu_vm.sh", "create", env={**TPU_ENV, "CHECK": "1"}, dry=False, bin_dir=bin_dir)
+    assert result.returncode == 1 and "does not fit" in result.stderr
+    assert not (tmp_path / "gcloud.log").exists()
 
 
 def test_tpu_project_is_passed_when_set():

@@ -415,3 +415,30 @@ def test_compile_time_does_not_grow_with_depth():
     shallow = min(compile_seconds(LLAMA_65B.replace(num_layers=8)) for _ in range(2))
     deep = min(compile_seconds(LLAMA_65B.replace(num_layers=80)) for _ in range(2))
     assert deep < 2.0 * shallow, f"80 layers: {deep:.2f}s, 8 layers: {shallow:.2f}s"
+
+
+def test_vocabulary_padding_changes_no_logit_and_no_loss():
+    """97 real ids padded to 128 rows: the real ids' logits are the unpadded model's, the padding
+    ids' are PADDING_LOGIT, and the cross-entropy (and its gradient) is the unpadded one's."""
+    import optax
+
+    cfg = tiny()
+    padded_cfg = cfg.replace(vocab_size=128, vocab_padding=31)
+    params = random_params(cfg)
+    padded = dict(params)
+    rng = np.random.default_rng(5)  # large padding weights: unmasked, they would dominate
+    padded["embed"] = np.concatenate([params["embed"], 10 * rng.standard_normal((31, cfg.dim), np.float32)])
+    padded["lm_head"] = np.concatenate([params["lm_head"], 10 * rng.standard_normal((cfg.dim, 31), np.float32)], axis=1)
+    tokens = random_tokens(cfg, (2, 9))
+    ours, theirs = forward(random_model(cfg), tokens), forward(model_from_params(padded_cfg, padded), tokens)
+    np.testing.assert_array_equal(theirs[..., :97], ours)
+    assert np.all(np.asarray(theirs[..., 97:]) == model_lib.PADDING_LOGIT)
+
+    def loss(c, p):
+        logits = model_from_params(c, p)(tokens)
+        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+
+    (l1, g1), (l2, g2) = jax.value_and_grad(loss, 1)(cfg, params), jax.value_and_grad(loss, 1)(padded_cfg, padded)
+    np.testing.assert_allclose(l2, l1, rtol=1e-6)
+    np.testing.assert_allclose(g2["lm_head"][:, :97], g1["lm_head"], atol=1e-6)
+    assert not np.asarray(g2["lm_head"][:, 97:]).any() and np.isfinite(l2)

@@ -221,3 +221,16 @@ def test_ordered_ints_keep_the_float_order():
     ordered = np.asarray(_to_ordered(x))
     assert (np.diff(ordered) >= 0).all() and np.diff(ordered)[5:].min() > 0
     np.testing.assert_array_equal(np.asarray(_from_ordered(_to_ordered(x))), np.asarray(x))
+
+
+def test_padding_ids_are_never_sampled():
+    """A model with 61 real ids padded to 64 rows whose padding columns would win every argmax."""
+    cfg = CFG.replace(vocab_size=64, vocab_padding=3)
+    model = Llama(cfg, rngs=nnx.Rngs(3))
+    model.lm_head[...] = model.lm_head[...].at[:, 61:].set(100.0)
+    greedy = generate(model, [[1, 7, 22]], GREEDY, stop_ids=NO_STOP)[0]
+    sampled = generate(model, [[1, 7, 22]] * 4, SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12), stop_ids=NO_STOP)
+    assert len(greedy) == 12 and max(greedy) < 61
+    assert max(max(row) for row in sampled) < 61
+    with pytest.raises(Exception, match="token id 62 is outside the vocabulary"):
+        generate(model, [[1, 62]], GREEDY, stop_ids=NO_STOP)

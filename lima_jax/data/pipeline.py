@@ -30,8 +30,11 @@ class TrainingData:
 
 
 def _load_train_split(manual_dir, cache_dir, skip_invalid: bool, process_index: int, process_count: int):
-    """Process 0 prepares the TFDS files; the other hosts wait, then read what it wrote."""
-    if process_count == 1:
+    """Process 0 prepares the TFDS files; the other hosts wait, then read what it wrote. (The dry
+    run plans batches for a pod's hosts from one process: only real processes synchronise.)"""
+    import jax
+
+    if process_count == 1 or jax.process_count() == 1:
         return load_split(manual_dir, "train", cache_dir=cache_dir, skip_invalid=skip_invalid)
     from jax.experimental import multihost_utils
 
@@ -43,12 +46,14 @@ def _load_train_split(manual_dir, cache_dir, skip_invalid: bool, process_index: 
     return loaded
 
 
-def split_conversations(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1):
+def split_conversations(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1,
+                        cache_dir: pathlib.Path | None = None):
     """(train records, dev records, invalid lines skipped): the dev set is `data.dev_file`, or
-    `data.dev_size` examples held out with the run's seed (so checkpoint selection sees the same)."""
+    `data.dev_size` examples held out with the run's seed (so checkpoint selection sees the same).
+    TFDS prepares the data under `cache_dir` (default `<workdir>/tfds`)."""
     data = config.data
     manual_dir = pathlib.Path(data.manual_dir) if data.manual_dir else demo_dir()
-    cache_dir = pathlib.Path(config.workdir) / "tfds"
+    cache_dir = cache_dir or pathlib.Path(config.workdir) / "tfds"
     records, skipped = _load_train_split(manual_dir, cache_dir, data.skip_invalid, process_index, process_count)
     if data.dev_file:
         dev, dev_skipped = read_conversations(data.dev_file, skip_invalid=data.skip_invalid)
@@ -65,6 +70,7 @@ def build(
     process_count: int,
     row_multiple: int,
     eval_rows: int,
+    cache_dir: pathlib.Path | None = None,
 ) -> TrainingData:
     """`tokenizer_path`: the one to train with, or None for the demo's (demo data only)."""
     data = config.data
@@ -72,7 +78,7 @@ def build(
         raise LimaError(f"config key data.train_on: must be one of {', '.join(TRAIN_ON)}, got {data.train_on!r}")
     using_demo = not data.manual_dir
     manual_dir = pathlib.Path(data.manual_dir) if data.manual_dir else demo_dir()
-    train, dev, skipped = split_conversations(config, process_index, process_count)
+    train, dev, skipped = split_conversations(config, process_index, process_count, cache_dir)
     train = [r for r in train if len(r["conversations"]) >= 2]  # prompts without answers teach nothing
     if not train:
         raise LimaError(f"{manual_dir}: no training conversations with an answer")

@@ -31,7 +31,7 @@ class Generator:
         tokenizer_file = checkpoint.tokenizer_path(path)
         self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
         eot = checkpoint.run_info(path).get("eot_id")
-        if eot is None and self.tokenizer is not None and cfg.vocab_size == self.tokenizer.vocab_size:
+        if eot is None and self.tokenizer is not None and cfg.used_vocab_size == self.tokenizer.vocab_size:
             eot = self.tokenizer.eot_id  # a fine-tuned model exported without its run record
         self.eot_id: int | None = eot
         self.stop_ids = tuple(t for t in (eot, cfg.eos_id) if t is not None)

@@ -181,7 +181,7 @@ def generate(
     params.check()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise LimaError("every prompt needs at least one token")
-    vocab = model.cfg.vocab_size
+    vocab = model.cfg.used_vocab_size  # padding ids are not tokens
     for p in prompts:
         bad = [t for t in p if not 0 <= t < vocab]
         if bad:

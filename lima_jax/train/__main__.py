@@ -5,12 +5,19 @@
         --config.data.manual_dir=/data/lima --config.data.tokenizer=/data/tokenizer.model \
         --config.workdir=gs://.../runs/lima-65b                 # every TPU worker runs the same line
 
+    python -m lima_jax.train --config=65b --dry_run --topology=v4-128 [overrides]
+                                                                # on a laptop, before booking the pod
+
 A run restarted with the same workdir continues exactly where it stopped; SIGTERM (a preemption)
-saves and exits cleanly. The run itself is `lima_jax.train.loop.train`.
+saves and exits cleanly. The run itself is `lima_jax.train.loop.train`. `--dry_run` checks the
+data, tokenizer, init checkpoint and workdir, compiles the exact step for `--topology`, prints
+`lima_jax.aot`'s JSON (exit 1 if it does not fit) and writes nothing (`lima_jax.train.dry_run`).
 """
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import jax
 from absl import flags
@@ -18,6 +25,7 @@ from absl import flags
 from lima_jax import sharding
 from lima_jax.cli import no_arguments, run
 from lima_jax.config import define_config_flag
+from lima_jax.errors import LimaError
 from lima_jax.train.loop import train
 
 _CONFIG = define_config_flag("config", "tiny")
@@ -25,10 +33,15 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "the number of processes (hosts), with --coordinator_address")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, with --coordinator_address")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", None, "initialise JAX's multi-controller runtime (default: on TPU pods and under SLURM)")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "check everything and compile the step for --topology; train nothing, write nothing")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "with --dry_run: the TPU slice to compile for, e.g. v4-128")
 
 
 def main(argv: list[str]) -> None:
     no_arguments(argv)
+    if _DRY_RUN.value:
+        dry_run()
+        return
     if _COORDINATOR.value or _DISTRIBUTED.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif _DISTRIBUTED.value is None and sharding.launched_on_cluster():
@@ -36,6 +49,23 @@ def main(argv: list[str]) -> None:
     last = train(_CONFIG.value)
     if last and jax.process_index() == 0:
         print(json.dumps({"final_step": last["step"], "loss": last["loss"]}))
+
+
+def dry_run() -> None:
+    if not _TOPOLOGY.value:
+        raise LimaError("--dry_run needs --topology (a TPU slice such as v4-128)")
+    # Compiling for a slice on a host without one: let libtpu load beside other processes and skip
+    # the TPU VM metadata server (set before JAX first loads a backend).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    from lima_jax.train.aot import misfit
+    from lima_jax.train.dry_run import dry_run as check_and_compile
+
+    report = check_and_compile(_CONFIG.value, _TOPOLOGY.value)
+    print(json.dumps(report))
+    if misfit(report):
+        print(f"error: {misfit(report)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -63,13 +63,29 @@ def topology_devices(name: str) -> tuple[str, list]:
     return generation, list(topology.devices)
 
 
-def compile_report(config, topology: str, total_steps: int) -> dict:
-    """Compiles the train step for `topology` and measures it (no device memory is touched)."""
+def tokenizer_pieces(config) -> tuple[int, str]:
+    """(pieces, where the count came from): `data.tokenizer` when given, else `model.vocab_size`."""
+    if config.data.tokenizer:
+        from lima_jax.data.tokenizer import ChatTokenizer
+
+        return ChatTokenizer(config.data.tokenizer).num_pieces, str(config.data.tokenizer)
+    return config.model.vocab_size, "config key model.vocab_size"
+
+
+def compile_report(config, topology: str, total_steps: int, *, pieces: int | None = None,
+                   tokenizer: str = "", rows: int | None = None) -> dict:
+    """Compiles the train step for `topology` and measures it (no device memory is touched).
+
+    The model is the one training builds (`trained_model_config`: the tokenizer's `pieces` + EOT,
+    padded); `rows` is the global row count of a step (default `batch_size`, the dry run passes the
+    data's packed rows)."""
     validate(config)
-    cfg = trained_model_config(config)  # the tokenizer's pieces plus EOT, as training builds it
+    if pieces is None:
+        pieces, tokenizer = tokenizer_pieces(config)
+    cfg = trained_model_config(config, pieces)
     generation, devices = topology_devices(topology)
     mesh = make_mesh(config.mesh.to_dict(), devices)
-    rows = config.batch_size
+    rows = config.batch_size if rows is None else rows
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % (dp * config.grad_accum):
         raise LimaError(f"config key batch_size: {rows} rows do not divide over data*fsdp={dp} x grad_accum={config.grad_accum}")
@@ -85,6 +101,9 @@ def compile_report(config, topology: str, total_steps: int) -> dict:
         "chips": len(devices),
         "mesh": dict(mesh.shape),
         "remat": cfg.remat,
+        "vocab_size": cfg.vocab_size,  # embedding rows: the tokenizer's pieces + EOT + padding
+        "vocab_padding": cfg.vocab_padding,
+        "tokenizer": tokenizer,
         "batch": [rows, config.data.max_len],
         "grad_accum": config.grad_accum,
         "params": param_count(cfg),
@@ -120,6 +139,14 @@ def compile_report(config, topology: str, total_steps: int) -> dict:
         "model_tflops_per_step": round(flops_per_token * tokens / 1e12, 1),
         "peak_tflops_per_chip": flops.published_peak_tflops(devices[0].device_kind),
     }
+
+
+def misfit(report: dict) -> str | None:
+    """The one-line error for a report whose step does not fit its chips, else None."""
+    if report["fits"]:
+        return None
+    needed = report["error"] if "error" in report else f"needs {report['per_chip_bytes']['total'] / 2**30:.1f} GiB per chip"
+    return f"{report['config']} does not fit {report['topology']} ({report['hbm_bytes'] / 2**30:.0f} GiB per chip): {needed}"
 
 
 def _first_line(message: str) -> str:

@@ -45,39 +45,60 @@ def check_training_config(config: ml_collections.ConfigDict) -> None:
         raise LimaError("config keys checkpoint.every_steps and checkpoint.max_to_keep must be >= 0")
 
 
-def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh) -> int:
+def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh, process_count: int | None = None) -> int:
     """Rows per host must split evenly over the data axes and the micro-batches: returns the row
     multiple each host rounds its packed rows up to."""
     dp = sharding.data_parallel_size(mesh)
     if config.batch_size % dp:
         raise LimaError(f"config key batch_size: {config.batch_size} does not divide over the data axes (data*fsdp = {dp})")
     per_step = dp * config.grad_accum
-    return per_step // math.gcd(per_step, jax.process_count())
+    return per_step // math.gcd(per_step, jax.process_count() if process_count is None else process_count)
 
 
-def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -> dict:
-    """The init checkpoint's parameters, sharded, with one new embedding row for EOT (and one new
-    output column) initialised to the mean of the existing ones."""
+def check_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig) -> ModelConfig:
+    """The init checkpoint's model config, once its architecture and vocabulary are known to fit the
+    model `cfg` trains (read from its metadata: no array is loaded)."""
     base = checkpoint.load_model_config(config.init_checkpoint)
     for key in ARCHITECTURE:
         if getattr(base, key) != getattr(cfg, key):
             raise LimaError(
                 f"config key model.{key}: {getattr(cfg, key)} but {config.init_checkpoint} has {getattr(base, key)}"
             )
-    if base.vocab_size not in (cfg.vocab_size, cfg.vocab_size - 1):
+    pieces = cfg.used_vocab_size - 1
+    if base.used_vocab_size not in (pieces, pieces + 1):
         raise LimaError(
-            f"{config.init_checkpoint}: vocabulary {base.vocab_size} does not fit the tokenizer's {cfg.vocab_size - 1} pieces"
+            f"{config.init_checkpoint}: vocabulary {base.used_vocab_size} does not fit the tokenizer's {pieces} pieces"
         )
-    stored = cfg.replace(vocab_size=base.vocab_size)
+    checkpoint.check_stored_shapes(config.init_checkpoint, base)
+    return base
+
+
+def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -> dict:
+    """The init checkpoint's parameters, sharded, laid out for the trained vocabulary: a base model
+    (the tokenizer's pieces) gets a new embedding row and output column for EOT, initialised to the
+    mean of the existing ones; a fine-tuned one (pieces + EOT) keeps its own; padding rows are zero."""
+    base = check_pretrained(config, cfg)
+    pieces = cfg.used_vocab_size - 1
+    stored = cfg.replace(vocab_size=base.vocab_size, vocab_padding=base.vocab_padding)
     _, params = checkpoint.load_params(config.init_checkpoint, stored, param_shardings(stored, mesh))
-    if base.vocab_size == cfg.vocab_size:
+    if stored == cfg:
         return params
+    kept = base.used_vocab_size
+
+    def resize(rows: jax.Array, axis: int) -> jax.Array:
+        """`rows` along `axis`: the stored ones in use, EOT as their mean if new, zero padding."""
+        rows = jax.lax.slice_in_dim(rows, 0, kept, axis=axis)
+        if kept == pieces:
+            rows = jnp.concatenate([rows, rows.mean(axis, keepdims=True)], axis=axis)
+        pad = [(0, 0)] * rows.ndim
+        pad[axis] = (0, cfg.vocab_padding)
+        return jnp.pad(rows, pad)
 
     def grow(params):
         params = dict(params)
-        params["embed"] = jnp.concatenate([params["embed"], params["embed"].mean(0, keepdims=True)], axis=0)
+        params["embed"] = resize(params["embed"], 0)
         if "lm_head" in params:
-            params["lm_head"] = jnp.concatenate([params["lm_head"], params["lm_head"].mean(1, keepdims=True)], axis=1)
+            params["lm_head"] = resize(params["lm_head"], 1)
         return params
 
     return jax.jit(grow, out_shardings=param_shardings(cfg, mesh))(params)
@@ -108,8 +129,8 @@ def write_dev_set(records: list, workdir: pathlib.Path) -> None:
         tmp.replace(workdir / DEV_FILE)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    """Saves the resolved config; a workdir holding a different run is refused, not overwritten."""
+def check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """The resolved config, once a run already in `workdir` (if any) is known to be this one."""
     path = workdir / "config.json"
     resolved = json.loads(config.to_json_best_effort())
     if path.exists():
@@ -120,6 +141,13 @@ def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
                 raise LimaError(
                     f"workdir {workdir} holds a run with a different config (key {key}); use a new --config.workdir"
                 )
+    return resolved
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Saves the resolved config; a workdir holding a different run is refused, not overwritten."""
+    path = workdir / "config.json"
+    resolved = check_same_run(config, workdir)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(resolved, indent=2, sort_keys=True))

@@ -97,6 +97,20 @@ def stored_dtypes(path: str | os.PathLike) -> dict:
     return jax.tree.map(lambda m: np.dtype(m.dtype), tree)
 
 
+def check_stored_shapes(path: str | os.PathLike, cfg: ModelConfig) -> None:
+    """Every stored tensor has the shape `cfg` gives it (read from Orbax's metadata, not loaded)."""
+    path = resolve(path)
+    stored = ocp.StandardCheckpointHandler().metadata((path / PARAMS).absolute()).tree
+    expected = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
+    shapes = {key: tuple(m.shape) for key, m in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    for key, a in jax.tree_util.tree_flatten_with_path(expected)[0]:
+        name = jax.tree_util.keystr(key, simple=True, separator=".")
+        if key not in shapes:
+            raise LimaError(f"checkpoint {path}: tensor {name} is missing")
+        if shapes[key] != tuple(a.shape):
+            raise LimaError(f"checkpoint {path}: tensor {name} has shape {shapes[key]}, the model config says {tuple(a.shape)}")
+
+
 def load_params(
     path: str | os.PathLike, cfg: ModelConfig | None = None, shardings: Any = None, keep_dtype: bool = False
 ) -> tuple[ModelConfig, dict]:

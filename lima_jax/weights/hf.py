@@ -62,7 +62,7 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": cfg.used_vocab_size,  # the padding rows are not exported (names.params_to_hf)
         "hidden_size": cfg.dim,
         "intermediate_size": cfg.ffn_dim,
         "num_hidden_layers": cfg.num_layers,

@@ -130,14 +130,16 @@ def params_from_hf(
 
 
 def params_to_hf(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (Hugging Face name, tensor) pairs, one tensor at a time."""
-    yield "model.embed_tokens.weight", np.asarray(params["embed"])
+    """Yields (Hugging Face name, tensor) pairs, one tensor at a time. Vocabulary padding rows stay
+    behind: other runtimes do not mask them, so an exported model has exactly its tokens' rows."""
+    used = cfg.used_vocab_size
+    yield "model.embed_tokens.weight", np.asarray(params["embed"])[:used]
     for i in range(cfg.num_layers):
         for suffix, key in _LAYER.items():
             yield f"model.layers.{i}.{suffix}", _to_hf(key, np.asarray(params["layers"][key][i]))
     yield "model.norm.weight", np.asarray(params["norm"])
     if not cfg.tie_embeddings:
-        yield "lm_head.weight", np.ascontiguousarray(np.asarray(params["lm_head"]).T)
+        yield "lm_head.weight", np.ascontiguousarray(np.asarray(params["lm_head"])[:, :used].T)
 
 
 def interleaved_to_rotate_half(w: np.ndarray, num_heads: int) -> np.ndarray:
