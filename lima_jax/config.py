@@ -6,9 +6,10 @@ unknown key fails at parse time, and `validate()` checks values once before any 
 """
 from __future__ import annotations
 
+import math
 import os
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 from absl import flags
@@ -173,3 +174,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(m[key] in DTYPES, f"model.{key}", f"must be one of {', '.join(DTYPES)}, got {m[key]!r}")
     need(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
     need(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps}")
+    if "optim" in config:
+        _validate_optim(config.optim, need)
+
+
+def _validate_optim(o: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:
+    """AdamW's settings: a negative learning rate would train by gradient ascent, a NaN poison every step."""
+    for key in ("lr", "end_lr"):
+        need(math.isfinite(o[key]) and o[key] > 0, f"optim.{key}", f"must be finite and > 0, got {o[key]}")
+    for key in ("b1", "b2"):
+        need(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")
+    need(math.isfinite(o.eps) and o.eps > 0, "optim.eps", f"must be finite and > 0, got {o.eps}")
+    for key in ("weight_decay", "grad_clip"):
+        need(math.isfinite(o[key]) and o[key] >= 0, f"optim.{key}", f"must be finite and >= 0, got {o[key]}")

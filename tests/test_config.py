@@ -126,3 +126,25 @@ def test_a_parameter_that_cannot_shard_is_said_once(capsys):
     assert notes == ["note: embed is not sharded over mesh axis 'tensor': its dimension 513 does not divide by 8"]
     assert shardings["embed"].spec == jax.sharding.PartitionSpec(None, None)
     assert param_shardings(trained_model_config(load_config("tiny"), 512), mesh)["embed"].spec[0] == "tensor"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optim.lr", -1e-5, "config key optim.lr: must be finite and > 0, got -1e-05"),
+    ("optim.lr", float("nan"), "config key optim.lr: must be finite and > 0, got nan"),
+    ("optim.end_lr", 0.0, "config key optim.end_lr: must be finite and > 0, got 0.0"),
+    ("optim.b1", 1.0, "config key optim.b1: must be in [0, 1), got 1.0"),
+    ("optim.b2", -0.1, "config key optim.b2: must be in [0, 1), got -0.1"),
+    ("optim.eps", 0.0, "config key optim.eps: must be finite and > 0, got 0.0"),
+    ("optim.weight_decay", -0.1, "config key optim.weight_decay: must be finite and >= 0, got -0.1"),
+    ("optim.grad_clip", float("inf"), "config key optim.grad_clip: must be finite and >= 0, got inf"),
+])
+def test_optimizer_settings_are_checked_before_any_work(key, value, message):
+    with pytest.raises(LimaError) as e:
+        load_config("tiny", {key: value})
+    assert str(e.value) == message
+
+
+def test_a_negative_learning_rate_stops_the_command_in_one_line(tmp_path):
+    r = _train("--config=tiny", "--config.optim.lr=-1e-5", f"--config.workdir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: config key optim.lr: must be finite and > 0, got -1e-05"
+    assert not (tmp_path / "run").exists()
