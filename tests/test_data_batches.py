@@ -202,3 +202,13 @@ def test_bad_arguments():
         batcher(seq_len=0)
     with pytest.raises(ValueError, match="outside the run"):
         batcher().batch(13)
+
+
+def test_a_batch_larger_than_the_data_is_refused_with_the_remedy():
+    """8 examples at batch 64 used to give one step of 8 passes for any num_epochs."""
+    with pytest.raises(LimaError) as e:
+        Batcher([5] * 8, lambda i: None, batch_size=64, seq_len=8, num_epochs=15, seed=0)
+    assert str(e.value) == ("config key batch_size: 64 is more than the 8 training examples; "
+                            "set --config.batch_size=8 or less, or give more data")
+    b = Batcher([5] * 8, lambda i: ([1] * 5, [1] * 5), batch_size=8, seq_len=8, num_epochs=15, seed=0)
+    assert b.total_steps == 15 and b.epoch_end_steps() == list(range(1, 16))

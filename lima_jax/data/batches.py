@@ -135,6 +135,11 @@ class Batcher:
                 raise LimaError(f"{name} must be positive, got {value}")
         if batch_size % process_count:
             raise LimaError(f"batch_size {batch_size} is not divisible by the process count {process_count}")
+        if batch_size > self.num_examples:  # an epoch would be less than one step: num_epochs would mean nothing
+            raise LimaError(
+                f"config key batch_size: {batch_size} is more than the {self.num_examples} training examples; "
+                f"set --config.batch_size={self.num_examples} or less, or give more data"
+            )
         if not 0 <= process_index < process_count:
             raise LimaError(f"process_index {process_index} is not in [0, {process_count})")
         self.fetch = fetch
