@@ -94,14 +94,20 @@ def test_prompt_lengths_are_bucketed():
     assert [bucket(n) for n in (1, 16, 17, 100, 2048)] == [16, 16, 32, 128, 2048]
 
 
-def test_cli_answers_a_prompt_file(tmp_path):
+def _converted(root, vocab_size: int):
+    """A random model in a lima_jax checkpoint with the demo tokenizer, as `convert` writes it: a base
+    model with the tokenizer's 512 pieces, or a fine-tuned one with EOT (513)."""
     from hf_reference import random_hf_model
 
     from lima_jax.weights.convert import convert
 
-    cfg = ModelConfig(vocab_size=512, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
-    random_hf_model(cfg).save_pretrained(tmp_path / "hf")
-    ckpt = convert(tmp_path / "hf", tmp_path / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+    cfg = ModelConfig(vocab_size=vocab_size, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
+    random_hf_model(cfg).save_pretrained(root / "hf")
+    return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+
+
+def test_cli_answers_a_prompt_file(tmp_path):
+    ckpt = _converted(tmp_path, 512)
     assert checkpoint.tokenizer_path(ckpt) is not None
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"conversations": ["What is 2 plus 2?"]}) + "\n"
@@ -127,9 +133,11 @@ def test_cli_answers_a_prompt_file(tmp_path):
 def test_a_prompt_samples_the_same_text_in_any_batch(model):
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=10)
     a, b = [1, 7, 22], [1, 30, 31, 32, 33]
-    together = generate(model, [a, b], params, stop_ids=NO_STOP, seed=2, row_seeds=[11, 12])
-    alone = generate(model, [b], params, stop_ids=NO_STOP, seed=2, row_seeds=[12])
-    assert together[1] == alone[0]
+    together = generate(model, [a, b], params, stop_ids=NO_STOP, seed=2)
+    alone = generate(model, [b], params, stop_ids=NO_STOP, seed=2)
+    swapped = generate(model, [b, a], params, stop_ids=NO_STOP, seed=2)
+    assert together[1] == alone[0] == swapped[0] and together[0] == swapped[1]
+    assert generate(model, [b], params, stop_ids=NO_STOP, seed=3) != alone  # the seed still matters
 
 
 def test_sampling_on_a_mesh_gives_the_single_device_tokens(model):
@@ -234,3 +242,29 @@ def test_padding_ids_are_never_sampled():
     assert max(max(row) for row in sampled) < 61
     with pytest.raises(Exception, match="token id 62 is outside the vocabulary"):
         generate(model, [[1, 62]], GREEDY, stop_ids=NO_STOP)
+
+
+def test_every_entry_point_samples_a_prompt_alike(tmp_path):
+    """One seeding rule (the seed and the prompt): `sample` with the prompt alone or in a reordered
+    file, `evaluate.generate` and the first turn of `chat` give the same answer."""
+    prompts = ["What is 2 plus 2?", "Name a color.", "Hi"]
+    converted = _converted(tmp_path, 513)
+    run = lambda *args, **kw: subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, **kw)  # noqa: E731
+    common = [f"--checkpoint={converted}", "--max_new_tokens=8", "--seed=5", "--temperature=1.0"]
+    forward, backward = tmp_path / "forward.jsonl", tmp_path / "backward.jsonl"
+    forward.write_text("".join(json.dumps({"conversations": [p]}) + "\n" for p in prompts))
+    backward.write_text("".join(json.dumps({"conversations": [p]}) + "\n" for p in reversed(prompts)))
+    answers = []
+    for f in (forward, backward):
+        r = run("lima_jax.sample", *common, f"--prompt_file={f}")
+        assert r.returncode == 0, r.stderr[-2000:]
+        answers.append({json.loads(ln)["prompt"][0]: json.loads(ln)["output"] for ln in r.stdout.splitlines()})
+    assert answers[0] == answers[1] and len(set(answers[0].values())) == 3
+    alone = run("lima_jax.sample", *common, "--prompt=Name a color.")
+    assert alone.stdout.strip() == answers[0]["Name a color."].strip(), alone.stderr[-2000:]
+    r = run("lima_jax.evaluate.generate", *common, f"--prompts={backward}", f"--output={tmp_path / 'responses.jsonl'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    generated = {json.loads(ln)["prompt"][0]: json.loads(ln)["output"] for ln in (tmp_path / "responses.jsonl").read_text().splitlines()}
+    assert generated == answers[0]
+    r = run("lima_jax.chat", *common, input="Name a color.\n/quit\n")
+    assert f"assistant: {answers[0]['Name a color.']}" in r.stdout, r.stdout + r.stderr[-2000:]

@@ -102,10 +102,9 @@ def generate_responses(generator: Any, prompts: list[list[str]], output: pathlib
     with output.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
             batch = [list(t) for t in todo[start : start + batch_size]]
-            # Each prompt's randomness comes from its own id, not its place in a batch: a resumed run
-            # samples every remaining prompt as the uninterrupted run would have.
-            row_seeds = [int(prompt_id(t)[:8], 16) for t in batch]
-            ids = generator([generator.encode(t) for t in batch], params, seed, row_seeds)
+            # A prompt's randomness is its own (inference.sampler.prompt_seed): a resumed run samples
+            # every remaining prompt as the uninterrupted run would have, and as `sample` does.
+            ids = generator([generator.encode(t) for t in batch], params, seed)
             for turns, out in zip(batch, ids):
                 f.write(json.dumps(make_record(turns, generator.decode(out), name), ensure_ascii=False) + "\n")
             f.flush()

@@ -16,7 +16,6 @@ RESET, QUIT = "/reset", "/quit"
 def chat(generator: Generator, lines: Iterable[str], write: Callable[[str], None], params: SamplingParams, seed: int) -> None:
     history: list[str] = []
     write(f"lima_jax chat: {RESET} starts over, {QUIT} leaves.\n")
-    turn = 0
     for line in lines:
         message = line.rstrip("\n")
         if message.strip() == QUIT:
@@ -34,8 +33,7 @@ def chat(generator: Generator, lines: Iterable[str], write: Callable[[str], None
         while len(prompt) > budget and len(history) > 2:
             history = history[2:]  # forget the oldest exchange
             prompt = generator.encode(history)
-        ids = generator([prompt], params, seed + turn)[0]
+        ids = generator([prompt], params, seed)[0]  # the prompt (the whole history) seeds the turn
         answer = generator.decode(ids)
         history.append(answer)
         write(f"assistant: {answer}\n")
-        turn += 1

@@ -48,8 +48,8 @@ class Generator:
             return " ".join(map(str, ids))
         return self.tokenizer.decode(ids)
 
-    def __call__(self, prompts: list[list[int]], params: SamplingParams, seed: int, row_seeds=None) -> list[list[int]]:
-        return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed, row_seeds=row_seeds, mesh=self.mesh)
+    def __call__(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[int]]:
+        return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed, mesh=self.mesh)
 
 
 def parse_mesh(text: str) -> jax.sharding.Mesh | None:

@@ -9,6 +9,10 @@ Prompts are left-padded to a bucketed length (padding has segment id 0 and is ne
 positions start at 0 at each prompt's first token), so new prompt lengths reuse a compiled program.
 Each row stops on its own at a stop token (EOT or EOS); the loop ends when every row has stopped.
 
+One seeding rule for every entry point (sample, evaluate.generate, chat, select): a row's randomness
+comes from the seed and its prompt's token ids alone (`prompt_seed`), never from its place in a file
+or a batch, so reordering, filtering or resuming a prompt set leaves every answer as it was.
+
 Given a mesh (the training one: data, fsdp, tensor), the parameters stay where they are laid out,
 the KV cache is placed by the same rules (rows over data/fsdp, KV heads over tensor) and the
 activations are constrained as in training. Models meant for decoding hold their layers unstacked
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import functools
 from typing import Sequence
 
@@ -170,14 +175,13 @@ def generate(
     *,
     stop_ids: Sequence[int],
     seed: int = 0,
-    row_seeds: Sequence[int] | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> list[list[int]]:
     """The tokens generated for each prompt, up to and including its stop token.
 
-    Row i draws from `seed` and `row_seeds[i]` (default i) alone, so a prompt given the same row
-    seed samples the same text in any batch. `mesh`: the one the model's parameters are laid out
-    on, if any (see the module docstring)."""
+    A row draws from `seed` and its prompt alone, so a prompt samples the same text in any batch,
+    file order or entry point. `mesh`: the one the model's parameters are laid out on, if any (see
+    the module docstring)."""
     params.check()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise LimaError("every prompt needs at least one token")
@@ -201,7 +205,7 @@ def generate(
     out, steps = _generate(
         graphdef, state, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments),
         jnp.asarray([len(p) for p in prompts], jnp.int32), jnp.asarray(list(stop_ids), jnp.int32), knobs,
-        _row_keys(seed, row_seeds if row_seeds is not None else range(len(prompts))),
+        _row_keys(seed, [prompt_seed(p) for p in prompts]),
         max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0, mesh=mesh,
     )
     out = np.asarray(out)[:, : int(steps)]
@@ -210,6 +214,12 @@ def generate(
         stops = [i for i, t in enumerate(row) if t in stop_ids]
         results.append(row[: stops[0] + 1] if stops else row)
     return results
+
+
+def prompt_seed(prompt: Sequence[int]) -> int:
+    """A prompt's own seed: a hash of its token ids (31 bits, the same on every host and run)."""
+    digest = hashlib.blake2b(np.asarray(prompt, "<i4").tobytes(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
 def _row_keys(seed: int, row_seeds: Sequence[int]) -> jax.Array:
