@@ -136,6 +136,20 @@ def test_report_errors(tmp_path):
     assert report.pairwise_distribution("x", str(path), judge="second-judge").counts == {"win": 0, "tie": 0, "loss": 1}
 
 
+def test_a_cache_holding_two_baselines_is_refused(tmp_path):
+    """ours vs epoch 1 on 2 prompts and vs epoch 2 on 1 were once reported as "epoch 2: 3 prompts"."""
+    path = tmp_path / "mixed.jsonl"
+    judge = TableJudge({"0": "win", "1": "win", "2": "loss"})
+    for baseline, tags in (("epoch1", ["0", "1"]), ("epoch2", ["2"])):
+        ours = {f"p{t}": make_record([f"TAG-{t} question"], f"OURS {t}", "lima") for t in tags}
+        base = {f"p{t}": make_record([f"TAG-{t} question"], f"BASE {t}", baseline) for t in tags}
+        judge_pairwise(ours, base, judge, JudgmentCache(path), progress=False)
+    with pytest.raises(LimaError) as e:
+        report.pairwise_distribution(None, str(path))
+    assert str(e.value) == (f"{path} holds judgments of several pairs of generators (lima vs epoch1: 2 prompts; "
+                            "lima vs epoch2: 1 prompts); judge each baseline into a --cache of its own")
+
+
 def test_report_command(tmp_path):
     pair_cache(tmp_path / "a.jsonl", ["win", "win", "tie", "loss"])
     rating_cache(tmp_path / "abs.jsonl", ["Pass", "Excellent"])

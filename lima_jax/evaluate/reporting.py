@@ -89,6 +89,18 @@ def _check_judges(path: str, judges: set[str]) -> None:
                         "pick one with --judge_model")
 
 
+def _check_one_pair(path: str, records: list) -> None:
+    """One row of the report compares two generators: a cache that judged several pairs would be
+    reported as one baseline, each prompt under its latest pair."""
+    prompts: dict[tuple, set] = {}
+    for r in records:
+        prompts.setdefault((r.get("ours_generator"), r.get("baseline_generator")), set()).add(r.get("prompt_id"))
+    if len(prompts) > 1:
+        pairs = "; ".join(f"{o} vs {b}: {len(ids)} prompts" for (o, b), ids in sorted(prompts.items(), key=str))
+        raise LimaError(f"{path} holds judgments of several pairs of generators ({pairs}); judge each baseline "
+                        "into a --cache of its own")
+
+
 def pairwise_distribution(name: str | None, path: str, judge: str | None = None, samples: int = 1000,
                           seed: int = 0) -> Distribution:
     cache = _load(path)
@@ -96,6 +108,7 @@ def pairwise_distribution(name: str | None, path: str, judge: str | None = None,
     if not results:
         raise LimaError(f"{path}: no pairwise judgments" + (f" by {judge}" if judge else ""))
     _check_judges(path, judges)
+    _check_one_pair(path, [r for r in cache.records if r.get("kind") == "pairwise" and r.get("judge") in judges])
     if not name:  # default: the baseline's generator as recorded, else the file name
         recorded = [r.get("baseline_generator") for r in cache.records if r.get("kind") == "pairwise"]
         name = recorded[-1] if recorded and recorded[-1] else pathlib.Path(path).stem
