@@ -62,3 +62,22 @@ def test_pairwise_with_the_local_judge(judge_ckpt, tmp_path):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert (summary["win"], summary["tie"], summary["loss"]) == (s["win"], s["tie"], s["loss"])
     assert summary["asked"] == 0  # all cached by the in-process run with the same judge
+
+
+def test_a_judge_workdir_with_a_newer_step_is_a_new_judge(judge_ckpt, tmp_path):
+    """The cache key named the path given: after the judge's workdir gained a step, reruns reused the
+    old step's verdicts."""
+    import shutil
+
+    steps = tmp_path / "judge_run" / "checkpoints"
+    shutil.copytree(judge_ckpt, steps / "10")
+    ours = {r["id"]: r for r in (make_record(p, "answer one", "ours") for p in PROMPTS)}
+    base = {r["id"]: r for r in (make_record(p, "another answer", "base") for p in PROMPTS)}
+    cache = JudgmentCache(tmp_path / "cache.jsonl")
+    first = LocalJudge(str(tmp_path / "judge_run"))
+    assert first.name == f"local:{steps / '10'}"
+    assert judge_pairwise(ours, base, first, cache, progress=False).stats.asked == 6
+    shutil.copytree(judge_ckpt, steps / "20")
+    newer = LocalJudge(str(tmp_path / "judge_run"))
+    assert newer.name == f"local:{steps / '20'}"
+    assert judge_pairwise(ours, base, newer, cache, progress=False).stats.asked == 6  # asked again, not reused

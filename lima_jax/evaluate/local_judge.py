@@ -26,7 +26,8 @@ class LocalJudge:
         self.generator = Generator(checkpoint)
         if self.generator.tokenizer is None:
             raise JudgeFailure(f"{checkpoint} has no tokenizer.model to read the judging prompt with")
-        self.name = f"local:{checkpoint}"
+        # The resolved step, not the path given: a workdir that gains a newer step is a new judge.
+        self.name = f"local:{self.generator.path}"
         self._forward = jax.jit(lambda tokens: jax.nn.log_softmax(self.generator.model(tokens), axis=-1))
 
     def _prefix(self, messages: Messages) -> list[int]:

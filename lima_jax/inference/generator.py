@@ -22,6 +22,8 @@ class Generator:
     """A loaded checkpoint with its tokenizer and stop tokens, ready to answer conversations."""
 
     def __init__(self, path: str, mesh: jax.sharding.Mesh | None = None):
+        path = checkpoint.resolve(path)  # once: a run's newer step appearing meanwhile is not mixed in
+        self.path = path  # the step directory read: what a cache of this model's outputs names
         cfg = checkpoint.load_model_config(path)
         shardings = param_shardings(cfg, mesh) if mesh is not None else None
         cfg, params = checkpoint.load_params(path, cfg, shardings)
