@@ -24,6 +24,7 @@ class Reply:
     body: str | None = None  # a raw body instead (garbage, an error message)
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     delay_s: float = 0.0  # sleep before answering (past the client's timeout, to time it out)
+    drop: bool = False  # close the connection without an answer
 
 
 def chat_body(content: str) -> str:
@@ -73,6 +74,9 @@ class ScriptedServer:
                 reply = Reply(status=404, body="no such route") if self.path != "/v1/chat/completions" \
                     else server.script(request)
                 time.sleep(reply.delay_s)
+                if reply.drop:
+                    self.close_connection = True
+                    return
                 payload = (reply.body if reply.body is not None else chat_body(reply.content or "")).encode()
                 try:
                     self.send_response(reply.status)
@@ -184,15 +188,28 @@ def test_client_errors_are_not_retried():
         assert isinstance(info.value, LimaError) and server.hits == 1
 
 
-def test_unreachable_server_fails_after_retries():
+def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+def test_a_closed_port_is_a_one_line_error_at_once():
+    """It used to be retried with backoff for minutes, prompt after prompt."""
+    port = _closed_port()
     slept: list[float] = []
-    with pytest.raises(JudgeFailure, match="cannot reach|connection"):
-        fast_judge(f"http://127.0.0.1:{port}/v1", max_retries=3, backoff_s=0.5,
-                   max_backoff_s=0.8, sleep=slept.append).complete(MESSAGES)
-    assert slept == [0.5, 0.8, 0.8]  # doubling, capped at max_backoff_s
+    with pytest.raises(JudgeUnavailable) as info:
+        fast_judge(f"http://127.0.0.1:{port}/v1", max_retries=3, sleep=slept.append).complete(MESSAGES)
+    assert str(info.value) == f"judge http://127.0.0.1:{port}/v1/chat/completions: connection refused (is the server running?)"
+    assert slept == []
+
+
+def test_a_dropped_connection_is_retried_with_capped_backoff():
+    with ScriptedServer(lambda r: Reply(drop=True)) as server:
+        slept: list[float] = []
+        with pytest.raises(JudgeFailure, match="connection to .* failed"):
+            fast_judge(server.url, max_retries=3, backoff_s=0.5, max_backoff_s=0.8, sleep=slept.append).complete(MESSAGES)
+        assert slept == [0.5, 0.8, 0.8] and server.hits == 4  # doubling, capped at max_backoff_s
 
 
 def test_bad_settings_are_one_line_errors():

@@ -195,6 +195,8 @@ class OpenAIJudge:
             reason = e.reason
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 raise _Retryable(f"no answer within {self.timeout_s:g}s") from None
+            if isinstance(reason, ConnectionRefusedError):  # nothing listens there: every prompt would wait for nothing
+                raise JudgeUnavailable(f"judge {self.url}: connection refused (is the server running?)") from None
             raise _Retryable(f"cannot reach {self.url}: {reason}") from None
         except (OSError, http.client.HTTPException) as e:  # reset or dropped connections
             raise _Retryable(f"connection to {self.url} failed: {type(e).__name__}: {e}") from None
