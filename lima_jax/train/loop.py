@@ -7,10 +7,12 @@ saves and exits cleanly.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
 import signal
+import sys
 import time
 
 import jax
@@ -154,23 +156,49 @@ def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
 
 
 class Preemption:
-    """SIGTERM (a TPU preemption, a SLURM time limit) asks the loop to save and stop at the next step."""
+    """SIGTERM (a TPU preemption, a SLURM time limit) asks the loop to save and stop; `reached(steps_done)`
+    answers alike on every host, without touching the device.
+
+    One process: our own handler sets a flag. Several: JAX's coordination service owns SIGTERM (its
+    preemption notifier installs a handler at `jax.distributed.initialize`; ours would replace it) and,
+    once any host is notified, agrees over RPC on the first step every host can still reach. Exiting
+    the `with` block puts the previous handler back.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
+        self._reported = 0  # the last step number told to JAX's sync protocol
+        self._installed = jax.process_count() == 1
+        self._synced = not self._installed and jax.config.jax_enable_preemption_service
+        if self._installed:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        elif not self._synced:
+            say("jax_enable_preemption_service is off: SIGTERM stops this run without saving")
+
+    def __enter__(self) -> "Preemption":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:  # a handler set outside Python (getsignal's None) cannot be put back: the default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
 
     def _handle(self, signum, frame) -> None:
         say("SIGTERM received: saving a checkpoint and stopping after this step")
         self.requested = True
 
-    def reached(self, step: int) -> bool:
-        if jax.process_count() == 1:
+    def reached(self, steps_done: int) -> bool:
+        """Whether to save and stop after `steps_done` steps; a resumed run asks first with its start."""
+        if not self._synced:
             return self.requested
-        # Every host must stop at the same step: agree on the flag.
         from jax.experimental import multihost_utils
 
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+        # The sync point is one past the furthest host's last reported step number, so every number is
+        # reported, in order, from 1: a notice during start-up may land on one a resumed run never runs.
+        hit = False
+        for number in range(self._reported + 1, steps_done + 1):
+            hit = multihost_utils.reached_preemption_sync_point(number) or hit
+        self._reported = max(self._reported, steps_done)
+        return hit
 
 
 def evaluate(eval_step, params, batches, mesh) -> float:
@@ -190,7 +218,13 @@ def _global_batch(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 
 
 def train(config: ml_collections.ConfigDict) -> dict:
-    """Runs (or resumes) the fine-tuning; returns the last step's metrics."""
+    """Runs (or resumes) the fine-tuning; returns the last step's metrics. What it opens (the
+    checkpoint manager, the metrics files, the SIGTERM handler) is closed however it ends."""
+    with contextlib.ExitStack() as opened:
+        return _train(config, opened)
+
+
+def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> dict:
     validate(config)
     check_training_config(config)
     workdir = pathlib.Path(config.workdir).absolute()
@@ -222,6 +256,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
     optimizer = optim.make_optimizer(config.optim, total)
     schedule = optim.learning_rate(config.optim, total)
     ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
+    opened.callback(ckpts.close)  # waits for a save in flight
     start = ckpts.latest_step() or 0
     if start:
         abstract = abstract_state(cfg, optimizer, mesh)
@@ -241,8 +276,9 @@ def train(config: ml_collections.ConfigDict) -> dict:
     peak = flops.peak_tflops(jax.devices()[0], config.peak_tflops)[0] * 1e12 * jax.device_count()
     epoch_ends = {steps: i + 1 for i, steps in enumerate(batcher.epoch_end_steps())}  # steps done -> epoch
     writer = MetricsWriter(workdir, resume_step=start, total_steps=total, enabled=jax.process_index() == 0)
+    opened.callback(writer.close)
     run_meta = {"config": config.name, "eot_id": data.tokenizer.eot_id, "total_steps": total}
-    preemption = Preemption()
+    preemption = opened.enter_context(Preemption())
 
     def save(steps_done: int) -> None:
         run = dict(run_meta, epoch=batcher.epoch_progress(steps_done))
@@ -251,6 +287,9 @@ def train(config: ml_collections.ConfigDict) -> dict:
     last: dict = {}
     pending = None  # the previous step's metrics: fetched after the next step is dispatched
     tick = time.perf_counter()
+    if preemption.reached(start):  # notified while starting: step `start` is already saved
+        _tell_every_host(f"preempted before step {start + 1} of {total}; rerun the same command to resume")
+        return last
     for step in range(start, total):
         host_batch = batcher.batch(step)
         state, metrics = train_step(state, _global_batch(host_batch.arrays(), mesh))
@@ -267,21 +306,23 @@ def train(config: ml_collections.ConfigDict) -> dict:
             save(steps_done)
         elif config.checkpoint.every_steps and steps_done % config.checkpoint.every_steps == 0:
             save(steps_done)
-        if preemption.reached(step) and steps_done < total:
+        if preemption.reached(steps_done) and steps_done < total:
             if pending is not None:
                 last = _log(writer, pending, batcher, tick, flops_per_token, peak)
             if steps_done not in epoch_ends:
                 save(steps_done)
             ckpts.wait()
-            writer.close()
-            say(f"preempted: saved step {steps_done} of {total}; rerun the same command to resume")
+            _tell_every_host(f"preempted: saved step {steps_done} of {total}; rerun the same command to resume")
             return last
     if pending is not None:
         last = _log(writer, pending, batcher, tick, flops_per_token, peak)
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
     return last
+
+
+def _tell_every_host(message: str) -> None:
+    """Why this host stopped: each host's log says so (not only process 0's)."""
+    prefix = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+    print(prefix + message, file=sys.stderr, flush=True)
 
 
 def _log(writer: MetricsWriter, pending, batcher, tick: float, flops_per_token: float, peak: float) -> dict:
