@@ -29,9 +29,15 @@ def epoch_checkpoints(workdir: pathlib.Path) -> list[dict[str, Any]]:
     if not metrics.exists():
         raise LimaError(f"{metrics}: missing file (is {workdir} a lima_jax training run?)")
     rows = []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "dev_loss" not in record:
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue  # a last line cut short by a kill: the run rewrites it when it resumes
+            raise LimaError(f"{metrics}:{number}: not a JSON record") from None
+        if record.get("dev_loss") is None:  # a step record, or an epoch without a dev set
             continue
         step_dir = workdir / checkpoint.STEPS_DIR / str(record["step"])
         if checkpoint.is_checkpoint(step_dir):

@@ -47,8 +47,8 @@ def main(argv: list[str]) -> None:
     elif _DISTRIBUTED.value is None and sharding.launched_on_cluster():
         sharding.initialize_distributed(None, None, None)
     last = train(_CONFIG.value)
-    if last and jax.process_index() == 0:
-        print(json.dumps({"final_step": last["step"], "loss": last["loss"]}))
+    if jax.process_index() == 0:  # finished or preempted: the last line says which
+        print(json.dumps({"status": last["status"], "final_step": last.get("step"), "loss": last.get("loss")}, allow_nan=False))
 
 
 def dry_run() -> None:

@@ -170,8 +170,8 @@ class Preemption:
         self._reported = 0  # the last step number told to JAX's sync protocol
         self._installed = jax.process_count() == 1
         self._synced = not self._installed and jax.config.jax_enable_preemption_service
-        if self._installed:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if self._installed:  # Ctrl-C saves too; a second one stops at once
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         elif not self._synced:
             say("jax_enable_preemption_service is off: SIGTERM stops this run without saving")
 
@@ -180,10 +180,14 @@ class Preemption:
 
     def __exit__(self, *exc) -> None:
         if self._installed:  # a handler set outside Python (getsignal's None) cannot be put back: the default
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, signal.SIG_DFL if previous is None else previous)
 
     def _handle(self, signum, frame) -> None:
-        say("SIGTERM received: saving a checkpoint and stopping after this step")
+        name = signal.Signals(signum).name
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the save
+        say(f"{name} received: saving a checkpoint and stopping after this step" + (" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""))
         self.requested = True
 
     def reached(self, steps_done: int) -> bool:
@@ -217,9 +221,14 @@ def _global_batch(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(target, v) for k, v in arrays.items()}
 
 
+class Diverged(Exception):
+    """A step whose loss or gradient norm is not finite: its state must never be saved."""
+
+
 def train(config: ml_collections.ConfigDict) -> dict:
-    """Runs (or resumes) the fine-tuning; returns the last step's metrics. What it opens (the
-    checkpoint manager, the metrics files, the SIGTERM handler) is closed however it ends."""
+    """Runs (or resumes) the fine-tuning; returns the last step's metrics with `status`: `finished`
+    or `preempted`. What it opens (the checkpoint manager, the metrics files, the signal handlers)
+    is closed however it ends."""
     with contextlib.ExitStack() as opened:
         return _train(config, opened)
 
@@ -284,39 +293,50 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
         run = dict(run_meta, epoch=batcher.epoch_progress(steps_done))
         ckpts.save(steps_done, state.params, state.opt_state, cfg, run)
 
+    if start >= total:
+        say(f"{workdir} has finished: step {total} of {total} is saved; nothing to do")
+        return {"status": "finished"}
+    def log(pending, tick: float) -> dict:
+        return _log(writer, pending, batcher, tick, flops_per_token, peak)
+
     last: dict = {}
     pending = None  # the previous step's metrics: fetched after the next step is dispatched
     tick = time.perf_counter()
     if preemption.reached(start):  # notified while starting: step `start` is already saved
         _tell_every_host(f"preempted before step {start + 1} of {total}; rerun the same command to resume")
-        return last
-    for step in range(start, total):
-        host_batch = batcher.batch(step)
-        state, metrics = train_step(state, _global_batch(host_batch.arrays(), mesh))
-        if pending is not None:
-            last = _log(writer, pending, batcher, tick, flops_per_token, peak)
-            tick = time.perf_counter()
-        pending = (step, metrics, host_batch.padding_fraction)
-        steps_done = step + 1
-        if steps_done in epoch_ends:
-            last = _log(writer, pending, batcher, tick, flops_per_token, peak)
-            pending, tick = None, time.perf_counter()
-            dev_loss = evaluate(eval_step, state.params, data.dev_batches, mesh) if data.dev_batches else float("nan")
-            writer.epoch(epoch_ends[steps_done], steps_done, dev_loss)
-            save(steps_done)
-        elif config.checkpoint.every_steps and steps_done % config.checkpoint.every_steps == 0:
-            save(steps_done)
-        if preemption.reached(steps_done) and steps_done < total:
+        return {"status": "preempted"}
+    try:
+        for step in range(start, total):
+            host_batch = batcher.batch(step)
+            state, metrics = train_step(state, _global_batch(host_batch.arrays(), mesh))
             if pending is not None:
-                last = _log(writer, pending, batcher, tick, flops_per_token, peak)
-            if steps_done not in epoch_ends:
+                last = log(pending, tick)
+                tick = time.perf_counter()
+            pending = (step, metrics, host_batch.padding_fraction)
+            steps_done = step + 1
+            stopping = preemption.reached(steps_done) and steps_done < total
+            if steps_done in epoch_ends or stopping or (
+                    config.checkpoint.every_steps and steps_done % config.checkpoint.every_steps == 0):
+                # A step is logged (and found finite) before its state is saved: after any kill,
+                # metrics.jsonl holds every saved step, and no non-finite state is ever saved.
+                last = log(pending, tick)
+                pending, tick = None, time.perf_counter()
+                if steps_done in epoch_ends:
+                    dev_loss = evaluate(eval_step, state.params, data.dev_batches, mesh) if data.dev_batches else None
+                    writer.epoch(epoch_ends[steps_done], steps_done, dev_loss)
                 save(steps_done)
-            ckpts.wait()
-            _tell_every_host(f"preempted: saved step {steps_done} of {total}; rerun the same command to resume")
-            return last
-    if pending is not None:
-        last = _log(writer, pending, batcher, tick, flops_per_token, peak)
-    return last
+            if stopping:
+                ckpts.wait()
+                _tell_every_host(f"preempted: saved step {steps_done} of {total}; rerun the same command to resume")
+                return {**last, "status": "preempted"}
+        if pending is not None:
+            last = log(pending, tick)
+    except Diverged as e:
+        ckpts.wait()
+        good = ckpts.latest_step()
+        where = f"the last checkpoint is step {good} ({workdir / 'checkpoints' / str(good)})" if good else "no checkpoint was saved"
+        raise LimaError(f"{e}; stopped without saving that state; {where}") from None
+    return {**last, "status": "finished"}
 
 
 def _tell_every_host(message: str) -> None:
@@ -328,6 +348,10 @@ def _tell_every_host(message: str) -> None:
 def _log(writer: MetricsWriter, pending, batcher, tick: float, flops_per_token: float, peak: float) -> dict:
     step, metrics, padding = pending
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for that step only
+    bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values[k])]
+    if bad:  # every host sees the same global values, so every host stops here
+        raise Diverged(f"step {step + 1} of {batcher.total_steps}: {bad[0]} is {values[bad[0]]} "
+                       f"(loss {values['loss']:.4g}, grad_norm {values['grad_norm']:.4g}, learning rate {values['learning_rate']:.3g})")
     seconds = max(time.perf_counter() - tick, 1e-9)
     real_tokens = batcher.rows_per_host * jax.process_count() * batcher.seq_len * (1.0 - padding)
     record = {

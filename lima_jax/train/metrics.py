@@ -48,7 +48,7 @@ class MetricsWriter:
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(record, allow_nan=False) + "\n")
         self.file.flush()
         for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "padding_fraction"):
             self.tb.add_scalar(f"train/{key}", record[key], record["step"])
@@ -56,14 +56,17 @@ class MetricsWriter:
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         self.bar.update(1)
 
-    def epoch(self, epoch: int, step: int, dev_loss: float) -> None:
+    def epoch(self, epoch: int, step: int, dev_loss: float | None) -> None:
+        """The epoch's record; without a dev set its dev loss is null (JSON has no NaN)."""
         if not self.enabled:
             return
-        record = {"epoch": epoch, "step": step, "dev_loss": dev_loss, "dev_perplexity": math.exp(min(dev_loss, 50.0))}
-        self.file.write(json.dumps(record) + "\n")
+        perplexity = None if dev_loss is None else math.exp(min(dev_loss, 50.0))
+        record = {"epoch": epoch, "step": step, "dev_loss": dev_loss, "dev_perplexity": perplexity}
+        self.file.write(json.dumps(record, allow_nan=False) + "\n")
         self.file.flush()
-        self.tb.add_scalar("dev/loss", dev_loss, step)
-        self.bar.write(f"epoch {epoch}: dev loss {dev_loss:.4f} (perplexity {record['dev_perplexity']:.2f})")
+        if dev_loss is not None:
+            self.tb.add_scalar("dev/loss", dev_loss, step)
+            self.bar.write(f"epoch {epoch}: dev loss {dev_loss:.4f} (perplexity {perplexity:.2f})")
 
     def close(self) -> None:
         if self.enabled:
