@@ -12,6 +12,7 @@ from the run does the same; any other failure exits 1. `--verbose` adds the trac
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -88,4 +89,44 @@ def define_sampling_flags() -> SamplingFlags:
         repetition_penalty=flags.DEFINE_float("repetition_penalty", 1.2, "CTRL-style penalty on tokens already generated (1 = off)"),
         max_new_tokens=flags.DEFINE_integer("max_new_tokens", 2048, "how many tokens to generate at most"),
         seed=flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same text"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedFlags:
+    """JAX's multi-controller runtime as flags (train, sample, evaluate.generate, evaluate.select): every
+    host runs the same command; TPU pods and SLURM are found by themselves, GPU nodes name process 0."""
+
+    coordinator_address: flags.FlagHolder
+    num_processes: flags.FlagHolder
+    process_id: flags.FlagHolder
+    distributed: flags.FlagHolder
+
+    def start(self, *, shutdown_timeout_s: int | None = None) -> bool:
+        """Joins the other processes, if there are any (and only then imports JAX); whether it did.
+        `shutdown_timeout_s`: how long a process that is done waits at exit for the others (JAX's
+        default, 300 s, when None)."""
+        explicit = bool(self.coordinator_address.value or self.distributed.value)
+        if not explicit and not (self.distributed.value is None and launched_on_cluster()):
+            return False
+        from lima_jax import sharding
+
+        given = (self.coordinator_address.value, self.num_processes.value, self.process_id.value)
+        sharding.initialize_distributed(*(given if explicit else (None, None, None)), shutdown_timeout_s=shutdown_timeout_s)
+        return True
+
+
+def launched_on_cluster() -> bool:
+    """Whether this process is one of several that a cluster manager started (SLURM, a TPU pod)."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def define_distributed_flags() -> DistributedFlags:
+    return DistributedFlags(
+        coordinator_address=flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-node GPU runs"),
+        num_processes=flags.DEFINE_integer("num_processes", None, "the number of processes (hosts), with --coordinator_address"),
+        process_id=flags.DEFINE_integer("process_id", None, "this process's index, with --coordinator_address"),
+        distributed=flags.DEFINE_bool("distributed", None, "initialise JAX's multi-controller runtime (default: on TPU pods and under SLURM)"),
     )
