@@ -11,10 +11,11 @@ from the run does the same; any other failure exits 1. `--verbose` adds the trac
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from absl import app, flags, logging
 
@@ -56,6 +57,21 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def stdout_for_results() -> Iterator[None]:
+    """While it lasts, whatever libraries write to file descriptor 1 (gloo's "[Gloo] Rank 0 is connected
+    to 1 peer ranks" as CPU processes connect) goes to stderr: stdout carries only a command's results."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def no_arguments(argv: list[str]) -> None:
     """Commands take flags only: a stray word (a flag missing its `--`) is an error, not ignored."""
     if len(argv) > 1:
@@ -90,6 +106,12 @@ def define_sampling_flags() -> SamplingFlags:
         max_new_tokens=flags.DEFINE_integer("max_new_tokens", 2048, "how many tokens to generate at most"),
         seed=flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same text"),
     )
+
+
+def define_mesh_flag() -> flags.FlagHolder:
+    """`--mesh` of the sampling commands (`inference.generator.parse_mesh` reads it)."""
+    return flags.DEFINE_string("mesh", "", "weights and KV cache over every process's devices, e.g. fsdp=4,tensor=2 "
+                               "(one size may be -1: the rest of the devices); empty: one device")
 
 
 @dataclasses.dataclass(frozen=True)
