@@ -13,6 +13,8 @@ import tempfile
 
 import pytest
 
+from lima_jax.evaluate.responses import make_record, prompt_id, read_responses
+
 MESH = "--mesh=fsdp=4,tensor=2"  # fsdp crosses the two processes: each holds half of every weight
 PROMPTS = [["What is 2 plus 2?"], ["Name a color."], ["Hi", "Hello!", "How are you?"], ["Spell cat backwards."]]
 COMMON = ["--max_new_tokens=6", MESH]
@@ -84,3 +86,33 @@ def test_sample_on_two_processes_prints_what_one_prints(model, sampling, sampled
     assert len(one.splitlines()) == len(PROMPTS) and len(set(one.splitlines())) > 1
     if "--print_ids" not in sampling:
         assert [json.loads(line)["prompt"] for line in one.splitlines()] == PROMPTS
+
+
+def test_generate_on_two_processes_writes_one_file_as_one_process_would(model, sampled_on_one, tmp_path):
+    """evaluate.generate continues a file that has one answer already (process 0 decides what is
+    left and tells process 1); the answers are `sample`'s on one process, each written once."""
+    ckpt, prompts = model
+    expected = {prompt_id(r["prompt"]): r["output"] for r in map(json.loads, sampled_on_one.splitlines())}
+    output = tmp_path / "responses.jsonl"
+    kept = make_record(PROMPTS[1], "an answer from before", "m")
+    output.write_text(json.dumps(kept) + "\n")
+    (_, _, err0), (_, _, err1) = launch("lima_jax.evaluate.generate", [
+        f"--checkpoint={ckpt}", f"--prompts={prompts}", f"--output={output}", "--generator=m", *COMMON, *SAMPLED], 2)
+    assert f"wrote {len(PROMPTS) - 1} new responses" in err0 and "wrote" not in err1
+    written = read_responses(output)  # a prompt written twice is an error here
+    assert len(output.read_text().splitlines()) == len(PROMPTS) == len(written)
+    assert written.pop(kept["id"])["output"] == "an answer from before"
+    assert {k: r["output"] for k, r in written.items()} == {k: v for k, v in expected.items() if k != kept["id"]}
+
+
+def test_a_bad_output_file_stops_every_process_with_process_0s_line(model, tmp_path):
+    """Only process 0 reads --output; what it finds wrong reaches process 1 too, so neither waits."""
+    ckpt, prompts = model
+    output = tmp_path / "responses.jsonl"
+    output.write_text("not json\n")
+    results = launch("lima_jax.evaluate.generate", [
+        f"--checkpoint={ckpt}", f"--prompts={prompts}", f"--output={output}", *COMMON], 2, check=False)
+    lines = [err.strip().splitlines()[-1] for _, _, err in results]
+    assert [code for code, _, _ in results] == [2, 2], lines
+    assert lines[0].startswith(f"error: {output}:1: ") and lines[1] == lines[0].replace("error: ", "error: process 0: ")
+    assert output.read_text() == "not json\n"
