@@ -11,9 +11,11 @@ from the run does the same; any other failure exits 1. `--verbose` adds the trac
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from absl import app, flags, logging
 
@@ -55,6 +57,21 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def stdout_for_results() -> Iterator[None]:
+    """While it lasts, whatever libraries write to file descriptor 1 (gloo's "[Gloo] Rank 0 is connected
+    to 1 peer ranks" as CPU processes connect) goes to stderr: stdout carries only a command's results."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def no_arguments(argv: list[str]) -> None:
     """Commands take flags only: a stray word (a flag missing its `--`) is an error, not ignored."""
     if len(argv) > 1:
@@ -88,4 +105,50 @@ def define_sampling_flags() -> SamplingFlags:
         repetition_penalty=flags.DEFINE_float("repetition_penalty", 1.2, "CTRL-style penalty on tokens already generated (1 = off)"),
         max_new_tokens=flags.DEFINE_integer("max_new_tokens", 2048, "how many tokens to generate at most"),
         seed=flags.DEFINE_integer("seed", 0, "sampling seed: the same seed gives the same text"),
+    )
+
+
+def define_mesh_flag() -> flags.FlagHolder:
+    """`--mesh` of the sampling commands (`inference.generator.parse_mesh` reads it)."""
+    return flags.DEFINE_string("mesh", "", "weights and KV cache over every process's devices, e.g. fsdp=4,tensor=2 "
+                               "(one size may be -1: the rest of the devices); empty: one device")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedFlags:
+    """JAX's multi-controller runtime as flags (train, sample, evaluate.generate, evaluate.select): every
+    host runs the same command; TPU pods and SLURM are found by themselves, GPU nodes name process 0."""
+
+    coordinator_address: flags.FlagHolder
+    num_processes: flags.FlagHolder
+    process_id: flags.FlagHolder
+    distributed: flags.FlagHolder
+
+    def start(self, *, shutdown_timeout_s: int | None = None) -> bool:
+        """Joins the other processes, if there are any (and only then imports JAX); whether it did.
+        `shutdown_timeout_s`: how long a process that is done waits at exit for the others (JAX's
+        default, 300 s, when None)."""
+        explicit = bool(self.coordinator_address.value or self.distributed.value)
+        if not explicit and not (self.distributed.value is None and launched_on_cluster()):
+            return False
+        from lima_jax import sharding
+
+        given = (self.coordinator_address.value, self.num_processes.value, self.process_id.value)
+        sharding.initialize_distributed(*(given if explicit else (None, None, None)), shutdown_timeout_s=shutdown_timeout_s)
+        return True
+
+
+def launched_on_cluster() -> bool:
+    """Whether this process is one of several that a cluster manager started (SLURM, a TPU pod)."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def define_distributed_flags() -> DistributedFlags:
+    return DistributedFlags(
+        coordinator_address=flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-node GPU runs"),
+        num_processes=flags.DEFINE_integer("num_processes", None, "the number of processes (hosts), with --coordinator_address"),
+        process_id=flags.DEFINE_integer("process_id", None, "this process's index, with --coordinator_address"),
+        distributed=flags.DEFINE_bool("distributed", None, "initialise JAX's multi-controller runtime (default: on TPU pods and under SLURM)"),
     )

@@ -6,8 +6,11 @@ repetition penalty 1.2).
     python -m lima_jax.sample --checkpoint=CKPT --prompt_ids=1,2,3 --temperature=0 \
         --max_new_tokens=20 --print_ids                                          # token for token
 
-`--mesh=fsdp=4,tensor=2` lays the weights and the KV cache over this host's devices by the training
-rules (default: one device).
+`--mesh=fsdp=4,tensor=2` lays the weights and the KV cache over the devices by the training rules
+(default: one device). On a slice every host runs the same line, as for training (TPU pods and
+SLURM are detected; `--coordinator_address=host:port --num_processes=N --process_id=I` elsewhere):
+`--mesh` is then the mesh over all hosts' devices, every host reads the same prompts, and process 0
+alone prints the answers.
 
 `--checkpoint` takes a converted checkpoint, one saved step, or a run's workdir (its latest
 complete step). Text prompts use LIMA's chat format (BOS, each utterance followed by EOT) when the
@@ -20,9 +23,11 @@ import json
 
 from absl import flags
 
-from lima_jax.cli import define_sampling_flags, no_arguments, run
+from lima_jax.cli import (define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run,
+                          stdout_for_results)
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
+from lima_jax.hosts import is_writer
 from lima_jax.inference.generator import Generator, parse_ids, parse_mesh, prompt_turns
 from lima_jax.inference.sampler import SamplingParams
 
@@ -31,7 +36,8 @@ _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "the prompt as comma-separ
 _PROMPT = flags.DEFINE_string("prompt", None, "a user message")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "JSONL, one conversation per line (LIMA or OpenAI messages format)")
 _SAMPLING = define_sampling_flags()
-_MESH = flags.DEFINE_string("mesh", "", "e.g. fsdp=4,tensor=2 (one size may be -1: the rest of the devices); empty: one device")
+_MESH = define_mesh_flag()
+_DISTRIBUTED = define_distributed_flags()
 _PRINT_IDS = flags.DEFINE_bool("print_ids", False, "print the generated token ids, space-separated, one line per prompt")
 
 
@@ -44,20 +50,22 @@ def main(argv: list[str]) -> None:
         raise LimaError("give exactly one of --prompt_ids, --prompt, --prompt_file")
     params = SamplingParams(**_SAMPLING.values())
     params.check()
-    generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
-
+    prompts = [parse_ids(_PROMPT_IDS.value)] if _PROMPT_IDS.value is not None else None
     if _PROMPT_IDS.value is not None:
         conversations = None
-        prompts = [parse_ids(_PROMPT_IDS.value)]
     elif _PROMPT.value is not None:
         conversations = [[_PROMPT.value]]
-        prompts = [generator.encode(conversations[0])]
     else:
         records, _ = read_conversations(_PROMPT_FILE.value)
         conversations = [prompt_turns(r["conversations"]) for r in records]
-        prompts = [generator.encode(turns) for turns in conversations]
-
-    outputs = generator(prompts, params, _SAMPLING.seed.value)
+    with stdout_for_results():  # stdout: the answers alone
+        _DISTRIBUTED.start()
+        generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
+        if prompts is None:
+            prompts = [generator.encode(turns) for turns in conversations]
+        outputs = generator(prompts, params, _SAMPLING.seed.value)
+    if not is_writer():  # every process holds the answers; one prints them
+        return
     for i, ids in enumerate(outputs):
         if _PRINT_IDS.value or generator.tokenizer is None:
             print(" ".join(map(str, ids)))

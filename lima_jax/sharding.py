@@ -152,22 +152,16 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(names, x.shape, mesh)))
 
 
-def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> None:
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
+                           *, shutdown_timeout_s: int | None = None) -> None:
     """JAX's multi-controller runtime: every host runs the same program.
 
     On TPU pods and under SLURM `jax.distributed.initialize()` finds its peers by itself; elsewhere
     (GPU nodes, tests with several CPU processes) the coordinator is given explicitly.
+    `shutdown_timeout_s`: how long a finished process waits at exit for the others (None: JAX's default).
     """
+    extra = {} if shutdown_timeout_s is None else {"shutdown_timeout_seconds": shutdown_timeout_s}
     if coordinator_address:
-        jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id, **extra)
     else:
-        jax.distributed.initialize()
-
-
-def launched_on_cluster() -> bool:
-    """Whether this process is one of several that a cluster manager started (SLURM, a TPU pod)."""
-    import os
-
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return True
-    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+        jax.distributed.initialize(**extra)

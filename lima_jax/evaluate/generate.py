@@ -8,6 +8,10 @@ messages); a conversation that ends with an answer is asked up to its last user 
 follows the paper (nucleus p 0.9, temperature 0.7, repetition penalty 1.2) unless the flags say
 otherwise. Each batch is appended and flushed as soon as it is done, so an interrupted run continues
 where it stopped: prompts already in the output file are not generated again.
+
+A model too big for one host answers from the slice it trained on: every host runs the same line
+with `--mesh` over all their devices (e.g. `--mesh=fsdp=-1`; the distributed flags are `train`'s) and
+the same `--prompts`; process 0 alone reads and writes `--output`.
 """
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ import pathlib
 
 from absl import flags
 
-from lima_jax.cli import define_sampling_flags, no_arguments, run, say
+from lima_jax.cli import define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run, say
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.responses import generate_responses
-from lima_jax.inference.generator import Generator, prompt_turns
+from lima_jax.inference.generator import Generator, parse_mesh, prompt_turns
 from lima_jax.inference.sampler import SamplingParams
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
@@ -29,6 +33,8 @@ _OUTPUT = flags.DEFINE_string("output", None, "the response file (JSONL); an exi
 _GENERATOR = flags.DEFINE_string("generator", None, "the system's name in the response file (default: the checkpoint's folder name)")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "prompts sampled together")
 _SAMPLING = define_sampling_flags()
+_MESH = define_mesh_flag()
+_DISTRIBUTED = define_distributed_flags()
 
 
 def main(argv: list[str]) -> None:
@@ -43,7 +49,8 @@ def main(argv: list[str]) -> None:
     records, _ = read_conversations(_PROMPTS.value)
     prompts = [prompt_turns(r["conversations"]) for r in records]
     name = _GENERATOR.value or pathlib.Path(os.path.normpath(_CHECKPOINT.value)).name
-    generator = Generator(_CHECKPOINT.value)
+    _DISTRIBUTED.start()
+    generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
     count = generate_responses(generator, prompts, pathlib.Path(_OUTPUT.value), name, params, _SAMPLING.seed.value,
                                _BATCH.value, progress=say)
     say(f"wrote {count} new responses to {_OUTPUT.value}")

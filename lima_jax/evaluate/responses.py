@@ -11,12 +11,14 @@ is optional too (default: the file's name without its suffix).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
+from lima_jax import hosts
 from lima_jax.data.records import BadLine, json_object, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
 
@@ -94,19 +96,29 @@ def generate_responses(generator: Any, prompts: list[list[str]], output: pathlib
                        params, seed: int, batch_size: int,
                        progress: Callable[[str], None] = lambda line: None) -> int:
     """Answers the prompts the output file lacks with `generator` (an `inference.Generator`), appending
-    each batch as it is done; returns how many were generated now."""
-    repair_tail(output)
-    done = set(read_responses(output)) if output.exists() else set()
-    todo = [turns for turns in dict.fromkeys(map(tuple, prompts)) if prompt_id(turns) not in done]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("a", encoding="utf-8") as f:
+    each batch as it is done; returns how many were generated now.
+
+    On several processes (a generator on a mesh over a slice) every process takes part in each batch;
+    process 0 alone reads and writes the output file and tells the others which prompts remain."""
+    unique = [list(t) for t in dict.fromkeys(map(tuple, prompts))]
+    hosts.check_same("the prompts", unique)
+
+    def remaining() -> list[int]:
+        repair_tail(output)
+        done = set(read_responses(output)) if output.exists() else set()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return [i for i, turns in enumerate(unique) if prompt_id(turns) not in done]
+
+    todo = [unique[i] for i in hosts.from_process_0(remaining)]
+    with output.open("a", encoding="utf-8") if hosts.is_writer() else contextlib.nullcontext() as f:
         for start in range(0, len(todo), batch_size):
-            batch = [list(t) for t in todo[start : start + batch_size]]
+            batch = todo[start : start + batch_size]
             # A prompt's randomness is its own (inference.sampler.prompt_seed): a resumed run samples
             # every remaining prompt as the uninterrupted run would have, and as `sample` does.
             ids = generator([generator.encode(t) for t in batch], params, seed)
-            for turns, out in zip(batch, ids):
-                f.write(json.dumps(make_record(turns, generator.decode(out), name), ensure_ascii=False) + "\n")
-            f.flush()
+            if f is not None:
+                for turns, out in zip(batch, ids):
+                    f.write(json.dumps(make_record(turns, generator.decode(out), name), ensure_ascii=False) + "\n")
+                f.flush()
             progress(f"{min(start + batch_size, len(todo))}/{len(todo)} prompts answered")
     return len(todo)

@@ -5,6 +5,10 @@
 
 The dev prompts are the ones the run evaluated on (`<workdir>/dev.jsonl`); see
 `lima_jax.evaluate.selection` for what is reported.
+
+On the slice that trained (every host runs the same line with `--mesh` over all their devices and
+`train`'s distributed flags), every host takes part in generating each epoch's dev answers; then
+process 0 alone judges them and writes `--out_dir`, while the others wait at exit.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import pathlib
 
 from absl import flags
 
-from lima_jax.cli import define_sampling_flags, no_arguments, run, say
+from lima_jax import hosts
+from lima_jax.cli import define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run, say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, selection
 from lima_jax.evaluate.responses import read_responses
@@ -25,6 +30,9 @@ _EPOCHS = flags.DEFINE_string("epochs", "", "a range of epochs to consider, e.g.
 _REFERENCE = flags.DEFINE_string("reference", None, "a fixed reference's responses to the dev prompts (JSONL); with a judge")
 _SAMPLING = define_sampling_flags()
 _JUDGE = judging.define_judge_flags()
+_MESH = define_mesh_flag()
+_DISTRIBUTED = define_distributed_flags()
+WAIT_FOR_JUDGING_S = 24 * 3600  # the other hosts wait at exit while process 0 judges (JAX's default: 5 minutes)
 
 
 def main(argv: list[str]) -> None:
@@ -36,13 +44,30 @@ def main(argv: list[str]) -> None:
     rows = [r for r in selection.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
     if not rows:
         raise LimaError(f"--epochs={_EPOCHS.value}: no epoch checkpoint in that range")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if _REFERENCE.value:
-        cache = judging.JudgmentCache(out_dir / "judgments.jsonl")
-        selection.judge_epochs(rows, selection.dev_prompts(workdir), read_responses(_REFERENCE.value), _JUDGE.judge(),
-                               cache, out_dir, SamplingParams(**_SAMPLING.values()), _SAMPLING.seed.value)
-    elif _JUDGE.judge_url.value or _JUDGE.judge_checkpoint.value:
+    if not _REFERENCE.value and (_JUDGE.judge_url.value or _JUDGE.judge_checkpoint.value):
         raise LimaError("judging needs --reference: a fixed system's responses to the dev prompts")
+    params = SamplingParams(**_SAMPLING.values())
+    params.check()
+    prompts = selection.dev_prompts(workdir) if _REFERENCE.value else []
+    _DISTRIBUTED.start(shutdown_timeout_s=WAIT_FOR_JUDGING_S)
+    if _REFERENCE.value:
+        from lima_jax.inference.generator import parse_mesh  # imports JAX: only to generate
+
+        mesh = parse_mesh(_MESH.value)
+        opened = {}  # process 0's judgments, read before hours of generation rather than after
+
+        def check_inputs() -> None:
+            opened["cache"] = judging.JudgmentCache(out_dir / "judgments.jsonl")
+            opened["reference"] = read_responses(_REFERENCE.value)
+
+        hosts.from_process_0(check_inputs)
+        judge = _JUDGE.judge()  # on every process: a local judge's restore is collective
+        selection.generate_epochs(rows, prompts, out_dir, params, _SAMPLING.seed.value, mesh)
+        if hosts.is_writer():
+            selection.judge_epochs(rows, opened["reference"], judge, opened["cache"], out_dir)
+    if not hosts.is_writer():
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
     say(selection.write_table(rows, out_dir / "select.md"))
     selection.plot(rows, out_dir / "select.png")
     print(json.dumps([{k: v for k, v in r.items() if k != "checkpoint"} for r in rows]))

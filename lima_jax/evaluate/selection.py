@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
@@ -21,6 +21,9 @@ from lima_jax.evaluate.responses import generate_responses, read_responses
 from lima_jax.inference.generator import Generator, prompt_turns
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE
 from lima_jax.weights import checkpoint
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 
 def epoch_checkpoints(workdir: pathlib.Path) -> list[dict[str, Any]]:
@@ -67,13 +70,22 @@ def parse_epochs(spec: str) -> tuple[int, int]:
         raise LimaError(f"--epochs={spec!r}: expected a range such as 5-10") from None
 
 
-def judge_epochs(rows, dev_prompts, reference, judge, cache, out_dir: pathlib.Path, params, seed: int) -> None:
-    """Generates each checkpoint's dev answers (resumably) and judges them against the reference."""
+def responses_file(out_dir: pathlib.Path, row: dict[str, Any]) -> pathlib.Path:
+    return out_dir / "responses" / f"step_{row['step']}.jsonl"
+
+
+def generate_epochs(rows, dev_prompts, out_dir: pathlib.Path, params, seed: int, mesh: Mesh | None = None) -> None:
+    """Each checkpoint's dev answers (resumably), as `evaluate.generate` writes them: on a mesh over
+    several processes every process takes part and process 0 writes."""
     for row in rows:
-        responses = out_dir / "responses" / f"step_{row['step']}.jsonl"
-        generate_responses(Generator(str(row["checkpoint"])), dev_prompts, responses, f"epoch {row['epoch']}",
-                           params, seed, batch_size=8)
-        result = judge_pairwise(read_responses(responses), reference, judge, cache, progress=False)
+        generate_responses(Generator(str(row["checkpoint"]), mesh), dev_prompts, responses_file(out_dir, row),
+                           f"epoch {row['epoch']}", params, seed, batch_size=8)
+
+
+def judge_epochs(rows, reference, judge, cache, out_dir: pathlib.Path) -> None:
+    """Judges each checkpoint's dev answers (from `generate_epochs`) against the reference."""
+    for row in rows:
+        result = judge_pairwise(read_responses(responses_file(out_dir, row)), reference, judge, cache, progress=False)
         row.update({k: result.summary[k] for k in ("win_pct", "tie_pct", "loss_pct", "failed")})
 
 

@@ -55,8 +55,12 @@ class Generator:
 
 
 def parse_mesh(text: str) -> jax.sharding.Mesh | None:
-    """`fsdp=4,tensor=2` -> a mesh over this host's devices; empty -> None (one device)."""
+    """`fsdp=4,tensor=2` -> a mesh over every process's devices (this host's when it runs alone);
+    empty -> None (one device, in one process)."""
     if not text.strip():
+        if jax.process_count() > 1:
+            raise LimaError(f"--mesh is required with {jax.process_count()} processes: the model is laid out over "
+                            "all their devices (e.g. --mesh=fsdp=-1)")
         return None
     sizes = {}
     for part in text.split(","):
@@ -67,7 +71,7 @@ def parse_mesh(text: str) -> jax.sharding.Mesh | None:
         sizes[name] = int(size)
     if -1 not in sizes.values() and "data" not in sizes:
         sizes["data"] = -1  # the devices the named axes leave
-    return sharding.make_mesh(sizes, jax.local_devices())
+    return sharding.make_mesh(sizes, jax.devices())
 
 
 def parse_ids(text: str) -> list[int]:

@@ -15,12 +15,14 @@ or a batch, so reordering, filtering or resuming a prompt set leaves every answe
 
 Given a mesh (the training one: data, fsdp, tensor), the parameters stay where they are laid out,
 the KV cache is placed by the same rules (rows over data/fsdp, KV heads over tensor) and the
-activations are constrained as in training. Models meant for decoding hold their layers unstacked
-(`inference.layout.for_decoding`): on a CPU that is what lets a step read the weights without copying them.
+activations are constrained as in training. The mesh may span several processes (every host of a
+slice runs the same command with the same prompts): the prompts enter as global arrays replicated
+over the mesh and the generated tokens leave replicated, so every process reads the whole answer.
+Models meant for decoding hold their layers unstacked (`inference.layout.for_decoding`): on a CPU
+that is what lets a step read the weights without copying them.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import functools
@@ -30,8 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lima_jax.errors import LimaError
+from lima_jax.hosts import check_same
 from lima_jax.model import KVCache, Llama
 from lima_jax.sharding import activation_mesh
 
@@ -129,10 +133,16 @@ def next_token(keys: jax.Array, logits: jax.Array, seen: jax.Array, params: dict
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "mesh"))
-def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, keys, *, max_new_tokens, greedy, mesh):
-    with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, key_data, *, max_new_tokens, greedy, mesh):
+    keys = jax.random.wrap_key_data(key_data)  # keys travel as raw uint32 data: a global array of them is plain
+    if mesh is None:
         return _decode_loop(nnx.merge(graphdef, state), tokens, positions, segments, lengths, stop_ids, knobs, keys,
                             max_new_tokens, greedy)
+    with activation_mesh(mesh):
+        out, step = _decode_loop(nnx.merge(graphdef, state), tokens, positions, segments, lengths, stop_ids, knobs, keys,
+                                 max_new_tokens, greedy)
+    # Replicated: every process holds the whole answer, however the rows were laid out on the mesh.
+    return jax.lax.with_sharding_constraint((out, step), NamedSharding(mesh, PartitionSpec()))
 
 
 def _decode_loop(model, tokens, positions, segments, lengths, stop_ids, knobs, keys, max_new_tokens, greedy):
@@ -200,20 +210,32 @@ def generate(
         tokens[i, width - len(p):] = p
         segments[i, width - len(p):] = 1
         positions[i, width - len(p):] = np.arange(len(p))
+    if mesh is not None and jax.process_count() > 1:
+        check_same("prompts (token ids)", [list(map(int, p)) for p in prompts])
     graphdef, state = nnx.split(model)
-    knobs = {k: jnp.float32(getattr(params, k)) for k in ("temperature", "top_p", "repetition_penalty")}
-    out, steps = _generate(
-        graphdef, state, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments),
-        jnp.asarray([len(p) for p in prompts], jnp.int32), jnp.asarray(list(stop_ids), jnp.int32), knobs,
-        _row_keys(seed, [prompt_seed(p) for p in prompts]),
-        max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0, mesh=mesh,
-    )
-    out = np.asarray(out)[:, : int(steps)]
+    inputs = (tokens, positions, segments, np.asarray([len(p) for p in prompts], np.int32),
+              np.asarray(list(stop_ids), np.int32),
+              {k: np.float32(getattr(params, k)) for k in ("temperature", "top_p", "repetition_penalty")},
+              np.asarray(jax.random.key_data(_row_keys(seed, [prompt_seed(p) for p in prompts]))))
+    out, steps = _generate(graphdef, state, *_on(mesh, inputs),
+                           max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0, mesh=mesh)
+    out = np.asarray(out.addressable_data(0))[:, : int(steps.addressable_data(0))]
     results = []
     for row in out.tolist():
         stops = [i for i, t in enumerate(row) if t in stop_ids]
         results.append(row[: stops[0] + 1] if stops else row)
     return results
+
+
+def _on(mesh: jax.sharding.Mesh | None, inputs):
+    """Host arrays as the jitted loop's inputs: on the default device, or, given a mesh, global arrays
+    replicated over it (every process holds the same prompts; a multi-process jit takes only global
+    arrays); the loop lays the rows out by the rules."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, inputs)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), replicated, lambda index: np.asarray(x)[index]),
+                        inputs)
 
 
 def prompt_seed(prompt: Sequence[int]) -> int:

@@ -22,17 +22,13 @@ import sys
 import jax
 from absl import flags
 
-from lima_jax import sharding
-from lima_jax.cli import no_arguments, run
+from lima_jax.cli import define_distributed_flags, no_arguments, run
 from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
 from lima_jax.train.loop import train
 
 _CONFIG = define_config_flag("config", "tiny")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-node GPU runs")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "the number of processes (hosts), with --coordinator_address")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, with --coordinator_address")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", None, "initialise JAX's multi-controller runtime (default: on TPU pods and under SLURM)")
+_DISTRIBUTED = define_distributed_flags()
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "check everything and compile the step for --topology; train nothing, write nothing")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "with --dry_run: the TPU slice to compile for, e.g. v4-128")
 
@@ -42,10 +38,7 @@ def main(argv: list[str]) -> None:
     if _DRY_RUN.value:
         dry_run()
         return
-    if _COORDINATOR.value or _DISTRIBUTED.value:
-        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif _DISTRIBUTED.value is None and sharding.launched_on_cluster():
-        sharding.initialize_distributed(None, None, None)
+    _DISTRIBUTED.start()
     last = train(_CONFIG.value)
     if jax.process_index() == 0:  # finished or preempted: the last line says which
         print(json.dumps({"status": last["status"], "final_step": last.get("step"), "loss": last.get("loss")}, allow_nan=False))

@@ -121,7 +121,7 @@ def load_params(
     cfg = cfg or load_model_config(path)
     target = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
     if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's, on a slice
         shardings = jax.tree.map(lambda _: device, target)
     stored = stored_dtypes(path)
     if jax.tree.structure(stored) != jax.tree.structure(target):
