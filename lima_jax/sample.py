@@ -27,7 +27,7 @@ from lima_jax.cli import (define_distributed_flags, define_mesh_flag, define_sam
                           stdout_for_results)
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
-from lima_jax.hosts import is_writer
+from lima_jax.inference.hosts import is_writer
 from lima_jax.inference.generator import Generator, parse_ids, parse_mesh, prompt_turns
 from lima_jax.inference.sampler import SamplingParams
 

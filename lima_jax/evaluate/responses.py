@@ -18,7 +18,7 @@ import os
 import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
-from lima_jax import hosts
+from lima_jax.inference import hosts
 from lima_jax.data.records import BadLine, json_object, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
 

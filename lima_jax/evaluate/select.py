@@ -17,7 +17,7 @@ import pathlib
 
 from absl import flags
 
-from lima_jax import hosts
+from lima_jax.inference import hosts
 from lima_jax.cli import define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run, say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, selection

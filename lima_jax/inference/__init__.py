@@ -1,3 +1,4 @@
 """Inference: the compiled sampler (`sampler`: prefill + a `while_loop` of decode steps, LIMA's
-sampling), a loaded checkpoint ready to answer (`generator.Generator`), and the chat loop (`chat`).
+sampling), a loaded checkpoint ready to answer (`generator.Generator`), the chat loop (`chat`), and what
+commands running on every host of a slice share (`hosts`: process 0 writes, decides, tells the others).
 The commands are `python -m lima_jax.sample` and `python -m lima_jax.chat`."""

@@ -35,7 +35,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lima_jax.errors import LimaError
-from lima_jax.hosts import check_same
+from lima_jax.inference.hosts import check_same
 from lima_jax.model import KVCache, Llama
 from lima_jax.sharding import activation_mesh
 
