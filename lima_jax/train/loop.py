@@ -231,18 +231,19 @@ def train(config: ml_collections.ConfigDict) -> dict:
             tick = time.perf_counter()
         pending = (step, metrics, host_batch.padding_fraction)
         steps_done = step + 1
+        periodic = bool(config.checkpoint.every_steps) and steps_done % config.checkpoint.every_steps == 0
         if steps_done in epoch_ends:
             last = _log(writer, pending, batcher, tick, flops_per_token, peak)
             pending, tick = None, time.perf_counter()
             dev_loss = evaluate(eval_step, state.params, data.dev_batches, mesh) if data.dev_batches else float("nan")
             writer.epoch(epoch_ends[steps_done], steps_done, dev_loss)
             save(steps_done)
-        elif config.checkpoint.every_steps and steps_done % config.checkpoint.every_steps == 0:
+        elif periodic:
             save(steps_done)
         if preemption.reached(step) and steps_done < total:
             if pending is not None:
                 last = _log(writer, pending, batcher, tick, flops_per_token, peak)
-            if steps_done not in epoch_ends:
+            if steps_done not in epoch_ends and not periodic:  # saved above already (Orbax refuses a second save)
                 save(steps_done)
             ckpts.wait()
             writer.close()
