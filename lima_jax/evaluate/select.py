@@ -9,7 +9,6 @@ The dev prompts are the ones the run evaluated on (`<workdir>/dev.jsonl`); see
 from __future__ import annotations
 
 import json
-import pathlib
 
 from absl import flags
 
@@ -18,6 +17,7 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, selection
 from lima_jax.evaluate.responses import read_responses
 from lima_jax.inference.sampler import SamplingParams
+from lima_jax.storage.paths import user_path
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "where select.md, select.png and the dev responses go")
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if not _WORKDIR.value or not _OUT_DIR.value:
         raise LimaError("--workdir and --out_dir are required")
-    workdir, out_dir = pathlib.Path(_WORKDIR.value), pathlib.Path(_OUT_DIR.value)
+    workdir, out_dir = user_path(_WORKDIR.value), user_path(_OUT_DIR.value)
     lo, hi = selection.parse_epochs(_EPOCHS.value)
     rows = [r for r in selection.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
     if not rows:
