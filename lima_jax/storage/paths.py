@@ -12,14 +12,13 @@ import math
 import os
 import re
 import time
-from typing import Union
 
 from etils import epath
 
 from lima_jax.errors import LimaError
 
 Path = epath.Path
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
