@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import logging as std_logging
 import sys
 from typing import Any, Callable, Iterator, NoReturn
 
@@ -36,6 +37,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
     if not flags.FLAGS["verbosity"].present:  # Orbax and JAX log every step at INFO; --verbosity=0 shows it
         logging.set_verbosity(logging.WARNING)
+    if not flags.FLAGS.verbose:  # gcsfs logs each gs:// request it gives up on, traceback and all, then raises
+        std_logging.getLogger("gcsfs").setLevel(std_logging.CRITICAL)  # what it raises is the one line we print
     return rest
 
 

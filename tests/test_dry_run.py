@@ -7,7 +7,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 from conftest import LLAMA_TOKENIZER, require
 from test_aot import needs_libtpu
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import pathlib
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
@@ -27,6 +28,7 @@ from tensorflow_datasets.core.utils import tqdm_utils
 
 from lima_jax.data.records import Record, read_conversations
 from lima_jax.errors import LimaError
+from lima_jax.storage.paths import Path, PathLike, user_path
 
 SPLITS = ("train", "dev", "test")
 # Part of the cache key: bump it when the builder's output changes for the same input files.
@@ -77,7 +79,7 @@ class Lima(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        manual = pathlib.Path(dl_manager.manual_dir)
+        manual = Path(dl_manager.manual_dir)
         splits = {}
         for split in SPLITS:
             path = manual / f"{split}.jsonl"
@@ -115,14 +117,15 @@ class Conversations(Sequence[Record]):
         return _decode(self._source[i % n])
 
 
-def load_split(manual_dir: str | pathlib.Path, split: str, *, cache_dir: str | pathlib.Path, skip_invalid: bool = False) -> tuple[Sequence[Record], int]:
+def load_split(manual_dir: PathLike, split: str, *, cache_dir: str | pathlib.Path, skip_invalid: bool = False) -> tuple[Sequence[Record], int]:
     """The records of `split` (train, dev or test) and how many bad lines were skipped.
 
     Builds the TFDS dataset on first use, under `cache_dir/lima-<hash of the input files>`, and
     afterwards reads it back. The requested split is validated first, so a bad record stops the
-    run with `file:line` before anything is built or compiled.
+    run with `file:line` before anything is built or compiled. `manual_dir` may be on gs://;
+    `cache_dir` is local (the prepared files are read back at random).
     """
-    manual = pathlib.Path(manual_dir).expanduser()
+    manual = user_path(manual_dir)
     if split not in SPLITS:
         raise LimaError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if not manual.is_dir():
@@ -141,19 +144,19 @@ def load_split(manual_dir: str | pathlib.Path, split: str, *, cache_dir: str | p
     # What `builder.is_prepared()` checks, without its warning about a folder not built yet.
     if not (pathlib.Path(builder.data_dir) / "dataset_info.json").is_file():
         with _quiet():
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)))
         logging.info("prepared the TFDS dataset of %s in %s", manual, data_dir)
     return Conversations(builder.as_data_source(split)), skipped
 
 
-def input_hash(manual_dir: str | pathlib.Path) -> str:
+def input_hash(manual_dir: PathLike) -> str:
     """A short hash of the split files' names and contents (and the builder's format)."""
     h = hashlib.sha256(f"{_FORMAT}:{Lima.VERSION}".encode())
     for split in SPLITS:
-        path = pathlib.Path(manual_dir) / f"{split}.jsonl"
+        path = Path(manual_dir) / f"{split}.jsonl"
         if path.is_file():
-            h.update(f"\0{split}\0{path.stat().st_size}\0".encode())
-            with open(path, "rb") as f:
+            h.update(f"\0{split}\0{path.stat().length}\0".encode())
+            with path.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:16]

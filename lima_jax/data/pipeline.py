@@ -4,6 +4,7 @@ trainer says which tokenizer to use: the data layer knows nothing of checkpoints
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from typing import Sequence
 
@@ -15,6 +16,7 @@ from lima_jax.data.lima import dev_split, load_split
 from lima_jax.data.records import Record, read_conversations
 from lima_jax.data.tokenizer import TRAIN_ON, ChatTokenizer
 from lima_jax.errors import LimaError
+from lima_jax.storage.paths import Path, PathLike, is_cloud, user_path
 
 
 @dataclasses.dataclass
@@ -46,15 +48,28 @@ def _load_train_split(manual_dir, cache_dir, skip_invalid: bool, process_index: 
     return loaded
 
 
+def tfds_cache(workdir: str) -> pathlib.Path:
+    """Where the prepared TFDS files go: `<workdir>/tfds`, or for a cloud workdir a local cache (they
+    are read back at random, record by record; the folder is named by the input's hash, so runs
+    share it safely)."""
+    if not is_cloud(workdir):
+        return pathlib.Path(user_path(workdir)) / "tfds"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(cache) / "lima_jax" / "tfds"
+
+
+def manual_dir(config: ml_collections.ConfigDict) -> Path:
+    """`data.manual_dir` (local or gs://), or the embedded demo."""
+    return user_path(config.data.manual_dir) if config.data.manual_dir else Path(demo_dir())
+
+
 def split_conversations(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1,
                         cache_dir: pathlib.Path | None = None):
     """(train records, dev records, invalid lines skipped): the dev set is `data.dev_file`, or
     `data.dev_size` examples held out with the run's seed (so checkpoint selection sees the same).
     TFDS prepares the data under `cache_dir` (default `<workdir>/tfds`)."""
     data = config.data
-    manual_dir = pathlib.Path(data.manual_dir) if data.manual_dir else demo_dir()
-    cache_dir = cache_dir or pathlib.Path(config.workdir) / "tfds"
-    records, skipped = _load_train_split(manual_dir, cache_dir, data.skip_invalid, process_index, process_count)
+    records, skipped = _load_train_split(manual_dir(config), cache_dir or tfds_cache(config.workdir), data.skip_invalid, process_index, process_count)
     if data.dev_file:
         dev, dev_skipped = read_conversations(data.dev_file, skip_invalid=data.skip_invalid)
         return list(records), dev, skipped + dev_skipped
@@ -65,23 +80,23 @@ def split_conversations(config: ml_collections.ConfigDict, process_index: int = 
 def build(
     config: ml_collections.ConfigDict,
     *,
-    tokenizer_path: pathlib.Path | None,
+    tokenizer_path: PathLike | None,
     process_index: int,
     process_count: int,
     row_multiple: int,
     eval_rows: int,
     cache_dir: pathlib.Path | None = None,
 ) -> TrainingData:
-    """`tokenizer_path`: the one to train with, or None for the demo's (demo data only)."""
+    """`tokenizer_path`: the one to train with (local or gs://), or None for the demo's (demo data only)."""
     data = config.data
     if data.train_on not in TRAIN_ON:
         raise LimaError(f"config key data.train_on: must be one of {', '.join(TRAIN_ON)}, got {data.train_on!r}")
     using_demo = not data.manual_dir
-    manual_dir = pathlib.Path(data.manual_dir) if data.manual_dir else demo_dir()
+    source = manual_dir(config)
     train, dev, skipped = split_conversations(config, process_index, process_count, cache_dir)
     train = [r for r in train if len(r["conversations"]) >= 2]  # prompts without answers teach nothing
     if not train:
-        raise LimaError(f"{manual_dir}: no training conversations with an answer")
+        raise LimaError(f"{source}: no training conversations with an answer")
 
     if tokenizer_path is None:
         if not using_demo:
@@ -110,4 +125,4 @@ def build(
     dev = [r for r in dev if len(r["conversations"]) >= 2]
     dev_examples: Sequence[Example] = [encode(r) for r in dev]
     dev_batches = eval_batches(dev_examples, data.max_len, eval_rows) if dev_examples else []
-    return TrainingData(tokenizer, batcher, dev_batches, dev, len(train), len(dev_examples), skipped, str(manual_dir))
+    return TrainingData(tokenizer, batcher, dev_batches, dev, len(train), len(dev_examples), skipped, str(source))

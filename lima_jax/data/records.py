@@ -15,6 +15,7 @@ import os
 from typing import Any, Callable, TypeVar
 
 from lima_jax.errors import LimaError
+from lima_jax.storage.paths import Path, is_cloud
 
 Record = dict[str, Any]  # {"conversations": list[str], "source": str}
 
@@ -37,12 +38,12 @@ def read_jsonl(
     LimaError naming `file:line`; with `skip_invalid=True` bad lines are skipped and counted.
     """
     name = os.fspath(path)
-    if not os.path.isfile(name):
+    if not Path(name).is_file():
         raise LimaError(f"{name}: no such file")
     parsed: list[tuple[int, T]] = []
     skipped = 0
     # Binary lines, decoded one at a time, so that bad UTF-8 is reported with its line too.
-    with open(name, "rb") as f:
+    with Path(name).open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
@@ -73,11 +74,15 @@ def incomplete_tail(data: bytes) -> int | None:
 def repair_tail(path: str | os.PathLike) -> None:
     """Before appending to a JSONL file: cuts off an incomplete last line and ends a whole one with
     its newline, so the next record starts on a line of its own. Nothing else is touched."""
-    if not os.path.isfile(path):
+    path = Path(path)
+    if not path.is_file():
         return
-    with open(path, "rb") as f:
-        data = f.read()
+    data = path.read_bytes()
     cut = incomplete_tail(data)
+    if is_cloud(path):  # an object is replaced whole, never truncated or appended to
+        if cut is not None or (data and not data.endswith(b"\n")):
+            path.write_bytes(data[:cut] if cut is not None else data + b"\n")
+        return
     with open(path, "r+b") as f:
         if cut is not None:
             f.truncate(cut)

@@ -13,6 +13,7 @@ import numpy as np
 import sentencepiece as spm
 
 from lima_jax.errors import LimaError
+from lima_jax.storage.paths import Path
 
 TRAIN_ON = ("assistant", "all")
 
@@ -22,10 +23,10 @@ class ChatTokenizer:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
+        if not Path(self.path).is_file():
             raise LimaError(f"tokenizer model {self.path} not found")
-        try:
-            self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        try:  # from its bytes: sentencepiece reads local files only, the model may be on gs://
+            self.sp = spm.SentencePieceProcessor(model_proto=Path(self.path).read_bytes())
         except (OSError, RuntimeError) as e:
             raise LimaError(f"tokenizer model {self.path}: not a sentencepiece model ({e})") from None
         if self.sp.bos_id() < 0 or self.sp.eos_id() < 0:

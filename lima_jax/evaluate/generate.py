@@ -7,16 +7,14 @@ Prompts: any JSONL of conversations (LIMA's test file, a run's `<workdir>/dev.js
 messages); a conversation that ends with an answer is asked up to its last user turn. Sampling
 follows the paper (nucleus p 0.9, temperature 0.7, repetition penalty 1.2) unless the flags say
 otherwise. Each batch is appended and flushed as soon as it is done, so an interrupted run continues
-where it stopped: prompts already in the output file are not generated again.
+where it stopped: prompts already in the output file are not generated again. Every path may be
+`gs://`.
 
 A model too big for one host answers from the slice it trained on: every host runs the same line
 with `--mesh` over all their devices (e.g. `--mesh=fsdp=-1`; the distributed flags are `train`'s) and
 the same `--prompts`; process 0 alone reads and writes `--output`.
 """
 from __future__ import annotations
-
-import os
-import pathlib
 
 from absl import flags
 
@@ -26,6 +24,7 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate.responses import generate_responses
 from lima_jax.inference.generator import Generator, parse_mesh, prompt_turns
 from lima_jax.inference.sampler import SamplingParams
+from lima_jax.storage.paths import check_writable, user_path
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _PROMPTS = flags.DEFINE_string("prompts", None, "JSONL of conversations to answer")
@@ -48,10 +47,12 @@ def main(argv: list[str]) -> None:
     params.check()
     records, _ = read_conversations(_PROMPTS.value)
     prompts = [prompt_turns(r["conversations"]) for r in records]
-    name = _GENERATOR.value or pathlib.Path(os.path.normpath(_CHECKPOINT.value)).name
+    output = user_path(_OUTPUT.value)
+    check_writable(output.parent, "--output")  # before the checkpoint is loaded and the sampler compiled
+    name = _GENERATOR.value or user_path(_CHECKPOINT.value).name
     _DISTRIBUTED.start()
     generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
-    count = generate_responses(generator, prompts, pathlib.Path(_OUTPUT.value), name, params, _SAMPLING.seed.value,
+    count = generate_responses(generator, prompts, output, name, params, _SAMPLING.seed.value,
                                _BATCH.value, progress=say)
     say(f"wrote {count} new responses to {_OUTPUT.value}")
 

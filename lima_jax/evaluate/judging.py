@@ -24,6 +24,7 @@ from absl import flags
 from lima_jax.data.records import incomplete_tail, repair_tail
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.judges import Judge, JudgeFailure, OpenAIJudge
+from lima_jax.storage.paths import Appender, Path, check_writable, is_cloud, write_atomically
 
 Judgment = dict[str, Any]
 
@@ -37,7 +38,7 @@ def succeeded(judgment: Judgment | None) -> bool:
 
 
 class JudgmentCache:
-    """The judgments in a JSONL file, plus those appended while it is open (thread-safe)."""
+    """The judgments in a JSONL file (local or gs://), plus those appended while it is open (thread-safe)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -45,12 +46,12 @@ class JudgmentCache:
         self._best: dict[str, Judgment] = {}
         self._lock = threading.Lock()
         self._repair = False  # an incomplete last line is cut off before the first append
-        if os.path.exists(self.path):
+        self._out: Appender | None = None  # opened at the first append
+        if Path(self.path).exists():
             self._load()
 
     def _load(self) -> None:
-        with open(self.path, "rb") as f:
-            data = f.read()
+        data = Path(self.path).read_bytes()
         self._repair = bool(data) and not data.endswith(b"\n")
         tail = incomplete_tail(data)
         if tail is not None:
@@ -85,12 +86,12 @@ class JudgmentCache:
     def append(self, record: Judgment) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            if self._repair:
-                repair_tail(self.path)
-                self._repair = False
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
+            if self._out is None:
+                if self._repair:
+                    repair_tail(self.path)
+                self._out = Appender(self.path)
+            self._out.write(line)
+            self._out.flush()
             self._add(record)
 
 
@@ -212,7 +213,9 @@ def make_judge(*, judge_checkpoint: str | None, judge_url: str | None, judge_mod
 def open_cache(path: str | None) -> JudgmentCache:
     if not path:
         raise LimaError("--cache is required (a JSONL file; it is created if absent)")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    if is_cloud(path):  # judgments cost money: find a missing bucket before the first one
+        check_writable(Path(path).parent, f"--cache={path}: its folder")
+    elif not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise LimaError(f"--cache={path}: its directory does not exist")
     return JudgmentCache(path)
 
@@ -272,9 +275,5 @@ def define_judge_flags() -> JudgeFlags:
 
 
 def write_json(path: str, value: Any) -> None:
-    """Written beside the target and renamed into place, so a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Written so that a reader never sees half a file."""
+    write_atomically(path, json.dumps(value, ensure_ascii=False, indent=1) + "\n")

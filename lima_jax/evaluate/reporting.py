@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import pathlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +19,7 @@ import numpy as np
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import comparisons as pairwise, ratings as absolute
 from lima_jax.evaluate.judging import JudgmentCache
+from lima_jax.storage.paths import Path, PathLike, user_path
 
 Interval = tuple[float, float]
 
@@ -78,7 +77,7 @@ def _distribution(name: str, labels: dict[str, str], categories: tuple[str, ...]
 
 
 def _load(path: str) -> JudgmentCache:
-    if not os.path.isfile(path):
+    if not Path(path).is_file():
         raise LimaError(f"{path}: no such file")
     return JudgmentCache(path)
 
@@ -111,7 +110,7 @@ def pairwise_distribution(name: str | None, path: str, judge: str | None = None,
     _check_one_pair(path, [r for r in cache.records if r.get("kind") == "pairwise" and r.get("judge") in judges])
     if not name:  # default: the baseline's generator as recorded, else the file name
         recorded = [r.get("baseline_generator") for r in cache.records if r.get("kind") == "pairwise"]
-        name = recorded[-1] if recorded and recorded[-1] else pathlib.Path(path).stem
+        name = recorded[-1] if recorded and recorded[-1] else Path(path).stem
     labels = {pid: outcome for pid, (outcome, _) in results.items()}
     return _distribution(name, labels, pairwise.OUTCOMES, judges, samples, seed)
 
@@ -160,7 +159,7 @@ def markdown(comparisons: Sequence[Distribution], ratings: Distribution | None, 
     return "\n".join(lines)
 
 
-def stacked_bars(path: str, rows: Sequence[Distribution], labels: Sequence[str], colors: Sequence[str],
+def stacked_bars(path: PathLike, rows: Sequence[Distribution], labels: Sequence[str], colors: Sequence[str],
                  xlabel: str) -> None:
     """Horizontal stacked bars, one per row, each segment labelled with its percentage (LIMA Fig. 1)."""
     try:
@@ -190,26 +189,25 @@ def stacked_bars(path: str, rows: Sequence[Distribution], labels: Sequence[str],
     ax.tick_params(axis="y", length=0)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    with Path(path).open("wb") as f:  # a file object: matplotlib writes local paths only, this may be gs://
+        fig.savefig(f, format="png", dpi=150)
 
 
 def write_report(out_dir: str, comparisons: Sequence[Distribution], ratings: Distribution | None,
                  ours: str = "LIMA", samples: int = 1000, seed: int = 0) -> str:
-    """Writes report.md, report.json and the charts to `out_dir`; returns the Markdown."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Writes report.md, report.json and the charts to `out_dir` (local or gs://); returns the Markdown."""
+    out = user_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     text = markdown(comparisons, ratings, ours, samples, seed)
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    (out / "report.md").write_text(text, encoding="utf-8")
     summary = {"pairwise": [d.to_json() for d in comparisons], "absolute": ratings.to_json() if ratings else None,
                "bootstrap": {"samples": samples, "seed": seed}}
-    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    (out / "report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     if comparisons:
-        stacked_bars(os.path.join(out_dir, "pairwise.png"), comparisons,
-                     (f"{ours} wins", "Tie", f"{ours} loses"), _PAIR_COLORS, "% of prompts")
+        stacked_bars(out / "pairwise.png", comparisons, (f"{ours} wins", "Tie", f"{ours} loses"), _PAIR_COLORS,
+                     "% of prompts")
     if ratings is not None:
-        stacked_bars(os.path.join(out_dir, "absolute.png"), [ratings], absolute.RATINGS, _RATING_COLORS,
-                     "% of responses")
+        stacked_bars(out / "absolute.png", [ratings], absolute.RATINGS, _RATING_COLORS, "% of responses")
     return text
 
 

@@ -15,12 +15,12 @@ import contextlib
 import hashlib
 import json
 import os
-import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
 from lima_jax.inference import hosts
 from lima_jax.data.records import BadLine, json_object, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
+from lima_jax.storage.paths import Appender, Path, PathLike
 
 Record = dict[str, Any]
 
@@ -45,10 +45,8 @@ def make_record(prompt: Sequence[str], output: str, generator: str, id: str | No
     return {"id": id or prompt_id(turns), "prompt": turns, "output": output, "generator": generator}
 
 
-def write_responses(path: str | os.PathLike, records: Iterable[Record]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+def write_responses(path: PathLike, records: Iterable[Record]) -> None:
+    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
 def _parse(text: str, default_generator: str) -> Record:
@@ -77,7 +75,7 @@ def _parse(text: str, default_generator: str) -> Record:
 def read_responses(path: str | os.PathLike) -> dict[str, Record]:
     """Reads a response file into {id: record}, in file order; a bad line raises `file:line: why`."""
     name = os.fspath(path)
-    default_generator = pathlib.Path(name).stem
+    default_generator = Path(name).stem
     records: dict[str, Record] = {}
     first_line: dict[str, int] = {}
     parsed, _ = read_jsonl(name, lambda text: _parse(text, default_generator))
@@ -92,7 +90,7 @@ def read_responses(path: str | os.PathLike) -> dict[str, Record]:
     return records
 
 
-def generate_responses(generator: Any, prompts: list[list[str]], output: pathlib.Path, name: str,
+def generate_responses(generator: Any, prompts: list[list[str]], output: Path, name: str,
                        params, seed: int, batch_size: int,
                        progress: Callable[[str], None] = lambda line: None) -> int:
     """Answers the prompts the output file lacks with `generator` (an `inference.Generator`), appending
@@ -110,7 +108,7 @@ def generate_responses(generator: Any, prompts: list[list[str]], output: pathlib
         return [i for i, turns in enumerate(unique) if prompt_id(turns) not in done]
 
     todo = [unique[i] for i in hosts.from_process_0(remaining)]
-    with output.open("a", encoding="utf-8") if hosts.is_writer() else contextlib.nullcontext() as f:
+    with Appender(output) if hosts.is_writer() else contextlib.nullcontext() as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             # A prompt's randomness is its own (inference.sampler.prompt_seed): a resumed run samples

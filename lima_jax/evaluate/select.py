@@ -13,7 +13,6 @@ process 0 alone judges them and writes `--out_dir`, while the others wait at exi
 from __future__ import annotations
 
 import json
-import pathlib
 
 from absl import flags
 
@@ -23,6 +22,7 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, selection
 from lima_jax.evaluate.responses import read_responses
 from lima_jax.inference.sampler import SamplingParams
+from lima_jax.storage.paths import user_path
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "where select.md, select.png and the dev responses go")
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if not _WORKDIR.value or not _OUT_DIR.value:
         raise LimaError("--workdir and --out_dir are required")
-    workdir, out_dir = pathlib.Path(_WORKDIR.value), pathlib.Path(_OUT_DIR.value)
+    workdir, out_dir = user_path(_WORKDIR.value), user_path(_OUT_DIR.value)
     lo, hi = selection.parse_epochs(_EPOCHS.value)
     rows = [r for r in selection.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
     if not rows:

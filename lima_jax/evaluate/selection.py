@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 from typing import TYPE_CHECKING, Any
 
 from lima_jax.data.records import read_conversations
@@ -19,6 +18,7 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.responses import generate_responses, read_responses
 from lima_jax.inference.generator import Generator, prompt_turns
+from lima_jax.storage.paths import Path
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE
 from lima_jax.weights import checkpoint
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from jax.sharding import Mesh
 
 
-def epoch_checkpoints(workdir: pathlib.Path) -> list[dict[str, Any]]:
+def epoch_checkpoints(workdir: Path) -> list[dict[str, Any]]:
     """Each epoch's dev loss record joined with its checkpoint step, in epoch order."""
     metrics = workdir / METRICS_FILE
     if not metrics.exists():
@@ -51,7 +51,7 @@ def epoch_checkpoints(workdir: pathlib.Path) -> list[dict[str, Any]]:
     return rows
 
 
-def dev_prompts(workdir: pathlib.Path) -> list[list[str]]:
+def dev_prompts(workdir: Path) -> list[list[str]]:
     """The prompts of the dev set the run evaluated on, from the `dev.jsonl` training wrote."""
     path = workdir / DEV_FILE
     if not path.is_file():
@@ -70,11 +70,11 @@ def parse_epochs(spec: str) -> tuple[int, int]:
         raise LimaError(f"--epochs={spec!r}: expected a range such as 5-10") from None
 
 
-def responses_file(out_dir: pathlib.Path, row: dict[str, Any]) -> pathlib.Path:
+def responses_file(out_dir: Path, row: dict[str, Any]) -> Path:
     return out_dir / "responses" / f"step_{row['step']}.jsonl"
 
 
-def generate_epochs(rows, dev_prompts, out_dir: pathlib.Path, params, seed: int, mesh: Mesh | None = None) -> None:
+def generate_epochs(rows, dev_prompts, out_dir: Path, params, seed: int, mesh: Mesh | None = None) -> None:
     """Each checkpoint's dev answers (resumably), as `evaluate.generate` writes them: on a mesh over
     several processes every process takes part and process 0 writes."""
     for row in rows:
@@ -82,14 +82,14 @@ def generate_epochs(rows, dev_prompts, out_dir: pathlib.Path, params, seed: int,
                            f"epoch {row['epoch']}", params, seed, batch_size=8)
 
 
-def judge_epochs(rows, reference, judge, cache, out_dir: pathlib.Path) -> None:
+def judge_epochs(rows, reference, judge, cache, out_dir: Path) -> None:
     """Judges each checkpoint's dev answers (from `generate_epochs`) against the reference."""
     for row in rows:
         result = judge_pairwise(read_responses(responses_file(out_dir, row)), reference, judge, cache, progress=False)
         row.update({k: result.summary[k] for k in ("win_pct", "tie_pct", "loss_pct", "failed")})
 
 
-def write_table(rows, path: pathlib.Path) -> str:
+def write_table(rows, path: Path) -> str:
     judged = "win_pct" in rows[0]
     head = "| epoch | step | dev loss | dev perplexity |" + (" win % | tie % | loss % | failed |" if judged else "")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -103,7 +103,7 @@ def write_table(rows, path: pathlib.Path) -> str:
     return text
 
 
-def plot(rows, path: pathlib.Path) -> None:
+def plot(rows, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,5 +121,6 @@ def plot(rows, path: pathlib.Path) -> None:
         twin.set_ylim(0, 100)
     ax.set_title("Checkpoint selection")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with path.open("wb") as f:  # a file object: matplotlib writes local paths only, this may be gs://
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)

@@ -4,12 +4,12 @@ the run records with it."""
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any
 
 import orbax.checkpoint as ocp
 
 from lima_jax.model import ModelConfig
+from lima_jax.storage.paths import user_path
 from lima_jax.weights.checkpoint import STEPS_DIR, model_record
 
 
@@ -27,7 +27,7 @@ class RunCheckpoints:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.directory = pathlib.Path(workdir).absolute() / STEPS_DIR
+        self.directory = user_path(workdir) / STEPS_DIR
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:

@@ -18,12 +18,17 @@ from lima_jax import sharding
 from lima_jax.config import trained_model_config, validate
 from lima_jax.data import pipeline
 from lima_jax.errors import LimaError
+from lima_jax.storage.paths import Path, check_writable, is_cloud, user_path
 from lima_jax.train.aot import compile_report, topology_devices
 from lima_jax.train.loop import check_batch_fits_mesh, check_pretrained, check_same_run, check_training_config, tokenizer_for
 
 
-def check_writable(workdir: pathlib.Path) -> None:
-    """The workdir, or the nearest folder above it that exists, accepts new files."""
+def check_workdir(workdir: Path) -> None:
+    """The workdir can be written, creating nothing: locally the nearest folder that exists accepts
+    new files; in a bucket, a marker is written and deleted (the only way to know)."""
+    if is_cloud(workdir):
+        check_writable(workdir, "config key workdir:")
+        return
     if workdir.exists() and not workdir.is_dir():
         raise LimaError(f"config key workdir: {workdir} is a file, not a directory")
     existing = next(p for p in (workdir, *workdir.parents) if p.exists())
@@ -36,8 +41,8 @@ def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:
     with what the data gave (examples, steps, hosts)."""
     validate(config)
     check_training_config(config)
-    workdir = pathlib.Path(config.workdir).absolute()
-    check_writable(workdir)
+    workdir = user_path(config.workdir)
+    check_workdir(workdir)
     if workdir.is_dir():
         check_same_run(config, workdir)
     _, devices = topology_devices(topology)

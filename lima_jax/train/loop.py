@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import pathlib
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from lima_jax.config import trained_model_config, validate
 from lima_jax.data import pipeline
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, param_shardings
+from lima_jax.storage.paths import Path, check_writable, copy_file, user_path, write_atomically
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train.metrics import DEV_FILE, MetricsWriter
@@ -106,10 +106,10 @@ def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -
     return jax.jit(grow, out_shardings=param_shardings(cfg, mesh))(params)
 
 
-def tokenizer_for(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+def tokenizer_for(config: ml_collections.ConfigDict) -> Path | None:
     """`data.tokenizer`, else the init checkpoint's, else None (the demo's, for demo data only)."""
     if config.data.tokenizer:
-        return pathlib.Path(config.data.tokenizer)
+        return user_path(config.data.tokenizer)
     if not config.init_checkpoint:
         return None
     found = checkpoint.tokenizer_path(config.init_checkpoint)
@@ -121,17 +121,14 @@ def tokenizer_for(config: ml_collections.ConfigDict) -> pathlib.Path | None:
     return found
 
 
-def write_dev_set(records: list, workdir: pathlib.Path) -> None:
+def write_dev_set(records: list, workdir: Path) -> None:
     """The dev conversations this run evaluates on, as `<workdir>/dev.jsonl` (LIMA's format): what
     checkpoint selection and generation read, instead of rebuilding the split."""
     if jax.process_index() == 0:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        tmp = workdir / (DEV_FILE + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(workdir / DEV_FILE)
+        write_atomically(workdir / DEV_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """The resolved config, once a run already in `workdir` (if any) is known to be this one."""
     path = workdir / "config.json"
     resolved = json.loads(config.to_json_best_effort())
@@ -146,13 +143,12 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> 
     return resolved
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """Saves the resolved config; a workdir holding a different run is refused, not overwritten."""
-    path = workdir / "config.json"
     resolved = check_same_run(config, workdir)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # a kill while it is rewritten leaves the old file, never an empty one
         workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        write_atomically(workdir / "config.json", json.dumps(resolved, indent=2, sort_keys=True))
 
 
 class Preemption:
@@ -236,9 +232,9 @@ def train(config: ml_collections.ConfigDict) -> dict:
 def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> dict:
     validate(config)
     check_training_config(config)
-    workdir = pathlib.Path(config.workdir).absolute()
-    if workdir.exists() and not workdir.is_dir():
-        raise LimaError(f"config key workdir: {workdir} is a file, not a directory")
+    workdir = user_path(config.workdir)
+    if jax.process_index() == 0:  # a missing bucket or a denied write: one line now, not at the first checkpoint
+        check_writable(workdir, "config key workdir:")
     mesh = sharding.make_mesh(config.mesh.to_dict())
     row_multiple = check_batch_fits_mesh(config, mesh)
     data = pipeline.build(
@@ -277,7 +273,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     else:
         state = init_state(cfg, optimizer, mesh, config.seed)
     if jax.process_index() == 0:
-        (workdir / checkpoint.TOKENIZER).write_bytes(pathlib.Path(data.tokenizer.path).read_bytes())
+        copy_file(data.tokenizer.path, workdir / checkpoint.TOKENIZER)
 
     train_step = jit_train_step(config, cfg, optimizer, schedule, mesh)
     eval_step = jit_eval_step(cfg, mesh)
@@ -290,12 +286,14 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     preemption = opened.enter_context(Preemption())
 
     def save(steps_done: int) -> None:
+        writer.sync()  # the records up to here first: a resume from this step keeps them
         run = dict(run_meta, epoch=batcher.epoch_progress(steps_done))
         ckpts.save(steps_done, state.params, state.opt_state, cfg, run)
 
     if start >= total:
         say(f"{workdir} has finished: step {total} of {total} is saved; nothing to do")
         return {"status": "finished"}
+
     def log(pending, tick: float) -> dict:
         return _log(writer, pending, batcher, tick, flops_per_token, peak)
 

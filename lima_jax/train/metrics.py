@@ -1,29 +1,31 @@
 """What a user sees of a run, on process 0 only: a progress bar, `<workdir>/metrics.jsonl` (one JSON
 object per step, one per epoch with the dev loss) and TensorBoard event files (tensorboardX: no
-TensorFlow needed)."""
+TensorFlow needed). In a `gs://` workdir metrics.jsonl is uploaded whole every few seconds and at
+each checkpoint (an object cannot be appended to)."""
 from __future__ import annotations
 
 import json
 import math
-import pathlib
 from typing import Any
 
 from tqdm import tqdm
 
 from lima_jax.data.records import repair_tail
+from lima_jax.storage.paths import Appender, Path
 
 METRICS_FILE = "metrics.jsonl"
 DEV_FILE = "dev.jsonl"  # the dev conversations the run evaluated on, for checkpoint selection
+_UPLOAD_EVERY_S = 10.0  # a cloud metrics.jsonl: how often it is uploaded again, at most, between checkpoints
 
 
 class MetricsWriter:
-    def __init__(self, workdir: pathlib.Path, *, resume_step: int, total_steps: int, enabled: bool):
+    def __init__(self, workdir: Path, *, resume_step: int, total_steps: int, enabled: bool):
         self.enabled = enabled
         if not enabled:
             return
         self.path = workdir / METRICS_FILE
         self._drop_records_after(resume_step)
-        self.file = self.path.open("a", encoding="utf-8")
+        self.file = Appender(self.path, min_interval_s=_UPLOAD_EVERY_S)
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(str(workdir / "tensorboard"))
@@ -67,6 +69,12 @@ class MetricsWriter:
         if dev_loss is not None:
             self.tb.add_scalar("dev/loss", dev_loss, step)
             self.bar.write(f"epoch {epoch}: dev loss {dev_loss:.4f} (perplexity {perplexity:.2f})")
+
+    def sync(self) -> None:
+        """Makes every record so far readable (a cloud file is uploaded now): called with each
+        checkpoint, so a resume finds the records up to its step."""
+        if self.enabled:
+            self.file.flush(force=True)
 
     def close(self) -> None:
         if self.enabled:

@@ -4,14 +4,13 @@ A checkpoint directory holds two Orbax items, `params` (the parameter tree) and 
 ModelConfig as JSON), plus `tokenizer.model` when one is known. A converted checkpoint and each step
 a training run saves under `<workdir>/checkpoints/<step>/` have this same layout, so everything
 that reads weights takes any of: a converted checkpoint, one step, or a run's workdir (its latest
-complete step; Orbax writes a step under a temporary name and renames it when complete).
+complete step; Orbax writes a step under a temporary name and renames it when complete, or on
+Cloud Storage marks it with a commit file). Every path may be local or `gs://`.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import shutil
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ from flax import nnx
 
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, abstract_model
+from lima_jax.storage.paths import Path, copy_file, user_path
 
 PARAMS = "params"
 MODEL = "model"
@@ -44,28 +44,28 @@ def save(
     *,
     tokenizer: str | os.PathLike | None = None,
     overwrite: bool = False,
-) -> pathlib.Path:
+) -> Path:
     """Writes params (kept in their own dtype) and cfg to `path`; never replaces an existing
     directory unless `overwrite`."""
-    path = pathlib.Path(path).absolute()
+    path = user_path(path)  # Orbax wants absolute paths
     if path.exists():
         if not overwrite:
             raise LimaError(f"{path} already exists; choose a new output path (or pass --overwrite)")
-        shutil.rmtree(path)
+        path.rmtree()
     with _checkpointer() as ckptr:
         ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_record(cfg))))
     if tokenizer is not None:
-        shutil.copyfile(tokenizer, path / TOKENIZER)
+        copy_file(tokenizer, path / TOKENIZER)
     return path
 
 
-def is_checkpoint(path: pathlib.Path) -> bool:
+def is_checkpoint(path: Path) -> bool:
     return (path / PARAMS).is_dir() and (path / MODEL).is_dir()
 
 
-def resolve(path: str | os.PathLike) -> pathlib.Path:
+def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint directory from a checkpoint, a step directory, or a run's workdir (latest step)."""
-    path = pathlib.Path(path).absolute()  # Orbax wants absolute paths
+    path = user_path(path)  # Orbax wants absolute paths
     if not path.exists():
         raise LimaError(f"checkpoint {path}: no such file or directory")
     if is_checkpoint(path):
@@ -93,7 +93,7 @@ def load_model_config(path: str | os.PathLike) -> ModelConfig:
 
 def stored_dtypes(path: str | os.PathLike) -> dict:
     """The parameter tree of the checkpoint with each leaf's stored dtype (e.g. bf16 from a hub)."""
-    tree = ocp.StandardCheckpointHandler().metadata((resolve(path) / PARAMS).absolute()).tree
+    tree = ocp.StandardCheckpointHandler().metadata(resolve(path) / PARAMS).tree
     return jax.tree.map(lambda m: np.dtype(m.dtype), tree)
 
 
@@ -137,7 +137,7 @@ def load_params(
     return cfg, params
 
 
-def tokenizer_path(path: str | os.PathLike) -> pathlib.Path | None:
+def tokenizer_path(path: str | os.PathLike) -> Path | None:
     """The tokenizer saved with the checkpoint, or with the run a step belongs to, if any."""
     step = resolve(path)
     for candidate in (step / TOKENIZER, step.parent.parent / TOKENIZER):

@@ -3,12 +3,12 @@
 
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
 shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
-their stored dtype unless `--dtype` says otherwise.
+their stored dtype unless `--dtype` says otherwise. Outputs may go to `gs://`; of the inputs, a
+lima_jax checkpoint may be there (the other formats are memory-mapped from local files).
 """
 from __future__ import annotations
 
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +17,13 @@ from absl import logging
 
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
+from lima_jax.storage.paths import Path, is_cloud, user_path
 from lima_jax.weights import checkpoint, hf, llama2c, meta
 from lima_jax.weights.names import params_from_hf
 
 INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "orbax")
 
-def detect_format(path: pathlib.Path) -> str:
+def detect_format(path: Path) -> str:
     if path.is_file() and path.suffix == ".bin":
         return "llama2c"
     if checkpoint.is_checkpoint(path) or (path / checkpoint.STEPS_DIR).is_dir():
@@ -34,7 +35,7 @@ def detect_format(path: pathlib.Path) -> str:
     raise LimaError(f"{path}: cannot tell its format (no config.json, params.json or checkpoint); pass --input_format")
 
 
-def read_weights(path: pathlib.Path, fmt: str, imposed: ModelConfig | None) -> tuple[ModelConfig, dict]:
+def read_weights(path: Path, fmt: str, imposed: ModelConfig | None) -> tuple[ModelConfig, dict]:
     """The model config and parameter tree (numpy, stored dtypes) of any supported input."""
     if fmt == "orbax":
         cfg, params = checkpoint.load_params(path, imposed, keep_dtype=True)
@@ -45,7 +46,7 @@ def read_weights(path: pathlib.Path, fmt: str, imposed: ModelConfig | None) -> t
     return cfg, params_from_hf(names, get, cfg, source=str(path))
 
 
-def find_tokenizer(path: pathlib.Path, fmt: str) -> pathlib.Path | None:
+def find_tokenizer(path: Path, fmt: str) -> Path | None:
     """tokenizer.model beside the weights (Meta's release keeps it one level up)."""
     if fmt == "orbax":
         return checkpoint.tokenizer_path(path)
@@ -78,19 +79,21 @@ def convert(
     dtype: str = "keep",
     max_shard_bytes: int = 5 * 10**9,
     overwrite: bool = False,
-) -> pathlib.Path:
+) -> Path:
     """Converts weights; returns the written path."""
-    src = pathlib.Path(input_path)
+    src = user_path(input_path)
     if not src.exists():
         raise LimaError(f"--input {src}: no such file or directory")
-    out = pathlib.Path(output)
+    out = user_path(output)
     if out.exists() and not overwrite:
         raise LimaError(f"--output {out} already exists; choose a new path (or pass --overwrite)")
     fmt = detect_format(src) if input_format == "auto" else input_format
     if output_format == "orbax" and fmt == "orbax":
         raise LimaError("the input is already a lima_jax checkpoint; pass --output_format=hf to export it")
+    if fmt != "orbax" and is_cloud(src):
+        raise LimaError(f"--input {src}: {fmt} weights are memory-mapped from local files; copy them to this machine first")
     tokenizer = tokenizer or find_tokenizer(src, fmt)
-    if tokenizer is not None and not pathlib.Path(tokenizer).is_file():
+    if tokenizer is not None and not Path(tokenizer).is_file():
         raise LimaError(f"--tokenizer {tokenizer}: no such file")
 
     cfg, params = read_weights(src, fmt, imposed)

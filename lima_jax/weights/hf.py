@@ -1,22 +1,23 @@
 """Hugging Face LLaMA folders: config.json plus safetensors (one file, or shards with an index).
 
 Reading memory-maps each safetensors file and hands out one tensor at a time; writing streams
-tensors into shards of at most `max_shard_bytes`, as `save_pretrained` lays them out.
+tensors into shards of at most `max_shard_bytes`, as `save_pretrained` lays them out, locally or to
+`gs://`.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import shutil
 from typing import Any, Callable
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save, save_file
 
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
+from lima_jax.storage.paths import Path, copy_file, is_cloud, user_path
 from lima_jax.weights.names import params_to_hf
 
 CONFIG = "config.json"
@@ -123,13 +124,13 @@ def write(
     tokenizer: str | os.PathLike | None = None,
     max_shard_bytes: int = 5 * 2**30,
     overwrite: bool = False,
-) -> pathlib.Path:
+) -> Path:
     """Writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
-    folder = pathlib.Path(path)
+    folder = user_path(path)
     if folder.exists():
         if not overwrite:
             raise LimaError(f"{folder} already exists; choose a new output path (or pass --overwrite)")
-        shutil.rmtree(folder)
+        folder.rmtree()
     folder.mkdir(parents=True)
 
     written: list[tuple[str, list[str], int]] = []  # (temporary file, tensor names, bytes)
@@ -149,26 +150,33 @@ def write(
     weight_map, total = {}, 0
     for i, (tmp, keys, nbytes) in enumerate(written):
         final = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        (folder / tmp).rename(folder / final)
+        if is_cloud(folder):  # no rename there: a server-side copy (gcsfs's rename tries a move API first, which
+            (folder / tmp).copy(folder / final)  # not every endpoint has, and retries its refusal for half a minute)
+            (folder / tmp).unlink()
+        else:
+            (folder / tmp).rename(folder / final)
         weight_map.update({k: final for k in keys})
         total += nbytes
     if n > 1:
         (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (folder / CONFIG).write_text(json.dumps(config_to_hf(cfg, dtype or "float32"), indent=2))
     if tokenizer is not None:
-        _write_tokenizer(folder, pathlib.Path(tokenizer), cfg)
+        _write_tokenizer(folder, tokenizer, cfg)
     return folder
 
 
-def _flush(folder: pathlib.Path, shard: dict[str, np.ndarray], i: int) -> tuple[str, list[str], int]:
+def _flush(folder: Path, shard: dict[str, np.ndarray], i: int) -> tuple[str, list[str], int]:
     name = f"shard-{i}.safetensors.tmp"
-    save_file(shard, str(folder / name), metadata={"format": "pt"})
+    if is_cloud(folder):  # safetensors writes local files only: upload the shard's bytes
+        (folder / name).write_bytes(save(shard, metadata={"format": "pt"}))
+    else:
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
     return name, list(shard), sum(t.nbytes for t in shard.values())
 
 
-def _write_tokenizer(folder: pathlib.Path, tokenizer: pathlib.Path, cfg: ModelConfig) -> None:
+def _write_tokenizer(folder: Path, tokenizer: str | os.PathLike, cfg: ModelConfig) -> None:
     """A sentencepiece model plus the config that tells transformers how to load it."""
-    shutil.copyfile(tokenizer, folder / "tokenizer.model")
+    copy_file(tokenizer, folder / "tokenizer.model")
     (folder / "tokenizer_config.json").write_text(
         json.dumps(
             {
