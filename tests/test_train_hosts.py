@@ -1,8 +1,8 @@
 """Many hosts, one run: two processes of four simulated CPU devices share one workdir, are preempted
 together or lose a host mid-save, and the run resumes (on any number of hosts) as if never stopped.
 
-The workdir is a parameter (`shared_workdir`): a local directory today; a gs:// bucket is one more
-parameter once user paths go through etils.epath."""
+The preempted run shares a bucket of the Cloud Storage emulator (as a pod shares gs://) and a local
+directory; the host killed mid-save shares a local directory."""
 import json
 import os
 import re
@@ -21,6 +21,7 @@ from lima_jax.config import load_config
 from lima_jax.data import demo_dir
 from lima_jax.data.records import read_conversations
 from lima_jax.train.loop import train
+from test_gcs import BUCKET, emulator  # noqa: F401 - the emulator fixture
 from test_train import SMALL
 
 STEPS_PER_EPOCH = 20  # 160 demo conversations at 8 per step: two epochs take seconds
@@ -61,24 +62,54 @@ def reference(reference_run):
     return reference_run["metrics"]
 
 
-@pytest.fixture(params=["local"])
+class Shared:
+    """The workdir every process of a run reads and writes, read back by the test: a local folder, or
+    a folder of the emulator's bucket (read through its JSON API, as another machine would)."""
+
+    def __init__(self, workdir: str, bucket=None, env=None):
+        self.workdir, self.bucket, self.env = workdir, bucket, env or {}
+        self.prefix = workdir.removeprefix(f"gs://{BUCKET}/") + "/" if bucket else None
+
+    def __str__(self) -> str:
+        return self.workdir
+
+    def read_text(self, name: str) -> str | None:
+        if self.bucket is None:
+            path = epath.Path(self.workdir) / name
+            return path.read_text() if path.exists() else None
+        return self.bucket.read(self.prefix + name).decode() if self.prefix + name in self.bucket.names(self.prefix + name) else None
+
+    def complete_steps(self) -> list[int]:
+        if self.bucket is None:
+            return sorted(ocp.utils.checkpoint_steps(epath.Path(self.workdir) / "checkpoints"))
+        # On GCS (no atomic rename) Orbax marks a finished step with a commit file.
+        names = self.bucket.names(self.prefix + "checkpoints/")
+        tails = [n.removeprefix(self.prefix + "checkpoints/").split("/") for n in names]
+        return sorted(int(t[0]) for t in tails if len(t) == 2 and t[1] == "commit_success.txt")
+
+
+@pytest.fixture(params=["gs", "local"])
 def shared_workdir(request, tmp_path):
-    """Where every process of a run reads and writes: a local directory (a gs:// one joins later)."""
-    return str(tmp_path / "shared")
+    if request.param == "local":
+        return Shared(str(tmp_path / "shared"))
+    bucket = request.getfixturevalue("emulator")
+    env = {"STORAGE_EMULATOR_HOST": bucket.url, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return Shared(f"gs://{BUCKET}/{tmp_path.name}/shared", bucket, env)
 
 
 def read_metrics(workdir):
-    return [json.loads(line) for line in (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    text = workdir.read_text("metrics.jsonl") if isinstance(workdir, Shared) else (epath.Path(workdir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def complete_steps(workdir):
-    return sorted(ocp.utils.checkpoint_steps(epath.Path(workdir) / "checkpoints"))
+    return workdir.complete_steps()
 
 
 def steps_being_saved(workdir):
     """Steps whose save has begun and not finished (Orbax's temporary checkpoints: a `.orbax-checkpoint-tmp`
     directory locally, a directory without its commit file on GCS)."""
-    directory = epath.Path(workdir) / "checkpoints"
+    directory = epath.Path(str(workdir)) / "checkpoints"
     if not directory.exists():
         return []
     return [ocp.path.step.step_from_checkpoint_name(n) for n in ocp.path.step.tmp_checkpoints(directory)]
@@ -106,7 +137,8 @@ def _kill_leftovers():
 def launch(workdir, config, num_processes, devices):
     """`python -m lima_jax.train` as `num_processes` processes of `devices` CPU devices each; stderr
     goes to a file (a pipe nobody reads until the end could fill and stall a process)."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               **getattr(workdir, "env", {}))
     flags = [sys.executable, "-m", "lima_jax.train", "--config=tiny", f"--config.workdir={workdir}",
              *(f"--config.{k}={v}" for k, v in config.items())]
     if num_processes > 1:
@@ -145,8 +177,7 @@ def wait_for(predicate, procs, timeout=240):
 
 
 def logged_steps(workdir):
-    path = epath.Path(workdir) / "metrics.jsonl"
-    return path.read_text().count('"loss"') if path.exists() else 0
+    return (workdir.read_text("metrics.jsonl") or "").count('"loss"')
 
 
 def assert_same_losses(got, want):
@@ -183,7 +214,8 @@ def test_two_hosts_preempted_mid_epoch_resume_as_one_like_an_uninterrupted_run(d
     assert_same_losses(read_metrics(shared_workdir), reference)
 
 
-def test_a_host_killed_mid_save_leaves_the_last_complete_step_to_resume_from(data_dir, reference, shared_workdir):
+def test_a_host_killed_mid_save_leaves_the_last_complete_step_to_resume_from(data_dir, reference, tmp_path):
+    shared_workdir = Shared(str(tmp_path / "shared"))
     config = overrides(data_dir, **{"checkpoint.every_steps": 4})
     procs = launch(shared_workdir, config, num_processes=2, devices=4)
     wait_for(lambda: 8 in steps_being_saved(shared_workdir), procs, timeout=300)  # the second save has begun

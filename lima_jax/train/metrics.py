@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lima_jax.data.records import repair_tail
-from lima_jax.storage.paths import Appender, Path
+from lima_jax.storage.paths import Appender, Path, write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 DEV_FILE = "dev.jsonl"  # the dev conversations the run evaluated on, for checkpoint selection
@@ -45,7 +45,7 @@ class MetricsWriter:
                 continue  # a line cut short by the interruption
             if ("dev_loss" in record and record["step"] <= resume_step) or record.get("step", math.inf) < resume_step:
                 kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        write_atomically(self.path, "".join(line + "\n" for line in kept))  # a kill now leaves the old file whole
 
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
