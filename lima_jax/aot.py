@@ -12,21 +12,12 @@ seconds, XLA's cost analysis) and exits 1 when the step does not fit.
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
+from absl import flags
 
-# This host has no TPU: let several compiles share libtpu (it otherwise locks /tmp/libtpu_lockfile
-# for one process) and skip the TPU VM metadata lookups. Set before JAX loads libtpu.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-
-from absl import flags  # noqa: E402
-
-from lima_jax.cli import no_arguments, run  # noqa: E402
-from lima_jax.config import define_config_flag  # noqa: E402
-from lima_jax.errors import LimaError  # noqa: E402
-from lima_jax.train.aot import compile_report, misfit  # noqa: E402
+from lima_jax.cli import no_arguments, run
+from lima_jax.config import define_config_flag
+from lima_jax.errors import LimaError
+from lima_jax.train.aot import compile_offline, compile_report, print_report
 
 _CONFIG = define_config_flag("config", None)
 _TOPOLOGY = flags.DEFINE_string("topology", "v4-8", "a TPU slice, e.g. v4-128, v5p-256, v5litepod-64, v6e-16")
@@ -37,11 +28,8 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if _CONFIG.value is None:
         raise LimaError("--config is required")
-    report = compile_report(_CONFIG.value, _TOPOLOGY.value, _STEPS.value)
-    print(json.dumps(report))
-    if misfit(report):
-        print(f"error: {misfit(report)}", file=sys.stderr)
-        sys.exit(1)
+    compile_offline()  # before JAX first loads a backend
+    print_report(compile_report(_CONFIG.value, _TOPOLOGY.value, _STEPS.value))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ data, tokenizer, init checkpoint and workdir, compiles the exact step for `--top
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import jax
 from absl import flags
@@ -47,18 +45,11 @@ def main(argv: list[str]) -> None:
 def dry_run() -> None:
     if not _TOPOLOGY.value:
         raise LimaError("--dry_run needs --topology (a TPU slice such as v4-128)")
-    # Compiling for a slice on a host without one: let libtpu load beside other processes and skip
-    # the TPU VM metadata server (set before JAX first loads a backend).
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    from lima_jax.train.aot import misfit
+    from lima_jax.train.aot import compile_offline, print_report
     from lima_jax.train.dry_run import dry_run as check_and_compile
 
-    report = check_and_compile(_CONFIG.value, _TOPOLOGY.value)
-    print(json.dumps(report))
-    if misfit(report):
-        print(f"error: {misfit(report)}", file=sys.stderr)
-        sys.exit(1)
+    compile_offline()  # before JAX first loads a backend
+    print_report(check_and_compile(_CONFIG.value, _TOPOLOGY.value))
 
 
 if __name__ == "__main__":

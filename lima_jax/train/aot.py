@@ -8,6 +8,9 @@ analysis) and exits 1 when the step does not fit.
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 
 from lima_jax import flops
@@ -139,6 +142,21 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
         "model_tflops_per_step": round(flops_per_token * tokens / 1e12, 1),
         "peak_tflops_per_chip": flops.published_peak_tflops(devices[0].device_kind),
     }
+
+
+def compile_offline() -> None:
+    """This host has no TPU: let libtpu load beside other processes (it otherwise locks
+    /tmp/libtpu_lockfile for one) and skip the TPU VM metadata server. Call before JAX loads a backend."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+
+def print_report(report: dict) -> None:
+    """The report as one JSON line on stdout; a step that does not fit exits 1 with one line why."""
+    print(json.dumps(report))
+    if misfit(report):
+        print(f"error: {misfit(report)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def misfit(report: dict) -> str | None:
