@@ -83,3 +83,23 @@ def test_ctrl_c_saves_like_sigterm_and_a_finished_run_says_so(tmp_path):
     again = subprocess.run(_cmd(workdir), capture_output=True, text=True)
     assert again.returncode == 0 and "has finished: step 100 of 100 is saved; nothing to do" in again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1]) == {"status": "finished", "final_step": None, "loss": None}
+
+
+def test_a_dev_jsonl_beside_the_training_data_is_the_dev_set(tmp_path):
+    """A 100-record train.jsonl with a dev.jsonl beside it used to train on 50: 50 were held out and
+    dev.jsonl was ignored, though the README says the folder may hold one."""
+    from lima_jax.data import demo_dir
+    from lima_jax.data.records import read_conversations
+
+    records, _ = read_conversations(demo_dir() / "train.jsonl")
+    data = tmp_path / "data"
+    data.mkdir()
+    line = lambda r: json.dumps({"conversations": r["conversations"]}) + "\n"  # noqa: E731
+    (data / "train.jsonl").write_text("".join(line(r) for r in records[:100]))
+    (data / "dev.jsonl").write_text("".join(line(r) for r in records[100:110]))
+    r = subprocess.run(_cmd(tmp_path / "run", f"--config.data.manual_dir={data}", "--config.data.dev_size=50",
+                            f"--config.data.tokenizer={demo_dir() / 'tokenizer.model'}"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"100 training conversations from {data} and 10 dev conversations from {data / 'dev.jsonl'}" in r.stderr
+    written = (tmp_path / "run" / "dev.jsonl").read_text().splitlines()
+    assert [json.loads(x)["conversations"] for x in written] == [rec["conversations"] for rec in records[100:110]]

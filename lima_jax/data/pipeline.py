@@ -65,16 +65,26 @@ def manual_dir(config: ml_collections.ConfigDict) -> Path:
 
 def split_conversations(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1,
                         cache_dir: pathlib.Path | None = None):
-    """(train records, dev records, invalid lines skipped): the dev set is `data.dev_file`, or
-    `data.dev_size` examples held out with the run's seed (so checkpoint selection sees the same).
-    TFDS prepares the data under `cache_dir` (default `<workdir>/tfds`)."""
+    """(train records, dev records, invalid lines skipped): the dev set is `data.dev_file`, else the
+    data folder's `dev.jsonl`, else `data.dev_size` examples held out with the run's seed (so
+    checkpoint selection sees the same). TFDS prepares the data under `cache_dir` (default `<workdir>/tfds`)."""
     data = config.data
     records, skipped = _load_train_split(manual_dir(config), cache_dir or tfds_cache(config.workdir), data.skip_invalid, process_index, process_count)
-    if data.dev_file:
-        dev, dev_skipped = read_conversations(data.dev_file, skip_invalid=data.skip_invalid)
+    given = dev_file(config)
+    if given:
+        dev, dev_skipped = read_conversations(given, skip_invalid=data.skip_invalid)
         return list(records), dev, skipped + dev_skipped
     train, dev = dev_split(records, data.dev_size, config.seed)
     return train, dev, skipped
+
+
+def dev_file(config: ml_collections.ConfigDict) -> Path | None:
+    """The dev set's file: `data.dev_file`, else `dev.jsonl` beside the training data, else None
+    (then `data.dev_size` examples are held out)."""
+    if config.data.dev_file:
+        return user_path(config.data.dev_file)
+    beside = manual_dir(config) / "dev.jsonl"
+    return beside if config.data.manual_dir and beside.exists() else None
 
 
 def build(
