@@ -29,6 +29,7 @@ class TrainingData:
     num_dev: int
     skipped: int
     source: str  # where the examples came from, for the log
+    dev_source: str  # the dev set's file, or how it was held out
 
 
 def _load_train_split(manual_dir, cache_dir, skip_invalid: bool, process_index: int, process_count: int):
@@ -135,4 +136,6 @@ def build(
     dev = [r for r in dev if len(r["conversations"]) >= 2]
     dev_examples: Sequence[Example] = [encode(r) for r in dev]
     dev_batches = eval_batches(dev_examples, data.max_len, eval_rows) if dev_examples else []
-    return TrainingData(tokenizer, batcher, dev_batches, dev, len(train), len(dev_examples), skipped, str(source))
+    given = dev_file(config)
+    dev_source = f"from {given}" if given else "held out of them"
+    return TrainingData(tokenizer, batcher, dev_batches, dev, len(train), len(dev_examples), skipped, str(source), dev_source)

@@ -248,10 +248,9 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     cfg = trained_model_config(config, data.tokenizer.num_pieces)
     batcher = data.batcher
     total = batcher.total_steps
-    given_dev = pipeline.dev_file(config)
     say(
         f"{data.num_train} training conversations from {data.source} and {data.num_dev} dev conversations "
-        f"{f'from {given_dev}' if given_dev else 'held out of them'} "
+        f"{data.dev_source} "
         f"({data.skipped} invalid skipped); {total} steps of {config.batch_size} examples in "
         f"{batcher.rows_per_host} rows x {config.data.max_len} tokens per host; mesh {dict(mesh.shape)}"
     )
