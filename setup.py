@@ -13,7 +13,10 @@ setup(
     # so `--config=65b` resolves from any working directory.
     package_dir={"lima_jax.configs": "configs"},
     # The embedded demo: `--config=tiny` trains on it with no download.
-    package_data={"lima_jax.data": ["demo/train.jsonl", "demo/test.jsonl", "demo/tokenizer.model"]},
+    # The curation command's editable lists: Stack Exchange sites by group, and the phrases of the
+    # "refers to other answers" rule.
+    package_data={"lima_jax.data": ["demo/train.jsonl", "demo/test.jsonl", "demo/tokenizer.model"],
+                  "lima_jax.curate": ["exchanges.tsv", "reference_phrases.txt"]},
     install_requires=[
         "jax>=0.6.0",
         "flax>=0.12.0",
@@ -34,6 +37,9 @@ setup(
         "etils[epath]>=1.7",
         "gcsfs>=2025.1.0",
         "google-cloud-storage>=2.14",
+        # lima_jax.curate: Stack Exchange dumps are .7z archives; Pushshift's Reddit dumps are zstandard.
+        "py7zr>=1.0",
+        "zstandard>=0.22",
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
