@@ -97,7 +97,8 @@ TEST_SET = {"conversations": ["Tell me the best way to season a cast iron pan at
 @pytest.fixture
 def dumps_dir(tmp_path):
     with py7zr.SevenZipFile(tmp_path / "math.stackexchange.com.7z", "w") as z:
-        z.writestr(posts_xml(MATH), "Posts.xml")
+        z.writestr('<?xml version="1.0" encoding="utf-8"?>\n<badges>\n' + row(Id=1, UserId=7, Name="Teacher") * 500 + "</badges>\n", "Badges.xml")
+        z.writestr(posts_xml(MATH), "Posts.xml")  # a dump's tables in one solid archive, Posts.xml not first
         z.writestr(posts_xml([]), "Comments.xml")
     (tmp_path / "cooking.stackexchange.com").mkdir()
     (tmp_path / "cooking.stackexchange.com" / "Posts.xml").write_text(posts_xml(COOKING), encoding="utf-8")
@@ -262,3 +263,10 @@ def test_the_command_writes_the_file_and_a_missing_input_is_one_line_and_exit_2(
     assert "wrote 3 records" in r.stderr and "first_person" in r.stderr
     r = subprocess.run([*args, "--overwrite", f"--input={dumps_dir / 'nothing.7z'}"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {dumps_dir / 'nothing.7z'}: no such file or folder"]
+
+
+def test_a_file_that_is_not_a_7z_archive_is_an_error_naming_it(tmp_path):
+    (tmp_path / "math.stackexchange.com.7z").write_bytes(b"<posts></posts>")
+    with pytest.raises(LimaError, match=r"math.stackexchange.com.7z: not a 7z archive"):
+        with dumps.posts_xml(str(tmp_path / "math.stackexchange.com.7z")) as rows:
+            list(rows)

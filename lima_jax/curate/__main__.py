@@ -1,4 +1,4 @@
-"""Curate LIMA-style training (or test) records from raw dumps, with the paper's rules (LIMA §2.1).
+r"""Curate LIMA-style training (or test) records from raw dumps, with the paper's rules (LIMA §2.1).
 
     python -m lima_jax.curate --source=stackexchange --input=dumps/math.stackexchange.com.7z,dumps/cooking.stackexchange.com.7z \
         --output=data/se.jsonl [--num_examples=400] [--filters=paper|none] [--seed=0] [--exclude=lima/test.jsonl]

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from lima_jax.curate import sampling
 from lima_jax.curate.report import Report
 from lima_jax.errors import LimaError
-from lima_jax.storage.paths import Path, user_path, write_atomically
+from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
 
 SOURCES = ("stackexchange", "wikihow", "reddit")
 SHARED_RULES = {
@@ -73,7 +73,12 @@ def curate(opts: Options, say: Callable[[str], None] = print) -> Report:
     for path in (output, report_path(output)):
         if path.exists() and not opts.overwrite:
             raise LimaError(f"--output: {path} already exists; choose a new path (or pass --overwrite)")
-    exclude = sampling.exclusion_grams(opts.exclude) if opts.exclude else set()  # read before hours of parsing
+    check_writable(output.parent, "--output")  # every input and output checked before hours of parsing
+    if opts.source != "stackexchange":  # (stackexchange checks its sites, folders included, the same way)
+        for given in opts.inputs:
+            if not user_path(given).is_file():
+                raise LimaError(f"{given}: no such file")
+    exclude = sampling.exclusion_grams(opts.exclude) if opts.exclude else set()
     filtered = opts.filters == "paper"
     if opts.source == "stackexchange":
         from lima_jax.curate import stackexchange as source
@@ -99,7 +104,6 @@ def curate(opts: Options, say: Callable[[str], None] = print) -> Report:
     candidates = sampling.drop_overlap_and_duplicates(candidates, report, exclude)
     chosen = sampling.sample(candidates, opts.num_examples, temperature, opts.seed, report)
     lines = "".join(json.dumps(c.record(), ensure_ascii=False) + "\n" for c in chosen)
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(output, lines)
     write_atomically(report_path(output), report.dumps())
     say(report.table())
