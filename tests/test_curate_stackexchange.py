@@ -196,6 +196,13 @@ def test_a_site_missing_from_the_exchange_list_is_an_error_naming_the_list(dumps
         run(dumps_dir, exchanges=str(listing))
 
 
+def test_a_folder_of_sites_reads_each_archive_and_extracted_site_in_it(dumps_dir):
+    found = stackexchange.find_dumps([str(dumps_dir)])
+    assert [site for site, _ in found] == ["cooking.stackexchange.com", "math.meta.stackexchange.com", "math.stackexchange.com"]
+    _, _, raw = run(dumps_dir, inputs=(str(dumps_dir),))
+    assert len(raw) == 4
+
+
 def test_the_shipped_exchange_list_groups_the_big_sites():
     groups = stackexchange.load_exchanges()
     assert groups["stackoverflow.com"] == "stem" and groups["math.stackexchange.com"] == "stem"

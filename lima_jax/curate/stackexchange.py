@@ -108,15 +108,16 @@ def site_name(path: str) -> str:
 
 
 def find_dumps(inputs: list[str]) -> list[tuple[str, str]]:
-    """(site, path) for each input: a site's `.7z`, a folder with Posts.xml, or a folder of `.7z`
-    archives (a downloaded dump: every site's archive, other tables' archives skipped)."""
+    """(site, path) for each input: a site's `.7z`, a folder with Posts.xml, or a folder of those
+    (a downloaded dump: every site's archive or extracted folder; other tables' archives skipped)."""
     found = []
     for given in inputs:
         p = user_path(given)
         if p.is_dir() and not (p / "Posts.xml").exists():
-            archives = sorted(q for q in p.iterdir() if q.name.endswith(".7z") and not _OTHER_TABLES.search(q.name))
+            archives = sorted(q for q in p.iterdir() if (q.name.endswith(".7z") and not _OTHER_TABLES.search(q.name))
+                              or (q / "Posts.xml").is_file())
             if not archives:
-                raise LimaError(f"{given}: neither Posts.xml nor any site's .7z in this folder")
+                raise LimaError(f"{given}: neither Posts.xml, nor a site's .7z, nor a site's folder in this folder")
             found += [(site_name(os.fspath(q)), os.fspath(q)) for q in archives]
         elif not p.exists():
             raise LimaError(f"{given}: no such file or folder")
