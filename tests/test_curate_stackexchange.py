@@ -264,8 +264,11 @@ def test_first_person_and_reference_phrases_are_read_in_prose_only():
 def test_the_command_writes_the_file_and_a_missing_input_is_one_line_and_exit_2(dumps_dir):
     out = dumps_dir / "cmd.jsonl"
     args = [sys.executable, "-m", "lima_jax.curate", "--source=stackexchange", f"--output={out}", "--title_ratio=0"]
-    r = subprocess.run([*args, f"--input={dumps_dir / 'math.stackexchange.com.7z'}"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-X", "importtime", *args[1:], f"--input={dumps_dir / 'math.stackexchange.com.7z'}"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "py7zr" in imported and "jax" not in imported  # curating needs no accelerator stack
     assert [json.loads(line)["meta"]["question_id"] for line in out.read_text().splitlines()] == [1, 8, 9]
     assert "wrote 3 records" in r.stderr and "first_person" in r.stderr
     r = subprocess.run([*args, "--overwrite", f"--input={dumps_dir / 'nothing.7z'}"], capture_output=True, text=True)
