@@ -161,3 +161,20 @@ def test_report_command(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["absolute.png", "pairwise.png", "report.json", "report.md"]
     r = run_cli("lima_jax.evaluate.report", f"--out_dir={out}")
     assert r.returncode == 2 and r.stderr.strip() == "error: give --pairwise=NAME=CACHE[,...] and/or --absolute=CACHE"
+
+
+def test_report_refuses_to_overwrite_an_existing_report_unless_told(tmp_path):
+    """issue 10 item 18: a second `report --out_dir=SAME` silently replaced the first report."""
+    pair_cache(tmp_path / "a.jsonl", ["win", "win", "tie", "loss"])
+    pair_cache(tmp_path / "b.jsonl", ["loss", "loss"])
+    out = tmp_path / "out"
+    args = (f"--out_dir={out}", "--bootstrap=50")
+    assert run_cli("lima_jax.evaluate.report", f"--pairwise=A={tmp_path / 'a.jsonl'}", *args).returncode == 0
+    first = (out / "report.md").read_text()
+    r = run_cli("lima_jax.evaluate.report", f"--pairwise=B={tmp_path / 'b.jsonl'}", *args)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {out / 'report.md'} exists; pass --overwrite to replace the report"
+    assert (out / "report.md").read_text() == first
+    r = run_cli("lima_jax.evaluate.report", f"--pairwise=B={tmp_path / 'b.jsonl'}", "--overwrite", *args)
+    assert r.returncode == 0, r.stderr
+    assert "| B | 2 |" in (out / "report.md").read_text()

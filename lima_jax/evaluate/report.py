@@ -14,7 +14,8 @@ from absl import flags
 
 from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.reporting import absolute_distribution, pairwise_distribution, parse_pairwise_flag, write_report
+from lima_jax.evaluate.reporting import (absolute_distribution, check_out_dir, pairwise_distribution,
+                                         parse_pairwise_flag, write_report)
 
 _PAIRWISE = flags.DEFINE_string("pairwise", None, "pairwise judgment caches, one per baseline: NAME=PATH[,NAME=PATH...]")
 _ABSOLUTE = flags.DEFINE_string("absolute", None, "an absolute-rating judgment cache")
@@ -23,6 +24,7 @@ _OURS_NAME = flags.DEFINE_string("ours_name", "LIMA", "our model's name in the r
 _JUDGE_MODEL = flags.DEFINE_string("judge_model", None, "use only this judge's judgments (needed when a cache holds several)")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "bootstrap resamples for the 95% intervals")
 _SEED = flags.DEFINE_integer("seed", 0, "bootstrap seed")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a report already in --out_dir (refused otherwise)")
 
 
 def main(argv: list[str]) -> None:
@@ -33,10 +35,11 @@ def main(argv: list[str]) -> None:
         raise LimaError("give --pairwise=NAME=CACHE[,...] and/or --absolute=CACHE")
     if _BOOTSTRAP.value < 1:
         raise LimaError(f"--bootstrap={_BOOTSTRAP.value}: must be at least 1")
+    check_out_dir(_OUT_DIR.value, _OVERWRITE.value)  # before any work
     samples, seed, judge = _BOOTSTRAP.value, _SEED.value, _JUDGE_MODEL.value
     comparisons = [pairwise_distribution(name, path, judge, samples, seed) for name, path in parse_pairwise_flag(_PAIRWISE.value or "")]
     ratings = absolute_distribution(_OURS_NAME.value, _ABSOLUTE.value, judge, samples, seed) if _ABSOLUTE.value else None
-    print(write_report(_OUT_DIR.value, comparisons, ratings, _OURS_NAME.value, samples, seed))
+    print(write_report(_OUT_DIR.value, comparisons, ratings, _OURS_NAME.value, samples, seed, _OVERWRITE.value))
 
 
 if __name__ == "__main__":

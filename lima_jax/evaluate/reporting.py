@@ -19,7 +19,7 @@ import numpy as np
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import comparisons as pairwise, ratings as absolute
 from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.storage.paths import Path, PathLike, user_path
+from lima_jax.storage.paths import Path, PathLike, user_path, write_atomically
 
 Interval = tuple[float, float]
 
@@ -193,16 +193,35 @@ def stacked_bars(path: PathLike, rows: Sequence[Distribution], labels: Sequence[
         fig.savefig(f, format="png", dpi=150)
 
 
+REPORT_FILES = ("report.md", "report.json", "pairwise.png", "absolute.png")
+
+
+def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
+    """Refuses a folder that already holds a report (any of its files) unless `overwrite`: a report
+    is the record of a run's verdicts, and a second command pointed at the same folder by mistake
+    must not replace it. Called before any work, and again by `write_report`."""
+    out = user_path(out_dir)
+    for name in REPORT_FILES:
+        if not overwrite and (out / name).exists():
+            raise LimaError(f"{out / name} exists; pass --overwrite to replace the report")
+
+
 def write_report(out_dir: str, comparisons: Sequence[Distribution], ratings: Distribution | None,
-                 ours: str = "LIMA", samples: int = 1000, seed: int = 0) -> str:
-    """Writes report.md, report.json and the charts to `out_dir` (local or gs://); returns the Markdown."""
+                 ours: str = "LIMA", samples: int = 1000, seed: int = 0, overwrite: bool = False) -> str:
+    """Writes report.md, report.json and the charts to `out_dir` (local or gs://); returns the Markdown.
+    An existing report there is refused unless `overwrite`; then its files are all replaced or removed,
+    so that the folder never mixes two reports."""
+    check_out_dir(out_dir, overwrite)
     out = user_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:  # a chart the new report does not draw must not outlive the old one
+        if (out / name).exists():
+            (out / name).unlink()
     text = markdown(comparisons, ratings, ours, samples, seed)
-    (out / "report.md").write_text(text, encoding="utf-8")
+    write_atomically(out / "report.md", text)
     summary = {"pairwise": [d.to_json() for d in comparisons], "absolute": ratings.to_json() if ratings else None,
                "bootstrap": {"samples": samples, "seed": seed}}
-    (out / "report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_atomically(out / "report.json", json.dumps(summary, indent=1))
     if comparisons:
         stacked_bars(out / "pairwise.png", comparisons, (f"{ours} wins", "Tie", f"{ours} loses"), _PAIR_COLORS,
                      "% of prompts")
