@@ -178,3 +178,101 @@ def test_report_refuses_to_overwrite_an_existing_report_unless_told(tmp_path):
     r = run_cli("lima_jax.evaluate.report", f"--pairwise=B={tmp_path / 'b.jsonl'}", "--overwrite", *args)
     assert r.returncode == 0, r.stderr
     assert "| B | 2 |" in (out / "report.md").read_text()
+
+
+# Auditable verdicts (issue 13 item 4): ties told apart, position consistency, lengths, the
+# length-controlled win rate, agreement with human labels, charts that say what they show.
+
+from lima_jax.evaluate import audit  # noqa: E402
+
+
+class PlannedJudge:
+    """A judge whose verdict for each prompt and order follows a rule of the two answers' lengths and
+    a per-prompt draw, seeded by the prompt and the order, so that a rerun gives the same verdicts."""
+
+    def __init__(self, rule, name: str = "planned-judge"):
+        self.rule = rule  # (tag, ours_len, base_len, rng) -> "win" / "tie" / "loss" (from our side)
+        self.name = name
+
+    def verdict(self, prompt_messages, choices):
+        text = prompt_messages[-1]["content"]
+        tag = int(text.split("TAG-")[1].split()[0])
+        ours_is_a = text.index("OURS") < text.index("BASE")
+        ours_len = len(text.split("OURS")[1].split()[0])
+        base_len = len(text.split("BASE")[1].split()[0])
+        outcome = self.rule(tag, ours_len, base_len, np.random.default_rng([tag, int(ours_is_a)]))
+        letter = {"win": "A" if ours_is_a else "B", "loss": "B" if ours_is_a else "A", "tie": "C"}[outcome]
+        return letter, f"Verdict: {letter}"
+
+
+def length_pairs(n: int = 300, longer_share: float = 0.75, seed: int = 0) -> list[tuple[int, int]]:
+    """(ours, baseline) answer lengths: ours about 1.5 times longer on `longer_share` of the prompts,
+    1.5 times shorter on the rest."""
+    rng = np.random.default_rng(seed)
+    base = rng.lognormal(5.5, 0.5, n)
+    ours = base * np.where(rng.random(n) < longer_share, 1.5, 1 / 1.5) * rng.lognormal(0, 0.2, n)
+    return [(max(1, int(o)), max(1, int(b))) for o, b in zip(ours, base)]
+
+
+def judged_lengths(path, lengths: list[tuple[int, int]], rule) -> str:
+    ours = {f"p{i}": make_record([f"TAG-{i} question"], "OURS " + "x" * o, "lima") for i, (o, _) in enumerate(lengths)}
+    base = {f"p{i}": make_record([f"TAG-{i} question"], "BASE " + "y" * b, "alpaca-65b") for i, (_, b) in enumerate(lengths)}
+    judge_pairwise(ours, base, PlannedJudge(rule), JudgmentCache(path), progress=False)
+    return str(path)
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_a_judge_that_only_prefers_longer_answers_has_a_length_controlled_win_rate_near_half(tmp_path):
+    lengths = length_pairs(1000)
+    deltas = np.array([o - b for o, b in lengths])
+    sd = deltas.std(ddof=1)
+
+    def prefers_longer(tag, ours_len, base_len, rng):  # a noisy judge that sees nothing but length
+        p_ours = sigmoid(2.0 * math.tanh((ours_len - base_len) / sd))
+        return "win" if rng.random() < p_ours else "loss"
+
+    d = report.pairwise_distribution(None, judged_lengths(tmp_path / "c.jsonl", lengths, prefers_longer), samples=400)
+    lc = d.audit.length_controlled
+    assert lc.prompts == 1000
+    assert 60 <= lc.win_rate <= 70  # the raw preference rewards length
+    assert 46 <= lc.lc_win_rate <= 54 and lc.lc_ci[0] <= 50 <= lc.lc_ci[1]
+    assert 1.5 <= lc.length_coef <= 2.6  # the judge's own slope, 2, recovered
+    assert lc.win_rate_ci[0] > 55  # and the raw figure's interval excludes a fair 50%
+
+    def always_longer(tag, ours_len, base_len, rng):  # deterministic: length separates the verdicts
+        return "win" if ours_len > base_len else "loss"
+
+    d = report.pairwise_distribution(None, judged_lengths(tmp_path / "d.jsonl", lengths, always_longer), samples=200)
+    lc = d.audit.length_controlled
+    assert lc.win_rate == pytest.approx(100 * np.mean(deltas > 0)) and lc.win_rate > 70
+    assert abs(lc.lc_win_rate - 50) < 10 and lc.length_coef > 10
+
+
+def test_a_judge_blind_to_length_keeps_its_win_rate_when_length_is_controlled(tmp_path):
+    lengths = length_pairs(seed=1)
+    rank = {int(i): r for r, i in enumerate(np.argsort([o - b for o, b in lengths]))}
+
+    def quality(tag, ours_len, base_len, rng):  # ours wins 7 in every 10 prompts along the length difference
+        return "win" if rank[tag] % 10 < 7 else "loss"
+
+    d = report.pairwise_distribution(None, judged_lengths(tmp_path / "c.jsonl", lengths, quality), samples=200)
+    lc = d.audit.length_controlled
+    assert lc.win_rate == 70.0 and abs(lc.lc_win_rate - 70) < 1 and abs(lc.length_coef) < 0.2
+
+
+def test_the_logistic_fit_recovers_known_coefficients_and_an_intercept_only_fit_is_the_mean():
+    rng = np.random.default_rng(0)
+    x = np.tanh(rng.normal(size=20000))
+    y = (rng.random(20000) < 1 / (1 + np.exp(-(0.5 + 1.5 * x)))).astype(float)
+    coef = audit.logistic_fit(np.stack([np.ones_like(x), x], 1), y, np.ones((1, len(y))))[0]
+    assert coef == pytest.approx([0.5, 1.5], abs=0.08)
+    soft = np.array([0, 0.25, 0.5, 1, 1, 0.75])
+    (b,) = audit.logistic_fit(np.ones((6, 1)), soft, np.ones((1, 6)), ridge=0.0)[0]
+    assert sigmoid(b) == pytest.approx(soft.mean(), abs=1e-9)
+    # Equal lengths everywhere: no length term, the LC win rate is the win rate with ties half.
+    lc = audit.length_controlled_win_rate(soft, [10] * 6, [10] * 6, samples=100)
+    assert lc.length_coef == 0 and lc.lc_win_rate == pytest.approx(lc.win_rate, abs=0.1)
+    assert lc.win_rate == pytest.approx(100 * soft.mean())
