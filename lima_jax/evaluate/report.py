@@ -55,8 +55,11 @@ def main(argv: list[str]) -> None:
     if labels is not None and not any(d.audit.human for d in comparisons):
         baselines = sorted({lb.baseline for lb in labels})
         raise LimaError(f"{_HUMAN_LABELS.value}: no label names a baseline in --pairwise (labels name "
-                        f"{', '.join(baselines)}; the caches judged {', '.join(d.audit.baseline for d in comparisons)})")
-    ratings = absolute_distribution(_OURS_NAME.value, _ABSOLUTE.value, judge, samples, seed) if _ABSOLUTE.value else None
+                        f"{', '.join(baselines)}; the caches judged "
+                        f"{', '.join(d.audit.baseline for d in comparisons)})")
+    ratings = None
+    if _ABSOLUTE.value:
+        ratings = absolute_distribution(_OURS_NAME.value, _ABSOLUTE.value, judge, samples, seed)
     print(write_report(_OUT_DIR.value, comparisons, ratings, _OURS_NAME.value, samples, seed, _OVERWRITE.value,
                        _HUMAN_LABELS.value))
 

@@ -95,13 +95,16 @@ class PairAudit:
 
     def length_stats(self, side: str) -> dict[str, float] | None:
         values = self.lengths[side]
-        return {"mean": round(statistics.fmean(values), 1), "median": float(statistics.median(values))} if values else None
+        if not values:
+            return None
+        return {"mean": round(statistics.fmean(values), 1), "median": float(statistics.median(values))}
 
     def to_json(self) -> dict[str, Any]:
         split = self.split
         return {
             "generators": {"ours": self.ours, "baseline": self.baseline},
-            "ties": {"judge_said_neither": split.counts["tie_neither"], "orders_disagreed": split.counts["tie_disagreed"],
+            "ties": {"judge_said_neither": split.counts["tie_neither"],
+                     "orders_disagreed": split.counts["tie_disagreed"],
                      "pct": {c: _round(split.pct(c)) for c in ("tie_neither", "tie_disagreed")},
                      "ci95": {c: [_round(v) for v in split.intervals[c]] for c in ("tie_neither", "tie_disagreed")}},
             "position_consistency": {"agreed": self.consistency.counts["agreed"], "judged": self.consistency.total,
@@ -273,8 +276,9 @@ def _audit_markdown(comparisons: Sequence[Distribution], ours: str, human_labels
         if lc is None:
             lines.append(f"| {d.name} | {len(d.audit.lengths['ours'])} | n/a | n/a | n/a |")
             continue
-        lines.append(f"| {d.name} | {lc.prompts} | {lc.win_rate:.1f}% [{lc.win_rate_ci[0]:.1f}, {lc.win_rate_ci[1]:.1f}] "
-                     f"| {lc.lc_win_rate:.1f}% [{lc.lc_ci[0]:.1f}, {lc.lc_ci[1]:.1f}] | {lc.length_coef:+.2f} |")
+        lines.append(f"| {d.name} | {lc.prompts} | {lc.win_rate:.1f}% [{lc.win_rate_ci[0]:.1f}, "
+                     f"{lc.win_rate_ci[1]:.1f}] | {lc.lc_win_rate:.1f}% [{lc.lc_ci[0]:.1f}, {lc.lc_ci[1]:.1f}] | "
+                     f"{lc.length_coef:+.2f} |")
     lines += ["", "AlpacaEval 2's regression (Dubois et al. 2024), without its instruction-difficulty term: a logistic "
               "regression of each prompt's preference (the mean of its two orders: win 1, tie 0.5, loss 0) on an "
               "intercept and tanh(length difference / its standard deviation), L2 penalty "
@@ -292,9 +296,9 @@ def _audit_markdown(comparisons: Sequence[Distribution], ours: str, human_labels
                 continue
             agreement = "n/a" if not h.labels else f"{h.agreement:.1f}% [{h.ci[0]:.1f}, {h.ci[1]:.1f}]"
             lines.append(f"| {d.name} | {h.labels} | {h.prompts} | {agreement} | {h.same} | {h.half} | {h.unjudged} |")
-        lines += ["", "Tie-discounted accuracy, as LIMA measures agreement (§4): 1 when the judge and the label agree, "
-                  "0.5 when exactly one of them says tie, 0 otherwise; the judge's verdict is the prompt's outcome "
-                  "above. Labels are matched to a baseline by its generator name.", ""]
+        lines += ["", "Tie-discounted accuracy, as LIMA measures agreement (§4): 1 when the judge and the label "
+                  "agree, 0.5 when exactly one of them says tie, 0 otherwise; the judge's verdict is the prompt's "
+                  "outcome above. Labels are matched to a baseline by its generator name.", ""]
     return lines
 
 
@@ -356,13 +360,14 @@ def stacked_bars(rows: Sequence[Distribution], labels: Sequence[str], colors: Se
     for yi, d in enumerate(rows):
         if not d.total:
             continue
+        # Above and below the middle, so that wide intervals neither overlap each other nor the labels.
         lo, hi = d.intervals[first]
         x = d.pct(first)
-        ax.errorbar([x], [yi], xerr=[[x - lo], [hi - x]], fmt="none", ecolor="black", elinewidth=1, capsize=3)
+        ax.errorbar([x], [yi - 0.17], xerr=[[x - lo], [hi - x]], fmt="none", ecolor="black", elinewidth=1, capsize=3)
         lo, hi = d.intervals[last]
         x = 100 - d.pct(last)  # the last segment's left edge moves opposite to its share
-        ax.errorbar([x], [yi], xerr=[[x - (100 - hi)], [(100 - lo) - x]], fmt="none", ecolor="black", elinewidth=1,
-                    capsize=3)
+        ax.errorbar([x], [yi + 0.17], xerr=[[x - (100 - hi)], [(100 - lo) - x]], fmt="none", ecolor="black",
+                    elinewidth=1, capsize=3)
     ax.set_yticks(y, [f"{d.name}\n(n={d.total})" for d in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
