@@ -2,7 +2,10 @@ r"""The evaluation report: win/tie/loss rates per baseline with bootstrap interv
 style of LIMA's Figure 1, and the absolute-rating distribution, all from judgment caches (the
 library behind `python -m lima_jax.evaluate.report`).
 
-Writes report.md (also printed), report.json, pairwise.png and absolute.png to --out_dir.
+Writes report.md (also printed), report.json, pairwise.png and absolute.png to --out_dir, and
+refuses a folder that holds a report unless told to overwrite it. Each baseline's row carries its
+audit (`PairAudit`: the ties told apart, position consistency, lengths, the length-controlled win
+rate, agreement with human labels; the statistics are in `lima_jax.evaluate.audit`).
 Percentages are of the prompts with a verdict; prompts whose judgment failed (or was never made)
 are excluded and counted separately, never as ties. Intervals are percentile bootstraps that
 resample prompts (seeded, so a report is reproducible).
@@ -191,11 +194,11 @@ def pair_audit(chosen: Mapping[str, Mapping[str, dict | None]], ours: str, basel
         lc = audit.length_controlled_win_rate(preference, ours_len, base_len, samples, seed)
     human = None
     if labels is not None:
-        mine = [lb for lb in labels if lb.baseline == baseline]
-        for lb in mine:
+        matching = [lb for lb in labels if lb.baseline == baseline]
+        for lb in matching:
             if lb.ours is not None and lb.ours != ours:
                 raise LimaError(f"{lb.where}: labels {lb.ours!r} vs {baseline!r}, but the cache judged {ours!r}")
-        human = audit.judge_agreement(outcomes, mine, samples, seed) if mine else None
+        human = audit.judge_agreement(outcomes, matching, samples, seed) if matching else None
     return PairAudit(ours, baseline, _distribution("split", split, SPLIT, judges, samples, seed),
                      _distribution("consistency", consistency, ("agreed", "disagreed"), judges, samples, seed),
                      {"ours": ours_len, "baseline": base_len}, unmeasured, lc, human)
