@@ -98,7 +98,9 @@ def judge_pairwise(ours: dict[str, Record], baseline: dict[str, Record], judge: 
             a, b = (mine, theirs) if order == "ours_first" else (theirs, mine)
             fields = {"kind": "pairwise", "version": prompts.PAIRWISE_VERSION, "prompt_id": pid, "order": order,
                       "ours_hash": ours_hash, "baseline_hash": baseline_hash,
-                      "ours_generator": mine["generator"], "baseline_generator": theirs["generator"]}
+                      "ours_generator": mine["generator"], "baseline_generator": theirs["generator"],
+                      # the report's response lengths, without the response files
+                      "ours_length": len(mine["output"]), "baseline_length": len(theirs["output"])}
             tasks.append(Task(key, prompts.pairwise_messages(mine["prompt"], a["output"], b["output"]),
                               prompts.PAIRWISE_CHOICES, fields))
     stats = judging.run_tasks(tasks, judge, cache, workers=workers, max_failures=max_failures, progress=progress)
@@ -115,8 +117,10 @@ def _version(record: Judgment) -> tuple:
     return (record.get("version"), record.get("judge"), record.get("ours_hash"), record.get("baseline_hash"))
 
 
-def results_from_records(records: Iterable[Judgment], judge: str | None = None) -> tuple[dict[str, tuple[str, bool]], set[str]]:
-    """Per-prompt results from a cache alone (for the report), and the judges they come from.
+def judgments_from_records(records: Iterable[Judgment], judge: str | None = None
+                           ) -> tuple[dict[str, dict[str, Judgment | None]], set[str]]:
+    """Per prompt, the judgment of each order that the report counts, from a cache alone, and the
+    judges they come from.
 
     A prompt's outputs may have been judged more than once (a regenerated answer, a new judge):
     each prompt uses the outputs, judge and prompt version of its most recent judgment.
@@ -128,7 +132,7 @@ def results_from_records(records: Iterable[Judgment], judge: str | None = None) 
         if not isinstance(r.get("prompt_id"), str) or r.get("order") not in ORDERS:
             raise LimaError(f"a pairwise judgment without a prompt id or order: key {r.get('key')!r}")
         by_prompt.setdefault(r["prompt_id"], []).append(r)
-    results: dict[str, tuple[str, bool]] = {}
+    chosen: dict[str, dict[str, Judgment | None]] = {}
     judges: set[str] = set()
     for pid, rs in by_prompt.items():
         current = _version(rs[-1])
@@ -137,5 +141,11 @@ def results_from_records(records: Iterable[Judgment], judge: str | None = None) 
         for r in rs:
             if _version(r) == current and (succeeded(r) or not succeeded(best.get(r["order"]))):
                 best[r["order"]] = r
-        results[pid] = combine({o: best.get(o) for o in ORDERS})
-    return results, judges
+        chosen[pid] = {o: best.get(o) for o in ORDERS}
+    return chosen, judges
+
+
+def results_from_records(records: Iterable[Judgment], judge: str | None = None) -> tuple[dict[str, tuple[str, bool]], set[str]]:
+    """Per-prompt results from a cache alone (for the report), and the judges they come from."""
+    chosen, judges = judgments_from_records(records, judge)
+    return {pid: combine(orders) for pid, orders in chosen.items()}, judges

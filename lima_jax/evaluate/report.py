@@ -6,7 +6,11 @@ style of LIMA's Figure 1, and the absolute-rating distribution, all from judgmen
         --absolute=absolute_judgments.jsonl
 
 Writes report.md (also printed), report.json, pairwise.png and absolute.png to --out_dir
-(`lima_jax.evaluate.reporting`). Imports no JAX.
+(`lima_jax.evaluate.reporting`); an existing report there is refused unless --overwrite. Per
+baseline it also gives the ties told apart (the judge said neither / the orders disagreed), the
+share of prompts whose two orders agree, each side's response lengths, a length-controlled win
+rate (AlpacaEval 2's regression, `lima_jax.evaluate.audit`) and, with --human_labels, the judge's
+agreement with human labels. Imports no JAX.
 """
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from absl import flags
 
 from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.reporting import absolute_distribution, pairwise_distribution, parse_pairwise_flag, write_report
+from lima_jax.evaluate.audit import read_human_labels
+from lima_jax.evaluate.reporting import (absolute_distribution, check_out_dir, pairwise_distribution,
+                                         parse_pairwise_flag, response_lengths, write_report)
 
 _PAIRWISE = flags.DEFINE_string("pairwise", None, "pairwise judgment caches, one per baseline: NAME=PATH[,NAME=PATH...]")
 _ABSOLUTE = flags.DEFINE_string("absolute", None, "an absolute-rating judgment cache")
@@ -23,6 +29,11 @@ _OURS_NAME = flags.DEFINE_string("ours_name", "LIMA", "our model's name in the r
 _JUDGE_MODEL = flags.DEFINE_string("judge_model", None, "use only this judge's judgments (needed when a cache holds several)")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "bootstrap resamples for the 95% intervals")
 _SEED = flags.DEFINE_integer("seed", 0, "bootstrap seed")
+_RESPONSES = flags.DEFINE_string("responses", None, "response files whose outputs were judged, comma-separated: "
+                                 "lengths for caches judged before judgments recorded them (matched by output hash)")
+_HUMAN_LABELS = flags.DEFINE_string("human_labels", None, "JSONL of human labels ({\"id\", \"baseline\", \"label\": "
+                                    "win|tie|loss}): the judge's agreement with them (lima_jax.evaluate.audit)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a report already in --out_dir (refused otherwise)")
 
 
 def main(argv: list[str]) -> None:
@@ -33,10 +44,24 @@ def main(argv: list[str]) -> None:
         raise LimaError("give --pairwise=NAME=CACHE[,...] and/or --absolute=CACHE")
     if _BOOTSTRAP.value < 1:
         raise LimaError(f"--bootstrap={_BOOTSTRAP.value}: must be at least 1")
+    check_out_dir(_OUT_DIR.value, _OVERWRITE.value)  # before any work
     samples, seed, judge = _BOOTSTRAP.value, _SEED.value, _JUDGE_MODEL.value
-    comparisons = [pairwise_distribution(name, path, judge, samples, seed) for name, path in parse_pairwise_flag(_PAIRWISE.value or "")]
-    ratings = absolute_distribution(_OURS_NAME.value, _ABSOLUTE.value, judge, samples, seed) if _ABSOLUTE.value else None
-    print(write_report(_OUT_DIR.value, comparisons, ratings, _OURS_NAME.value, samples, seed))
+    if _HUMAN_LABELS.value and not _PAIRWISE.value:
+        raise LimaError("--human_labels needs --pairwise: the labels are scored against its verdicts")
+    lengths = response_lengths([p.strip() for p in (_RESPONSES.value or "").split(",") if p.strip()])
+    labels = read_human_labels(_HUMAN_LABELS.value) if _HUMAN_LABELS.value else None
+    comparisons = [pairwise_distribution(name, path, judge, samples, seed, lengths, labels)
+                   for name, path in parse_pairwise_flag(_PAIRWISE.value or "")]
+    if labels is not None and not any(d.audit.human for d in comparisons):
+        baselines = sorted({lb.baseline for lb in labels})
+        raise LimaError(f"{_HUMAN_LABELS.value}: no label names a baseline in --pairwise (labels name "
+                        f"{', '.join(baselines)}; the caches judged "
+                        f"{', '.join(d.audit.baseline for d in comparisons)})")
+    ratings = None
+    if _ABSOLUTE.value:
+        ratings = absolute_distribution(_OURS_NAME.value, _ABSOLUTE.value, judge, samples, seed)
+    print(write_report(_OUT_DIR.value, comparisons, ratings, _OURS_NAME.value, samples, seed, _OVERWRITE.value,
+                       _HUMAN_LABELS.value))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@ r"""The evaluation report: win/tie/loss rates per baseline with bootstrap interv
 style of LIMA's Figure 1, and the absolute-rating distribution, all from judgment caches (the
 library behind `python -m lima_jax.evaluate.report`).
 
-Writes report.md (also printed), report.json, pairwise.png and absolute.png to --out_dir.
+Writes report.md (also printed), report.json, pairwise.png and absolute.png to --out_dir, and
+refuses a folder that holds a report unless told to overwrite it. Each baseline's row carries its
+audit (`PairAudit`: the ties told apart, position consistency, lengths, the length-controlled win
+rate, agreement with human labels; the statistics are in `lima_jax.evaluate.audit`).
 Percentages are of the prompts with a verdict; prompts whose judgment failed (or was never made)
 are excluded and counted separately, never as ties. Intervals are percentile bootstraps that
 resample prompts (seeded, so a report is reproducible).
@@ -12,18 +15,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Sequence
+import statistics
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import comparisons as pairwise, ratings as absolute
+from lima_jax.evaluate import audit, comparisons as pairwise, ratings as absolute
 from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.storage.paths import Path, PathLike, user_path
+from lima_jax.storage.paths import Path, PathLike, user_path, write_atomically
 
 Interval = tuple[float, float]
 
 _PAIR_COLORS = ("#3f7fbf", "#c8c8c8", "#e8833a")  # wins, tie, loses
+_SPLIT_COLORS = ("#3f7fbf", "#c8c8c8", "#e4e4e4", "#e8833a")  # wins, tie (neither), tie (orders disagreed), loses
+SPLIT = ("win", "tie_neither", "tie_disagreed", "loss")  # the ties told apart
 _RATING_COLORS = ("#d9534f", "#f0ad4e", "#5cb85c")  # Fail, Pass, Excellent
 
 
@@ -55,6 +61,7 @@ class Distribution:
     intervals: dict[str, Interval]
     excluded: int  # prompts with a failed or missing judgment
     judges: list[str]
+    audit: PairAudit | None = None  # pairwise comparisons only
 
     @property
     def total(self) -> int:
@@ -64,9 +71,53 @@ class Distribution:
         return 100.0 * self.counts[category] / self.total if self.total else math.nan
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "judged": self.total, "excluded": self.excluded, "judges": self.judges,
-                "counts": self.counts, "pct": {c: round(self.pct(c), 2) for c in self.categories},
-                "ci95": {c: [round(v, 2) for v in self.intervals[c]] for c in self.categories}}
+        out = {"name": self.name, "judged": self.total, "excluded": self.excluded, "judges": self.judges,
+               "counts": self.counts, "pct": {c: _round(self.pct(c)) for c in self.categories},
+               "ci95": {c: [_round(v) for v in self.intervals[c]] for c in self.categories}}
+        if self.audit is not None:
+            out.update(self.audit.to_json())
+        return out
+
+
+def _round(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 2)  # strict JSON: no NaN
+
+
+@dataclasses.dataclass
+class PairAudit:
+    """What lets a reader check a comparison's verdicts (`lima_jax.evaluate.audit`)."""
+
+    ours: str  # the generators, as recorded in the cache
+    baseline: str
+    split: Distribution  # win / tie (the judge said neither) / tie (the orders disagreed) / loss
+    consistency: Distribution  # agreed / disagreed: the share of judged prompts whose two orders agree
+    lengths: dict[str, list[int]]  # "ours" / "baseline" -> per judged prompt, when known
+    unmeasured: int  # judged prompts whose response lengths are unknown
+    length_controlled: audit.LengthControlled | None
+    human: audit.Agreement | None
+
+    def length_stats(self, side: str) -> dict[str, float] | None:
+        values = self.lengths[side]
+        if not values:
+            return None
+        return {"mean": round(statistics.fmean(values), 1), "median": float(statistics.median(values))}
+
+    def to_json(self) -> dict[str, Any]:
+        split = self.split
+        return {
+            "generators": {"ours": self.ours, "baseline": self.baseline},
+            "ties": {"judge_said_neither": split.counts["tie_neither"],
+                     "orders_disagreed": split.counts["tie_disagreed"],
+                     "pct": {c: _round(split.pct(c)) for c in ("tie_neither", "tie_disagreed")},
+                     "ci95": {c: [_round(v) for v in split.intervals[c]] for c in ("tie_neither", "tie_disagreed")}},
+            "position_consistency": {"agreed": self.consistency.counts["agreed"], "judged": self.consistency.total,
+                                     "pct": _round(self.consistency.pct("agreed")),
+                                     "ci95": [_round(v) for v in self.consistency.intervals["agreed"]]},
+            "length": {"unit": audit.LENGTH_UNIT, "prompts": len(self.lengths["ours"]), "unmeasured": self.unmeasured,
+                       "ours": self.length_stats("ours"), "baseline": self.length_stats("baseline")},
+            "length_controlled": self.length_controlled.to_json() if self.length_controlled else None,
+            "human_agreement": self.human.to_json() if self.human else None,
+        }
 
 
 def _distribution(name: str, labels: dict[str, str], categories: tuple[str, ...], judges: set[str],
@@ -100,19 +151,79 @@ def _check_one_pair(path: str, records: list) -> None:
                         "into a --cache of its own")
 
 
+def response_lengths(paths: Sequence[str]) -> dict[str, int]:
+    """Output text hash -> length, from response files: lengths for caches judged before judgments
+    recorded them (matched by hash, so only the very outputs that were judged count)."""
+    from lima_jax.evaluate.responses import read_responses, text_hash
+
+    return {text_hash(r["output"]): len(r["output"]) for path in paths for r in read_responses(path).values()}
+
+
+def _side_length(record: dict, side: str, lengths: Mapping[str, int]) -> int | None:
+    recorded = record.get(f"{side}_length")
+    return recorded if isinstance(recorded, int) else lengths.get(str(record.get(f"{side}_hash")))
+
+
+def pair_audit(chosen: Mapping[str, Mapping[str, dict | None]], ours: str, baseline: str, judges: set[str],
+               lengths: Mapping[str, int], labels: Sequence[audit.HumanLabel] | None, samples: int,
+               seed: int) -> PairAudit:
+    """Position consistency, the ties told apart, lengths, the length-controlled win rate and the
+    agreement with human labels, for one comparison's judgments (prompt -> order -> judgment)."""
+    split: dict[str, str] = {}
+    outcomes: dict[str, str] = {}
+    preference, ours_len, base_len = [], [], []
+    unmeasured = 0
+    for pid, orders in chosen.items():
+        outcome, agreed = pairwise.combine(dict(orders))
+        outcomes[pid] = outcome
+        if outcome not in pairwise.OUTCOMES:
+            continue
+        split[pid] = ("tie_neither" if agreed else "tie_disagreed") if outcome == "tie" else outcome
+        record = orders[pairwise.ORDERS[0]]
+        mine, theirs = _side_length(record, "ours", lengths), _side_length(record, "baseline", lengths)
+        if mine is None or theirs is None:
+            unmeasured += 1
+            continue
+        ours_len.append(mine)
+        base_len.append(theirs)
+        preference.append(statistics.fmean(audit.OUTCOME_SCORE[pairwise.order_outcome(o, orders[o]["verdict"])]
+                                           for o in pairwise.ORDERS))
+    consistency = {pid: "agreed" if label != "tie_disagreed" else "disagreed" for pid, label in split.items()}
+    lc = None
+    if preference and not unmeasured:  # on a subset of the prompts it would not be this comparison's figure
+        lc = audit.length_controlled_win_rate(preference, ours_len, base_len, samples, seed)
+    human = None
+    if labels is not None:
+        matching = [lb for lb in labels if lb.baseline == baseline]
+        for lb in matching:
+            if lb.ours is not None and lb.ours != ours:
+                raise LimaError(f"{lb.where}: labels {lb.ours!r} vs {baseline!r}, but the cache judged {ours!r}")
+        human = audit.judge_agreement(outcomes, matching, samples, seed) if matching else None
+    return PairAudit(ours, baseline, _distribution("split", split, SPLIT, judges, samples, seed),
+                     _distribution("consistency", consistency, ("agreed", "disagreed"), judges, samples, seed),
+                     {"ours": ours_len, "baseline": base_len}, unmeasured, lc, human)
+
+
 def pairwise_distribution(name: str | None, path: str, judge: str | None = None, samples: int = 1000,
-                          seed: int = 0) -> Distribution:
+                          seed: int = 0, lengths: Mapping[str, int] | None = None,
+                          labels: Sequence[audit.HumanLabel] | None = None) -> Distribution:
+    """One baseline's row of the report, with its audit. `lengths`: output hash -> length, for a
+    cache whose judgments did not record them (`response_lengths`); `labels`: human labels, of which
+    those naming this cache's baseline generator are scored."""
     cache = _load(path)
-    results, judges = pairwise.results_from_records(cache.records, judge)
-    if not results:
+    chosen, judges = pairwise.judgments_from_records(cache.records, judge)
+    if not chosen:
         raise LimaError(f"{path}: no pairwise judgments" + (f" by {judge}" if judge else ""))
     _check_judges(path, judges)
-    _check_one_pair(path, [r for r in cache.records if r.get("kind") == "pairwise" and r.get("judge") in judges])
+    judged = [r for r in cache.records if r.get("kind") == "pairwise" and r.get("judge") in judges]
+    _check_one_pair(path, judged)
+    ours_generator, baseline_generator = (str(judged[-1].get(f"{side}_generator")) for side in ("ours", "baseline"))
     if not name:  # default: the baseline's generator as recorded, else the file name
-        recorded = [r.get("baseline_generator") for r in cache.records if r.get("kind") == "pairwise"]
-        name = recorded[-1] if recorded and recorded[-1] else Path(path).stem
-    labels = {pid: outcome for pid, (outcome, _) in results.items()}
-    return _distribution(name, labels, pairwise.OUTCOMES, judges, samples, seed)
+        name = judged[-1].get("baseline_generator") or Path(path).stem
+    labels_by_outcome = {pid: pairwise.combine(dict(orders))[0] for pid, orders in chosen.items()}
+    d = _distribution(name, labels_by_outcome, pairwise.OUTCOMES, judges, samples, seed)
+    d.audit = pair_audit(chosen, ours_generator, baseline_generator, judges, lengths or {}, labels, samples, seed)
+    return d
 
 
 def absolute_distribution(name: str, path: str, judge: str | None = None, samples: int = 1000,
@@ -131,8 +242,71 @@ def _cell(d: Distribution, c: str) -> str:
     return f"{d.pct(c):.1f}% [{lo:.1f}, {hi:.1f}]"
 
 
+def _count_cell(d: Distribution, c: str) -> str:
+    return "n/a" if not d.total else f"{_cell(d, c)} ({d.counts[c]})"
+
+
+def _length_cell(a: PairAudit, side: str) -> str:
+    stats = a.length_stats(side)
+    return "n/a" if stats is None else f"{stats['mean']:.0f} / {stats['median']:.0f}"
+
+
+def _audit_markdown(comparisons: Sequence[Distribution], ours: str, human_labels: str | None) -> list[str]:
+    rows = [d for d in comparisons if d.audit is not None]
+    if not rows:
+        return []
+    lines = ["### Ties, position consistency and response length", "",
+             f"| Baseline | Tie: the judge said neither | Tie: the orders disagreed | Orders agree "
+             f"| {ours} length, mean / median | Baseline length, mean / median |", "|---|---:|---:|---:|---:|---:|"]
+    for d in rows:
+        a = d.audit
+        lines.append(f"| {d.name} | {_count_cell(a.split, 'tie_neither')} | {_count_cell(a.split, 'tie_disagreed')} | "
+                     f"{_cell(a.consistency, 'agreed')} ({a.consistency.counts['agreed']}/{a.consistency.total}) | "
+                     f"{_length_cell(a, 'ours')} | {_length_cell(a, 'baseline')} |")
+    lines += ["", "A tie is either the judge saying neither answer is better in both orders, or the two orders "
+              "disagreeing (position bias or noise); \"orders agree\" is the share of judged prompts whose two orders "
+              f"gave the same verdict (position consistency). Lengths in {audit.LENGTH_UNIT}, over the prompts judged."]
+    unmeasured = sum(d.audit.unmeasured for d in rows)
+    if unmeasured:
+        lines.append(f"Lengths unknown for {unmeasured} judged prompt{'s' if unmeasured != 1 else ''} (judged before "
+                     "caches recorded lengths): give their response files with --responses to measure them; no "
+                     "length-controlled win rate is given for a comparison with unmeasured prompts.")
+    lines += ["", "### Length-controlled win rate", "",
+              "| Baseline | Prompts | Win rate (ties half) | Length-controlled win rate | Length coefficient |",
+              "|---|---:|---:|---:|---:|"]
+    for d in rows:
+        lc = d.audit.length_controlled
+        if lc is None:
+            lines.append(f"| {d.name} | {len(d.audit.lengths['ours'])} | n/a | n/a | n/a |")
+            continue
+        lines.append(f"| {d.name} | {lc.prompts} | {lc.win_rate:.1f}% [{lc.win_rate_ci[0]:.1f}, "
+                     f"{lc.win_rate_ci[1]:.1f}] | {lc.lc_win_rate:.1f}% [{lc.lc_ci[0]:.1f}, {lc.lc_ci[1]:.1f}] | "
+                     f"{lc.length_coef:+.2f} |")
+    lines += ["", "AlpacaEval 2's regression (Dubois et al. 2024), without its instruction-difficulty term: a logistic "
+              "regression of each prompt's preference (the mean of its two orders: win 1, tie 0.5, loss 0) on an "
+              "intercept and tanh(length difference / its standard deviation), L2 penalty "
+              f"{audit.RIDGE}; the length-controlled win rate is its prediction with the length term at zero. A "
+              "positive length coefficient: the judge favours the longer answer. Intervals refit on each "
+              "bootstrap resample of the prompts.", ""]
+    if human_labels:
+        lines += [f"### Agreement with human labels ({human_labels})", "",
+                  "| Baseline | Labels | Prompts | Agreement | Same verdict | Exactly one tie | Labels not judged |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for d in rows:
+            h = d.audit.human
+            if h is None:
+                lines.append(f"| {d.name} | 0 | 0 | n/a | 0 | 0 | 0 |")
+                continue
+            agreement = "n/a" if not h.labels else f"{h.agreement:.1f}% [{h.ci[0]:.1f}, {h.ci[1]:.1f}]"
+            lines.append(f"| {d.name} | {h.labels} | {h.prompts} | {agreement} | {h.same} | {h.half} | {h.unjudged} |")
+        lines += ["", "Tie-discounted accuracy, as LIMA measures agreement (§4): 1 when the judge and the label "
+                  "agree, 0.5 when exactly one of them says tie, 0 otherwise; the judge's verdict is the prompt's "
+                  "outcome above. Labels are matched to a baseline by its generator name.", ""]
+    return lines
+
+
 def markdown(comparisons: Sequence[Distribution], ratings: Distribution | None, ours: str, samples: int,
-             seed: int) -> str:
+             seed: int, human_labels: str | None = None) -> str:
     lines = [f"# {ours} evaluation", ""]
     method = f"95% intervals: percentile bootstrap over prompts ({samples} resamples, seed {seed})."
     if comparisons:
@@ -148,6 +322,7 @@ def markdown(comparisons: Sequence[Distribution], ratings: Distribution | None, 
                   "tie. Percentages are of the prompts judged.", method,
                   f"Excluded: {excluded} prompt{'s' if excluded != 1 else ''} in all with a failed or missing "
                   "judgment, not counted as ties.", ""]
+        lines += _audit_markdown(comparisons, ours, human_labels)
     if ratings is not None:
         lines += [f"## Absolute rating of {ours} (judge: {', '.join(ratings.judges)})", "",
                   "| Rating | Count | Share |", "|---|---:|---:|"]
@@ -159,55 +334,110 @@ def markdown(comparisons: Sequence[Distribution], ratings: Distribution | None, 
     return "\n".join(lines)
 
 
-def stacked_bars(path: PathLike, rows: Sequence[Distribution], labels: Sequence[str], colors: Sequence[str],
-                 xlabel: str) -> None:
-    """Horizontal stacked bars, one per row, each segment labelled with its percentage (LIMA Fig. 1)."""
+def stacked_bars(rows: Sequence[Distribution], labels: Sequence[str], colors: Sequence[str], xlabel: str,
+                 title: str, hatches: Sequence[str] | None = None):
+    """Horizontal stacked bars, one per row, each segment labelled with its percentage (LIMA Fig. 1);
+    titled, with the judge, each row's n, and the 95% intervals of the first and the last category's
+    shares as error bars on their edges (the middle ones lie between). Returns the matplotlib Figure."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise LimaError("the report's charts need matplotlib: pip install matplotlib") from None
     # A Figure with an Agg canvas directly: no pyplot, so no global backend state or display needed.
-    fig = Figure(figsize=(8, 1.2 + 0.55 * len(rows)))
+    fig = Figure(figsize=(8, 2.3 + 0.55 * len(rows)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     y = np.arange(len(rows))
     left = np.zeros(len(rows))
-    for category, label, color in zip(rows[0].categories, labels, colors):
+    categories = rows[0].categories
+    for i, (category, label, color) in enumerate(zip(categories, labels, colors)):
         widths = np.array([d.pct(category) if d.total else 0.0 for d in rows])
-        ax.barh(y, widths, left=left, color=color, label=label, height=0.6, edgecolor="white")
+        ax.barh(y, widths, left=left, color=color, label=label, height=0.6, edgecolor="white",
+                hatch=hatches[i] if hatches else None)
         for yi, (x0, w) in enumerate(zip(left, widths)):
             if w >= 4:  # narrower segments would not fit their label
                 ax.text(x0 + w / 2, yi, f"{w:.0f}%", ha="center", va="center", fontsize=9)
         left += widths
-    ax.set_yticks(y, [d.name for d in rows])
+    first, last = categories[0], categories[-1]
+    for yi, d in enumerate(rows):
+        if not d.total:
+            continue
+        # Above and below the middle, so that wide intervals neither overlap each other nor the labels.
+        lo, hi = d.intervals[first]
+        x = d.pct(first)
+        ax.errorbar([x], [yi - 0.17], xerr=[[x - lo], [hi - x]], fmt="none", ecolor="black", elinewidth=1, capsize=3)
+        lo, hi = d.intervals[last]
+        x = 100 - d.pct(last)  # the last segment's left edge moves opposite to its share
+        ax.errorbar([x], [yi + 0.17], xerr=[[x - (100 - hi)], [(100 - lo) - x]], fmt="none", ecolor="black",
+                    elinewidth=1, capsize=3)
+    ax.set_yticks(y, [f"{d.name}\n(n={d.total})" for d in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel(xlabel)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.tick_params(axis="y", length=0)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False)
+    judges = sorted({j for d in rows for j in d.judges})
+    fig.suptitle(title, fontweight="bold")
+    ax.set_title(f"judge: {', '.join(judges)} · error bars: 95% bootstrap intervals of '{labels[0]}' and "
+                 f"'{labels[-1]}'", fontsize=8, pad=24)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def save_png(fig, path: PathLike) -> None:
     with Path(path).open("wb") as f:  # a file object: matplotlib writes local paths only, this may be gs://
         fig.savefig(f, format="png", dpi=150)
 
 
+def pairwise_chart(comparisons: Sequence[Distribution], ours: str):
+    """LIMA's Figure 1, with the ties told apart where the audit is known (hatched: the orders disagreed)."""
+    if all(d.audit is not None for d in comparisons):
+        rows = [dataclasses.replace(d.audit.split, name=d.name) for d in comparisons]
+        return stacked_bars(rows, (f"{ours} wins", "Tie: neither", "Tie: orders disagree", f"{ours} loses"),
+                            _SPLIT_COLORS, "% of prompts", f"Pairwise preference: {ours} vs each baseline",
+                            hatches=("", "", "///", ""))
+    return stacked_bars(comparisons, (f"{ours} wins", "Tie", f"{ours} loses"), _PAIR_COLORS, "% of prompts",
+                        f"Pairwise preference: {ours} vs each baseline")
+
+
+REPORT_FILES = ("report.md", "report.json", "pairwise.png", "absolute.png")
+
+
+def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
+    """Refuses a folder that already holds a report (any of its files) unless `overwrite`: a report
+    is the record of a run's verdicts, and a second command pointed at the same folder by mistake
+    must not replace it. Called before any work, and again by `write_report`."""
+    out = user_path(out_dir)
+    for name in REPORT_FILES:
+        if not overwrite and (out / name).exists():
+            raise LimaError(f"{out / name} exists; pass --overwrite to replace the report")
+
+
 def write_report(out_dir: str, comparisons: Sequence[Distribution], ratings: Distribution | None,
-                 ours: str = "LIMA", samples: int = 1000, seed: int = 0) -> str:
-    """Writes report.md, report.json and the charts to `out_dir` (local or gs://); returns the Markdown."""
+                 ours: str = "LIMA", samples: int = 1000, seed: int = 0, overwrite: bool = False,
+                 human_labels: str | None = None) -> str:
+    """Writes report.md, report.json and the charts to `out_dir` (local or gs://); returns the Markdown.
+    An existing report there is refused unless `overwrite`; then its files are all replaced or removed,
+    so that the folder never mixes two reports."""
+    check_out_dir(out_dir, overwrite)
     out = user_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(comparisons, ratings, ours, samples, seed)
-    (out / "report.md").write_text(text, encoding="utf-8")
+    for name in REPORT_FILES:  # a chart the new report does not draw must not outlive the old one
+        if (out / name).exists():
+            (out / name).unlink()
+    text = markdown(comparisons, ratings, ours, samples, seed, human_labels)
+    write_atomically(out / "report.md", text)
     summary = {"pairwise": [d.to_json() for d in comparisons], "absolute": ratings.to_json() if ratings else None,
-               "bootstrap": {"samples": samples, "seed": seed}}
-    (out / "report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+               "bootstrap": {"samples": samples, "seed": seed}, "human_labels": human_labels}
+    write_atomically(out / "report.json", json.dumps(summary, indent=1))
     if comparisons:
-        stacked_bars(out / "pairwise.png", comparisons, (f"{ours} wins", "Tie", f"{ours} loses"), _PAIR_COLORS,
-                     "% of prompts")
+        save_png(pairwise_chart(comparisons, ours), out / "pairwise.png")
     if ratings is not None:
-        stacked_bars(out / "absolute.png", [ratings], absolute.RATINGS, _RATING_COLORS, "% of responses")
+        save_png(stacked_bars([ratings], absolute.RATINGS, _RATING_COLORS, "% of responses",
+                              f"Absolute rating of {ours}"), out / "absolute.png")
     return text
 
 
