@@ -39,7 +39,27 @@ def _parse_flags(argv: list[str]) -> list[str]:
         logging.set_verbosity(logging.WARNING)
     if not flags.FLAGS.verbose:  # gcsfs logs each gs:// request it gives up on, traceback and all, then raises
         std_logging.getLogger("gcsfs").setLevel(std_logging.CRITICAL)  # what it raises is the one line we print
+        logging.get_absl_logger().addFilter(_failures_raised_later)
+        sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
     return rest
+
+
+def _failures_raised_later(record: std_logging.LogRecord) -> bool:
+    """Orbax logs a failed background save with its traceback from each of its threads (5 copies for a
+    full disk), then raises it where the run waits for the save: the one line we print says it."""
+    return not (record.exc_info and record.levelno >= std_logging.ERROR and "/orbax/" in record.pathname)
+
+
+def _quiet_unraisablehook(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """After a failed save, TensorStore's callbacks still post to Orbax's closed event loop and print
+    "RuntimeError: Event loop is closed" with a traceback: noise beside the error that matters."""
+
+    def unraisablehook(unraisable) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            hook(unraisable)
+
+    return unraisablehook
 
 
 def describe_flag_error(message: str) -> str:

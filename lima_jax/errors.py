@@ -10,6 +10,10 @@ class LimaError(Exception):
     """A problem with the user's input (file, key, tensor), told in one line."""
 
 
+class RunFailure(Exception):
+    """A failure of the run itself (a full disk, a lost bucket), told in one line with what survived."""
+
+
 def run_main(main: Callable[[list[str]], None], argv: list[str], verbose: bool) -> NoReturn:
     """Runs `main`; a LimaError becomes one line on stderr and exit 2, any other failure exit 1.
 
@@ -22,6 +26,11 @@ def run_main(main: Callable[[list[str]], None], argv: list[str], verbose: bool) 
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RunFailure as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 - a runtime failure still gets one readable line
         if verbose:
             traceback.print_exc()

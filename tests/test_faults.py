@@ -103,3 +103,243 @@ def test_a_dev_jsonl_beside_the_training_data_is_the_dev_set(tmp_path):
     assert f"100 training conversations from {data} and 10 dev conversations from {data / 'dev.jsonl'}" in r.stderr
     written = (tmp_path / "run" / "dev.jsonl").read_text().splitlines()
     assert [json.loads(x)["conversations"] for x in written] == [rec["conversations"] for rec in records[100:110]]
+
+
+def _data_dir(folder, records, dev=None):
+    """A data folder holding `records` (and `dev`) in LIMA's format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    line = lambda r: json.dumps({"conversations": r["conversations"]}) + "\n"  # noqa: E731
+    (folder / "train.jsonl").write_text("".join(line(r) for r in records))
+    if dev is not None:
+        (folder / "dev.jsonl").write_text("".join(line(r) for r in dev))
+    return folder
+
+
+def _demo_records():
+    from lima_jax.data import demo_dir
+    from lima_jax.data.records import read_conversations
+
+    return read_conversations(demo_dir() / "train.jsonl")[0]
+
+
+def _on_data(tmp_path, folder, **overrides):
+    from lima_jax.data import demo_dir
+
+    return small_config(tmp_path, **{"data.manual_dir": str(folder), "data.tokenizer": str(demo_dir() / "tokenizer.model"), **overrides})
+
+
+def test_a_resume_on_edited_data_is_refused(tmp_path):
+    """Data edited between a preemption and the resume used to go unnoticed: the step count and the
+    dev split were recomputed from the new file ("resumed at step 4 of 4")."""
+    records = _demo_records()
+    data = _data_dir(tmp_path / "data", records[:48], dev=records[48:56])
+    train(_on_data(tmp_path, data))
+    _data_dir(data, records[:24], dev=records[48:56])
+    with pytest.raises(LimaError, match=r"holds a run begun on other training conversations \(sha256 [0-9a-f]{12}, now [0-9a-f]{12}; .*inputs.json\)"):
+        train(_on_data(tmp_path, data))
+    _data_dir(data, records[:48], dev=records[40:56])
+    with pytest.raises(LimaError, match="holds a run begun on other dev conversations"):
+        train(_on_data(tmp_path, data))
+    _data_dir(data, records[:48], dev=records[48:56])
+    assert train(_on_data(tmp_path, data)) == {"status": "finished"}  # the same inputs: it has finished
+
+
+def test_lowering_max_to_keep_on_a_resume_is_refused_before_any_step_is_deleted(tmp_path):
+    train(small_config(tmp_path, **{"num_epochs": 3, "checkpoint.max_to_keep": 0}))
+    steps = checkpoint_steps(tmp_path / "run")
+    assert len(steps) == 3
+    with pytest.raises(LimaError) as e:
+        train(small_config(tmp_path, **{"num_epochs": 3, "checkpoint.max_to_keep": 1}))
+    assert str(e.value) == (
+        f"config key checkpoint.max_to_keep: 1 would delete 2 of the 3 steps in {tmp_path / 'run' / 'checkpoints'} "
+        f"(steps {steps[0]}, {steps[1]}); the run kept every step: resume with --config.checkpoint.max_to_keep=0, "
+        "or move those steps elsewhere first"
+    )
+    assert checkpoint_steps(tmp_path / "run") == steps
+
+
+def test_a_moved_workdir_and_a_trailing_slash_resume_the_same_run(tmp_path):
+    """The workdir's path was part of the config identity: a trailing slash or a moved run could not resume."""
+    train(small_config(tmp_path, **{"num_epochs": 2}))
+    os.rename(tmp_path / "run", tmp_path / "moved")
+    done = train(small_config(tmp_path, **{"num_epochs": 2, "workdir": str(tmp_path / "moved") + "/"}))
+    assert done == {"status": "finished"}
+
+
+def test_a_tilde_workdir_is_the_home_folder_everywhere(tmp_path):
+    """`--config.workdir=~/run` used to split the run between ./~ and $HOME."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [a for a in _cmd("~/run") if not a.startswith("--config.num_epochs")] + ["--config.num_epochs=1"]
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert os.listdir(cwd) == []
+    run = tmp_path / "home" / "run"
+    assert {"config.json", "inputs.json", "metrics.jsonl", "dev.jsonl", "checkpoints", "tokenizer.model"} <= set(os.listdir(run))
+
+
+def test_an_empty_config_json_in_the_workdir_is_one_line_naming_it(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("")
+    with pytest.raises(LimaError, match=rf"^{tmp_path / 'run' / 'config.json'}: not valid JSON \(Expecting value: line 1 column 1"):
+        train(small_config(tmp_path))
+
+
+def test_a_truncated_tensor_file_or_a_stray_step_folder_falls_back_to_the_last_whole_step(tmp_path, capfd):
+    """A truncated tensor file or an empty `checkpoints/150` used to be taken as the latest step (a
+    TensorStore dump or a KeyError)."""
+    records = _demo_records()
+    config = _on_data(tmp_path, _data_dir(tmp_path / "data", records[:88], dev=records[88:96]), **{"checkpoint.every_steps": 2})
+    train(config)
+    run = tmp_path / "run"
+    uninterrupted = read_metrics(run)
+    (run / "checkpoints" / "150").mkdir()
+    files = [os.path.join(d, f) for d, _, fs in os.walk(run / "checkpoints" / "11" / "params") for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.truncate(os.path.getsize(biggest) // 2)
+    capfd.readouterr()
+    assert train(config)["status"] == "finished"
+    err = capfd.readouterr().err
+    assert "warning: checkpoint step 150 cannot be read (no params, opt_state, model, run); moved" in err
+    assert 'warning: checkpoint step 11 cannot be read (OUT_OF_RANGE: Error reading "' in err
+    assert f"resumed {run} at step 10 of 11" in err
+    aside = sorted(p for p in os.listdir(run / "checkpoints") if "unreadable" in p)
+    assert [p.split(".")[0] for p in aside] == ["11", "150"]
+    again = {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
+    assert again == {r["step"]: r["loss"] for r in uninterrupted if "loss" in r}
+    assert checkpoint_steps(run)[-1] == 11
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
+    """Two trainers on one workdir used to both exit 0, interleaving metrics.jsonl."""
+    workdir = tmp_path / "run"
+    first = subprocess.Popen(_cmd(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text()):
+        time.sleep(0.05)
+    second = subprocess.run(_cmd(workdir), capture_output=True, text=True)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=240)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"error: workdir {workdir} is in use by pid {first.pid} on {__import__('socket').gethostname()} (its lock {workdir / 'lock'} was renewed ")
+    assert first.returncode == 0 and json.loads(out.strip().splitlines()[-1])["status"] == "preempted", err[-2000:]
+    steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
+    assert steps == list(range(len(steps)))
+    assert not (workdir / "lock").exists()
+
+
+def test_a_killed_runs_lock_is_taken_over(tmp_path):
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(workdir, "--config.checkpoint.every_steps=1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint_steps(workdir)) < 2:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert (workdir / "lock").exists()
+    r = subprocess.run(_cmd(workdir), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"note: taking over {workdir / 'lock'} (pid {proc.pid} on this host has exited)" in r.stderr
+
+
+def test_a_lock_from_another_host_is_refused_while_renewed_and_taken_once_stale(tmp_path):
+    from lima_jax.train.lock import WorkdirLock
+
+    lock = tmp_path / "lock"
+    lock.write_text(json.dumps({"host": "pod-worker-0", "pid": 1, "token": "x", "renewed": time.time() - 5}))
+    with pytest.raises(LimaError, match=rf"^workdir {tmp_path} is in use by pid 1 on pod-worker-0 \(its lock {lock} was renewed 5 s ago\)"):
+        WorkdirLock(tmp_path).__enter__()
+    lock.write_text(json.dumps({"host": "pod-worker-0", "pid": 1, "token": "x", "renewed": time.time() - 500}))
+    with WorkdirLock(tmp_path, renew_s=0.05) as held:
+        time.sleep(0.3)
+        record = json.loads(lock.read_text())
+        assert record["token"] == held.token and time.time() - record["renewed"] < 0.3
+    assert not lock.exists()
+
+
+def test_generate_refuses_an_output_that_is_not_a_response_file_and_leaves_it_whole(tmp_path):
+    """`evaluate.generate --output=EXISTING` used to cut the last line of a prompts file before failing."""
+    from lima_jax.evaluate.responses import generate_responses
+
+    output = tmp_path / "test.jsonl"
+    text = '{"conversations": ["What is 2 plus 2?"]}\n{"conversations": ["Name a col'
+    output.write_text(text)
+    with pytest.raises(LimaError, match=rf"^{output}:1: missing 'prompt'; it is not a response file: name another file$"):
+        generate_responses(None, [["What is 2 plus 2?"]], output, "ours", None, 0, 1)
+    assert output.read_text() == text
+    notes = tmp_path / "notes.txt"
+    notes.write_text("remember to judge epoch 5")
+    with pytest.raises(LimaError, match=rf"^{notes}:1: not JSON; it is not a response file"):
+        generate_responses(None, [["What is 2 plus 2?"]], notes, "ours", None, 0, 1)
+    assert notes.read_text() == "remember to judge epoch 5"
+
+
+def test_a_judgment_cache_pointed_at_an_unrelated_one_line_file_is_refused_untouched(tmp_path):
+    from lima_jax.evaluate.judging import JudgmentCache
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("remember to judge epoch 5")
+    with pytest.raises(LimaError, match=rf"^{notes}:1: not JSON; it is not a judgment cache"):
+        JudgmentCache(notes)
+    assert notes.read_text() == "remember to judge epoch 5"
+
+
+def test_a_bom_is_accepted_and_a_lone_surrogate_is_a_bad_line_that_skip_invalid_skips(tmp_path, capfd):
+    """A lone surrogate (`\\ud800`) used to pass the reader and stop TFDS with exit 1, even with
+    skip_invalid; a UTF-8 BOM made line 1 "not valid JSON"."""
+    from lima_jax.data.records import read_conversations
+
+    records = _demo_records()
+    data = _data_dir(tmp_path / "data", records[:40], dev=records[40:48])
+    lines = (data / "train.jsonl").read_text().splitlines(keepends=True)
+    lines.insert(5, '{"conversations": ["Hi \\ud800 there", "Hello."]}\n')
+    (data / "train.jsonl").write_text("\ufeff" + "".join(lines), encoding="utf-8")
+    with pytest.raises(LimaError, match=rf"^{data / 'train.jsonl'}:6: turn 1 holds a lone surrogate \('\\ud800' at character 4\), which is not text$"):
+        read_conversations(data / "train.jsonl")
+    assert len(read_conversations(data / "train.jsonl", skip_invalid=True)[0]) == 40
+    capfd.readouterr()
+    train(_on_data(tmp_path, data, **{"data.skip_invalid": True}))
+    err = capfd.readouterr().err
+    assert "40 training conversations from" in err and "(1 invalid skipped)" in err, err[-2000:]
+
+
+def test_a_dev_size_as_large_as_the_data_names_the_key_and_the_remedy(tmp_path):
+    records = _demo_records()
+    data = _data_dir(tmp_path / "data", records[:20])
+    with pytest.raises(LimaError) as e:
+        train(_on_data(tmp_path, data, **{"data.dev_size": 20}))
+    assert str(e.value) == ("config key data.dev_size: holding out 20 dev examples leaves none of the 20 records to train on; "
+                            "set --config.data.dev_size below 20, or put a dev.jsonl beside the training data")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs: the workdir fills it at the last checkpoint. Needs mount rights (root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test needs one")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(small_disk):
+    """A full disk used to flood stderr with 5-11 Orbax tracebacks around the last line."""
+    workdir = small_disk / "run"
+    r = subprocess.run(_cmd(workdir), capture_output=True, text=True)
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith(("epoch ", "  0%"))]
+    assert "Traceback" not in r.stderr and len(lines) == 2, r.stderr[-3000:]
+    assert lines[-1] == (f"error: saving checkpoint step 100 in {workdir / 'checkpoints'} failed: No space left on device; "
+                         "the steps saved before it are whole: fix the cause and rerun the same command to resume")
+    first = {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    r = subprocess.run(_cmd(workdir), capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["status"] == "finished", r.stderr[-2000:]
+    assert {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r} == first
+    assert checkpoint_steps(workdir) == [100]

@@ -167,8 +167,13 @@ def dev_split(records: Sequence[Record], n: int, seed: int) -> tuple[list[Record
 
     Both parts keep the records' original order.
     """
-    if not 0 <= n < len(records):
-        raise LimaError(f"a dev set of {n} examples must be >= 0 and leave training examples out of {len(records)} records")
+    if n < 0:
+        raise LimaError(f"config key data.dev_size: must be >= 0, got {n}")
+    if n >= len(records):
+        raise LimaError(
+            f"config key data.dev_size: holding out {n} dev examples leaves none of the {len(records)} records to train on; "
+            f"set --config.data.dev_size below {len(records)}, or put a dev.jsonl beside the training data"
+        )
     held = np.zeros(len(records), bool)
     held[np.random.default_rng(seed).permutation(len(records))[:n]] = True
     train = [records[i] for i in range(len(records)) if not held[i]]

@@ -4,6 +4,8 @@ trainer says which tokenizer to use: the data layer knows nothing of checkpoints
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import pathlib
 from typing import Sequence
@@ -30,6 +32,25 @@ class TrainingData:
     skipped: int
     source: str  # where the examples came from, for the log
     dev_source: str  # the dev set's file, or how it was held out
+    fingerprint: dict[str, str]  # what the run learns from, hashed: a resume refuses other inputs
+
+
+def fingerprint(train: Sequence[Record], dev: Sequence[Record], tokenizer_path: PathLike) -> dict[str, str]:
+    """SHA-256 of the training conversations (in order), the dev conversations and the tokenizer's
+    files: the same config over edited data is a different run."""
+
+    def conversations(records: Sequence[Record]) -> str:
+        h = hashlib.sha256()
+        for r in records:
+            h.update(json.dumps(r["conversations"], ensure_ascii=False).encode() + b"\n")
+        return h.hexdigest()
+
+    path = Path(tokenizer_path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    tokenizer = hashlib.sha256()
+    for f in files:
+        tokenizer.update(f.name.encode() + b"\0" + f.read_bytes())
+    return {"train": conversations(train), "dev": conversations(dev), "tokenizer": tokenizer.hexdigest()}
 
 
 def _load_train_split(manual_dir, cache_dir, skip_invalid: bool, process_index: int, process_count: int):
@@ -138,4 +159,5 @@ def build(
     dev_batches = eval_batches(dev_examples, data.max_len, eval_rows) if dev_examples else []
     given = dev_file(config)
     dev_source = f"from {given}" if given else "held out of them"
-    return TrainingData(tokenizer, batcher, dev_batches, dev, len(train), len(dev_examples), skipped, str(source), dev_source)
+    return TrainingData(tokenizer, batcher, dev_batches, dev, len(train), len(dev_examples), skipped, str(source),
+                        dev_source, fingerprint(train, dev, tokenizer_path))

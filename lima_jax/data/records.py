@@ -47,6 +47,8 @@ def read_jsonl(
         for lineno, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
+                if lineno == 1:
+                    text = text.removeprefix("\ufeff")  # a BOM, as some Windows editors write
                 if not text.strip():
                     continue
                 parsed.append((lineno, parse(text)))
@@ -69,6 +71,27 @@ def incomplete_tail(data: bytes) -> int | None:
         return None
     except (ValueError, UnicodeDecodeError):
         return start
+
+
+def check_appendable(path: str | os.PathLike, parse: Callable[[str], Any], what: str) -> None:
+    """Before anything is appended to (or repaired in) the JSONL file at `path`: every whole line must
+    parse as `what` (`parse` raises BadLine), and a partial last line, which `repair_tail` cuts off,
+    must follow such records. An unrelated file is refused in one line naming it, never touched."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    cut = incomplete_tail(data)
+    whole = data if cut is None else data[:cut]
+    for lineno, raw in enumerate(whole.split(b"\n"), start=1):
+        try:
+            if raw.strip():
+                parse(raw.decode("utf-8"))
+        except (BadLine, UnicodeDecodeError) as e:
+            why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+            raise LimaError(f"{path}:{lineno}: {why}; it is not {what}: name another file") from None
+    if cut is not None and not whole.strip():
+        raise LimaError(f"{path}:1: not JSON; it is not {what}: name another file (or delete it, if a killed run left it)")
 
 
 def repair_tail(path: str | os.PathLike) -> None:
@@ -139,7 +162,16 @@ def _lima_turns(turns: Any) -> list[str]:
             raise BadLine(f"turn {i} is not a string (got {_kind(turn)})")
         if not turn.strip():
             raise BadLine(f"turn {i} is empty")
+        _check_text(turn, f"turn {i}")
     return list(turns)
+
+
+def _check_text(text: str, what: str) -> None:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer or UTF-8 file can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadLine(f"{what} holds a lone surrogate ({text[e.start]!a} at character {e.start + 1}), which is not text") from None
 
 
 def _openai_turns(messages: Any) -> list[str]:
@@ -159,6 +191,7 @@ def _openai_turns(messages: Any) -> list[str]:
             raise BadLine(f"message {i}: content is not a string (got {_kind(content)})")
         if not content.strip():
             raise BadLine(f"message {i}: content is empty")
+        _check_text(content, f"message {i}")
         if role == "system":
             if i != 1:
                 raise BadLine(f"message {i}: a system message may only come first")

@@ -54,6 +54,9 @@ class JudgmentCache:
         data = Path(self.path).read_bytes()
         self._repair = bool(data) and not data.endswith(b"\n")
         tail = incomplete_tail(data)
+        if tail == 0:  # a partial line is repaired only after judgments: this file is something else
+            raise LimaError(f"{self.path}:1: not JSON; it is not a judgment cache: name another file "
+                            "(or delete it, if a killed run left it)")
         if tail is not None:
             # A run killed mid-write leaves a partial last line: the next append cuts it off.
             lineno = data.count(b"\n") + 1

@@ -18,7 +18,7 @@ import os
 from typing import Any, Callable, Iterable, Sequence
 
 from lima_jax.inference import hosts
-from lima_jax.data.records import BadLine, json_object, read_jsonl, repair_tail
+from lima_jax.data.records import BadLine, check_appendable, json_object, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
 from lima_jax.storage.paths import Appender, Path, PathLike
 
@@ -102,6 +102,7 @@ def generate_responses(generator: Any, prompts: list[list[str]], output: Path, n
     hosts.check_same("the prompts", unique)
 
     def remaining() -> list[int]:
+        check_appendable(output, lambda text: _parse(text, name), "a response file")
         repair_tail(output)
         done = set(read_responses(output)) if output.exists() else set()
         output.parent.mkdir(parents=True, exist_ok=True)

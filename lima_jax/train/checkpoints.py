@@ -3,14 +3,31 @@
 the run records with it."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import re
+import time
+from typing import Any, Iterator
 
+import jax
 import orbax.checkpoint as ocp
 
+from lima_jax.cli import say
+from lima_jax.errors import RunFailure
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import user_path
 from lima_jax.weights.checkpoint import STEPS_DIR, model_record
+
+
+ITEMS = ("params", "opt_state", "model", "run")  # what each step holds
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost error: TensorStore's own ("Error reading ... byte range"),
+    not Orbax's wrapper with a spec dump."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 class RunCheckpoints:
@@ -28,6 +45,8 @@ class RunCheckpoints:
             create=True,
         )
         self.directory = user_path(workdir) / STEPS_DIR
+        self._latest_save: int | None = None
+        self._failed = False
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -40,7 +59,8 @@ class RunCheckpoints:
             model=ocp.args.JsonSave(model_record(cfg)),
             run=ocp.args.JsonSave(run),
         )
-        self.manager.save(step, args=args, force=True)
+        with self._saving(step):
+            self.manager.save(step, args=args, force=True)
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
         """Restores onto whatever shardings the abstract trees carry (any mesh, any device count)."""
@@ -54,8 +74,60 @@ class RunCheckpoints:
         )
         return restored["params"], restored["opt_state"], restored["run"]
 
+    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any) -> tuple[int, Any, Any] | None:
+        """(step, params, opt_state) of the newest step that reads back whole, or None if there is none.
+        A step that does not (a stray empty folder, a truncated tensor file) is moved aside, kept for
+        the user to inspect, with a warning naming it: it would otherwise be "latest" again next time."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            folder = self.directory / str(step)
+            missing = [item for item in ITEMS if not (folder / item).is_dir()]
+            problem = f"no {', '.join(missing)}" if missing else None
+            if problem is None:
+                try:
+                    params, opt_state, _ = self.restore(step, abstract_params, abstract_opt_state)
+                    return step, params, opt_state
+                except Exception as e:  # noqa: BLE001 - Orbax wraps TensorStore's errors in a bare Exception
+                    if "RESOURCE_EXHAUSTED" in str(e):  # out of memory: the step may be fine
+                        raise
+                    problem = _root_cause(e)
+            self._set_aside(step, folder, problem)
+        return None
+
+    def _set_aside(self, step: int, folder, problem: str) -> None:
+        aside = folder.with_name(f"{step}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        say(f"warning: checkpoint step {step} cannot be read ({problem[:200]}); moved {folder} to {aside.name} "
+            "and trying the step before")
+        if jax.process_index() == 0:
+            folder.rename(aside)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"lima_jax: step {step} set aside")
+        self.manager.reload()
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._saving(self._latest_save):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        if self._failed:  # the failure is already on its way to the user; closing would raise it again
+            return
+        with self._saving(self._latest_save):
+            self.manager.close()
+
+    @contextlib.contextmanager
+    def _saving(self, step: int | None) -> Iterator[None]:
+        """A failed save (asynchronous: it surfaces at the next save, wait or close) as one line."""
+        if step is not None:
+            self._latest_save = step
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many types
+            self._failed = True
+            why = _root_cause(e)
+            os_reason = re.search(r": ([^:]+?) \[os_error_code='?\d+'?\]", why)
+            raise RunFailure(
+                f"saving checkpoint step {self._latest_save} in {self.directory} failed: "
+                f"{os_reason.group(1) if os_reason else why[:300]}; the steps saved before it are whole: "
+                "fix the cause and rerun the same command to resume"
+            ) from e

@@ -20,7 +20,7 @@ from lima_jax.data import pipeline
 from lima_jax.errors import LimaError
 from lima_jax.storage.paths import Path, check_writable, is_cloud, user_path
 from lima_jax.train.aot import compile_report, topology_devices
-from lima_jax.train.loop import check_batch_fits_mesh, check_pretrained, check_same_run, check_training_config, tokenizer_for
+from lima_jax.train.loop import check_batch_fits_mesh, check_pretrained, check_same_inputs, check_same_run, check_training_config, tokenizer_for
 
 
 def check_workdir(workdir: Path) -> None:
@@ -55,6 +55,8 @@ def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:
             config, tokenizer_path=tokenizer_path, process_index=0, process_count=hosts,
             row_multiple=row_multiple, eval_rows=1, cache_dir=pathlib.Path(cache),
         )
+    if workdir.is_dir():
+        check_same_inputs(data.fingerprint, workdir)
     pieces = data.tokenizer.num_pieces
     if config.init_checkpoint:
         check_pretrained(config, trained_model_config(config, pieces))

@@ -28,6 +28,7 @@ from lima_jax.model import ModelConfig, param_shardings
 from lima_jax.storage.paths import Path, check_writable, copy_file, user_path, write_atomically
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
+from lima_jax.train.lock import WorkdirLock
 from lima_jax.train.metrics import DEV_FILE, MetricsWriter
 from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step, state_from_params
 from lima_jax.train.step import TrainState
@@ -128,27 +129,77 @@ def write_dev_set(records: list, workdir: Path) -> None:
         write_atomically(workdir / DEV_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+CONFIG_FILE = "config.json"
+INPUTS_FILE = "inputs.json"  # the hashes of what the run learns from (pipeline.fingerprint)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object the run wrote earlier; an empty or damaged one is one line naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LimaError(f"{path}: not valid JSON ({e}); restore it or use a new --config.workdir") from None
+    if not isinstance(value, dict):
+        raise LimaError(f"{path}: not a JSON object; restore it or use a new --config.workdir")
+    return value
+
+
 def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """The resolved config, once a run already in `workdir` (if any) is known to be this one."""
-    path = workdir / "config.json"
+    """The resolved config, once a run already in `workdir` (if any) is known to be this one. The
+    workdir's own path is no part of a run's identity (a moved run resumes), and neither is how often
+    it logs or saves, except that lowering `checkpoint.max_to_keep` may not delete steps it kept."""
+    path = workdir / CONFIG_FILE
     resolved = json.loads(config.to_json_best_effort())
     if path.exists():
-        previous = json.loads(path.read_text())
-        ignore = {"log_every", "checkpoint"}
+        previous = read_json(path)
+        ignore = {"log_every", "checkpoint", "workdir"}
         for key in sorted(set(previous) | set(resolved)):
             if key not in ignore and previous.get(key) != resolved.get(key):
                 raise LimaError(
                     f"workdir {workdir} holds a run with a different config (key {key}); use a new --config.workdir"
                 )
+        _check_kept_steps(previous.get("checkpoint", {}).get("max_to_keep", 0), config.checkpoint.max_to_keep, workdir)
     return resolved
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Saves the resolved config; a workdir holding a different run is refused, not overwritten."""
+def _check_kept_steps(before: int, now: int, workdir: Path) -> None:
+    """Orbax deletes the oldest steps beyond `max_to_keep` at the next save: a resume that lowers it
+    would silently delete the epoch checkpoints LIMA chooses among."""
+    steps_dir = workdir / checkpoint.STEPS_DIR
+    steps = sorted(int(p.name) for p in steps_dir.iterdir() if p.name.isdigit()) if steps_dir.is_dir() else []
+    if now and (before == 0 or now < before) and len(steps) > now:
+        kept = "every step" if before == 0 else f"{before} steps"
+        raise LimaError(
+            f"config key checkpoint.max_to_keep: {now} would delete {len(steps) - now} of the {len(steps)} steps in "
+            f"{steps_dir} (steps {', '.join(map(str, steps[:len(steps) - now]))}); the run kept {kept}: resume with "
+            f"--config.checkpoint.max_to_keep={before}, or move those steps elsewhere first"
+        )
+
+
+def check_same_inputs(fingerprint: dict[str, str], workdir: Path) -> None:
+    """A run resumes only on the data and tokenizer it began with: edited data would change the step
+    count and the dev split under it."""
+    path = workdir / INPUTS_FILE
+    if not path.exists():
+        return
+    previous = read_json(path)
+    for key, what in (("train", "training conversations"), ("dev", "dev conversations"), ("tokenizer", "tokenizer")):
+        if key in previous and previous[key] != fingerprint[key]:
+            raise LimaError(
+                f"workdir {workdir} holds a run begun on other {what} (sha256 {previous[key][:12]}, now "
+                f"{fingerprint[key][:12]}; {path}); restore them or use a new --config.workdir"
+            )
+
+
+def write_run_files(config: ml_collections.ConfigDict, fingerprint: dict[str, str], workdir: Path) -> None:
+    """Saves the resolved config and the inputs' hashes; a workdir holding a different run is refused,
+    not overwritten."""
     resolved = check_same_run(config, workdir)
-    if jax.process_index() == 0:  # a kill while it is rewritten leaves the old file, never an empty one
+    check_same_inputs(fingerprint, workdir)
+    if jax.process_index() == 0:  # a kill while they are rewritten leaves the old files, never empty ones
         workdir.mkdir(parents=True, exist_ok=True)
-        write_atomically(workdir / "config.json", json.dumps(resolved, indent=2, sort_keys=True))
+        write_atomically(workdir / CONFIG_FILE, json.dumps(resolved, indent=2, sort_keys=True))
+        write_atomically(workdir / INPUTS_FILE, json.dumps(fingerprint, indent=2, sort_keys=True))
 
 
 class Preemption:
@@ -235,6 +286,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     workdir = user_path(config.workdir)
     if jax.process_index() == 0:  # a missing bucket or a denied write: one line now, not at the first checkpoint
         check_writable(workdir, "config key workdir:")
+    opened.enter_context(WorkdirLock(workdir))  # before anything is written there
     mesh = sharding.make_mesh(config.mesh.to_dict())
     row_multiple = check_batch_fits_mesh(config, mesh)
     data = pipeline.build(
@@ -256,18 +308,18 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     )
     if config.init_checkpoint:
         checkpoint.resolve(config.init_checkpoint)  # a wrong path fails here, before compiling
-    write_config(config, workdir)
+    write_run_files(config, data.fingerprint, workdir)
     write_dev_set(data.dev_records, workdir)
 
     optimizer = optim.make_optimizer(config.optim, total)
     schedule = optim.learning_rate(config.optim, total)
     ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
     opened.callback(ckpts.close)  # waits for a save in flight
-    start = ckpts.latest_step() or 0
-    if start:
-        abstract = abstract_state(cfg, optimizer, mesh)
-        params, opt_state, _ = ckpts.restore(start, abstract.params, abstract.opt_state)
-        state = TrainState(jnp.asarray(start, jnp.int32), params, opt_state)
+    abstract = abstract_state(cfg, optimizer, mesh)
+    resumed = ckpts.restore_latest(abstract.params, abstract.opt_state)
+    start = resumed[0] if resumed else 0
+    if resumed:
+        state = TrainState(jnp.asarray(start, jnp.int32), *resumed[1:])
         say(f"resumed {workdir} at step {start} of {total}")
     elif config.init_checkpoint:
         state = state_from_params(load_pretrained(config, cfg, mesh), optimizer, cfg, mesh)
