@@ -343,3 +343,80 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(small_di
     assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["status"] == "finished", r.stderr[-2000:]
     assert {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r} == first
     assert checkpoint_steps(workdir) == [100]
+
+
+def test_response_files_that_answer_partly_different_prompts_warn_with_the_counts_left_out(capsys):
+    from lima_jax.evaluate.comparisons import shared_ids
+    from lima_jax.evaluate.responses import make_record
+
+    ours = {r["id"]: r for r in (make_record([p], "a", "ours") for p in ("p1", "p2", "p3", "p4"))}
+    baseline = {r["id"]: r for r in (make_record([p], "b", "base") for p in ("p2", "p3", "p5"))}
+    assert [ours[i]["prompt"] for i in shared_ids(ours, baseline)] == [["p2"], ["p3"]]
+    assert capsys.readouterr().err == ("warning: judging the 2 prompts both response files answer; left out: 2 answered "
+                                       "only by ours, 1 only by the baseline\n")
+    shared_ids(ours, ours)
+    assert capsys.readouterr().err == ""
+
+
+def test_sampling_a_prompt_longer_than_the_trained_rows_warns(tmp_path, capfd):
+    from lima_jax.inference.generator import Generator
+    from lima_jax.inference.sampler import SamplingParams
+
+    train(small_config(tmp_path))
+    generator = Generator(str(tmp_path / "run"))
+    short, long = generator.encode(["What is 3 plus 4?"]), generator.encode(["What is 3 plus 4? " * 12])
+    assert len(short) < 64 < len(long)
+    capfd.readouterr()
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=2)
+    generator([short], greedy, 0)
+    assert "warning" not in capfd.readouterr().err
+    generator([short, long], greedy, 0)
+    assert (f"warning: 1 of 2 prompts are longer than the 64 tokens {generator.path} was trained on (the longest has "
+            f"{len(long)}); answers to them may degrade") in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def kill_data(tmp_path_factory):
+    """18 steps (3 epochs of 6) with a dev set: small enough to kill and resume several times."""
+    records = _demo_records()
+    return _data_dir(tmp_path_factory.mktemp("kill_data"), records[:48], dev=records[48:56])
+
+
+def _kill_cmd(workdir, data):
+    from lima_jax.data import demo_dir
+
+    return _cmd(workdir, f"--config.data.manual_dir={data}", f"--config.data.tokenizer={demo_dir() / 'tokenizer.model'}",
+                "--config.num_epochs=3", "--config.checkpoint.every_steps=1", "--config.checkpoint.async_save=True")
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in records]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(kill_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    r = subprocess.run(_kill_cmd(workdir, kill_data), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return _without_timing(read_metrics(workdir))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_at_a_random_point_then_resume_gives_the_uninterrupted_metrics(seed, kill_data, uninterrupted, tmp_path):
+    import random
+
+    rng = random.Random(seed)
+    workdir = tmp_path / "run"
+    after_steps, delay = rng.randint(1, 16), rng.uniform(0.0, 0.3)
+    proc = subprocess.Popen(_kill_cmd(workdir, kill_data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint_steps(workdir)) < after_steps and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    r = subprocess.run(_kill_cmd(workdir, kill_data), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "finished"
+    assert _without_timing(read_metrics(workdir)) == uninterrupted
+    assert [r["dev_loss"] for r in uninterrupted if "dev_loss" in r] and len(uninterrupted) == 18 + 3

@@ -10,6 +10,7 @@ JSON line (percentages are of the prompts judged in both orders).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Iterable
 
 from lima_jax.errors import LimaError
@@ -77,6 +78,10 @@ def shared_ids(ours: dict[str, Record], baseline: dict[str, Record]) -> list[str
     for i in ids:
         if ours[i]["prompt"] != baseline[i]["prompt"]:
             raise LimaError(f"prompt id {i!r} has different prompt turns in the two response files")
+    only_ours, only_baseline = len(ours) - len(ids), len(baseline) - len(ids)
+    if only_ours or only_baseline:  # e.g. a baseline generated from an older prompt file: say what is left out
+        print(f"warning: judging the {len(ids)} prompts both response files answer; left out: {only_ours} answered "
+              f"only by ours, {only_baseline} only by the baseline", file=sys.stderr)
     return ids
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 
 from lima_jax import sharding
+from lima_jax.cli import say
 from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
 from lima_jax.inference.layout import for_decoding
@@ -37,6 +38,7 @@ class Generator:
             eot = self.tokenizer.eot_id  # a fine-tuned model exported without its run record
         self.eot_id: int | None = eot
         self.stop_ids = tuple(t for t in (eot, cfg.eos_id) if t is not None)
+        self.trained_len: int | None = checkpoint.run_info(path).get("max_len")  # None: not trained here
 
     def encode(self, turns: list[str]) -> list[int]:
         if self.tokenizer is None:
@@ -51,7 +53,16 @@ class Generator:
         return self.tokenizer.decode(ids)
 
     def __call__(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[int]]:
+        self._warn_if_longer_than_trained(prompts)
         return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed, mesh=self.mesh)
+
+
+    def _warn_if_longer_than_trained(self, prompts: list[list[int]]) -> None:
+        """RoPE positions past the trained length were never seen: the answer may degrade, silently."""
+        long = [len(p) for p in prompts if self.trained_len and len(p) > self.trained_len]
+        if long:
+            say(f"warning: {len(long)} of {len(prompts)} prompts are longer than the {self.trained_len} tokens "
+                f"{self.path} was trained on (the longest has {max(long)}); answers to them may degrade")
 
 
 def parse_mesh(text: str) -> jax.sharding.Mesh | None:
