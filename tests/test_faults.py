@@ -420,3 +420,29 @@ def test_kill_9_at_a_random_point_then_resume_gives_the_uninterrupted_metrics(se
     assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "finished"
     assert _without_timing(read_metrics(workdir)) == uninterrupted
     assert [r["dev_loss"] for r in uninterrupted if "dev_loss" in r] and len(uninterrupted) == 18 + 3
+
+
+def test_a_kill_during_each_file_rewrite_leaves_the_old_file_whole_and_the_run_resumes(kill_data, uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(_kill_cmd(workdir, kill_data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint_steps(workdir)) < 5 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    script = os.path.join(os.path.dirname(__file__), "kill_at_rename.py")
+    files = ("config.json", "inputs.json", "dev.jsonl", "metrics.jsonl")
+
+    def whole_lines():  # a JSONL line the kill cut short is cut off before the rewrite: the rest must survive
+        read = {n: (workdir / n).read_bytes() for n in files}
+        return {n: b if n.endswith(".json") else b[: b.rfind(b"\n") + 1] for n, b in read.items()}
+
+    for name in files:
+        before = whole_lines()
+        cmd = _kill_cmd(workdir, kill_data)
+        r = subprocess.run([sys.executable, script, name, *cmd[2:]], capture_output=True, text=True)
+        assert r.returncode == 9, r.stderr[-2000:]
+        assert whole_lines() == before and all(before.values()), name
+    r = subprocess.run(_kill_cmd(workdir, kill_data), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _without_timing(read_metrics(workdir)) == uninterrupted
