@@ -339,6 +339,12 @@ class SteppedBatch:
         return bool(self.done[: self.n].all()) or self.step >= self.s.out.shape[1]
 
 
+def compiled_programs() -> int:
+    """How many programs `SteppedBatch` has compiled in this process (a server checks that none is
+    compiled after its warm-up)."""
+    return _start_batch._cache_size() + _continue_batch._cache_size()
+
+
 def _on(mesh: jax.sharding.Mesh | None, inputs):
     """Host arrays as the jitted loop's inputs: on the default device, or, given a mesh, global arrays
     replicated over it (every process holds the same prompts; a multi-process jit takes only global

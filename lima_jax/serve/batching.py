@@ -1,0 +1,166 @@
+"""The engine: one thread that gathers the sequences waiting, runs them as one batch of the
+sampler (`inference.sampler.SteppedBatch`) a few steps at a time, and hands each its text as it grows.
+
+Batching is batch-synchronous: a batch is formed from what is waiting (the first sequence, then
+whatever arrives within `batch_wait_s`, up to the largest compiled size), padded to the smallest
+compiled batch size that holds it and to a compiled prompt width, and decoded until every row is done;
+sequences arriving meanwhile form the next batch. Rows do not join a running batch (continuous
+batching) because the KV cache has one write index for the whole batch (`model.KVCache.index`): a row
+starting late would need its own. Between chunks of `chunk_steps` steps the engine streams the new
+text, applies stop strings, and stops the rows whose client has gone, so a batch whose clients have
+all left ends at once.
+
+Every (batch size, prompt width) program is compiled at start (`warm_up`); a program compiled later is
+reported on stderr, since it means a request waited for a compilation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from typing import Callable, Sequence
+
+from lima_jax.cli import say
+from lima_jax.inference.generator import Generator
+from lima_jax.inference.sampler import Row, SamplingParams, SteppedBatch, compiled_programs
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """What a sequence has produced since the last update: new text, and at the end why it ended."""
+
+    text: str
+    finish_reason: str | None = None  # "stop" (a stop token or string), "length", or None while running
+    completion_tokens: int = 0
+    error: str | None = None  # the batch failed (the server keeps serving)
+
+
+@dataclasses.dataclass(eq=False)
+class Sequence_:
+    """One choice of one request: submitted by the server, filled in by the engine thread."""
+
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    stop: list[str]
+    on_update: Callable[[Update], None]  # called from the engine thread
+    cancelled: bool = False  # set by the server when its client goes
+    sent: str = ""  # the text already handed over
+    finished: bool = False
+
+
+class Engine:
+    def __init__(self, generator: Generator, *, batch_sizes: Sequence[int], widths: Sequence[int], max_tokens: int,
+                 chunk_steps: int = 16, batch_wait_s: float = 0.01):
+        self.generator = generator
+        self.batch_sizes, self.widths = sorted(batch_sizes), sorted(widths)
+        self.max_tokens, self.chunk_steps, self.batch_wait_s = max_tokens, chunk_steps, batch_wait_s
+        self.waiting: queue.Queue[Sequence_] = queue.Queue()
+        self.compiled = 0
+        self.batches = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lima_jax.serve engine", daemon=True)
+
+    @property
+    def largest(self) -> int:
+        return self.batch_sizes[-1]
+
+    def warm_up(self) -> None:
+        """Compiles every program a request can need: per batch size and prompt width, the prefill and a
+        decode loop for greedy and for sampling batches."""
+        start = time.perf_counter()
+        prompt = [self.generator.stop_ids[0]]
+        for rows in self.batch_sizes:
+            for width in self.widths:
+                for temperature in (0.0, 0.7):
+                    self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
+                                width).advance(1)
+        self.compiled = compiled_programs()
+        say(f"serve: compiled {self.compiled} programs ({len(self.batch_sizes)} batch sizes x {len(self.widths)} prompt "
+            f"widths) in {time.perf_counter() - start:.1f}s")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def submit(self, sequences: list[Sequence_]) -> None:
+        for s in sequences:
+            self.waiting.put(s)
+
+    def _batch(self, rows: list[Row], size: int, width: int) -> SteppedBatch:
+        g = self.generator
+        return SteppedBatch(g.model, rows, rows=size, width=width, max_new_tokens=self.max_tokens, stop_ids=g.stop_ids,
+                            mesh=g.mesh)
+
+    def _gather(self) -> list[Sequence_]:
+        try:
+            batch = [self.waiting.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        deadline = time.perf_counter() + self.batch_wait_s
+        while len(batch) < self.largest:
+            try:
+                batch.append(self.waiting.get(timeout=max(0.0, deadline - time.perf_counter())))
+            except queue.Empty:
+                break
+        return [s for s in batch if not s.cancelled]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self._gather()
+            if not batch:
+                continue
+            try:
+                self._run(batch)
+            except Exception as e:  # noqa: BLE001 - one failed batch must not stop the server
+                for s in batch:
+                    if not s.finished:
+                        s.finished = True
+                        s.on_update(Update("", error=f"{type(e).__name__}: {e}"))
+            self.batches += 1
+            if compiled_programs() > self.compiled:
+                self.compiled = compiled_programs()
+                say(f"serve: compiled a new program after warm-up (now {self.compiled}); a request waited for it")
+
+    def _run(self, batch: list[Sequence_]) -> None:
+        size = next(b for b in self.batch_sizes if b >= len(batch))
+        width = next(w for w in self.widths if w >= max(len(s.prompt) for s in batch))
+        stepped = self._batch([Row(s.prompt, s.params, s.seed) for s in batch], size, width)
+        while not all(s.finished for s in batch):
+            tokens = stepped.advance(self.chunk_steps, [s.cancelled or s.finished for s in batch])
+            for i, (s, ids) in enumerate(zip(batch, tokens)):
+                if s.cancelled and not s.finished:
+                    s.finished = True  # nobody is listening
+                elif not s.finished:
+                    self._update(s, ids, bool(stepped.done[i]) or stepped.finished)
+
+    def _update(self, s: Sequence_, ids: list[int], done: bool) -> None:
+        """Hands over the text that can no longer change: not a partial character, nor the start
+        of a stop string; at the end, the rest and why it ended."""
+        stops = self.generator.stop_ids
+        text = self.generator.decode(ids)
+        cut = min((i for i in (text.find(stop) for stop in s.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, done, reason = text[:cut], True, "stop"
+        else:
+            reason = "stop" if ids and ids[-1] in stops else "length"
+        if not done:
+            hold = max((len(stop) - 1 for stop in s.stop), default=0)
+            text = text[: len(text) - hold] if hold else text
+            text = text.rstrip("\ufffd")  # a character whose bytes are not all generated yet
+        if not text.startswith(s.sent):  # decoding more tokens changed earlier text: wait
+            if not done:
+                return
+            text = s.sent  # never take back what was sent
+        delta, s.sent = text[len(s.sent):], text
+        if done:
+            s.finished = True
+            s.on_update(Update(delta, reason, len(ids)))
+        elif delta:
+            s.on_update(Update(delta))
+
+
