@@ -37,15 +37,6 @@ _CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", 16, "decode steps between two
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 10.0, "how long a batch waits for more requests before it starts")
 
 
-def prompt_widths(context: int) -> list[int]:
-    """Prompt lengths that share a compiled program: 64, 256, 1024, ... and the context itself."""
-    widths, w = [], 64
-    while w < context:
-        widths.append(w)
-        w *= 4
-    return widths + [context]
-
-
 def main(argv: list[str]) -> None:
     no_arguments(argv)
     if not _CHECKPOINT.value:
@@ -67,7 +58,7 @@ def main(argv: list[str]) -> None:
 
     from lima_jax.inference.generator import Generator, parse_mesh
     from lima_jax.serve.app import make_app
-    from lima_jax.serve.batching import Engine
+    from lima_jax.serve.batching import Engine, prompt_widths
     from lima_jax.serve.protocol import Limits
 
     if jax.process_count() > 1:

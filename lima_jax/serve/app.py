@@ -4,6 +4,7 @@
     POST /v1/chat/completions  LIMA's chat format (BOS, each turn followed by EOT)
     POST /v1/completions       plain text after BOS, or token ids as given
     GET  /health               200 once the programs are compiled
+    GET  /metrics              counters of the engine (batches, sequences, padding rows, decode steps, cancelled)
 
 Every error is OpenAI's JSON (`{"error": {"message", "type", "param", "code"}}`) with a 4xx status for
 what the client sent and 500 for a failure of ours; the server keeps serving either way. With an API
@@ -14,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import threading
 import time
 from typing import AsyncIterator
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -65,6 +68,12 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
 
     async def health(_: HttpRequest) -> Response:
         return Response(status_code=200)
+
+    async def metrics(_: HttpRequest) -> Response:
+        """Prometheus' text format, as vLLM's /metrics: how requests were batched."""
+        values = {**{f"{k}_total": v for k, v in engine.stats.items()}, "compiled_programs": engine.compiled,
+                  "waiting_sequences": engine.waiting.qsize()}
+        return PlainTextResponse("".join(f"lima_serve_{k} {v}\n" for k, v in values.items()))
 
     async def completions(http: HttpRequest, chat: bool) -> Response:
         try:
@@ -112,10 +121,24 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", text_completions, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     middleware = [Middleware(BearerKey, key=api_key)] if api_key else []
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={HTTPException: http_error, Exception: server_error})
+
+
+def serve_in_thread(app: Starlette, host: str, port: int) -> uvicorn.Server:
+    """The app served by uvicorn on a thread of this process (a benchmark's clients beside it); returns
+    once it listens. `server.should_exit = True` stops it."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="lima_jax.serve http", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    return server
 
 
 def _usage(request: Request, sequences: list[Sequence_], tokens: list[int]) -> dict[str, int]:

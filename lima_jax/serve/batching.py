@@ -58,7 +58,8 @@ class Engine:
         self.max_tokens, self.chunk_steps, self.batch_wait_s = max_tokens, chunk_steps, batch_wait_s
         self.waiting: queue.Queue[Sequence_] = queue.Queue()
         self.compiled = 0
-        self.batches = 0
+        # Counters for /metrics: how the engine batched what it was given.
+        self.stats = {"batches": 0, "sequences": 0, "padding_rows": 0, "decode_steps": 0, "cancelled": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lima_jax.serve engine", daemon=True)
 
@@ -121,7 +122,6 @@ class Engine:
                     if not s.finished:
                         s.finished = True
                         s.on_update(Update("", error=f"{type(e).__name__}: {e}"))
-            self.batches += 1
             if compiled_programs() > self.compiled:
                 self.compiled = compiled_programs()
                 say(f"serve: compiled a new program after warm-up (now {self.compiled}); a request waited for it")
@@ -130,13 +130,18 @@ class Engine:
         size = next(b for b in self.batch_sizes if b >= len(batch))
         width = next(w for w in self.widths if w >= max(len(s.prompt) for s in batch))
         stepped = self._batch([Row(s.prompt, s.params, s.seed) for s in batch], size, width)
+        self.stats["batches"] += 1
+        self.stats["sequences"] += len(batch)
+        self.stats["padding_rows"] += size - len(batch)
         while not all(s.finished for s in batch):
             tokens = stepped.advance(self.chunk_steps, [s.cancelled or s.finished for s in batch])
             for i, (s, ids) in enumerate(zip(batch, tokens)):
                 if s.cancelled and not s.finished:
                     s.finished = True  # nobody is listening
+                    self.stats["cancelled"] += 1
                 elif not s.finished:
                     self._update(s, ids, bool(stepped.done[i]) or stepped.finished)
+        self.stats["decode_steps"] += stepped.step
 
     def _update(self, s: Sequence_, ids: list[int], done: bool) -> None:
         """Hands over the text that can no longer change: not a partial character, nor the start
@@ -164,3 +169,10 @@ class Engine:
             s.on_update(Update(delta))
 
 
+def prompt_widths(context: int) -> list[int]:
+    """Prompt lengths that share a compiled program: 64, 256, 1024, ... and the context itself."""
+    widths, w = [], 64
+    while w < context:
+        widths.append(w)
+        w *= 4
+    return widths + [context]
