@@ -100,7 +100,7 @@ def served(tmp_path_factory):
         assert server.poll() is None and time.time() < deadline, (log.seek(0), log.read()[-3000:])[1]
         time.sleep(0.5)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=120)
-    yield {"client": client, "url": f"http://127.0.0.1:{port}/v1", "expected": expected, "log": log}
+    yield {"client": client, "url": f"http://127.0.0.1:{port}/v1", "expected": expected, "log": log, "ckpt": ckpt}
     server.terminate()
     server.wait(timeout=60)
     log.close()
@@ -119,6 +119,7 @@ def test_a_greedy_chat_completion_equals_lima_jax_sample(served):
     r = _chat(served["client"], temperature=0)
     assert r.choices[0].message.content == served["expected"]["greedy"][0]
     assert r.choices[0].message.content  # a random model still says something
+    assert r.choices[0].finish_reason == "length"  # (the test of a client leaving relies on it)
     assert r.usage.completion_tokens <= MAX_TOKENS and r.usage.prompt_tokens > 0
 
 
@@ -143,7 +144,14 @@ def test_streamed_chunks_concatenate_to_the_same_text(served):
     assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text != ""
 
 
+def _metrics(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url.replace("/v1", "/metrics"), timeout=30) as r:
+        lines = r.read().decode().splitlines()
+    return {name: float(value) for name, value in (line.split() for line in lines)}
+
+
 def test_sixteen_concurrent_requests_all_answer_correctly(served):
+    before = _metrics(served["url"])
     answers = [None] * len(PROMPTS)
 
     def ask(i):
@@ -156,6 +164,9 @@ def test_sixteen_concurrent_requests_all_answer_correctly(served):
         t.join()
     assert answers == served["expected"]["greedy"]
     assert len(set(answers)) > 1
+    after = _metrics(served["url"])
+    assert after["lima_serve_sequences_total"] - before["lima_serve_sequences_total"] == 16
+    assert after["lima_serve_batches_total"] - before["lima_serve_batches_total"] <= 8  # they shared batches
 
 
 def test_n_choices_draw_from_consecutive_seeds_and_stop_strings_cut(served):
@@ -199,6 +210,34 @@ def test_a_client_leaving_mid_stream_does_not_stop_the_server(served):
     next(iter(stream))
     stream.close()
     assert _chat(client, temperature=0).choices[0].message.content == served["expected"]["greedy"][0]
+
+
+def test_a_client_that_leaves_frees_its_row_and_the_others_answer_as_before(served):
+    """The engine in this process: a sequence whose client leaves after its first text stops decoding;
+    alone, its batch ends within a chunk; beside another, that one's answer does not change."""
+    from lima_jax.inference.generator import Generator
+    from lima_jax.inference.sampler import SamplingParams
+    from lima_jax.serve.batching import Engine, Sequence_
+
+    generator = Generator(str(served["ckpt"]))
+    engine = Engine(generator, batch_sizes=[2], widths=[64], max_tokens=MAX_TOKENS, chunk_steps=2)
+    prompt = generator.encode([QUESTION])
+    greedy = SamplingParams(temperature=0, max_new_tokens=MAX_TOKENS)
+    texts = {"stays": ""}
+
+    def leave(u):
+        leaving.cancelled = True
+
+    def stay(u):
+        texts["stays"] += u.text
+
+    leaving = Sequence_(prompt, greedy, 0, [], leave)
+    engine._run([leaving])
+    assert engine.stats["cancelled"] == 1 and engine.stats["decode_steps"] < MAX_TOKENS
+    leaving = Sequence_(prompt, greedy, 0, [], leave)
+    engine._run([leaving, Sequence_(prompt, greedy, 0, [], stay)])
+    assert engine.stats["cancelled"] == 2
+    assert texts["stays"] == served["expected"]["greedy"][0]
 
 
 def test_nothing_compiles_after_warm_up(served):

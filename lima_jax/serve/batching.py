@@ -2,7 +2,7 @@
 sampler (`inference.sampler.SteppedBatch`) a few steps at a time, and hands each its text as it grows.
 
 Batching is batch-synchronous: a batch is formed from what is waiting (the first sequence, then
-whatever arrives within `batch_wait_s`, up to the largest compiled size), padded to the smallest
+those arriving each within `batch_wait_s` of the one before, up to the largest compiled size), padded to the smallest
 compiled batch size that holds it and to a compiled prompt width, and decoded until every row is done;
 sequences arriving meanwhile form the next batch. Rows do not join a running batch (continuous
 batching) because the KV cache has one write index for the whole batch (`model.KVCache.index`): a row
@@ -98,16 +98,21 @@ class Engine:
                             mesh=g.mesh)
 
     def _gather(self) -> list[Sequence_]:
+        """The first sequence waiting, then more while they keep coming (each within `batch_wait_s` of
+        the last, for at most 10 of those waits): clients answered together come back together."""
         try:
             batch = [self.waiting.get(timeout=0.1)]
         except queue.Empty:
             return []
-        deadline = time.perf_counter() + self.batch_wait_s
+        now = time.perf_counter()
+        deadline, last_call = now + self.batch_wait_s, now + 10 * self.batch_wait_s
         while len(batch) < self.largest:
             try:
                 batch.append(self.waiting.get(timeout=max(0.0, deadline - time.perf_counter())))
             except queue.Empty:
                 break
+            deadline = min(time.perf_counter() + self.batch_wait_s, last_call)
+        self.stats["cancelled"] += sum(s.cancelled for s in batch)
         return [s for s in batch if not s.cancelled]
 
     def _loop(self) -> None:
