@@ -13,7 +13,10 @@ reports in `usage`. Before the timed requests, one untimed round at that concurr
 
 - `requests_per_s_cC`: requests answered / wall time from the first request sent to the last answer;
 - `output_tokens_per_s_cC`: completion tokens / that wall time;
-- `latency_p50_s_cC`, `latency_p95_s_cC`: a request's time from sending to its whole answer.
+- `latency_p50_s_cC`, `latency_p95_s_cC`: a request's time from sending to its whole answer;
+- `rows_per_batch_cC`: how many requests the engine decoded together, on average;
+- `sampler_tokens_per_s_bB`: the sampler alone (`generate`, no server) on B of the same requests at
+  once, measured in the same run, and `serve_over_sampler_c1` / `_c16`: what the server keeps of it.
 """
 from __future__ import annotations
 
@@ -91,6 +94,7 @@ def bench_serve(
     import socket
 
     from lima_jax.inference.generator import Generator
+    from lima_jax.inference.sampler import SamplingParams
     from lima_jax.serve.app import make_app, serve_in_thread
     from lima_jax.serve.batching import Engine, prompt_widths
     from lima_jax.serve.protocol import Limits
@@ -141,6 +145,15 @@ def bench_serve(
         server.should_exit = True
         engine.stop()
     record["compiled_after_warm_up"] = engine.compiled - warm
+    params = SamplingParams(max_new_tokens=new_tokens)
+    for b in (1, 16):  # the same work without the server, for scale on a machine whose speed drifts
+        prompts = rng.integers(3, vocab, (b, prompt_len)).tolist()
+        generator(prompts, params, seed)  # compiles
+        start = time.perf_counter()
+        tokens = sum(len(t) for t in generator(prompts, params, seed))
+        record[f"sampler_tokens_per_s_b{b}"] = round(tokens / (time.perf_counter() - start), 1)
+        if b in concurrency:
+            record[f"serve_over_sampler_c{b}"] = round(record[f"output_tokens_per_s_c{b}"] / record[f"sampler_tokens_per_s_b{b}"], 3)
     return record
 
 

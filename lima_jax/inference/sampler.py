@@ -8,6 +8,8 @@ with neither penalty nor nucleus), so it can be compared token for token with ot
 Prompts are left-padded to a bucketed length (padding has segment id 0 and is never attended to,
 positions start at 0 at each prompt's first token), so new prompt lengths reuse a compiled program.
 Each row stops on its own at a stop token (EOT or EOS); the loop ends when every row has stopped.
+`generate` runs the whole loop in one call; `SteppedBatch` runs the same loop a chunk of steps per
+call, with per-row knobs and budgets, for a server that streams and drops rows between chunks.
 
 One seeding rule for every entry point (sample, evaluate.generate, chat, select): a row's randomness
 comes from the seed and its prompt's token ids alone (`prompt_seed`), never from its place in a file
