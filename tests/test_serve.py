@@ -217,7 +217,7 @@ def test_a_client_that_leaves_frees_its_row_and_the_others_answer_as_before(serv
     alone, its batch ends within a chunk; beside another, that one's answer does not change."""
     from lima_jax.inference.generator import Generator
     from lima_jax.inference.sampler import SamplingParams
-    from lima_jax.serve.batching import Engine, Sequence_
+    from lima_jax.serve.batching import Engine, Choice
 
     generator = Generator(str(served["ckpt"]))
     engine = Engine(generator, batch_sizes=[2], widths=[64], max_tokens=MAX_TOKENS, chunk_steps=2)
@@ -231,11 +231,11 @@ def test_a_client_that_leaves_frees_its_row_and_the_others_answer_as_before(serv
     def stay(u):
         texts["stays"] += u.text
 
-    leaving = Sequence_(prompt, greedy, 0, [], leave)
+    leaving = Choice(prompt, greedy, 0, [], leave)
     engine._run([leaving])
     assert engine.stats["cancelled"] == 1 and engine.stats["decode_steps"] < MAX_TOKENS
-    leaving = Sequence_(prompt, greedy, 0, [], leave)
-    engine._run([leaving, Sequence_(prompt, greedy, 0, [], stay)])
+    leaving = Choice(prompt, greedy, 0, [], leave)
+    engine._run([leaving, Choice(prompt, greedy, 0, [], stay)])
     assert engine.stats["cancelled"] == 2
     assert texts["stays"] == served["expected"]["greedy"][0]
 

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lima_jax.inference.generator import Generator
-from lima_jax.serve.batching import Engine, Sequence_, Update
+from lima_jax.serve.batching import Engine, Choice, Update
 from lima_jax.serve.protocol import ApiError, Limits, Request, Responses, parse
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
@@ -92,7 +92,7 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
         sequences = [
-            Sequence_(prompt, request.params, request.seed + j, request.stop,
+            Choice(prompt, request.params, request.seed + j, request.stop,
                       lambda u, i=i * request.n + j: loop.call_soon_threadsafe(updates.put_nowait, (i, u)))
             for i, prompt in enumerate(request.prompts) for j in range(request.n)
         ]
@@ -141,12 +141,12 @@ def serve_in_thread(app: Starlette, host: str, port: int) -> uvicorn.Server:
     return server
 
 
-def _usage(request: Request, sequences: list[Sequence_], tokens: list[int]) -> dict[str, int]:
+def _usage(request: Request, sequences: list[Choice], tokens: list[int]) -> dict[str, int]:
     # Each prompt counts once, however many choices it has (as OpenAI counts n > 1).
     return Responses.usage(sum(len(p) for p in request.prompts), sum(tokens))
 
 
-async def _whole(http: HttpRequest, request: Request, sequences: list[Sequence_],
+async def _whole(http: HttpRequest, request: Request, sequences: list[Choice],
                  updates: asyncio.Queue, responses: Responses) -> Response:
     texts, finishes, tokens = [""] * len(sequences), [""] * len(sequences), [0] * len(sequences)
     left = len(sequences)
@@ -168,7 +168,7 @@ async def _whole(http: HttpRequest, request: Request, sequences: list[Sequence_]
     return JSONResponse(responses.whole(texts, finishes, _usage(request, sequences, tokens)))
 
 
-async def _stream(request: Request, sequences: list[Sequence_], updates: asyncio.Queue,
+async def _stream(request: Request, sequences: list[Choice], updates: asyncio.Queue,
                   responses: Responses) -> AsyncIterator[str]:
     """Server-sent events: for chat, a first chunk with the role; then text as it grows; a last chunk
     per choice with its finish reason; usage if asked; `[DONE]`."""

@@ -37,7 +37,7 @@ class Update:
 
 
 @dataclasses.dataclass(eq=False)
-class Sequence_:
+class Choice:
     """One choice of one request: submitted by the server, filled in by the engine thread."""
 
     prompt: list[int]
@@ -56,7 +56,7 @@ class Engine:
         self.generator = generator
         self.batch_sizes, self.widths = sorted(batch_sizes), sorted(widths)
         self.max_tokens, self.chunk_steps, self.batch_wait_s = max_tokens, chunk_steps, batch_wait_s
-        self.waiting: queue.Queue[Sequence_] = queue.Queue()
+        self.waiting: queue.Queue[Choice] = queue.Queue()
         self.compiled = 0
         # Counters for /metrics: how the engine batched what it was given.
         self.stats = {"batches": 0, "sequences": 0, "padding_rows": 0, "decode_steps": 0, "cancelled": 0}
@@ -88,7 +88,7 @@ class Engine:
         self._stop.set()
         self._thread.join(timeout=30)
 
-    def submit(self, sequences: list[Sequence_]) -> None:
+    def submit(self, sequences: list[Choice]) -> None:
         for s in sequences:
             self.waiting.put(s)
 
@@ -97,7 +97,7 @@ class Engine:
         return SteppedBatch(g.model, rows, rows=size, width=width, max_new_tokens=self.max_tokens, stop_ids=g.stop_ids,
                             mesh=g.mesh)
 
-    def _gather(self) -> list[Sequence_]:
+    def _gather(self) -> list[Choice]:
         """The first sequence waiting, then more while they keep coming (each within `batch_wait_s` of
         the last, for at most 10 of those waits): clients answered together come back together."""
         try:
@@ -131,7 +131,7 @@ class Engine:
                 self.compiled = compiled_programs()
                 say(f"serve: compiled a new program after warm-up (now {self.compiled}); a request waited for it")
 
-    def _run(self, batch: list[Sequence_]) -> None:
+    def _run(self, batch: list[Choice]) -> None:
         size = next(b for b in self.batch_sizes if b >= len(batch))
         width = next(w for w in self.widths if w >= max(len(s.prompt) for s in batch))
         stepped = self._batch([Row(s.prompt, s.params, s.seed) for s in batch], size, width)
@@ -148,7 +148,7 @@ class Engine:
                     self._update(s, ids, bool(stepped.done[i]) or stepped.finished)
         self.stats["decode_steps"] += stepped.step
 
-    def _update(self, s: Sequence_, ids: list[int], done: bool) -> None:
+    def _update(self, s: Choice, ids: list[int], done: bool) -> None:
         """Hands over the text that can no longer change: not a partial character, nor the start
         of a stop string; at the end, the rest and why it ended."""
         stops = self.generator.stop_ids
