@@ -191,8 +191,8 @@ def test_bad_requests_get_openai_errors_with_4xx_and_the_next_request_works(serv
     with pytest.raises(openai.BadRequestError) as e:
         _chat(client, "word " * 100)
     assert e.value.code == "context_length_exceeded" and "maximum context length is 64" in e.value.message
-    with pytest.raises(openai.BadRequestError, match="logprobs"):
-        _chat(client, logprobs=True)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        _chat(client, logprobs=True, top_logprobs=21)
     with pytest.raises(openai.BadRequestError, match="top_p"):
         _chat(client, top_p=0)
     with pytest.raises(openai.BadRequestError, match="alternate"):
@@ -212,14 +212,48 @@ def test_a_client_leaving_mid_stream_does_not_stop_the_server(served):
     assert _chat(client, temperature=0).choices[0].message.content == served["expected"]["greedy"][0]
 
 
-def test_a_client_that_leaves_frees_its_row_and_the_others_answer_as_before(served):
+@pytest.fixture(scope="module")
+def local(served):
+    """The served checkpoint loaded in this process."""
+    from lima_jax.inference.generator import Generator
+
+    return Generator(str(served["ckpt"]))
+
+
+def test_logprobs_are_the_models_own_log_softmax(served, local):
+    import jax
+    import numpy as np
+
+    from lima_jax.inference.sampler import SamplingParams
+
+    client = served["client"]
+    r = _chat(client, temperature=0, logprobs=True, top_logprobs=3)
+    prompt = local.encode([QUESTION])
+    ids = local([prompt], SamplingParams(temperature=0, max_new_tokens=MAX_TOKENS), 0)[0]
+    ids = [t for t in ids if t not in local.stop_ids]
+    # The reference: one forward over prompt + answer (not the decode path), log-softmax at each step.
+    logits = local.model(np.asarray([prompt + ids]))[0, len(prompt) - 1: -1]
+    want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, axis=-1)), np.asarray(ids)[:, None], -1)[:, 0]
+    content = r.choices[0].logprobs.content
+    assert [c.token for c in content] == [local.tokenizer.sp.id_to_piece(t).replace("\u2581", " ") for t in ids]
+    np.testing.assert_allclose([c.logprob for c in content], want, atol=1e-4)
+    assert all(len(c.top_logprobs) == 3 and c.top_logprobs[0].logprob == c.logprob for c in content)  # greedy: the top
+    streamed = [c for chunk in _chat(client, temperature=0, logprobs=True, top_logprobs=3, stream=True)
+                if chunk.choices and chunk.choices[0].logprobs for c in chunk.choices[0].logprobs.content]
+    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+    text = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=MAX_TOKENS, logprobs=2, seed=1)
+    lp = text.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == text.usage.completion_tokens
+    assert all(len(top) <= 2 for top in lp.top_logprobs) and lp.text_offset[0] == 0
+
+
+def test_a_client_that_leaves_frees_its_row_and_the_others_answer_as_before(served, local):
     """The engine in this process: a sequence whose client leaves after its first text stops decoding;
     alone, its batch ends within a chunk; beside another, that one's answer does not change."""
-    from lima_jax.inference.generator import Generator
     from lima_jax.inference.sampler import SamplingParams
     from lima_jax.serve.batching import Engine, Choice
 
-    generator = Generator(str(served["ckpt"]))
+    generator = local
     engine = Engine(generator, batch_sizes=[2], widths=[64], max_tokens=MAX_TOKENS, chunk_steps=2)
     prompt = generator.encode([QUESTION])
     greedy = SamplingParams(temperature=0, max_new_tokens=MAX_TOKENS)
@@ -245,5 +279,6 @@ def test_nothing_compiles_after_warm_up(served):
     log.flush()
     log.seek(0)
     text = log.read()
-    assert "serve: compiled 9 programs" in text  # 3 batch sizes x 1 prompt width x (prefill, greedy, sampling)
+    # 3 batch sizes x 1 prompt width x (prefill, greedy, sampling), each with and without log-probabilities
+    assert "serve: compiled 18 programs" in text
     assert "after warm-up" not in text

@@ -110,12 +110,12 @@ def bench_serve(
         raise LimaError(f"--prompt_len + --new_tokens = {prompt_len + new_tokens} exceeds the model's context {context}")
     sizes = (1, 4, 16)
     width = next(w for w in prompt_widths(context) if w >= prompt_len)  # the one prompt width the bench uses
-    engine = Engine(generator, batch_sizes=sizes, widths=[width], max_tokens=new_tokens)
+    engine = Engine(generator, batch_sizes=sizes, widths=[width], max_tokens=new_tokens, max_logprobs=None)
     start = time.perf_counter()
     engine.warm_up()
     compile_s, warm = time.perf_counter() - start, engine.compiled
     engine.start()
-    limits = Limits(model="bench", context=context, max_tokens=new_tokens, max_n=sizes[-1])
+    limits = Limits(model="bench", context=context, max_tokens=new_tokens, max_n=sizes[-1], max_logprobs=None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -149,14 +149,21 @@ class DecodeState(NamedTuple):
     done: jax.Array  # (B,) bool
     seen: jax.Array  # (B, V) bool: the tokens each row has generated (for the repetition penalty)
     keys: jax.Array  # (B,) each row's key
+    # With log-probabilities asked for (else zero-sized): the model's own log-softmax (before the
+    # penalty, temperature and nucleus) of each token generated, and the K most likely at that step.
+    logprobs: jax.Array  # (B, N) float32
+    top_ids: jax.Array  # (B, N, K) int32
+    top_logprobs: jax.Array  # (B, N, K) float32
 
 
-def _prefill(model, tokens, positions, segments, stop_ids, keys, max_new_tokens) -> DecodeState:
+def _prefill(model, tokens, positions, segments, stop_ids, keys, max_new_tokens, top_k: int | None = None) -> DecodeState:
     b, p = tokens.shape
     cache = KVCache.zeros(model.cfg, b, p + max_new_tokens)
     logits, cache = model.decode(tokens, positions, segments, cache)
+    n, k = (0, 0) if top_k is None else (max_new_tokens, top_k)
     return DecodeState(jnp.zeros((), jnp.int32), jnp.full((b, max_new_tokens), stop_ids[0], jnp.int32), cache,
-                       logits[:, -1], jnp.zeros((b,), jnp.bool_), jnp.zeros((b, logits.shape[-1]), jnp.bool_), keys)
+                       logits[:, -1], jnp.zeros((b,), jnp.bool_), jnp.zeros((b, logits.shape[-1]), jnp.bool_), keys,
+                       jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n, k), jnp.int32), jnp.zeros((b, n, k), jnp.float32))
 
 
 def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, greedy) -> DecodeState:
@@ -170,8 +177,15 @@ def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, gre
         token = jnp.where(s.done, stop_ids[0], token)  # a stopped row repeats its stop token
         done = s.done | jnp.isin(token, stop_ids) | (s.step + 1 >= limits)
         step_logits, cache = model.decode(token[:, None], (lengths + s.step)[:, None], jnp.ones((b, 1), jnp.int32), s.cache)
+        logprobs, top_ids, top_logprobs = s.logprobs, s.top_ids, s.top_logprobs
+        if logprobs.shape[1]:  # static: only the programs that were asked for them compute them
+            logp = jax.nn.log_softmax(s.logits.astype(jnp.float32), axis=-1)
+            logprobs = logprobs.at[:, s.step].set(jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0])
+            if top_ids.shape[2]:
+                values, ids = jax.lax.top_k(logp, top_ids.shape[2])
+                top_ids, top_logprobs = top_ids.at[:, s.step].set(ids), top_logprobs.at[:, s.step].set(values)
         return DecodeState(s.step + 1, s.out.at[:, s.step].set(token), cache, step_logits[:, -1], done,
-                           s.seen | jax.nn.one_hot(token, vocab, dtype=jnp.bool_), s.keys)
+                           s.seen | jax.nn.one_hot(token, vocab, dtype=jnp.bool_), s.keys, logprobs, top_ids, top_logprobs)
 
     return jax.lax.while_loop(lambda s: (s.step < until) & ~jnp.all(s.done), body, s)
 
@@ -254,11 +268,11 @@ def _until_stop(row: list[int], stop_ids: Sequence[int]) -> list[int]:
     return row[: stops[0] + 1] if stops else row
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "mesh"))
-def _start_batch(graphdef, state, tokens, positions, segments, stop_ids, key_data, *, max_new_tokens, mesh):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "mesh"))
+def _start_batch(graphdef, state, tokens, positions, segments, stop_ids, key_data, *, max_new_tokens, top_k, mesh):
     with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         return _prefill(nnx.merge(graphdef, state), tokens, positions, segments, stop_ids,
-                        jax.random.wrap_key_data(key_data), max_new_tokens)
+                        jax.random.wrap_key_data(key_data), max_new_tokens, top_k)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "mesh"), donate_argnames=("s",))
@@ -285,10 +299,11 @@ class SteppedBatch:
     keeps to a few (rows, width) pairs and one `max_new_tokens` reuses two compiled programs per pair
     (three with greedy and sampling batches). A row samples exactly what `generate` gives its prompt
     with its params and seed: its key comes from its seed and its prompt, the knobs are per row, and
-    a row at temperature 0 takes the argmax of the raw logits."""
+    a row at temperature 0 takes the argmax of the raw logits. With `top_logprobs` K (0 included),
+    the batch also records each token's log-probability and the K most likely tokens at each step."""
 
     def __init__(self, model: Llama, sequences: Sequence[Row], *, rows: int, width: int, max_new_tokens: int,
-                 stop_ids: Sequence[int], mesh: jax.sharding.Mesh | None = None):
+                 stop_ids: Sequence[int], mesh: jax.sharding.Mesh | None = None, top_logprobs: int | None = None):
         prompts = [r.prompt for r in sequences]
         _check_prompts(model, prompts, stop_ids)
         if len(sequences) > rows or max(map(len, prompts)) > width:
@@ -316,7 +331,9 @@ class SteppedBatch:
         tokens, positions, segments = _left_padded(prompts, width, rows)
         self.s = _start_batch(self.graphdef, self.state, *_on(mesh, (tokens, positions, segments,
                                                                       np.asarray(self.stop_ids, np.int32), keys)),
-                              max_new_tokens=max_new_tokens, mesh=mesh)
+                              max_new_tokens=max_new_tokens, top_k=top_logprobs, mesh=mesh)
+        self.with_logprobs = top_logprobs is not None
+        self.logprob_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.limits = [r.params.max_new_tokens for r in sequences]
         self.step = 0
         self.done = np.zeros(rows, bool)
@@ -332,6 +349,8 @@ class SteppedBatch:
                                  greedy=self.greedy, mesh=self.mesh)
         out, step, done = jax.device_get((self.s.out, self.s.step, self.s.done))
         self.step, self.done = int(step), np.asarray(done)
+        if self.with_logprobs:
+            self.logprob_arrays = jax.device_get((self.s.logprobs, self.s.top_ids, self.s.top_logprobs))
         # A row past its own limit holds stop tokens it never sampled: cut at the limit first.
         return [_until_stop(row[:limit], self.stop_ids)
                 for row, limit in zip(np.asarray(out)[: self.n, : self.step].tolist(), self.limits)]
@@ -339,6 +358,13 @@ class SteppedBatch:
     @property
     def finished(self) -> bool:
         return bool(self.done[: self.n].all()) or self.step >= self.s.out.shape[1]
+
+    def logprobs(self, row: int, start: int, stop: int) -> list[tuple[float, list[tuple[int, float]]]]:
+        """For tokens start..stop-1 of `row` (after `advance`, in a batch made with `top_logprobs`):
+        each token's log-probability under the model, and the most likely tokens with theirs."""
+        logprobs, ids, values = self.logprob_arrays
+        return [(float(logprobs[row, t]), list(zip(ids[row, t].tolist(), values[row, t].tolist())))
+                for t in range(start, stop)]
 
 
 def compiled_programs() -> int:

@@ -34,6 +34,8 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "4", "16"], "the compiled 
                                  "sequences decode together")
 _CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", 16, "decode steps between two looks at the batch (streaming, stop "
                                     "strings, clients gone)")
+_MAX_LOGPROBS = flags.DEFINE_integer("max_logprobs", 20, "top_logprobs at most (the decode programs that record "
+                                     "log-probabilities keep this many); -1: no log-probabilities, fewer programs")
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 10.0, "how long a batch waits for more requests before it starts")
 
 
@@ -67,10 +69,11 @@ def main(argv: list[str]) -> None:
     if generator.tokenizer is None:
         raise LimaError(f"{_CHECKPOINT.value} has no tokenizer.model: the server needs one (convert with --tokenizer)")
     context = generator.model.cfg.max_len
+    max_logprobs = None if _MAX_LOGPROBS.value < 0 else _MAX_LOGPROBS.value
     limits = Limits(model=_MODEL_NAME.value or _CHECKPOINT.value, context=context,
-                    max_tokens=min(_MAX_TOKENS.value, context - 1), max_n=sizes[-1])
+                    max_tokens=min(_MAX_TOKENS.value, context - 1), max_n=sizes[-1], max_logprobs=max_logprobs)
     engine = Engine(generator, batch_sizes=sizes, widths=prompt_widths(context), max_tokens=limits.max_tokens,
-                    chunk_steps=_CHUNK_STEPS.value, batch_wait_s=_BATCH_WAIT_MS.value / 1000)
+                    chunk_steps=_CHUNK_STEPS.value, batch_wait_s=_BATCH_WAIT_MS.value / 1000, max_logprobs=max_logprobs)
     engine.warm_up()
     engine.start()
     app = make_app(generator, engine, limits, api_key=api_key)

@@ -32,6 +32,7 @@ from lima_jax.inference.generator import Generator
 from lima_jax.serve.batching import Engine, Choice, Update
 from lima_jax.serve.protocol import ApiError, Limits, Request, Responses, parse
 
+EOT_TEXT = "<eot>"  # LIMA's end-of-turn token has no piece of its own
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
 
 
@@ -61,6 +62,14 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
 
     def encode_text(text: str) -> list[int]:
         return [tokenizer.bos_id] + tokenizer.sp.encode(text)
+
+    def token_text(token: int) -> str:
+        """A token as log-probabilities name it: its piece, with SentencePiece's word marker as a space."""
+        if token == generator.eot_id:
+            return EOT_TEXT
+        if 0 <= token < tokenizer.sp.get_piece_size():
+            return tokenizer.sp.id_to_piece(token).replace("\u2581", " ")
+        return ""
 
     async def models(_: HttpRequest) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": limits.model, "object": "model", "created": started,
@@ -93,11 +102,12 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
         updates: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
         sequences = [
             Choice(prompt, request.params, request.seed + j, request.stop,
-                      lambda u, i=i * request.n + j: loop.call_soon_threadsafe(updates.put_nowait, (i, u)))
+                   lambda u, i=i * request.n + j: loop.call_soon_threadsafe(updates.put_nowait, (i, u)),
+                   request.top_logprobs)
             for i, prompt in enumerate(request.prompts) for j in range(request.n)
         ]
         engine.submit(sequences)
-        responses = Responses(limits.model, chat)
+        responses = Responses(limits.model, chat, token_text)
         if request.stream:
             return StreamingResponse(_stream(request, sequences, updates, responses), media_type="text/event-stream")
         return await _whole(http, request, sequences, updates, responses)
@@ -149,6 +159,7 @@ def _usage(request: Request, sequences: list[Choice], tokens: list[int]) -> dict
 async def _whole(http: HttpRequest, request: Request, sequences: list[Choice],
                  updates: asyncio.Queue, responses: Responses) -> Response:
     texts, finishes, tokens = [""] * len(sequences), [""] * len(sequences), [0] * len(sequences)
+    logprobs = [[] if request.top_logprobs is not None else None for _ in sequences]
     left = len(sequences)
     while left:
         try:
@@ -162,10 +173,12 @@ async def _whole(http: HttpRequest, request: Request, sequences: list[Choice],
         if u.error:
             return error_response(ApiError(500, u.error, kind="internal_server_error"))
         texts[i] += u.text
+        if u.logprobs:
+            logprobs[i] += u.logprobs
         if u.finish_reason:
             finishes[i], tokens[i] = u.finish_reason, u.completion_tokens
             left -= 1
-    return JSONResponse(responses.whole(texts, finishes, _usage(request, sequences, tokens)))
+    return JSONResponse(responses.whole(texts, finishes, _usage(request, sequences, tokens), logprobs))
 
 
 async def _stream(request: Request, sequences: list[Choice], updates: asyncio.Queue,
@@ -174,6 +187,7 @@ async def _stream(request: Request, sequences: list[Choice], updates: asyncio.Qu
     per choice with its finish reason; usage if asked; `[DONE]`."""
     event = lambda data: f"data: {json.dumps(data)}\n\n"
     tokens = [0] * len(sequences)
+    offsets = [0] * len(sequences)  # text so far: where a completion's next token starts
     try:
         if responses.chat:
             for i in range(len(sequences)):
@@ -184,8 +198,10 @@ async def _stream(request: Request, sequences: list[Choice], updates: asyncio.Qu
             if u.error:
                 yield event(ApiError(500, u.error, kind="internal_server_error").body())
                 return
-            if u.text or u.finish_reason:
-                yield event(responses.chunk(i, u.text, u.finish_reason))
+            if u.text or u.finish_reason or u.logprobs:
+                logprobs = responses.logprobs(u.logprobs, offsets[i]) if request.top_logprobs is not None else None
+                yield event(responses.chunk(i, u.text, u.finish_reason, logprobs=logprobs))
+                offsets[i] += len(u.text)
             if u.finish_reason:
                 tokens[i] = u.completion_tokens
                 left -= 1

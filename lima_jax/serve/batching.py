@@ -34,6 +34,9 @@ class Update:
     finish_reason: str | None = None  # "stop" (a stop token or string), "length", or None while running
     completion_tokens: int = 0
     error: str | None = None  # the batch failed (the server keeps serving)
+    # With log-probabilities asked for: (token id, log-probability, [(id, log-probability)] of the most
+    # likely) for each token whose text this update completes.
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -45,15 +48,18 @@ class Choice:
     seed: int
     stop: list[str]
     on_update: Callable[[Update], None]  # called from the engine thread
+    top_logprobs: int | None = None  # None: no log-probabilities; else how many of the most likely tokens
     cancelled: bool = False  # set by the server when its client goes
     sent: str = ""  # the text already handed over
+    tokens_sent: int = 0  # the tokens whose log-probabilities were handed over
     finished: bool = False
 
 
 class Engine:
     def __init__(self, generator: Generator, *, batch_sizes: Sequence[int], widths: Sequence[int], max_tokens: int,
-                 chunk_steps: int = 16, batch_wait_s: float = 0.01):
+                 chunk_steps: int = 16, batch_wait_s: float = 0.01, max_logprobs: int | None = 20):
         self.generator = generator
+        self.max_logprobs = max_logprobs  # the top-K the log-probability programs record; None: none compiled
         self.batch_sizes, self.widths = sorted(batch_sizes), sorted(widths)
         self.max_tokens, self.chunk_steps, self.batch_wait_s = max_tokens, chunk_steps, batch_wait_s
         self.waiting: queue.Queue[Choice] = queue.Queue()
@@ -69,14 +75,15 @@ class Engine:
 
     def warm_up(self) -> None:
         """Compiles every program a request can need: per batch size and prompt width, the prefill and a
-        decode loop for greedy and for sampling batches."""
+        decode loop for greedy and for sampling batches, each with and without log-probabilities."""
         start = time.perf_counter()
         prompt = [self.generator.stop_ids[0]]
         for rows in self.batch_sizes:
             for width in self.widths:
                 for temperature in (0.0, 0.7):
-                    self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
-                                width).advance(1)
+                    for logprobs in (False, True) if self.max_logprobs is not None else (False,):
+                        self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
+                                    width, logprobs).advance(1)
         self.compiled = compiled_programs()
         say(f"serve: compiled {self.compiled} programs ({len(self.batch_sizes)} batch sizes x {len(self.widths)} prompt "
             f"widths) in {time.perf_counter() - start:.1f}s")
@@ -92,10 +99,10 @@ class Engine:
         for s in sequences:
             self.waiting.put(s)
 
-    def _batch(self, rows: list[Row], size: int, width: int) -> SteppedBatch:
+    def _batch(self, rows: list[Row], size: int, width: int, logprobs: bool) -> SteppedBatch:
         g = self.generator
         return SteppedBatch(g.model, rows, rows=size, width=width, max_new_tokens=self.max_tokens, stop_ids=g.stop_ids,
-                            mesh=g.mesh)
+                            mesh=g.mesh, top_logprobs=self.max_logprobs if logprobs else None)
 
     def _gather(self) -> list[Choice]:
         """The first sequence waiting, then more while they keep coming (each within `batch_wait_s` of
@@ -134,7 +141,8 @@ class Engine:
     def _run(self, batch: list[Choice]) -> None:
         size = next(b for b in self.batch_sizes if b >= len(batch))
         width = next(w for w in self.widths if w >= max(len(s.prompt) for s in batch))
-        stepped = self._batch([Row(s.prompt, s.params, s.seed) for s in batch], size, width)
+        stepped = self._batch([Row(s.prompt, s.params, s.seed) for s in batch], size, width,
+                              any(s.top_logprobs is not None for s in batch))
         self.stats["batches"] += 1
         self.stats["sequences"] += len(batch)
         self.stats["padding_rows"] += size - len(batch)
@@ -145,10 +153,10 @@ class Engine:
                     s.finished = True  # nobody is listening
                     self.stats["cancelled"] += 1
                 elif not s.finished:
-                    self._update(s, ids, bool(stepped.done[i]) or stepped.finished)
+                    self._update(s, ids, bool(stepped.done[i]) or stepped.finished, stepped, i)
         self.stats["decode_steps"] += stepped.step
 
-    def _update(self, s: Choice, ids: list[int], done: bool) -> None:
+    def _update(self, s: Choice, ids: list[int], done: bool, stepped: SteppedBatch, row: int) -> None:
         """Hands over the text that can no longer change: not a partial character, nor the start
         of a stop string; at the end, the rest and why it ended."""
         stops = self.generator.stop_ids
@@ -167,11 +175,29 @@ class Engine:
                 return
             text = s.sent  # never take back what was sent
         delta, s.sent = text[len(s.sent):], text
+        logprobs = self._logprobs(s, ids, done and cut < 0, stepped, row)
         if done:
             s.finished = True
-            s.on_update(Update(delta, reason, len(ids)))
-        elif delta:
-            s.on_update(Update(delta))
+            s.on_update(Update(delta, reason, len(ids), logprobs=logprobs))
+        elif delta or logprobs:
+            s.on_update(Update(delta, logprobs=logprobs))
+
+    def _logprobs(self, s: Choice, ids: list[int], all_of_them: bool, stepped: SteppedBatch, row: int) -> list | None:
+        """The log-probabilities of the tokens (stop token excluded) whose text is now handed over:
+        every one when the sequence ended on its own, else those whose text is a prefix of what was sent."""
+        if s.top_logprobs is None:
+            return None
+        content = ids[:-1] if ids and ids[-1] in self.generator.stop_ids else ids
+        end = s.tokens_sent
+        if all_of_them:
+            end = len(content)
+        else:
+            while end < len(content) and s.sent.startswith(self.generator.decode(content[: end + 1])):
+                end += 1
+        found = stepped.logprobs(row, s.tokens_sent, end)
+        out = [(t, lp, top[: s.top_logprobs]) for t, (lp, top) in zip(content[s.tokens_sent: end], found)]
+        s.tokens_sent = end
+        return out
 
 
 def prompt_widths(context: int) -> list[int]:

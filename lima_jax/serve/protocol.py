@@ -5,8 +5,10 @@ Absent sampling fields take LIMA's values (temperature 0.7, top_p 0.9, repetitio
 vLLM takes a model's generation config: the server answers as `lima_jax.sample` does by default.
 `repetition_penalty` is an extension (vLLM's name). Choice j of a request with `seed` s samples as
 `lima_jax.sample --seed=s+j` does; without a seed each request draws one at random. Fields the
-sampler cannot honour (logprobs, presence/frequency penalties, logit_bias, echo, best_of) are a 400
-naming the field rather than silently ignored.
+sampler cannot honour (presence/frequency penalties, logit_bias, echo, best_of) are a 400 naming the
+field rather than silently ignored. Log-probabilities are the model's own (its log-softmax before
+the penalty, temperature and nucleus, as vLLM returns by default), for every generated token but the
+stop token.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class Request:
     stream: bool
     include_usage: bool
     max_tokens_given: bool
+    top_logprobs: int | None = None  # None: no log-probabilities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Limits:
     context: int  # prompt + completion tokens, at most (the model's max_len)
     max_tokens: int  # new tokens per sequence, at most (the compiled programs' budget)
     max_n: int  # choices per request, at most (the largest compiled batch)
+    max_logprobs: int | None = 20  # top_logprobs at most; None: no log-probabilities
 
 
 def _get(body: dict, name: str, types: tuple[type, ...], default: Any = None) -> Any:
@@ -87,14 +91,21 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
         raise ApiError(404, f"The model `{model}` does not exist (this server serves `{limits.model}`)",
                        param="model", code="model_not_found", kind="NotFoundError")
     if chat:
-        _unsupported(body, "logprobs", False, "the sampler does not return log-probabilities yet")
-        _unsupported(body, "top_logprobs", 0, "the sampler does not return log-probabilities yet")
+        top = _get(body, "top_logprobs", (int,))
+        if top is not None and not _get(body, "logprobs", (bool,), False):
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        top = (top or 0) if _get(body, "logprobs", (bool,), False) else None
         prompts = [encode_chat(_chat_turns(body.get("messages")))]
     else:
-        _unsupported(body, "logprobs", None, "the sampler does not return log-probabilities yet")
+        top = _get(body, "logprobs", (int,))
         _unsupported(body, "echo", False, "the prompt is not echoed")
         _unsupported(body, "suffix", None, "no insertion")
         prompts = [p if isinstance(p, list) else encode_text(p) for p in _completion_prompts(body.get("prompt"))]
+    name = "top_logprobs" if chat else "logprobs"
+    if top is not None and limits.max_logprobs is None:
+        raise ApiError(400, f"'{name}': this server was started without log-probabilities (--max_logprobs)", param=name)
+    if top is not None and not 0 <= top <= limits.max_logprobs:
+        raise ApiError(400, f"'{name}' must be between 0 and {limits.max_logprobs}, got {top}", param=name)
     for name in ("presence_penalty", "frequency_penalty"):
         _unsupported(body, name, 0, "LIMA's penalty is 'repetition_penalty' (an extension, default 1.2)")
     _unsupported(body, "logit_bias", {}, "no logit bias")
@@ -133,7 +144,8 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
     seed = _get(body, "seed", (int,))
     options = _get(body, "stream_options", (dict,), {})
     return Request(prompts, n, params, random.randrange(2**31) if seed is None else seed, stop,
-                   bool(_get(body, "stream", (bool,), False)), bool(options.get("include_usage")), max_tokens is not None)
+                   bool(_get(body, "stream", (bool,), False)), bool(options.get("include_usage")), max_tokens is not None,
+                   top)
 
 
 def _chat_turns(messages: Any) -> list[str]:
@@ -179,11 +191,14 @@ def _completion_prompts(prompt: Any) -> list[str | list[int]]:
     raise ApiError(400, "'prompt' must be a string, an array of token ids, or a non-empty array of either", param="prompt")
 
 
+TokenLogprobs = list  # [(token id, log-probability, [(id, log-probability)] of the most likely)]
+
+
 class Responses:
     """The response bodies and stream chunks of one request (one id, one creation time)."""
 
-    def __init__(self, model: str, chat: bool):
-        self.model, self.chat = model, chat
+    def __init__(self, model: str, chat: bool, token_text: Callable[[int], str] = str):
+        self.model, self.chat, self.token_text = model, chat, token_text
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
@@ -192,25 +207,46 @@ class Responses:
         kind = self.object + (".chunk" if chunk and self.chat else "")
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def _choice(self, index: int, text: str | None, finish: str | None, *, delta: bool, first: bool = False) -> dict:
+    def logprobs(self, tokens: TokenLogprobs | None, offset: int = 0) -> dict[str, Any] | None:
+        """OpenAI's logprobs object: chat's `content` list, or the completions' parallel lists."""
+        if tokens is None:
+            return None
+        text = self.token_text
+        if self.chat:
+            entry = lambda t, lp: {"token": text(t), "logprob": lp, "bytes": list(text(t).encode())}
+            return {"content": [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in top]} for t, lp, top in tokens]}
+        offsets = []
+        for t, _, _ in tokens:
+            offsets.append(offset)
+            offset += len(text(t))
+        return {"tokens": [text(t) for t, _, _ in tokens], "token_logprobs": [lp for _, lp, _ in tokens],
+                "top_logprobs": [{text(i): v for i, v in top} for _, _, top in tokens], "text_offset": offsets}
+
+    def _choice(self, index: int, text: str | None, finish: str | None, *, delta: bool, first: bool = False,
+                logprobs: dict | None = None) -> dict:
         if not self.chat:
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         if delta:
             message = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
-            return {"index": index, "delta": message, "logprobs": None, "finish_reason": finish}
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+            return {"index": index, "delta": message, "logprobs": logprobs, "finish_reason": finish}
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                "finish_reason": finish}
 
     @staticmethod
     def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
-    def whole(self, texts: list[str], finishes: list[str], usage: dict[str, int]) -> dict[str, Any]:
-        choices = [self._choice(i, t, f, delta=False) for i, (t, f) in enumerate(zip(texts, finishes))]
+    def whole(self, texts: list[str], finishes: list[str], usage: dict[str, int],
+              logprobs: list[TokenLogprobs | None]) -> dict[str, Any]:
+        choices = [self._choice(i, t, f, delta=False, logprobs=self.logprobs(lp))
+                   for i, (t, f, lp) in enumerate(zip(texts, finishes, logprobs))]
         return {**self._head(False), "choices": choices, "usage": usage}
 
-    def chunk(self, index: int, text: str | None, finish: str | None = None, *, first: bool = False) -> dict[str, Any]:
-        return {**self._head(True), "choices": [self._choice(index, text, finish, delta=True, first=first)]}
+    def chunk(self, index: int, text: str | None, finish: str | None = None, *, first: bool = False,
+              logprobs: dict | None = None) -> dict[str, Any]:
+        return {**self._head(True), "choices": [self._choice(index, text, finish, delta=True, first=first,
+                                                              logprobs=logprobs)]}
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
         return {**self._head(True), "choices": [], "usage": usage}
