@@ -151,7 +151,7 @@ def serve_in_thread(app: Starlette, host: str, port: int) -> uvicorn.Server:
     return server
 
 
-def _usage(request: Request, sequences: list[Choice], tokens: list[int]) -> dict[str, int]:
+def _usage(request: Request, tokens: list[int]) -> dict[str, int]:
     # Each prompt counts once, however many choices it has (as OpenAI counts n > 1).
     return Responses.usage(sum(len(p) for p in request.prompts), sum(tokens))
 
@@ -178,7 +178,7 @@ async def _whole(http: HttpRequest, request: Request, sequences: list[Choice],
         if u.finish_reason:
             finishes[i], tokens[i] = u.finish_reason, u.completion_tokens
             left -= 1
-    return JSONResponse(responses.whole(texts, finishes, _usage(request, sequences, tokens), logprobs))
+    return JSONResponse(responses.whole(texts, finishes, _usage(request, tokens), logprobs))
 
 
 async def _stream(request: Request, sequences: list[Choice], updates: asyncio.Queue,
@@ -206,7 +206,7 @@ async def _stream(request: Request, sequences: list[Choice], updates: asyncio.Qu
                 tokens[i] = u.completion_tokens
                 left -= 1
         if request.include_usage:
-            yield event(responses.usage_chunk(_usage(request, sequences, tokens)))
+            yield event(responses.usage_chunk(_usage(request, tokens)))
         yield "data: [DONE]\n\n"
     finally:  # done, or the client went away mid-stream (Starlette cancels this generator): free the rows
         for s in sequences:
