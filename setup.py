@@ -40,11 +40,16 @@ setup(
         # lima_jax.curate: Stack Exchange dumps are .7z archives; Pushshift's Reddit dumps are zstandard.
         "py7zr>=1.0",
         "zstandard>=0.22",
+        # python -m lima_jax.serve: an ASGI app (Starlette) under an ASGI server (uvicorn).
+        "starlette>=0.37",
+        "uvicorn>=0.30",
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
         # gcp-storage-emulator: the in-memory Cloud Storage that tests/test_gcs.py runs gs:// paths against.
-        "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45", "gcp-storage-emulator>=2026.7.18"],
+        # openai: the official client tests/test_serve.py talks to the server with.
+        "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45", "gcp-storage-emulator>=2026.7.18",
+                 "openai>=1.40"],
         # libtpu lets JAX compile for TPU topologies on a CPU host (lima_jax.aot and its tests). On a
         # machine without a TPU, lima_jax keeps its TPU probe quiet (lima_jax/tpu_probe.py).
         "aot": ["libtpu==0.0.51; platform_system == 'Linux' and platform_machine == 'x86_64'"],

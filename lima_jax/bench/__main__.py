@@ -3,8 +3,9 @@ side with PyTorch (`transformers`); prints one JSON line.
 
     python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
     python -m lima_jax.bench --config=tiny --shape=ci --mode=decode
+    python -m lima_jax.bench --config=tiny --shape=ci --mode=serve     # or --checkpoint=CKPT
 
-What each mode measures and how: `lima_jax.bench.train` and `lima_jax.bench.decode`.
+What each mode measures and how: `lima_jax.bench.train`, `lima_jax.bench.decode`, `lima_jax.bench.serve`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
 
 _CONFIG = define_config_flag("config", None)
-_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's tokens/s, TTFT and roofline")
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's "
+                          "tokens/s, TTFT and roofline; serve: the server's requests/s, tokens/s and latency")
 _SHAPE = flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "tokens per row")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "rows per step")
@@ -33,16 +35,27 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "decode: prompt tokens per 
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "decode: tokens generated per row")
 _DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "16"], "decode: batch sizes (the first is the roofline's)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "decode: timed rounds (each framework); figures are medians")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "serve: the checkpoint to serve (default: a random model of --config)")
+_CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "4", "16"], "serve: concurrent clients, one round each")
+_REQUESTS = flags.DEFINE_integer("requests", 4, "serve: timed requests per client in each round")
 
 
 def main(argv: list[str]) -> None:
     no_arguments(argv)
-    if _CONFIG.value is None:
+    if _CONFIG.value is None and not (_MODE.value == "serve" and _CHECKPOINT.value):
         raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
     config = _CONFIG.value
-    apply_shape(config, _SHAPE.value, explicit_overrides(sys.argv))
+    if config is not None:
+        apply_shape(config, _SHAPE.value, explicit_overrides(sys.argv))
     common = {"compare_torch": _COMPARE_TORCH.value, "seed": _SEED.value, "shape": _SHAPE.value}
-    if _MODE.value == "decode":
+    if _MODE.value == "serve":
+        from lima_jax.bench.serve import serve_bench_record
+
+        record = serve_bench_record(config, _CHECKPOINT.value, _SHAPE.value,
+                                    concurrency=parse_batches(_CONCURRENCY.value, "--concurrency"),
+                                    requests=_REQUESTS.value, prompt_len=_PROMPT_LEN.value,
+                                    new_tokens=_NEW_TOKENS.value, seed=_SEED.value)
+    elif _MODE.value == "decode":
         record = decode_bench(config, batches=parse_batches(_DECODE_BATCHES.value), prompt_len=_PROMPT_LEN.value,
                               new_tokens=_NEW_TOKENS.value, repeats=_REPEATS.value, **common)
     else:

@@ -56,7 +56,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 TORCH_ATTENTION = ("auto", "eager", "sdpa")
 
-MODES = ("train", "decode")
+MODES = ("train", "decode", "serve")
 
 
 def _sig(x: float, digits: int = 6) -> float:
@@ -366,11 +366,11 @@ def decode_bench(
     return record
 
 
-def parse_batches(values: list[str]) -> tuple[int, ...]:
+def parse_batches(values: list[str], flag: str = "--decode_batches") -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in values)
     except ValueError:
-        raise LimaError(f"--decode_batches: {','.join(values)!r} is not a list of integers") from None
+        raise LimaError(f"{flag}: {','.join(values)!r} is not a list of integers") from None
 
 
 def explicit_overrides(argv: list[str], name: str = "config") -> set[str]:

@@ -8,6 +8,8 @@ with neither penalty nor nucleus), so it can be compared token for token with ot
 Prompts are left-padded to a bucketed length (padding has segment id 0 and is never attended to,
 positions start at 0 at each prompt's first token), so new prompt lengths reuse a compiled program.
 Each row stops on its own at a stop token (EOT or EOS); the loop ends when every row has stopped.
+`generate` runs the whole loop in one call; `SteppedBatch` runs the same loop a chunk of steps per
+call, with per-row knobs and budgets, for a server that streams and drops rows between chunks.
 
 One seeding rule for every entry point (sample, evaluate.generate, chat, select): a row's randomness
 comes from the seed and its prompt's token ids alone (`prompt_seed`), never from its place in a file
@@ -23,10 +25,11 @@ that is what lets a step read the weights without copying them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import functools
-from typing import Sequence
+import hashlib
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +84,7 @@ def nucleus(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
     row instead of sorting the vocabulary (a sort of 32,000 logits costs several milliseconds per
     row on a CPU, more than the model's step)."""
     probs = jax.nn.softmax(logits, axis=-1)
+    top_p = jnp.reshape(jnp.asarray(top_p, jnp.float32), (-1,))  # a scalar or one per row
 
     def reaches(x):  # (B,) float32 -> (B,) bool: is x at or above the threshold?
         return jnp.sum(jnp.where(logits > x[:, None], probs, 0.0), axis=-1) < top_p
@@ -96,7 +100,7 @@ def nucleus(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
     lo = jnp.full_like(hi, _to_ordered(jnp.float32(-jnp.inf)) - 1)
     _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
     # top_p 1 keeps everything: in float32 the mass of the least likely tokens can vanish in the sum.
-    keep = (logits >= _from_ordered(hi)[:, None]) | (top_p >= 1.0)
+    keep = (logits >= _from_ordered(hi)[:, None]) | (top_p >= 1.0)[:, None]
     return jnp.where(keep, logits, -jnp.inf)
 
 
@@ -123,59 +127,110 @@ def first_argmax(x: jax.Array) -> jax.Array:
 
 def next_token(keys: jax.Array, logits: jax.Array, seen: jax.Array, params: dict[str, jax.Array], greedy: bool) -> jax.Array:
     """One token per row; `keys` (B,) are the rows' own keys, so a row's draw does not depend on
-    which other prompts share its batch."""
+    which other prompts share its batch. The knobs are scalars or one value per row (B,); with
+    `greedy` False, a row whose temperature is 0 still takes the argmax (a server's batch mixes them)."""
     if greedy:
         return first_argmax(logits)
-    logits = nucleus(repetition_penalty(logits, seen, params["repetition_penalty"]) / params["temperature"], params["top_p"])
+    temperature = jnp.reshape(params["temperature"], (-1, 1))
+    scaled = repetition_penalty(logits, seen, jnp.reshape(params["repetition_penalty"], (-1, 1)))
+    scaled = nucleus(scaled / jnp.where(temperature == 0, 1.0, temperature), params["top_p"])
     # Gumbel-max, exactly as jax.random.categorical draws, with the faster argmax.
-    noise = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[1:], logits.dtype))(keys)
-    return first_argmax(logits + noise)
+    noise = jax.vmap(lambda k: jax.random.gumbel(k, scaled.shape[1:], scaled.dtype))(keys)
+    return jnp.where(temperature[:, 0] == 0, first_argmax(logits), first_argmax(scaled + noise))
+
+
+class DecodeState(NamedTuple):
+    """A batch partway through generation, on the device: what the decode loop carries."""
+
+    step: jax.Array  # () tokens generated so far (the same for every row)
+    out: jax.Array  # (B, N) the tokens generated; a stopped row repeats its stop token
+    cache: KVCache
+    logits: jax.Array  # (B, V) the next token's logits
+    done: jax.Array  # (B,) bool
+    seen: jax.Array  # (B, V) bool: the tokens each row has generated (for the repetition penalty)
+    keys: jax.Array  # (B,) each row's key
+    # With log-probabilities asked for (else zero-sized): the model's own log-softmax (before the
+    # penalty, temperature and nucleus) of each token generated, and the K most likely at that step.
+    logprobs: jax.Array  # (B, N) float32
+    top_ids: jax.Array  # (B, N, K) int32
+    top_logprobs: jax.Array  # (B, N, K) float32
+
+
+def _prefill(model, tokens, positions, segments, stop_ids, keys, max_new_tokens, top_k: int | None = None) -> DecodeState:
+    b, p = tokens.shape
+    cache = KVCache.zeros(model.cfg, b, p + max_new_tokens)
+    logits, cache = model.decode(tokens, positions, segments, cache)
+    n, k = (0, 0) if top_k is None else (max_new_tokens, top_k)
+    return DecodeState(jnp.zeros((), jnp.int32), jnp.full((b, max_new_tokens), stop_ids[0], jnp.int32), cache,
+                       logits[:, -1], jnp.zeros((b,), jnp.bool_), jnp.zeros((b, logits.shape[-1]), jnp.bool_), keys,
+                       jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n, k), jnp.int32), jnp.zeros((b, n, k), jnp.float32))
+
+
+def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, greedy) -> DecodeState:
+    """Decodes until step `until` (at most N) or until every row is done; a row is done at a stop
+    token or once it has `limits` tokens."""
+    b, vocab = s.logits.shape
+    until = jnp.minimum(until, s.out.shape[1])
+
+    def body(s: DecodeState) -> DecodeState:
+        token = next_token(jax.vmap(jax.random.fold_in, (0, None))(s.keys, s.step), s.logits, s.seen, knobs, greedy)
+        token = jnp.where(s.done, stop_ids[0], token)  # a stopped row repeats its stop token
+        done = s.done | jnp.isin(token, stop_ids) | (s.step + 1 >= limits)
+        step_logits, cache = model.decode(token[:, None], (lengths + s.step)[:, None], jnp.ones((b, 1), jnp.int32), s.cache)
+        logprobs, top_ids, top_logprobs = s.logprobs, s.top_ids, s.top_logprobs
+        if logprobs.shape[1]:  # static: only the programs that were asked for them compute them
+            logp = jax.nn.log_softmax(s.logits.astype(jnp.float32), axis=-1)
+            logprobs = logprobs.at[:, s.step].set(jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0])
+            if top_ids.shape[2]:
+                values, ids = jax.lax.top_k(logp, top_ids.shape[2])
+                top_ids, top_logprobs = top_ids.at[:, s.step].set(ids), top_logprobs.at[:, s.step].set(values)
+        return DecodeState(s.step + 1, s.out.at[:, s.step].set(token), cache, step_logits[:, -1], done,
+                           s.seen | jax.nn.one_hot(token, vocab, dtype=jnp.bool_), s.keys, logprobs, top_ids, top_logprobs)
+
+    return jax.lax.while_loop(lambda s: (s.step < until) & ~jnp.all(s.done), body, s)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "mesh"))
 def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, key_data, *, max_new_tokens, greedy, mesh):
-    keys = jax.random.wrap_key_data(key_data)  # keys travel as raw uint32 data: a global array of them is plain
+    def run():
+        model = nnx.merge(graphdef, state)
+        keys = jax.random.wrap_key_data(key_data)  # keys travel as raw uint32 data: a global array of them is plain
+        s = _prefill(model, tokens, positions, segments, stop_ids, keys, max_new_tokens)
+        s = _advance(model, s, lengths, stop_ids, knobs, max_new_tokens, max_new_tokens, greedy)
+        return s.out, s.step
+
     if mesh is None:
-        return _decode_loop(nnx.merge(graphdef, state), tokens, positions, segments, lengths, stop_ids, knobs, keys,
-                            max_new_tokens, greedy)
+        return run()
     with activation_mesh(mesh):
-        out, step = _decode_loop(nnx.merge(graphdef, state), tokens, positions, segments, lengths, stop_ids, knobs, keys,
-                                 max_new_tokens, greedy)
+        out, step = run()
     # Replicated: every process holds the whole answer, however the rows were laid out on the mesh.
     return jax.lax.with_sharding_constraint((out, step), NamedSharding(mesh, PartitionSpec()))
 
 
-def _decode_loop(model, tokens, positions, segments, lengths, stop_ids, knobs, keys, max_new_tokens, greedy):
-    b, p = tokens.shape
-    cache = KVCache.zeros(model.cfg, b, p + max_new_tokens)
-    logits, cache = model.decode(tokens, positions, segments, cache)
-    vocab = logits.shape[-1]
+def _check_prompts(model: Llama, prompts: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> None:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise LimaError("every prompt needs at least one token")
+    vocab = model.cfg.used_vocab_size  # padding ids are not tokens
+    for p in prompts:
+        bad = [t for t in p if not 0 <= t < vocab]
+        if bad:
+            raise LimaError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    if not stop_ids:
+        raise LimaError("no stop token: give the EOS (and EOT) ids")
 
-    def body(carry):
-        step, out, cache, logits, done, seen, keys = carry
-        token = next_token(jax.vmap(jax.random.fold_in, (0, None))(keys, step), logits, seen, knobs, greedy)
-        token = jnp.where(done, stop_ids[0], token)  # a stopped row repeats its stop token
-        out = out.at[:, step].set(token)
-        seen = seen | jax.nn.one_hot(token, vocab, dtype=jnp.bool_)
-        done = done | jnp.isin(token, stop_ids)
-        step_logits, cache = model.decode(token[:, None], (lengths + step)[:, None], jnp.ones((b, 1), jnp.int32), cache)
-        return step + 1, out, cache, step_logits[:, -1], done, seen, keys
 
-    def cond(carry):
-        step, *_, done, _, _ = carry
-        return (step < max_new_tokens) & ~jnp.all(done)
-
-    init = (
-        jnp.zeros((), jnp.int32),
-        jnp.full((b, max_new_tokens), stop_ids[0], jnp.int32),
-        cache,
-        logits[:, -1],
-        jnp.zeros((b,), jnp.bool_),
-        jnp.zeros((b, vocab), jnp.bool_),
-        keys,
-    )
-    step, out, *_ = jax.lax.while_loop(cond, body, init)
-    return out, step
+def _left_padded(prompts: Sequence[Sequence[int]], width: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """tokens, positions, segments (rows, width): every prompt ends at the last column; rows past the
+    prompts hold one token (0), so that no row attends to nothing."""
+    tokens = np.zeros((rows, width), np.int32)
+    segments = np.zeros_like(tokens)
+    positions = np.zeros_like(tokens)
+    for i in range(rows):
+        p = prompts[i] if i < len(prompts) else [0]
+        tokens[i, width - len(p):] = p
+        segments[i, width - len(p):] = 1
+        positions[i, width - len(p):] = np.arange(len(p))
+    return tokens, positions, segments
 
 
 def generate(
@@ -193,23 +248,8 @@ def generate(
     file order or entry point. `mesh`: the one the model's parameters are laid out on, if any (see
     the module docstring)."""
     params.check()
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise LimaError("every prompt needs at least one token")
-    vocab = model.cfg.used_vocab_size  # padding ids are not tokens
-    for p in prompts:
-        bad = [t for t in p if not 0 <= t < vocab]
-        if bad:
-            raise LimaError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
-    if not stop_ids:
-        raise LimaError("no stop token: give the EOS (and EOT) ids")
-    width = bucket(max(len(p) for p in prompts))
-    tokens = np.zeros((len(prompts), width), np.int32)
-    segments = np.zeros_like(tokens)
-    positions = np.zeros_like(tokens)
-    for i, p in enumerate(prompts):  # left-pad: every prompt ends at the last column
-        tokens[i, width - len(p):] = p
-        segments[i, width - len(p):] = 1
-        positions[i, width - len(p):] = np.arange(len(p))
+    _check_prompts(model, prompts, stop_ids)
+    tokens, positions, segments = _left_padded(prompts, bucket(max(len(p) for p in prompts)), len(prompts))
     if mesh is not None and jax.process_count() > 1:
         check_same("prompts (token ids)", [list(map(int, p)) for p in prompts])
     graphdef, state = nnx.split(model)
@@ -220,11 +260,117 @@ def generate(
     out, steps = _generate(graphdef, state, *_on(mesh, inputs),
                            max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0, mesh=mesh)
     out = np.asarray(out.addressable_data(0))[:, : int(steps.addressable_data(0))]
-    results = []
-    for row in out.tolist():
-        stops = [i for i, t in enumerate(row) if t in stop_ids]
-        results.append(row[: stops[0] + 1] if stops else row)
-    return results
+    return [_until_stop(row, stop_ids) for row in out.tolist()]
+
+
+def _until_stop(row: list[int], stop_ids: Sequence[int]) -> list[int]:
+    stops = [i for i, t in enumerate(row) if t in stop_ids]
+    return row[: stops[0] + 1] if stops else row
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "mesh"))
+def _start_batch(graphdef, state, tokens, positions, segments, stop_ids, key_data, *, max_new_tokens, top_k, mesh):
+    with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        return _prefill(nnx.merge(graphdef, state), tokens, positions, segments, stop_ids,
+                        jax.random.wrap_key_data(key_data), max_new_tokens, top_k)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "mesh"), donate_argnames=("s",))
+def _continue_batch(graphdef, state, s, lengths, stop_ids, knobs, limits, cancel, until, *, greedy, mesh):
+    with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        s = s._replace(done=s.done | cancel)
+        return _advance(nnx.merge(graphdef, state), s, lengths, stop_ids, knobs, limits, until, greedy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One sequence of a stepped batch: its prompt, its sampling knobs, its token budget and seed."""
+
+    prompt: Sequence[int]
+    params: SamplingParams  # max_new_tokens: this row's budget, at most the batch's
+    seed: int
+
+
+class SteppedBatch:
+    """The same generation as `generate`, a few steps per call: between calls a caller reads the
+    tokens so far (to stream them) and may stop rows (a client gone, a stop string seen).
+
+    Rows are padded to `rows` and prompts to `width` (at least the longest prompt), so a caller that
+    keeps to a few (rows, width) pairs and one `max_new_tokens` reuses two compiled programs per pair
+    (three with greedy and sampling batches). A row samples exactly what `generate` gives its prompt
+    with its params and seed: its key comes from its seed and its prompt, the knobs are per row, and
+    a row at temperature 0 takes the argmax of the raw logits. With `top_logprobs` K (0 included),
+    the batch also records each token's log-probability and the K most likely tokens at each step."""
+
+    def __init__(self, model: Llama, sequences: Sequence[Row], *, rows: int, width: int, max_new_tokens: int,
+                 stop_ids: Sequence[int], mesh: jax.sharding.Mesh | None = None, top_logprobs: int | None = None):
+        prompts = [r.prompt for r in sequences]
+        _check_prompts(model, prompts, stop_ids)
+        if len(sequences) > rows or max(map(len, prompts)) > width:
+            raise LimaError(f"{len(sequences)} prompts of up to {max(map(len, prompts))} tokens do not fit {rows} rows of {width}")
+        for r in sequences:
+            r.params.check()
+            if r.params.max_new_tokens > max_new_tokens:
+                raise LimaError(f"a row asks for {r.params.max_new_tokens} new tokens, the batch has room for {max_new_tokens}")
+        self.graphdef, self.state = nnx.split(model)
+        self.mesh, self.stop_ids, self.n = mesh, list(stop_ids), len(sequences)
+        self.greedy = all(r.params.temperature == 0 for r in sequences)
+        pad = rows - len(sequences)
+        keys = np.zeros((rows, *jax.random.key_data(jax.random.key(0)).shape), np.uint32)
+        for seed in {r.seed for r in sequences}:  # `generate`'s keys, one vectorized call per seed
+            mine = [i for i, r in enumerate(sequences) if r.seed == seed]
+            keys[mine] = np.asarray(jax.random.key_data(_row_keys(seed, [prompt_seed(prompts[i]) for i in mine])))
+        knob = lambda name, fill: np.asarray([getattr(r.params, name) for r in sequences] + [fill] * pad, np.float32)
+        self.inputs = _on(mesh, (
+            np.asarray([len(p) for p in prompts] + [1] * pad, np.int32),
+            np.asarray(self.stop_ids, np.int32),
+            {k: knob(k, 1.0) for k in ("temperature", "top_p", "repetition_penalty")},
+            np.asarray([r.params.max_new_tokens for r in sequences] + [0] * pad, np.int32),
+        ))
+        self.cancelled = np.asarray([False] * len(sequences) + [True] * pad)  # padding rows are done from the start
+        tokens, positions, segments = _left_padded(prompts, width, rows)
+        self.s = _start_batch(self.graphdef, self.state, *_on(mesh, (tokens, positions, segments,
+                                                                      np.asarray(self.stop_ids, np.int32), keys)),
+                              max_new_tokens=max_new_tokens, top_k=top_logprobs, mesh=mesh)
+        self.with_logprobs = top_logprobs is not None
+        self.logprob_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.limits = [r.params.max_new_tokens for r in sequences]
+        self.step = 0
+        self.done = np.zeros(rows, bool)
+
+    def advance(self, steps: int, cancel: Sequence[bool] = ()) -> list[list[int]]:
+        """Runs up to `steps` more steps (fewer once every row is done), first stopping the rows
+        marked in `cancel`; returns every row's tokens so far (up to and including its stop token)."""
+        for i, c in enumerate(cancel):
+            self.cancelled[i] |= bool(c)
+        lengths, stop_ids, knobs, limits = self.inputs
+        self.s = _continue_batch(self.graphdef, self.state, self.s, lengths, stop_ids, knobs, limits,
+                                 *_on(self.mesh, (self.cancelled, np.int32(self.step + steps))),
+                                 greedy=self.greedy, mesh=self.mesh)
+        out, step, done = jax.device_get((self.s.out, self.s.step, self.s.done))
+        self.step, self.done = int(step), np.asarray(done)
+        if self.with_logprobs:
+            self.logprob_arrays = jax.device_get((self.s.logprobs, self.s.top_ids, self.s.top_logprobs))
+        # A row past its own limit holds stop tokens it never sampled: cut at the limit first.
+        return [_until_stop(row[:limit], self.stop_ids)
+                for row, limit in zip(np.asarray(out)[: self.n, : self.step].tolist(), self.limits)]
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.done[: self.n].all()) or self.step >= self.s.out.shape[1]
+
+    def logprobs(self, row: int, start: int, stop: int) -> list[tuple[float, list[tuple[int, float]]]]:
+        """For tokens start..stop-1 of `row` (after `advance`, in a batch made with `top_logprobs`):
+        each token's log-probability under the model, and the most likely tokens with theirs."""
+        logprobs, ids, values = self.logprob_arrays
+        return [(float(logprobs[row, t]), list(zip(ids[row, t].tolist(), values[row, t].tolist())))
+                for t in range(start, stop)]
+
+
+def compiled_programs() -> int:
+    """How many programs `SteppedBatch` has compiled in this process (a server checks that none is
+    compiled after its warm-up)."""
+    return _start_batch._cache_size() + _continue_batch._cache_size()
 
 
 def _on(mesh: jax.sharding.Mesh | None, inputs):

@@ -1,0 +1,88 @@
+"""Serve a checkpoint over OpenAI's API, so that tools which talk to an OpenAI endpoint (AlpacaEval,
+MT-Bench, lm-evaluation-harness, the `openai` client) can use it.
+
+    python -m lima_jax.serve --checkpoint=runs/tiny [--host=127.0.0.1] [--port=8000] [--mesh=fsdp=4]
+
+Then `GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completions` (streaming or not) at
+http://127.0.0.1:8000/v1. The model's name is `--checkpoint` as given unless `--model_name` says
+otherwise. Absent sampling fields take LIMA's values (temperature 0.7, top_p 0.9,
+repetition_penalty 1.2); a greedy (temperature 0) or seeded answer equals `lima_jax.sample`'s for
+the same conversation and seed. `--api_key_env=NAME` requires `Authorization: Bearer $NAME`.
+
+Every program is compiled before the port opens: each batch size of `--batch_sizes` times each
+prompt width (64, 256, 1024, ... up to the model's context), decoding up to `--max_tokens` new
+tokens. See `lima_jax.serve.batching` for how concurrent requests share a batch.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from lima_jax.cli import define_mesh_flag, no_arguments, run, say
+from lima_jax.errors import LimaError
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "the address to bind (0.0.0.0: every interface)")
+_PORT = flags.DEFINE_integer("port", 8000, "the port to listen on")
+_MESH = define_mesh_flag()
+_MODEL_NAME = flags.DEFINE_string("model_name", None, "the model's name in the API (default: --checkpoint as given)")
+_API_KEY_ENV = flags.DEFINE_string("api_key_env", None, "an environment variable holding the key clients must send "
+                                   "as 'Authorization: Bearer KEY' (default: no key)")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 2048, "new tokens per answer at most (capped by the model's context)")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "4", "16"], "the compiled batch sizes; the largest is how many "
+                                 "sequences decode together")
+_CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", 16, "decode steps between two looks at the batch (streaming, stop "
+                                    "strings, clients gone)")
+_MAX_LOGPROBS = flags.DEFINE_integer("max_logprobs", 20, "top_logprobs at most (the decode programs that record "
+                                     "log-probabilities keep this many); -1: no log-probabilities, fewer programs")
+_BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 10.0, "how long a batch waits for more requests before it starts")
+
+
+def main(argv: list[str]) -> None:
+    no_arguments(argv)
+    if not _CHECKPOINT.value:
+        raise LimaError("--checkpoint is required")
+    try:
+        sizes = sorted({int(b) for b in _BATCH_SIZES.value})
+    except ValueError:
+        raise LimaError(f"--batch_sizes: {','.join(_BATCH_SIZES.value)} is not a list of integers") from None
+    if not sizes or sizes[0] < 1 or _CHUNK_STEPS.value < 1 or _MAX_TOKENS.value < 1 or _BATCH_WAIT_MS.value < 0:
+        raise LimaError("--batch_sizes, --chunk_steps and --max_tokens must be positive, --batch_wait_ms >= 0")
+    api_key = None
+    if _API_KEY_ENV.value:
+        api_key = os.environ.get(_API_KEY_ENV.value)
+        if not api_key:
+            raise LimaError(f"--api_key_env={_API_KEY_ENV.value}: that environment variable is not set or empty")
+
+    import jax
+    import uvicorn
+
+    from lima_jax.inference.generator import Generator, parse_mesh
+    from lima_jax.serve.app import make_app
+    from lima_jax.serve.batching import Engine, prompt_widths
+    from lima_jax.serve.protocol import Limits
+
+    if jax.process_count() > 1:
+        raise LimaError("serve runs in one process (--mesh over its own devices); a multi-host slice is not supported yet")
+    generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
+    if generator.tokenizer is None:
+        raise LimaError(f"{_CHECKPOINT.value} has no tokenizer.model: the server needs one (convert with --tokenizer)")
+    context = generator.model.cfg.max_len
+    max_logprobs = None if _MAX_LOGPROBS.value < 0 else _MAX_LOGPROBS.value
+    limits = Limits(model=_MODEL_NAME.value or _CHECKPOINT.value, context=context,
+                    max_tokens=min(_MAX_TOKENS.value, context - 1), max_n=sizes[-1], max_logprobs=max_logprobs)
+    engine = Engine(generator, batch_sizes=sizes, widths=prompt_widths(context), max_tokens=limits.max_tokens,
+                    chunk_steps=_CHUNK_STEPS.value, batch_wait_s=_BATCH_WAIT_MS.value / 1000, max_logprobs=max_logprobs)
+    engine.warm_up()
+    engine.start()
+    app = make_app(generator, engine, limits, api_key=api_key)
+    say(f"serve: {limits.model} at http://{_HOST.value}:{_PORT.value}/v1" + (" (bearer key required)" if api_key else ""))
+    try:
+        uvicorn.run(app, host=_HOST.value, port=_PORT.value, log_level="warning")
+    finally:
+        engine.stop()
+
+
+if __name__ == "__main__":
+    run(main)

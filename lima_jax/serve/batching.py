@@ -1,0 +1,209 @@
+"""The engine: one thread that gathers the sequences waiting, runs them as one batch of the
+sampler (`inference.sampler.SteppedBatch`) a few steps at a time, and hands each its text as it grows.
+
+Batching is batch-synchronous: a batch is formed from what is waiting (the first sequence, then
+those arriving each within `batch_wait_s` of the one before, up to the largest compiled size), padded to the smallest
+compiled batch size that holds it and to a compiled prompt width, and decoded until every row is done;
+sequences arriving meanwhile form the next batch. Rows do not join a running batch (continuous
+batching) because the KV cache has one write index for the whole batch (`model.KVCache.index`): a row
+starting late would need its own. Between chunks of `chunk_steps` steps the engine streams the new
+text, applies stop strings, and stops the rows whose client has gone, so a batch whose clients have
+all left ends at once.
+
+Every (batch size, prompt width) program is compiled at start (`warm_up`); a program compiled later is
+reported on stderr, since it means a request waited for a compilation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from typing import Callable, Sequence
+
+from lima_jax.cli import say
+from lima_jax.inference.generator import Generator
+from lima_jax.inference.sampler import Row, SamplingParams, SteppedBatch, compiled_programs
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """What a sequence has produced since the last update: new text, and at the end why it ended."""
+
+    text: str
+    finish_reason: str | None = None  # "stop" (a stop token or string), "length", or None while running
+    completion_tokens: int = 0
+    error: str | None = None  # the batch failed (the server keeps serving)
+    # With log-probabilities asked for: (token id, log-probability, [(id, log-probability)] of the most
+    # likely) for each token whose text this update completes.
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Choice:
+    """One choice of one request: submitted by the server, filled in by the engine thread."""
+
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    stop: list[str]
+    on_update: Callable[[Update], None]  # called from the engine thread
+    top_logprobs: int | None = None  # None: no log-probabilities; else how many of the most likely tokens
+    cancelled: bool = False  # set by the server when its client goes
+    sent: str = ""  # the text already handed over
+    tokens_sent: int = 0  # the tokens whose log-probabilities were handed over
+    finished: bool = False
+
+
+class Engine:
+    def __init__(self, generator: Generator, *, batch_sizes: Sequence[int], widths: Sequence[int], max_tokens: int,
+                 chunk_steps: int = 16, batch_wait_s: float = 0.01, max_logprobs: int | None = 20):
+        self.generator = generator
+        self.max_logprobs = max_logprobs  # the top-K the log-probability programs record; None: none compiled
+        self.batch_sizes, self.widths = sorted(batch_sizes), sorted(widths)
+        self.max_tokens, self.chunk_steps, self.batch_wait_s = max_tokens, chunk_steps, batch_wait_s
+        self.waiting: queue.Queue[Choice] = queue.Queue()
+        self.compiled = 0
+        # Counters for /metrics: how the engine batched what it was given.
+        self.stats = {"batches": 0, "sequences": 0, "padding_rows": 0, "decode_steps": 0, "cancelled": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lima_jax.serve engine", daemon=True)
+
+    @property
+    def largest(self) -> int:
+        return self.batch_sizes[-1]
+
+    def warm_up(self) -> None:
+        """Compiles every program a request can need: per batch size and prompt width, the prefill and a
+        decode loop for greedy and for sampling batches, each with and without log-probabilities."""
+        start = time.perf_counter()
+        prompt = [self.generator.stop_ids[0]]
+        for rows in self.batch_sizes:
+            for width in self.widths:
+                for temperature in (0.0, 0.7):
+                    for logprobs in (False, True) if self.max_logprobs is not None else (False,):
+                        self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
+                                    width, logprobs).advance(1)
+        self.compiled = compiled_programs()
+        say(f"serve: compiled {self.compiled} programs ({len(self.batch_sizes)} batch sizes x {len(self.widths)} prompt "
+            f"widths) in {time.perf_counter() - start:.1f}s")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def submit(self, sequences: list[Choice]) -> None:
+        for s in sequences:
+            self.waiting.put(s)
+
+    def _batch(self, rows: list[Row], size: int, width: int, logprobs: bool) -> SteppedBatch:
+        g = self.generator
+        return SteppedBatch(g.model, rows, rows=size, width=width, max_new_tokens=self.max_tokens, stop_ids=g.stop_ids,
+                            mesh=g.mesh, top_logprobs=self.max_logprobs if logprobs else None)
+
+    def _gather(self) -> list[Choice]:
+        """The first sequence waiting, then more while they keep coming (each within `batch_wait_s` of
+        the last, for at most 10 of those waits): clients answered together come back together."""
+        try:
+            batch = [self.waiting.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        now = time.perf_counter()
+        deadline, last_call = now + self.batch_wait_s, now + 10 * self.batch_wait_s
+        while len(batch) < self.largest:
+            try:
+                batch.append(self.waiting.get(timeout=max(0.0, deadline - time.perf_counter())))
+            except queue.Empty:
+                break
+            deadline = min(time.perf_counter() + self.batch_wait_s, last_call)
+        self.stats["cancelled"] += sum(s.cancelled for s in batch)
+        return [s for s in batch if not s.cancelled]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self._gather()
+            if not batch:
+                continue
+            try:
+                self._run(batch)
+            except Exception as e:  # noqa: BLE001 - one failed batch must not stop the server
+                for s in batch:
+                    if not s.finished:
+                        s.finished = True
+                        s.on_update(Update("", error=f"{type(e).__name__}: {e}"))
+            if compiled_programs() > self.compiled:
+                self.compiled = compiled_programs()
+                say(f"serve: compiled a new program after warm-up (now {self.compiled}); a request waited for it")
+
+    def _run(self, batch: list[Choice]) -> None:
+        size = next(b for b in self.batch_sizes if b >= len(batch))
+        width = next(w for w in self.widths if w >= max(len(s.prompt) for s in batch))
+        stepped = self._batch([Row(s.prompt, s.params, s.seed) for s in batch], size, width,
+                              any(s.top_logprobs is not None for s in batch))
+        self.stats["batches"] += 1
+        self.stats["sequences"] += len(batch)
+        self.stats["padding_rows"] += size - len(batch)
+        while not all(s.finished for s in batch):
+            tokens = stepped.advance(self.chunk_steps, [s.cancelled or s.finished for s in batch])
+            for i, (s, ids) in enumerate(zip(batch, tokens)):
+                if s.cancelled and not s.finished:
+                    s.finished = True  # nobody is listening
+                    self.stats["cancelled"] += 1
+                elif not s.finished:
+                    self._update(s, ids, bool(stepped.done[i]) or stepped.finished, stepped, i)
+        self.stats["decode_steps"] += stepped.step
+
+    def _update(self, s: Choice, ids: list[int], done: bool, stepped: SteppedBatch, row: int) -> None:
+        """Hands over the text that can no longer change: not a partial character, nor the start
+        of a stop string; at the end, the rest and why it ended."""
+        stops = self.generator.stop_ids
+        text = self.generator.decode(ids)
+        cut = min((i for i in (text.find(stop) for stop in s.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, done, reason = text[:cut], True, "stop"
+        else:
+            reason = "stop" if ids and ids[-1] in stops else "length"
+        if not done:
+            hold = max((len(stop) - 1 for stop in s.stop), default=0)
+            text = text[: len(text) - hold] if hold else text
+            text = text.rstrip("\ufffd")  # a character whose bytes are not all generated yet
+        if not text.startswith(s.sent):  # decoding more tokens changed earlier text: wait
+            if not done:
+                return
+            text = s.sent  # never take back what was sent
+        delta, s.sent = text[len(s.sent):], text
+        logprobs = self._logprobs(s, ids, done and cut < 0, stepped, row)
+        if done:
+            s.finished = True
+            s.on_update(Update(delta, reason, len(ids), logprobs=logprobs))
+        elif delta or logprobs:
+            s.on_update(Update(delta, logprobs=logprobs))
+
+    def _logprobs(self, s: Choice, ids: list[int], all_of_them: bool, stepped: SteppedBatch, row: int) -> list | None:
+        """The log-probabilities of the tokens (stop token excluded) whose text is now handed over:
+        every one when the sequence ended on its own, else those whose text is a prefix of what was sent."""
+        if s.top_logprobs is None:
+            return None
+        content = ids[:-1] if ids and ids[-1] in self.generator.stop_ids else ids
+        end = s.tokens_sent
+        if all_of_them:
+            end = len(content)
+        else:
+            while end < len(content) and s.sent.startswith(self.generator.decode(content[: end + 1])):
+                end += 1
+        found = stepped.logprobs(row, s.tokens_sent, end)
+        out = [(t, lp, top[: s.top_logprobs]) for t, (lp, top) in zip(content[s.tokens_sent: end], found)]
+        s.tokens_sent = end
+        return out
+
+
+def prompt_widths(context: int) -> list[int]:
+    """Prompt lengths that share a compiled program: 64, 256, 1024, ... and the context itself."""
+    widths, w = [], 64
+    while w < context:
+        widths.append(w)
+        w *= 4
+    return widths + [context]
