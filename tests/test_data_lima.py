@@ -100,7 +100,7 @@ def test_dev_split():
     assert dev_split(records, 10, seed=3) == (train, dev)
     assert dev_split(records, 10, seed=4)[1] != dev
     assert dev_split(records, 0, seed=0) == (records, [])
-    with pytest.raises(LimaError, match="dev set of 100 examples"):
+    with pytest.raises(LimaError, match="config key data.dev_size: holding out 100 dev examples leaves none of the 100"):
         dev_split(records, 100, seed=0)
 
 

@@ -358,12 +358,19 @@ def test_response_files_that_answer_partly_different_prompts_warn_with_the_count
     assert capsys.readouterr().err == ""
 
 
-def test_sampling_a_prompt_longer_than_the_trained_rows_warns(tmp_path, capfd):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished small run's workdir (64-token rows)."""
+    folder = tmp_path_factory.mktemp("trained")
+    train(small_config(folder))
+    return folder / "run"
+
+
+def test_sampling_a_prompt_longer_than_the_trained_rows_warns(trained, capfd):
     from lima_jax.inference.generator import Generator
     from lima_jax.inference.sampler import SamplingParams
 
-    train(small_config(tmp_path))
-    generator = Generator(str(tmp_path / "run"))
+    generator = Generator(str(trained))
     short, long = generator.encode(["What is 3 plus 4?"]), generator.encode(["What is 3 plus 4? " * 12])
     assert len(short) < 64 < len(long)
     capfd.readouterr()
@@ -446,3 +453,26 @@ def test_a_kill_during_each_file_rewrite_leaves_the_old_file_whole_and_the_run_r
     r = subprocess.run(_kill_cmd(workdir, kill_data), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert _without_timing(read_metrics(workdir)) == uninterrupted
+
+
+def test_a_read_only_workdir_is_one_line_before_any_work(tmp_path):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        with pytest.raises(LimaError) as e:
+            train(small_config(tmp_path, workdir=str(disk / "run")))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert str(e.value) == f"config key workdir: {disk / 'run'}: cannot write there ([Errno 30] Read-only file system: '{disk / 'run'}')"
+
+
+def test_an_empty_model_record_in_a_checkpoint_is_one_line_naming_its_file(trained, tmp_path):
+    import shutil
+
+    step = tmp_path / "step"
+    shutil.copytree(checkpoint.resolve(trained), step)
+    (step / "model" / "metadata").write_text("")
+    with pytest.raises(LimaError, match=rf"^{step / 'model' / 'metadata'}: not valid JSON \(Expecting value: line 1 column 1 \(char 0\)\); the checkpoint is damaged$"):
+        checkpoint.load_model_config(step)

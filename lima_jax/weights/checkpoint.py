@@ -84,8 +84,7 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def load_model_config(path: str | os.PathLike) -> ModelConfig:
     path = resolve(path)
-    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
-        model_json = ckptr.restore(path / MODEL)
+    model_json = _json_item(path / MODEL)
     if not isinstance(model_json, dict) or "config" not in model_json:
         raise LimaError(f"checkpoint {path}: {MODEL}/ holds no model config")
     return ModelConfig.from_dict(model_json["config"])
@@ -151,5 +150,13 @@ def run_info(path: str | os.PathLike) -> dict[str, Any]:
     step = resolve(path)
     if not (step / "run").is_dir():
         return {}
+    return _json_item(step / "run")
+
+
+def _json_item(item: Path) -> Any:
+    """An Orbax JSON item; an empty or damaged one is one line naming its file."""
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
-        return ckptr.restore(step / "run")
+        try:
+            return ckptr.restore(item)
+        except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+            raise LimaError(f"{item / 'metadata'}: not valid JSON ({str(e).splitlines()[0]}); the checkpoint is damaged") from None
