@@ -49,12 +49,7 @@ def test_every_saved_step_is_in_the_metrics_after_a_hard_kill(tmp_path):
     """With every_steps, a step's record was written after the next dispatch, but the save already
     covered it: a kill -9 then dropped records for good."""
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(workdir, "--config.checkpoint.every_steps=1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(checkpoint_steps(workdir)) < 4:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    kill_9_after(_cmd(workdir, "--config.checkpoint.every_steps=1"), workdir, 4)
     saved = checkpoint_steps(workdir)
     logged = [r["step"] + 1 for r in read_metrics(workdir) if "loss" in r]
     assert saved and set(saved) <= set(logged), (saved, logged)
@@ -63,6 +58,18 @@ def test_every_saved_step_is_in_the_metrics_after_a_hard_kill(tmp_path):
 def checkpoint_steps(workdir):
     folder = workdir / "checkpoints"
     return sorted(int(p) for p in os.listdir(folder) if p.isdigit()) if folder.exists() else []
+
+
+def kill_9_after(cmd, workdir, steps, delay=0.0):
+    """Runs `cmd` and kills it (-9) `delay` seconds after `steps` checkpoints are complete; returns its pid."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint_steps(workdir)) < steps and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    return proc.pid
 
 
 def test_ctrl_c_saves_like_sigterm_and_a_finished_run_says_so(tmp_path):
@@ -233,16 +240,11 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
 
 def test_a_killed_runs_lock_is_taken_over(tmp_path):
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(workdir, "--config.checkpoint.every_steps=1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(checkpoint_steps(workdir)) < 2:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    pid = kill_9_after(_cmd(workdir, "--config.checkpoint.every_steps=1"), workdir, 2)
     assert (workdir / "lock").exists()
     r = subprocess.run(_cmd(workdir), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"note: taking over {workdir / 'lock'} (pid {proc.pid} on this host has exited)" in r.stderr
+    assert f"note: taking over {workdir / 'lock'} (pid {pid} on this host has exited)" in r.stderr
 
 
 def test_a_lock_from_another_host_is_refused_while_renewed_and_taken_once_stale(tmp_path):
@@ -414,14 +416,7 @@ def test_kill_9_at_a_random_point_then_resume_gives_the_uninterrupted_metrics(se
 
     rng = random.Random(seed)
     workdir = tmp_path / "run"
-    after_steps, delay = rng.randint(1, 16), rng.uniform(0.0, 0.3)
-    proc = subprocess.Popen(_kill_cmd(workdir, kill_data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(checkpoint_steps(workdir)) < after_steps and proc.poll() is None:
-        time.sleep(0.01)
-    time.sleep(delay)
-    proc.kill()
-    proc.wait()
+    kill_9_after(_kill_cmd(workdir, kill_data), workdir, rng.randint(1, 16), rng.uniform(0.0, 0.3))
     r = subprocess.run(_kill_cmd(workdir, kill_data), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "finished"
@@ -431,12 +426,7 @@ def test_kill_9_at_a_random_point_then_resume_gives_the_uninterrupted_metrics(se
 
 def test_a_kill_during_each_file_rewrite_leaves_the_old_file_whole_and_the_run_resumes(kill_data, uninterrupted, tmp_path):
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_kill_cmd(workdir, kill_data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(checkpoint_steps(workdir)) < 5 and proc.poll() is None:
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
+    kill_9_after(_kill_cmd(workdir, kill_data), workdir, 5)
     script = os.path.join(os.path.dirname(__file__), "kill_at_rename.py")
     files = ("config.json", "inputs.json", "dev.jsonl", "metrics.jsonl")
 
