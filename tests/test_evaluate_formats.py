@@ -90,6 +90,11 @@ def test_mt_bench_questions_and_answers_round_trip(tmp_path):
         make_record([questions[1].asks[0]], "101 one", "lima-7b"),
         make_record(questions[1].prompt(["101 one"]), "101 two", "lima-7b", questions[1].turn_id(1))]
 
+    # Judging reads MT-Bench answers given their questions, and asks for them otherwise.
+    assert read_responses(tmp_path / "answers.jsonl", str(tmp_path / "question.jsonl")) == records
+    with pytest.raises(LimaError, match=r"answers.jsonl:1: an MT-Bench answer.*--mt_bench_questions=question.jsonl"):
+        read_responses(tmp_path / "answers.jsonl")
+
     (tmp_path / "bad.jsonl").write_text(json.dumps(QUESTIONS[0]) + "\n" + json.dumps({"question_id": 2, "turns": []}) + "\n")
     with pytest.raises(LimaError, match=r"bad.jsonl:2: 'turns' must be a non-empty list"):
         formats.read_prompts(str(tmp_path / "bad.jsonl"))
@@ -117,6 +122,7 @@ def test_a_follow_up_is_asked_after_the_models_own_answer_and_a_resumed_run_asks
     responses = tmp_path / "responses.jsonl"
     assert generate_answers(Echo(), questions, ResponseSink(responses, "other"), None, 0, batch_size=1) == 4
     assert read_responses(responses) == formats.read_mt_bench_responses(str(out), str(tmp_path / "question.jsonl"))
+    assert read_responses(responses, str(tmp_path / "question.jsonl")) == read_responses(responses)  # ours, as it is
 
     alpaca = tmp_path / "model_outputs.json"
     with pytest.raises(LimaError, match="single instructions"):
@@ -127,6 +133,17 @@ def test_a_follow_up_is_asked_after_the_models_own_answer_and_a_resumed_run_asks
     assert [i["output"] for i in json.loads(alpaca.read_text())] == [f"answer 1 to {e['instruction']}" for e in EVAL_SET]
     with pytest.raises(LimaError, match=r"responses.jsonl: not JSON.*it is not AlpacaEval outputs"):
         formats.AlpacaEvalSink(responses, "echo").answered(single)
+
+
+def test_generate_refuses_an_output_of_another_generator_before_loading_the_checkpoint(tmp_path):
+    prompts_file = _write(tmp_path / "alpaca_eval.json", EVAL_SET)
+    out = _write(tmp_path / "model_outputs.json", [{**EVAL_SET[0], "generator": "someone"}])
+    r = subprocess.run([sys.executable, "-m", "lima_jax.evaluate.generate", f"--checkpoint={tmp_path / 'no-such-checkpoint'}",
+                        f"--prompts={prompts_file}", f"--output={out}", "--output_format=alpaca_eval", "--generator=lima-7b"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (f"error: {out} holds AlpacaEval outputs of 'someone', not 'lima-7b': "
+                                                 "name another --output (or pass --overwrite to replace it)")
 
 
 @pytest.fixture(scope="module")

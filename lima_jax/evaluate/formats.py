@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 from lima_jax.data.records import BadLine, check_appendable, json_object, read_conversations, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.responses import (Question, Record, ResponseSink, Sink, digest, check_generator, make_record,
-                                         prompt_id, questions_from_prompts)
+from lima_jax.evaluate.responses import (Question, Record, ResponseSink, Sink, check_generator, digest, file_head,
+                                         first_object, make_record, prompt_id, questions_from_prompts)
 from lima_jax.storage.paths import Appender, Path, write_atomically
 
 FORMATS = ("responses", "alpaca_eval", "mt_bench")
@@ -176,26 +176,17 @@ def read_mt_bench_responses(answers_path: str, questions_path: str) -> dict[str,
     return records
 
 
-def _first_text(path: str) -> bytes:
-    with Path(path).open("rb") as f:
-        return f.read(65536).lstrip()
-
-
 def read_prompts(path: str) -> tuple[list[Question], str]:
     """The questions of a prompt file, and its kind, told from its content: AlpacaEval's evaluation set
     (a JSON list), MT-Bench questions (JSONL with `question_id` and `turns`), or conversations (JSONL:
     LIMA's, OpenAI messages), each asked up to its last user turn."""
     if not Path(path).is_file():
         raise LimaError(f"{path}: no such file")
-    head = _first_text(path)
+    head = file_head(path)
     if head.startswith(b"["):
         return read_alpaca_eval_prompts(path), "AlpacaEval instructions"
-    first_line = head.split(b"\n", 1)[0]
-    try:
-        first = json.loads(first_line.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        first = None  # the conversation reader names the bad line
-    if isinstance(first, dict) and "question_id" in first and "turns" in first:
+    first = first_object(head)  # {} for a bad line, which the conversation reader names
+    if "question_id" in first and "turns" in first:
         return read_mt_bench_questions(path), "MT-Bench questions"
     records, _ = read_conversations(path)
     # A conversation that ends with an answer is asked up to its last user turn.

@@ -45,13 +45,22 @@ def make_record(prompt: Sequence[str], output: str, generator: str, id: str | No
     return {"id": id or prompt_id(turns), "prompt": turns, "output": output, "generator": generator}
 
 
-def _starts_with(path: str, prefix: bytes) -> bool:
-    """Whether the file's text (after any blank space) starts with `prefix`."""
+def file_head(path: str) -> bytes:
+    """The start of the file's text after any blank space (empty for no file): enough to tell formats apart."""
     p = Path(path)
     if not p.is_file():
-        return False
+        return b""
     with p.open("rb") as f:
-        return f.read(4096).lstrip().startswith(prefix)
+        return f.read(65536).lstrip()
+
+
+def first_object(head: bytes) -> dict:
+    """The JSON object on the first line of `head`, or {} when there is none."""
+    try:
+        value = json.loads(head.split(b"\n", 1)[0].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def write_responses(path: PathLike, records: Iterable[Record]) -> None:
@@ -60,6 +69,8 @@ def write_responses(path: PathLike, records: Iterable[Record]) -> None:
 
 def _parse(text: str, default_generator: str) -> Record:
     obj = json_object(text)
+    if "question_id" in obj and "choices" in obj and "prompt" not in obj:
+        raise BadLine("an MT-Bench answer, which holds no question text: pass --mt_bench_questions=question.jsonl")
     for field in ("prompt", "output"):
         if field not in obj:
             raise BadLine(f"missing {field!r}")
@@ -81,14 +92,18 @@ def _parse(text: str, default_generator: str) -> Record:
     return make_record(prompt, obj["output"], generator, rid)
 
 
-def read_responses(path: str | os.PathLike) -> dict[str, Record]:
+def read_responses(path: str | os.PathLike, mt_bench_questions: str | None = None) -> dict[str, Record]:
     """Reads a response file into {id: record}, in file order; a bad line raises `file:line: why`.
-    AlpacaEval's model outputs (a JSON list) are read too (`lima_jax.evaluate.formats`)."""
+    AlpacaEval's model outputs (a JSON list) are read too, and MT-Bench answers given the questions
+    they answer (`lima_jax.evaluate.formats`)."""
     name = os.fspath(path)
-    if _starts_with(name, b"["):
+    head = file_head(name)
+    if head.startswith(b"[") or (mt_bench_questions and "choices" in first_object(head)):
         from lima_jax.evaluate import formats  # imports this module
 
-        return formats.read_alpaca_eval_responses(name)
+        if head.startswith(b"["):
+            return formats.read_alpaca_eval_responses(name)
+        return formats.read_mt_bench_responses(name, mt_bench_questions)
     default_generator = Path(name).stem
     records: dict[str, Record] = {}
     first_line: dict[str, int] = {}
