@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     say(f"{len(questions)} {kind} from {_PROMPTS.value}")
     generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
     count = generate_answers(generator, questions, sink, params, _SAMPLING.seed.value, _BATCH.value, progress=say)
-    say(f"wrote {count} new answers to {_OUTPUT.value}")
+    say(f"wrote {count} new responses to {_OUTPUT.value}")
 
 
 if __name__ == "__main__":
