@@ -2,16 +2,14 @@
 on 127.0.0.1: its answers are `lima_jax.sample`'s, streamed or not, alone or sixteen at once; bad
 requests get OpenAI's 4xx errors and the server keeps serving; nothing compiles after warm-up."""
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
+from serving import start_server, stop_server, tiny_checkpoint, wait_until_healthy
 
 openai = pytest.importorskip("openai", reason="the server's tests use the official openai client (pip install openai)")
 
@@ -30,30 +28,6 @@ def _http(url: str, body: bytes | None = None, key: str = KEY) -> tuple[int, dic
     except urllib.error.HTTPError as e:
         status, text = e.code, e.read()
     return status, json.loads(text) if text else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _checkpoint(root):
-    """A random model with the demo tokenizer and LIMA's EOT (vocabulary 512 + 1), context 64: one prompt
-    width, so warming up compiles little."""
-    code = (
-        "import sys\n"
-        "from flax import nnx\n"
-        "from lima_jax.data import demo_dir\n"
-        "from lima_jax.model import Llama, ModelConfig\n"
-        "from lima_jax.weights import checkpoint\n"
-        "cfg = ModelConfig(vocab_size=513, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=64,"
-        " init_std=0.2)\n"
-        "checkpoint.save(sys.argv[1], nnx.to_pure_dict(nnx.state(Llama(cfg, rngs=nnx.Rngs(0)))), cfg,"
-        " tokenizer=demo_dir() / 'tokenizer.model')\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(root / "ckpt")], check=True, capture_output=True)
-    return root / "ckpt"
 
 
 def _sample(ckpt, prompts, tmp, *flags) -> subprocess.Popen:
@@ -78,31 +52,19 @@ PROMPTS = [QUESTION] + [f"Name {i} colors and {i} animals." for i in range(1, 16
 def served(tmp_path_factory):
     """The server on a free port (with a bearer key), and what `lima_jax.sample` answers meanwhile."""
     tmp = tmp_path_factory.mktemp("serve")
-    ckpt = _checkpoint(tmp)
-    port = _free_port()
+    ckpt = tiny_checkpoint(tmp)
     log = open(tmp / "server.log", "w+")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "lima_jax.serve", f"--checkpoint={ckpt}", f"--port={port}", "--model_name=tiny",
-         "--api_key_env=LIMA_SERVE_TEST_KEY", f"--max_tokens={MAX_TOKENS}", "--chunk_steps=4"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LIMA_SERVE_TEST_KEY": KEY})
+    server, url = start_server(ckpt, log, "--model_name=tiny", "--api_key_env=LIMA_SERVE_TEST_KEY",
+                               f"--max_tokens={MAX_TOKENS}", "--chunk_steps=4", env={"LIMA_SERVE_TEST_KEY": KEY})
     prompts_dir = tmp / "prompts"
     prompts_dir.mkdir()
     greedy = _sample(ckpt, PROMPTS, prompts_dir, "--temperature=0")
     seeded = _sample(ckpt, [QUESTION], prompts_dir, "--seed=5")
     expected = {"greedy": _outputs(greedy), "seeded": _outputs(seeded)[0]}
-    deadline = time.time() + 600
-    while True:
-        try:
-            if _http(f"http://127.0.0.1:{port}/health")[0] == 200:
-                break
-        except OSError:  # not listening yet
-            pass
-        assert server.poll() is None and time.time() < deadline, (log.seek(0), log.read()[-3000:])[1]
-        time.sleep(0.5)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=120)
-    yield {"client": client, "url": f"http://127.0.0.1:{port}/v1", "expected": expected, "log": log, "ckpt": ckpt}
-    server.terminate()
-    server.wait(timeout=60)
+    wait_until_healthy(server, url, log)
+    client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120)
+    yield {"client": client, "url": url, "expected": expected, "log": log, "ckpt": ckpt}
+    stop_server(server)
     log.close()
 
 

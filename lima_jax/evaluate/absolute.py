@@ -18,6 +18,8 @@ from lima_jax.evaluate.ratings import judge_absolute
 from lima_jax.evaluate.responses import read_responses
 
 _RESPONSES = flags.DEFINE_string("responses", None, "the response file to rate (JSONL: id, prompt, output, generator)")
+_QUESTIONS = flags.DEFINE_string("mt_bench_questions", None, "MT-Bench's question.jsonl, when response files are "
+                                 "MT-Bench answers (which hold no question text)")
 _JUDGE = judging.define_judge_flags()
 
 
@@ -26,7 +28,7 @@ def main(argv: list[str]) -> None:
     if not _RESPONSES.value:
         raise LimaError("--responses is required (a response file, JSONL)")
     judge = _JUDGE.judge()
-    responses = read_responses(_RESPONSES.value)
+    responses = read_responses(_RESPONSES.value, _QUESTIONS.value)
     max_failures = _JUDGE.max_failures()
     result = judge_absolute(responses, judge, _JUDGE.cache(), workers=_JUDGE.workers.value, max_failures=max_failures)
     judging.finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", "responses", max_failures)

@@ -77,7 +77,9 @@ def shared_ids(ours: dict[str, Record], baseline: dict[str, Record]) -> list[str
                         "so the prompts must match exactly)")
     for i in ids:
         if ours[i]["prompt"] != baseline[i]["prompt"]:
-            raise LimaError(f"prompt id {i!r} has different prompt turns in the two response files")
+            raise LimaError(f"prompt id {i!r} has different prompt turns in the two response files (a follow-up asked "
+                            "after each model's own answer, like MT-Bench's second turn, is rated with "
+                            "lima_jax.evaluate.absolute, not compared)")
     only_ours, only_baseline = len(ours) - len(ids), len(baseline) - len(ids)
     if only_ours or only_baseline:  # e.g. a baseline generated from an older prompt file: say what is left out
         print(f"warning: judging the {len(ids)} prompts both response files answer; left out: {only_ours} answered "

@@ -19,6 +19,8 @@ from lima_jax.evaluate.responses import read_responses
 
 _OURS = flags.DEFINE_string("ours", None, "our response file (JSONL: id, prompt, output, generator)")
 _BASELINE = flags.DEFINE_string("baseline", None, "the baseline's response file, same format")
+_QUESTIONS = flags.DEFINE_string("mt_bench_questions", None, "MT-Bench's question.jsonl, when response files are "
+                                 "MT-Bench answers (which hold no question text)")
 _JUDGE = judging.define_judge_flags()
 
 
@@ -27,7 +29,7 @@ def main(argv: list[str]) -> None:
     if not _OURS.value or not _BASELINE.value:
         raise LimaError("--ours and --baseline are required (response files, JSONL)")
     judge = _JUDGE.judge()
-    ours, baseline = read_responses(_OURS.value), read_responses(_BASELINE.value)
+    ours, baseline = read_responses(_OURS.value, _QUESTIONS.value), read_responses(_BASELINE.value, _QUESTIONS.value)
     max_failures = _JUDGE.max_failures()
     result = judge_pairwise(ours, baseline, judge, _JUDGE.cache(), workers=_JUDGE.workers.value, max_failures=max_failures)
     outcomes = {pid: outcome for pid, (outcome, _) in result.results.items()}

@@ -11,11 +11,11 @@ is optional too (default: the file's name without its suffix).
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from lima_jax.inference import hosts
 from lima_jax.data.records import BadLine, check_appendable, json_object, read_jsonl, repair_tail
@@ -25,24 +25,42 @@ from lima_jax.storage.paths import Appender, Path, PathLike
 Record = dict[str, Any]
 
 
-def _digest(value: Any) -> str:
+def digest(value: Any) -> str:
     blob = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def prompt_id(turns: Sequence[str]) -> str:
     """A stable id for a prompt: the same turns give the same id in every file and on every run."""
-    return _digest(list(turns))
+    return digest(list(turns))
 
 
 def text_hash(text: str) -> str:
     """Identifies an output in judgment keys, so a regenerated answer is judged again."""
-    return _digest(text)
+    return digest(text)
 
 
 def make_record(prompt: Sequence[str], output: str, generator: str, id: str | None = None) -> Record:
     turns = list(prompt)
     return {"id": id or prompt_id(turns), "prompt": turns, "output": output, "generator": generator}
+
+
+def file_head(path: str) -> bytes:
+    """The start of the file's text after any blank space (empty for no file): enough to tell formats apart."""
+    p = Path(path)
+    if not p.is_file():
+        return b""
+    with p.open("rb") as f:
+        return f.read(65536).lstrip()
+
+
+def first_object(head: bytes) -> dict:
+    """The JSON object on the first line of `head`, or {} when there is none."""
+    try:
+        value = json.loads(head.split(b"\n", 1)[0].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def write_responses(path: PathLike, records: Iterable[Record]) -> None:
@@ -51,6 +69,8 @@ def write_responses(path: PathLike, records: Iterable[Record]) -> None:
 
 def _parse(text: str, default_generator: str) -> Record:
     obj = json_object(text)
+    if "question_id" in obj and "choices" in obj and "prompt" not in obj:
+        raise BadLine("an MT-Bench answer, which holds no question text: pass --mt_bench_questions=question.jsonl")
     for field in ("prompt", "output"):
         if field not in obj:
             raise BadLine(f"missing {field!r}")
@@ -72,9 +92,18 @@ def _parse(text: str, default_generator: str) -> Record:
     return make_record(prompt, obj["output"], generator, rid)
 
 
-def read_responses(path: str | os.PathLike) -> dict[str, Record]:
-    """Reads a response file into {id: record}, in file order; a bad line raises `file:line: why`."""
+def read_responses(path: str | os.PathLike, mt_bench_questions: str | None = None) -> dict[str, Record]:
+    """Reads a response file into {id: record}, in file order; a bad line raises `file:line: why`.
+    AlpacaEval's model outputs (a JSON list) are read too, and MT-Bench answers given the questions
+    they answer (`lima_jax.evaluate.formats`)."""
     name = os.fspath(path)
+    head = file_head(name)
+    if head.startswith(b"[") or (mt_bench_questions and "choices" in first_object(head)):
+        from lima_jax.evaluate import formats  # imports this module
+
+        if head.startswith(b"["):
+            return formats.read_alpaca_eval_responses(name)
+        return formats.read_mt_bench_responses(name, mt_bench_questions)
     default_generator = Path(name).stem
     records: dict[str, Record] = {}
     first_line: dict[str, int] = {}
@@ -90,34 +119,134 @@ def read_responses(path: str | os.PathLike) -> dict[str, Record]:
     return records
 
 
+
+@dataclasses.dataclass
+class Question:
+    """What a model is asked: `asks`, user turns asked in order, each after the model's own answer to
+    the one before (MT-Bench's second turn sees the first answer), following `history`, turns given
+    in the prompt file (an even number: the exchanges before a LIMA test conversation's last turn)."""
+
+    asks: list[str]
+    history: list[str] = dataclasses.field(default_factory=list)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # question_id, category, dataset: kept by exports
+
+    def prompt(self, answers: Sequence[str]) -> list[str]:
+        """The turns that ask `asks[len(answers)]`, after the model's own `answers` to the asks before it."""
+        turns = list(self.history)
+        for ask, answer in zip(self.asks, answers):
+            turns += [ask, answer]
+        return turns + [self.asks[len(answers)]]
+
+    def turn_id(self, k: int) -> str:
+        """The response id of ask `k`. The first ask's is its prompt's (`prompt_id`), so it pairs with any
+        file answering that prompt; a follow-up's names the asks alone, since its prompt holds this
+        model's own earlier answers, which differ between systems."""
+        first = [*self.history, self.asks[0]]
+        return prompt_id(first) if k == 0 else digest({"prompt": first, "follow_ups": self.asks[1 : k + 1]})
+
+
+def questions_from_prompts(prompts: Iterable[Sequence[str]]) -> list[Question]:
+    """Prompts (turns up to a last user turn) as single-ask questions."""
+    return [Question(asks=[p[-1]], history=list(p[:-1])) for p in prompts]
+
+
+class Sink(Protocol):
+    """Where generation writes answers, in one file format; called on process 0 only."""
+
+    def answered(self, questions: Sequence[Question]) -> dict[str, str]:
+        """{turn id: output} for the asks the output file already answers (after checking that the file
+        is this kind of output, for this generator)."""
+        ...
+
+    def add(self, done: Sequence[tuple[Question, list[str], int]]) -> None:
+        """Each question with all its answers, and the index of the first answer new in this run."""
+        ...
+
+
+def check_generator(path: str, found: Iterable[str], name: str, what: str) -> None:
+    """Outputs of another model are never continued under this one's name."""
+    other = sorted(set(found) - {name})
+    if other:
+        raise LimaError(f"{path} holds {what} of {other[0]!r}, not {name!r}: name another --output "
+                        "(or pass --overwrite to replace it)")
+
+
+class ResponseSink:
+    """The response file (JSONL, one record per ask), appended a batch at a time."""
+
+    def __init__(self, output: Path, name: str, fresh: bool = False):
+        self.output, self.name, self.fresh = output, name, fresh
+
+    def answered(self, questions: Sequence[Question]) -> dict[str, str]:
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        if self.fresh or not self.output.exists():
+            return {}
+        check_appendable(self.output, lambda text: _parse(text, self.name), "a response file")
+        repair_tail(self.output)
+        if not self.output.read_text(encoding="utf-8").strip():
+            return {}
+        records = read_responses(self.output)
+        check_generator(os.fspath(self.output), (r["generator"] for r in records.values()), self.name, "responses")
+        return {rid: r["output"] for rid, r in records.items()}
+
+    def add(self, done: Sequence[tuple[Question, list[str], int]]) -> None:
+        if self.fresh:  # --overwrite: the old file goes when the first new answers are ready
+            self.output.write_text("", encoding="utf-8")
+            self.fresh = False
+        with Appender(self.output) as f:
+            for question, answers, first in done:
+                for k in range(first, len(answers)):
+                    record = make_record(question.prompt(answers[:k]), answers[k], self.name, question.turn_id(k))
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+
+
+def generate_answers(generator: Any, questions: Sequence[Question], sink: Sink, params, seed: int, batch_size: int,
+                     progress: Callable[[str], None] = lambda line: None) -> int:
+    """Answers every ask the sink's file lacks with `generator` (an `inference.Generator`), a batch of
+    questions at a time: each question's asks in order, a follow-up after the model's own answer;
+    returns how many answers were generated now.
+
+    On several processes (a generator on a mesh over a slice) every process takes part in each batch;
+    process 0 alone reads and writes the output file and tells the others what remains."""
+    first_of: dict[str, Question] = {}
+    for q in questions:  # a question asked twice is answered once
+        first_of.setdefault(json.dumps([q.history, q.asks]), q)
+    unique = list(first_of.values())
+    hosts.check_same("the prompts", [[q.history, q.asks] for q in unique])
+
+    def remaining() -> list[tuple[int, list[str]]]:
+        known = sink.answered(unique)
+        todo = []
+        for i, q in enumerate(unique):
+            answers: list[str] = []
+            while len(answers) < len(q.asks) and q.turn_id(len(answers)) in known:
+                answers.append(known[q.turn_id(len(answers))])
+            if len(answers) < len(q.asks):
+                todo.append((i, answers))
+        return todo
+
+    todo = hosts.from_process_0(remaining)
+    count = 0
+    for start in range(0, len(todo), batch_size):
+        batch = [(unique[i], list(answers)) for i, answers in todo[start : start + batch_size]]
+        firsts = [len(answers) for _, answers in batch]
+        while asking := [(q, a) for q, a in batch if len(a) < len(q.asks)]:  # turn by turn
+            # A prompt's randomness is its own (inference.sampler.prompt_seed): a resumed run samples
+            # every remaining prompt as the uninterrupted run would have, and as `sample` does.
+            ids = generator([generator.encode(q.prompt(a)) for q, a in asking], params, seed)
+            for (_, a), out in zip(asking, ids):
+                a.append(generator.decode(out))
+            count += len(asking)
+        if hosts.is_writer():
+            sink.add([(q, a, first) for (q, a), first in zip(batch, firsts)])
+        progress(f"{min(start + batch_size, len(todo))}/{len(todo)} prompts answered")
+    return count
+
+
 def generate_responses(generator: Any, prompts: list[list[str]], output: Path, name: str,
                        params, seed: int, batch_size: int,
                        progress: Callable[[str], None] = lambda line: None) -> int:
-    """Answers the prompts the output file lacks with `generator` (an `inference.Generator`), appending
-    each batch as it is done; returns how many were generated now.
-
-    On several processes (a generator on a mesh over a slice) every process takes part in each batch;
-    process 0 alone reads and writes the output file and tells the others which prompts remain."""
-    unique = [list(t) for t in dict.fromkeys(map(tuple, prompts))]
-    hosts.check_same("the prompts", unique)
-
-    def remaining() -> list[int]:
-        check_appendable(output, lambda text: _parse(text, name), "a response file")
-        repair_tail(output)
-        done = set(read_responses(output)) if output.exists() else set()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        return [i for i, turns in enumerate(unique) if prompt_id(turns) not in done]
-
-    todo = [unique[i] for i in hosts.from_process_0(remaining)]
-    with Appender(output) if hosts.is_writer() else contextlib.nullcontext() as f:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            # A prompt's randomness is its own (inference.sampler.prompt_seed): a resumed run samples
-            # every remaining prompt as the uninterrupted run would have, and as `sample` does.
-            ids = generator([generator.encode(t) for t in batch], params, seed)
-            if f is not None:
-                for turns, out in zip(batch, ids):
-                    f.write(json.dumps(make_record(turns, generator.decode(out), name), ensure_ascii=False) + "\n")
-                f.flush()
-            progress(f"{min(start + batch_size, len(todo))}/{len(todo)} prompts answered")
-    return len(todo)
+    """Answers the prompts the response file `output` lacks (`generate_answers` over single asks)."""
+    return generate_answers(generator, questions_from_prompts(prompts), ResponseSink(output, name), params, seed,
+                            batch_size, progress)
