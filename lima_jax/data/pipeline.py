@@ -132,9 +132,10 @@ def build(
 
     if tokenizer_path is None:
         if not using_demo:
-            raise LimaError("config key data.tokenizer: give the LLaMA tokenizer.model to use with your data")
+            raise LimaError("config key data.tokenizer: give the base model's tokenizer (tokenizer.model, "
+                            "tokenizer.json or its folder) to use with your data")
         tokenizer_path = demo_dir() / "tokenizer.model"
-    tokenizer = ChatTokenizer(tokenizer_path)
+    tokenizer = ChatTokenizer(tokenizer_path, eot=data.eot)
 
     def encode(record) -> Example:
         return tokenizer.encode_conversation(record["conversations"], max_len=data.max_len + 1, train_on=data.train_on)
