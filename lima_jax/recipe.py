@@ -55,6 +55,9 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
     # The end-of-turn token: empty adds LIMA's new token (the vocabulary grows by one); a token of the
     # tokenizer (e.g. <|eot_id|>, <|im_end|>) is reused instead.
     c.data.eot = ""
+    # lima: BOS, then each turn followed by EOT (the paper's); template: the tokenizer's own Jinja chat
+    # template renders each conversation (data.eot must then be the token it ends assistant turns with).
+    c.data.chat_format = "lima"
     c.data.train_on = "assistant"  # assistant | all
     c.data.skip_invalid = False
     c.data.max_len = 2048  # longer texts are trimmed; also the packed row length

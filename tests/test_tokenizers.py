@@ -21,7 +21,8 @@ CORPUS = [
     "Llamas are social animals and live in herds.", "What's 12 plus 30? It's 42.", "Grüße aus Köln! 🦙",
     "def add(a, b):\n    return a + b", "She said: \"I'll be there at 10:30.\"",
 ]
-SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>"]
+SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "<|im_start|>", "<|start_header_id|>",
+           "<|end_header_id|>"]
 TEXTS = ["How do I boil an egg?\nBe brief.", "  Leading spaces, Grüße and 🦙 emoji.", "It's 42, isn't it?",
          "unseen wörds: zyxw 1234567", "a line\n\n\nthree newlines\ttab"]
 

@@ -135,7 +135,7 @@ def build(
             raise LimaError("config key data.tokenizer: give the base model's tokenizer (tokenizer.model, "
                             "tokenizer.json or its folder) to use with your data")
         tokenizer_path = demo_dir() / "tokenizer.model"
-    tokenizer = ChatTokenizer(tokenizer_path, eot=data.eot)
+    tokenizer = ChatTokenizer(tokenizer_path, eot=data.eot, chat_format=data.chat_format)
 
     def encode(record) -> Example:
         return tokenizer.encode_conversation(record["conversations"], max_len=data.max_len + 1, train_on=data.train_on)

@@ -62,6 +62,9 @@ class TextTokenizer(Protocol):
     def token(self, i: int) -> str:
         """How id `i` is written in the vocabulary (for showing tokens to a person)."""
 
+    def show(self, ids: Sequence[int]) -> str:
+        """Text of `ids` with special tokens written out (for showing examples to a person)."""
+
 
 class SentencePieceTokenizer:
     kind = "sentencepiece"
@@ -91,6 +94,16 @@ class SentencePieceTokenizer:
 
     def token(self, i: int) -> str:
         return self.sp.id_to_piece(i)
+
+    def show(self, ids: Sequence[int]) -> str:
+        out, run = [], []
+        for i in ids:
+            if self.sp.is_control(i):  # BOS/EOS decode to nothing: write their pieces
+                out += [self.sp.decode(run), self.sp.id_to_piece(i)]
+                run = []
+            else:
+                run.append(i)
+        return "".join(out + [self.sp.decode(run)])
 
 
 class TiktokenTokenizer:
@@ -136,6 +149,9 @@ class TiktokenTokenizer:
     def token(self, i: int) -> str:
         return self.enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")
 
+    def show(self, ids: Sequence[int]) -> str:
+        return self.enc.decode(list(ids))
+
 
 class HFTokenizer:
     kind = "hf"
@@ -163,6 +179,11 @@ class HFTokenizer:
             self.chat_template = files[HF_EXTRAS[2]].read_text()
         self.bos_id = self._special(settings, "bos_token", path)
         self.eos_id = self._special(settings, "eos_token", path)
+        # What chat templates read besides the messages (transformers passes the special tokens' text).
+        self.template_variables = {
+            key: (value.get("content") if isinstance(value, dict) else value) or ""
+            for key, value in settings.items() if key.endswith("_token")
+        }
 
     def _special(self, settings: dict, key: str, path: Path) -> int | None:
         """The id of `bos_token`/`eos_token` as the tokenizer's config names it (None when unset)."""
@@ -187,6 +208,14 @@ class HFTokenizer:
 
     def token(self, i: int) -> str:
         return self.tok.id_to_token(i) or ""
+
+    def show(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of `text` (special tokens written in it become their ids) and each one's character span."""
+        enc = self.tok.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
 
 
 def files_of(path: PathLike) -> dict[str, Path]:

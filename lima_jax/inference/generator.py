@@ -33,11 +33,14 @@ class Generator:
         del params
         tokenizer_file = checkpoint.tokenizer_path(path)
         self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
-        eot = checkpoint.run_info(path).get("eot_id")
+        run = checkpoint.run_info(path)
+        eot = run.get("eot_id")
         if eot is None and self.tokenizer is not None and cfg.used_vocab_size == self.tokenizer.vocab_size:
             eot = self.tokenizer.eot_id  # a fine-tuned model exported without its run record
-        if self.tokenizer is not None and eot is not None and eot != self.tokenizer.eot_id:
-            self.tokenizer = ChatTokenizer(tokenizer_file, eot=eot)  # the run reused one of the tokenizer's tokens
+        chat_format = run.get("chat_format", "lima")
+        if self.tokenizer is not None and eot is not None and (eot != self.tokenizer.eot_id or chat_format != "lima"):
+            # the run reused one of the tokenizer's tokens, or rendered with its chat template
+            self.tokenizer = ChatTokenizer(tokenizer_file, eot=eot, chat_format=chat_format)
         self.eot_id: int | None = eot
         self.stop_ids = tuple(t for t in (eot, cfg.eos_id) if t is not None)
         self.trained_len: int | None = checkpoint.run_info(path).get("max_len")  # None: not trained here

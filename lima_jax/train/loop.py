@@ -337,7 +337,8 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     epoch_ends = {steps: i + 1 for i, steps in enumerate(batcher.epoch_end_steps())}  # steps done -> epoch
     writer = MetricsWriter(workdir, resume_step=start, total_steps=total, enabled=jax.process_index() == 0)
     opened.callback(writer.close)
-    run_meta = {"config": config.name, "eot_id": data.tokenizer.eot_id, "total_steps": total, "max_len": config.data.max_len}
+    run_meta = {"config": config.name, "eot_id": data.tokenizer.eot_id, "chat_format": data.tokenizer.chat_format,
+                "total_steps": total, "max_len": config.data.max_len}
     preemption = opened.enter_context(Preemption())
 
     def save(steps_done: int) -> None:
