@@ -30,6 +30,11 @@ LLAMA3 = (
     "{% else %}{{ message['content'] | trim + '<|eot_id|>' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
+# Qwen-style: a default system prompt when none is given, whitespace control, the generation prompt last.
+CHATML_SYSTEM = (
+    "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{%- endif %}\n" + CHATML.replace("{% for", "{%- for").replace("{% endfor %}", "{%- endfor %}\n")
+)
 TURNS = ["How do I boil an egg?\nBe brief.", "Put it in boiling water for 8 minutes. 🥚",
          "And then?", "  Cool it in cold water.  "]
 
@@ -47,7 +52,7 @@ def messages(turns):
     return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
 
 
-@pytest.mark.parametrize("template, eot", [(CHATML, "<|im_end|>"), (LLAMA3, "<|eot_id|>")])
+@pytest.mark.parametrize("template, eot", [(CHATML, "<|im_end|>"), (CHATML_SYSTEM, "<|im_end|>"), (LLAMA3, "<|eot_id|>")])
 def test_ids_and_mask_are_transformers_apply_chat_template_and_its_assistant_mask(tmp_path, template, eot):
     folder = hf_folder(tmp_path / "tok", template)
     ref = transformers.AutoTokenizer.from_pretrained(str(folder))
