@@ -94,6 +94,7 @@ def test_a_reused_eot_is_the_tokenizers_own_token_and_adds_no_id(hf_folder):
         ids, mask = tok.encode_conversation(["Hi", "Hello."], max_len=64)
         assert ids.tolist().count(tok.eot_id) == 2 and ids[-1] == tok.eot_id and mask[-1] == 1
         assert tok.decode(tok.encode_text("Hello.") + [tok.eot_id] + tok.encode_text("more")) == "Hello."
+        assert tok.eot_id not in tok.encode_text(f"say {eot} please")  # in the data it is text, not a stop
     with pytest.raises(LimaError, match=r"config key data.eot: '<\|nope\|>' is not a token of the tokenizer"):
         ChatTokenizer(hf_folder, eot="<|nope|>")
 

@@ -51,7 +51,7 @@ class TextTokenizer(Protocol):
     chat_template: str | None  # the tokenizer's own Jinja chat template, if it ships one
 
     def encode(self, text: str) -> list[int]:
-        """Ids of plain text: no BOS/EOS added."""
+        """Ids of plain text: no BOS/EOS added, and a special token's text in it (`<|eot_id|>`) stays text."""
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; special tokens are left out."""
@@ -198,6 +198,7 @@ class HFTokenizer:
         return i
 
     def encode(self, text: str) -> list[int]:
+        self.tok.encode_special_tokens = True  # special tokens' text in user data stays text, as with the others
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -214,6 +215,7 @@ class HFTokenizer:
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids of `text` (special tokens written in it become their ids) and each one's character span."""
+        self.tok.encode_special_tokens = False
         enc = self.tok.encode(text, add_special_tokens=False)
         return enc.ids, enc.offsets
 
