@@ -217,9 +217,11 @@ def test_a_short_run_trains_and_samples_with_an_hf_tokenizer(hf_folder, tmp_path
 
 @pytest.fixture(scope="module")
 def pretrained_hf(tmp_path_factory, hf_folder):
-    """Two random 'pretrained' models converted with the HF tokenizer: one with fewer embedding rows
-    than the tokenizer has ids, one padded to 512 rows (more: normal)."""
+    """Two random 'pretrained' HF folders with the HF tokenizer in them, converted (which keeps the
+    tokenizer it finds there): one with fewer embedding rows than the tokenizer has ids, one padded
+    to 512 rows (more: normal)."""
     from hf_reference import random_hf_model
+    from lima_jax.weights import checkpoint
     from lima_jax.weights.convert import convert
 
     root = tmp_path_factory.mktemp("pretrained_hf")
@@ -227,7 +229,9 @@ def pretrained_hf(tmp_path_factory, hf_folder):
     for rows in (300, 512):
         cfg = model_config(load_config("tiny", {"model.vocab_size": rows}))
         random_hf_model(cfg).save_pretrained(root / f"hf{rows}")
-        ckpts[rows] = convert(root / f"hf{rows}", root / f"ckpt{rows}", tokenizer=hf_folder)
+        text_tokenizers.copy_files(hf_folder, root / f"hf{rows}")
+        ckpts[rows] = convert(root / f"hf{rows}", root / f"ckpt{rows}")
+        assert checkpoint.tokenizer_path(ckpts[rows]) == ckpts[rows]  # its tokenizer.json, kept
     return ckpts
 
 
