@@ -77,6 +77,8 @@ def test_an_hf_folder_gives_the_ids_bos_and_eos_that_transformers_gives(hf_folde
             ids = tok.encode_text(text)
             assert ids == ref(text, add_special_tokens=False)["input_ids"]
             assert tok.text.decode(ids) == ref.decode(ids, skip_special_tokens=True) == text
+        ids = tok.encode_text(TEXTS[2])
+        assert "".join(tok.token_text(i) for i in ids) == TEXTS[2]  # byte-level: every token's own text
         # BOS once (the post-processor's is not added again), every turn closed by EOT, loss on answers.
         ids, mask = tok.encode_conversation(TEXTS[:2], max_len=512)
         a, b = (ref(t, add_special_tokens=False)["input_ids"] for t in TEXTS[:2])
@@ -144,6 +146,10 @@ def test_one_vocabulary_as_sentencepiece_and_as_tokenizer_json_gives_the_same_co
     turns = ["What is 3 plus 4?", "3 plus 4 is 7.", "And the capital of Canada?", "The capital of Canada is Ottawa."]
     for a, b in zip(sp.encode_conversation(turns, max_len=512), hf.encode_conversation(turns, max_len=512)):
         np.testing.assert_array_equal(a, b)
+    # Each token's text in running text (what the server's logprobs name), leading space included.
+    ids = sp.encode_text(turns[3])
+    assert [hf.token_text(i) for i in ids] == [sp.token_text(i) for i in ids]
+    assert "".join(sp.token_text(i) for i in ids) == " " + turns[3]  # sentencepiece's dummy prefix
 
 
 def test_the_files_a_checkpoint_keeps_load_the_same_tokenizer(hf_folder, tiktoken_file, tmp_path):

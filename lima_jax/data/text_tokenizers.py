@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from typing import Protocol, Sequence
@@ -65,6 +66,9 @@ class TextTokenizer(Protocol):
     def show(self, ids: Sequence[int]) -> str:
         """Text of `ids` with special tokens written out (for showing examples to a person)."""
 
+    def token_text(self, i: int) -> str:
+        """The text token `i` adds inside running text, its leading space included (OpenAI's logprobs)."""
+
 
 class SentencePieceTokenizer:
     kind = "sentencepiece"
@@ -94,6 +98,9 @@ class SentencePieceTokenizer:
 
     def token(self, i: int) -> str:
         return self.sp.id_to_piece(i)
+
+    def token_text(self, i: int) -> str:
+        return self.sp.id_to_piece(i).replace("\u2581", " ")  # sentencepiece's word marker is a space
 
     def show(self, ids: Sequence[int]) -> str:
         out, run = [], []
@@ -151,6 +158,9 @@ class TiktokenTokenizer:
 
     def show(self, ids: Sequence[int]) -> str:
         return self.enc.decode(list(ids))
+
+    def token_text(self, i: int) -> str:
+        return self.token(i)
 
 
 class HFTokenizer:
@@ -212,6 +222,16 @@ class HFTokenizer:
 
     def show(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def token_text(self, i: int) -> str:
+        # After an ordinary token, so that decoders which drop a leading space at the start of a text
+        # (Metaspace) keep it.
+        anchor = self.tok.decode([self._anchor], skip_special_tokens=False)
+        return self.tok.decode([self._anchor, i], skip_special_tokens=False)[len(anchor):]
+
+    @functools.cached_property
+    def _anchor(self) -> int:
+        return self.tok.encode("a", add_special_tokens=False).ids[0]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids of `text` (special tokens written in it become their ids) and each one's character span."""

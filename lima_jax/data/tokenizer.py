@@ -81,6 +81,10 @@ class ChatTokenizer:
         """How id `i` reads in the vocabulary (the new EOT as NEW_EOT)."""
         return NEW_EOT if self.new_eot and i == self.eot_id else self.text.token(i)
 
+    def token_text(self, i: int) -> str:
+        """The text id `i` adds inside running text (empty for the new EOT, which stands for no text)."""
+        return "" if self.new_eot and i == self.eot_id else self.text.token_text(i)
+
     def save(self, folder: PathLike) -> None:
         """Copies the tokenizer's files into `folder` (a checkpoint or a run's workdir)."""
         text_tokenizers.copy_files(self.path, folder)
