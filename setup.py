@@ -24,6 +24,10 @@ setup(
         "orbax-checkpoint>=0.11.0",
         "tensorflow-datasets>=4.9.8",
         "sentencepiece>=0.2.0",
+        # HF tokenizer.json files; Llama 3's tiktoken-format tokenizer.model (lima_jax.data.text_tokenizers).
+        "tokenizers>=0.19",
+        "tiktoken>=0.7",
+        "jinja2>=3.1",  # chat templates (data.chat_format=template), rendered as transformers renders them
         "absl-py>=2.1.0",
         "ml-collections>=1.0.0",
         "safetensors>=0.4.3",

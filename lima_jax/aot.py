@@ -3,7 +3,8 @@
     python -m lima_jax.aot --config=65b --topology=v4-128 [--config.data.tokenizer=tokenizer.model]
 
 The model compiled is the one training builds: the tokenizer's pieces (`data.tokenizer`, else the
-config's `model.vocab_size`, LLaMA's 32,000) plus EOT, padded to `model.vocab_multiple` rows; the
+config's `model.vocab_size`, LLaMA's 32,000) plus EOT (none when `data.eot` reuses a token), padded
+to `model.vocab_multiple` rows; the
 JSON names the vocabulary, mesh, batch, grad_accum and remat it compiled.
 
 No TPU is needed: libtpu describes the slice's devices and XLA compiles the step exactly as the slice

@@ -21,7 +21,7 @@ _INPUT_FORMAT = flags.DEFINE_enum("input_format", "auto", INPUT_FORMATS, "the in
 _OUTPUT = flags.DEFINE_string("output", None, "where to write; an existing path is never overwritten unless --overwrite")
 _OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "orbax", ("orbax", "hf"), "a lima_jax (Orbax) checkpoint or a Hugging Face folder")
 _CONFIG = define_config_flag("config", None)
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "a sentencepiece tokenizer.model to keep with the output (found beside the input by default)")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "the tokenizer to keep with the output: a tokenizer.model, a tokenizer.json or its folder (found beside the input by default)")
 _DTYPE = flags.DEFINE_enum("dtype", "keep", ("keep", "float32", "bfloat16", "float16"), "the dtype of the written tensors")
 _MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GB", "largest safetensors shard for --output_format=hf")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output")

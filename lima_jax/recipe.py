@@ -49,7 +49,15 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
 
     c.data = ml_collections.ConfigDict()
     c.data.manual_dir = ""  # LIMA's train.jsonl/test.jsonl (or your own); empty uses the embedded demo
-    c.data.tokenizer = ""  # a LLaMA sentencepiece tokenizer.model; empty: the init checkpoint's, or the demo's
+    # A sentencepiece or Llama 3 (tiktoken) tokenizer.model, an HF tokenizer.json or model folder;
+    # empty: the init checkpoint's, or the demo's.
+    c.data.tokenizer = ""
+    # The end-of-turn token: empty adds LIMA's new token (the vocabulary grows by one); a token of the
+    # tokenizer (e.g. <|eot_id|>, <|im_end|>) is reused instead.
+    c.data.eot = ""
+    # lima: BOS, then each turn followed by EOT (the paper's); template: the tokenizer's own Jinja chat
+    # template renders each conversation (data.eot must then be the token it ends assistant turns with).
+    c.data.chat_format = "lima"
     c.data.train_on = "assistant"  # assistant | all
     c.data.skip_invalid = False
     c.data.max_len = 2048  # longer texts are trimmed; also the packed row length

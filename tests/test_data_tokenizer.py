@@ -36,13 +36,13 @@ def test_llama_ids(llama):
 def test_only_assistant_tokens_and_their_eot_carry_loss(llama):
     ids, mask = llama.encode_conversation([USER, ASSISTANT], max_len=2048)
     assert ids.dtype == np.int32 and mask.dtype == np.int32 and ids.shape == mask.shape
-    user_ids = llama.sp.encode(USER)
-    assistant_ids = llama.sp.encode(ASSISTANT)
+    user_ids = llama.encode_text(USER)
+    assistant_ids = llama.encode_text(ASSISTANT)
     assert ids.tolist() == [1, *user_ids, 32000, *assistant_ids, 32000]
     assert mask.tolist() == [0] * (len(user_ids) + 2) + [1] * (len(assistant_ids) + 1)
     (run,) = masked_runs(ids, mask)
     assert run[-1] == llama.eot_id
-    assert llama.sp.decode(run[:-1]) == ASSISTANT  # exactly the assistant text
+    assert llama.text.decode(run[:-1]) == ASSISTANT  # exactly the assistant text
     assert llama.decode(run) == ASSISTANT
 
 
@@ -71,12 +71,12 @@ def test_trimmed_to_max_len(llama):
 
 def test_prompt_and_decode(llama):
     prompt = llama.encode_prompt([USER])
-    assert prompt == [1, *llama.sp.encode(USER), 32000]
+    assert prompt == [1, *llama.encode_text(USER), 32000]
     ids, _ = llama.encode_conversation([USER, ASSISTANT], max_len=2048)
     assert ids.tolist()[: len(prompt)] == prompt
-    generated = llama.sp.encode(ASSISTANT) + [llama.eot_id, 123, 456]
+    generated = llama.encode_text(ASSISTANT) + [llama.eot_id, 123, 456]
     assert llama.decode(generated) == ASSISTANT  # stops at EOT
-    assert llama.decode(llama.sp.encode("Hi there") + [llama.eos_id] + llama.sp.encode("x")) == "Hi there"
+    assert llama.decode(llama.encode_text("Hi there") + [llama.eos_id] + llama.encode_text("x")) == "Hi there"
     with pytest.raises(LimaError, match="must end with a user turn"):
         llama.encode_prompt([USER, ASSISTANT])
 
@@ -88,14 +88,14 @@ def test_errors(tmp_path, llama):
     with pytest.raises(LimaError, match=f"tokenizer model {missing} not found"):
         ChatTokenizer(missing)
     (tmp_path / "junk.model").write_bytes(b"not a model")
-    with pytest.raises(LimaError, match="not a sentencepiece model"):
+    with pytest.raises(LimaError, match="not a sentencepiece or tiktoken model"):
         ChatTokenizer(tmp_path / "junk.model")
 
 
 def test_demo_tokenizer():
     tok = ChatTokenizer(demo_dir() / "tokenizer.model")
-    assert (tok.bos_id, tok.eos_id, tok.sp.unk_id(), tok.eot_id, tok.vocab_size) == (1, 2, 0, 512, 513)
+    assert (tok.bos_id, tok.eos_id, tok.text.sp.unk_id(), tok.eot_id, tok.vocab_size) == (1, 2, 0, 512, 513)
     ids, mask = tok.encode_conversation(["What is 3 plus 4?", "3 plus 4 is 7."], max_len=512)
     (run,) = masked_runs(ids, mask)
     assert tok.decode(run) == "3 plus 4 is 7."
-    assert tok.decode(tok.sp.encode("Grüße\n🦙")) == "Grüße\n🦙"  # byte fallback: nothing is lost
+    assert tok.decode(tok.encode_text("Grüße\n🦙")) == "Grüße\n🦙"  # byte fallback: nothing is lost

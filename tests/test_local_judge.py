@@ -35,7 +35,7 @@ def test_verdict_is_the_most_likely_answer(judge_ckpt):
     scores = json.loads(raw)["logprobs"]
     assert choice == max(scores, key=scores.get) and set(scores) == {"A", "B", "C"}
     # The score of "A" by hand: the log-probability of its tokens after "Verdict:" in the answer.
-    g, sp = judge.generator, judge.generator.tokenizer.sp
+    g, sp = judge.generator, judge.generator.tokenizer.text.sp  # sentencepiece itself
     head = sp.encode(ANSWER_PREFIX.rstrip())
     cont = sp.encode(ANSWER_PREFIX + "A")[len(head):]
     seq = judge._prefix(messages) + head + cont

@@ -197,7 +197,7 @@ def test_logprobs_are_the_models_own_log_softmax(served, local):
     logits = local.model(np.asarray([prompt + ids]))[0, len(prompt) - 1: -1]
     want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, axis=-1)), np.asarray(ids)[:, None], -1)[:, 0]
     content = r.choices[0].logprobs.content
-    assert [c.token for c in content] == [local.tokenizer.sp.id_to_piece(t).replace("\u2581", " ") for t in ids]
+    assert [c.token for c in content] == [local.tokenizer.text.sp.id_to_piece(t).replace("\u2581", " ") for t in ids]
     np.testing.assert_allclose([c.logprob for c in content], want, atol=1e-4)
     assert all(len(c.top_logprobs) == 3 and c.top_logprobs[0].logprob == c.logprob for c in content)  # greedy: the top
     streamed = [c for chunk in _chat(client, temperature=0, logprobs=True, top_logprobs=3, stream=True)

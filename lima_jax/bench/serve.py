@@ -104,7 +104,7 @@ def bench_serve(
                         f"{list(concurrency)}, {requests}, {prompt_len}, {new_tokens})")
     generator = Generator(checkpoint)
     if generator.tokenizer is None:
-        raise LimaError(f"{checkpoint} has no tokenizer.model: the server needs one")
+        raise LimaError(f"{checkpoint} has no tokenizer: the server needs one")
     context = generator.model.cfg.max_len
     if prompt_len + new_tokens > context:
         raise LimaError(f"--prompt_len + --new_tokens = {prompt_len + new_tokens} exceeds the model's context {context}")

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import ml_collections
 
-from lima_jax.data import demo_dir
+from lima_jax.data import demo_dir, text_tokenizers
 from lima_jax.data.batches import Batch, Batcher, Example, eval_batches
 from lima_jax.data.lima import dev_split, load_split
 from lima_jax.data.records import Record, read_conversations
@@ -45,11 +45,11 @@ def fingerprint(train: Sequence[Record], dev: Sequence[Record], tokenizer_path: 
             h.update(json.dumps(r["conversations"], ensure_ascii=False).encode() + b"\n")
         return h.hexdigest()
 
-    path = Path(tokenizer_path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    # The tokenizer's own files only: an HF model folder also holds the weights.
+    files = sorted(text_tokenizers.files_of(tokenizer_path).items())
     tokenizer = hashlib.sha256()
-    for f in files:
-        tokenizer.update(f.name.encode() + b"\0" + f.read_bytes())
+    for name, f in files:
+        tokenizer.update(name.encode() + b"\0" + f.read_bytes())
     return {"train": conversations(train), "dev": conversations(dev), "tokenizer": tokenizer.hexdigest()}
 
 
@@ -132,9 +132,10 @@ def build(
 
     if tokenizer_path is None:
         if not using_demo:
-            raise LimaError("config key data.tokenizer: give the LLaMA tokenizer.model to use with your data")
+            raise LimaError("config key data.tokenizer: give the base model's tokenizer (tokenizer.model, "
+                            "tokenizer.json or its folder) to use with your data")
         tokenizer_path = demo_dir() / "tokenizer.model"
-    tokenizer = ChatTokenizer(tokenizer_path)
+    tokenizer = ChatTokenizer(tokenizer_path, eot=data.eot, chat_format=data.chat_format)
 
     def encode(record) -> Example:
         return tokenizer.encode_conversation(record["conversations"], max_len=data.max_len + 1, train_on=data.train_on)

@@ -25,7 +25,7 @@ class LocalJudge:
     def __init__(self, checkpoint: str):
         self.generator = Generator(checkpoint)
         if self.generator.tokenizer is None:
-            raise JudgeFailure(f"{checkpoint} has no tokenizer.model to read the judging prompt with")
+            raise JudgeFailure(f"{checkpoint} has no tokenizer to read the judging prompt with")
         # The resolved step, not the path given: a workdir that gains a newer step is a new judge.
         self.name = f"local:{self.generator.path}"
         self._forward = jax.jit(lambda tokens: jax.nn.log_softmax(self.generator.model(tokens), axis=-1))
@@ -36,7 +36,7 @@ class LocalJudge:
         return self.generator.encode([request])
 
     def choice_logprobs(self, messages: Messages, choices: Sequence[str]) -> dict[str, float]:
-        tok = self.generator.tokenizer.sp
+        tok = self.generator.tokenizer.text
         prefix = self._prefix(messages)
         # Encode "Verdict: X" whole, so X is tokenized as it would follow the prefix in text.
         head = tok.encode(ANSWER_PREFIX.rstrip())

@@ -33,18 +33,23 @@ class Generator:
         del params
         tokenizer_file = checkpoint.tokenizer_path(path)
         self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
-        eot = checkpoint.run_info(path).get("eot_id")
+        run = checkpoint.run_info(path)
+        eot = run.get("eot_id")
         if eot is None and self.tokenizer is not None and cfg.used_vocab_size == self.tokenizer.vocab_size:
             eot = self.tokenizer.eot_id  # a fine-tuned model exported without its run record
+        chat_format = run.get("chat_format", "lima")
+        if self.tokenizer is not None and eot is not None and (eot != self.tokenizer.eot_id or chat_format != "lima"):
+            # the run reused one of the tokenizer's tokens, or rendered with its chat template
+            self.tokenizer = ChatTokenizer(tokenizer_file, eot=eot, chat_format=chat_format)
         self.eot_id: int | None = eot
         self.stop_ids = tuple(t for t in (eot, cfg.eos_id) if t is not None)
         self.trained_len: int | None = checkpoint.run_info(path).get("max_len")  # None: not trained here
 
     def encode(self, turns: list[str]) -> list[int]:
         if self.tokenizer is None:
-            raise LimaError("this checkpoint has no tokenizer.model: use --prompt_ids, or convert with --tokenizer")
+            raise LimaError("this checkpoint has no tokenizer: use --prompt_ids, or convert with --tokenizer")
         if self.eot_id is None:  # a base model: plain text, no chat format
-            return [self.tokenizer.bos_id] + self.tokenizer.sp.encode("\n\n".join(turns))
+            return self.tokenizer.encode_plain("\n\n".join(turns))
         return self.tokenizer.encode_prompt(turns)
 
     def decode(self, ids: list[int]) -> str:

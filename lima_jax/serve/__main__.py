@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
         raise LimaError("serve runs in one process (--mesh over its own devices); a multi-host slice is not supported yet")
     generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
     if generator.tokenizer is None:
-        raise LimaError(f"{_CHECKPOINT.value} has no tokenizer.model: the server needs one (convert with --tokenizer)")
+        raise LimaError(f"{_CHECKPOINT.value} has no tokenizer: the server needs one (convert with --tokenizer)")
     context = generator.model.cfg.max_len
     max_logprobs = None if _MAX_LOGPROBS.value < 0 else _MAX_LOGPROBS.value
     limits = Limits(model=_MODEL_NAME.value or _CHECKPOINT.value, context=context,

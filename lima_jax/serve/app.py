@@ -61,14 +61,14 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
     vocab = generator.model.cfg.used_vocab_size
 
     def encode_text(text: str) -> list[int]:
-        return [tokenizer.bos_id] + tokenizer.sp.encode(text)
+        return tokenizer.encode_plain(text)
 
     def token_text(token: int) -> str:
-        """A token as log-probabilities name it: its piece, with SentencePiece's word marker as a space."""
+        """A token as log-probabilities name it: the text it adds, its leading space included."""
         if token == generator.eot_id:
             return EOT_TEXT
-        if 0 <= token < tokenizer.sp.get_piece_size():
-            return tokenizer.sp.id_to_piece(token).replace("\u2581", " ")
+        if 0 <= token < tokenizer.num_pieces:
+            return tokenizer.token_text(token)
         return ""
 
     async def models(_: HttpRequest) -> Response:

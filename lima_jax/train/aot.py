@@ -71,7 +71,7 @@ def tokenizer_pieces(config) -> tuple[int, str]:
     if config.data.tokenizer:
         from lima_jax.data.tokenizer import ChatTokenizer
 
-        return ChatTokenizer(config.data.tokenizer).num_pieces, str(config.data.tokenizer)
+        return ChatTokenizer(config.data.tokenizer, eot=config.data.eot).num_pieces, str(config.data.tokenizer)
     return config.model.vocab_size, "config key model.vocab_size"
 
 

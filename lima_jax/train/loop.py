@@ -21,11 +21,11 @@ import numpy as np
 
 from lima_jax import flops, sharding
 from lima_jax.cli import say
-from lima_jax.config import trained_model_config, validate
+from lima_jax.config import adds_eot, trained_model_config, validate
 from lima_jax.data import pipeline
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, param_shardings
-from lima_jax.storage.paths import Path, check_writable, copy_file, user_path, write_atomically
+from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train.lock import WorkdirLock
@@ -67,31 +67,33 @@ def check_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig) -> Mod
             raise LimaError(
                 f"config key model.{key}: {getattr(cfg, key)} but {config.init_checkpoint} has {getattr(base, key)}"
             )
-    pieces = cfg.used_vocab_size - 1
-    if base.used_vocab_size not in (pieces, pieces + 1):
+    pieces = cfg.used_vocab_size - int(adds_eot(config))  # the tokenizer's ids
+    if base.used_vocab_size < pieces:  # more rows is normal: many models pad their embeddings
         raise LimaError(
-            f"{config.init_checkpoint}: vocabulary {base.used_vocab_size} does not fit the tokenizer's {pieces} pieces"
+            f"config key data.tokenizer: the tokenizer has {pieces} ids but {config.init_checkpoint} has "
+            f"{base.used_vocab_size} embedding rows"
         )
     checkpoint.check_stored_shapes(config.init_checkpoint, base)
     return base
 
 
 def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -> dict:
-    """The init checkpoint's parameters, sharded, laid out for the trained vocabulary: a base model
-    (the tokenizer's pieces) gets a new embedding row and output column for EOT, initialised to the
-    mean of the existing ones; a fine-tuned one (pieces + EOT) keeps its own; padding rows are zero."""
+    """The init checkpoint's parameters, sharded, laid out for the trained vocabulary: its rows past
+    the tokenizer's ids are dropped; a new EOT gets an embedding row and output column initialised to
+    the mean of the tokenizer's rows, unless the checkpoint is a fine-tune of this very vocabulary
+    (ids + EOT), which keeps its own; padding rows are zero."""
     base = check_pretrained(config, cfg)
-    pieces = cfg.used_vocab_size - 1
+    pieces = cfg.used_vocab_size - int(adds_eot(config))
     stored = cfg.replace(vocab_size=base.vocab_size, vocab_padding=base.vocab_padding)
     _, params = checkpoint.load_params(config.init_checkpoint, stored, param_shardings(stored, mesh))
     if stored == cfg:
         return params
-    kept = base.used_vocab_size
+    kept = cfg.used_vocab_size if base.used_vocab_size == cfg.used_vocab_size else pieces
 
     def resize(rows: jax.Array, axis: int) -> jax.Array:
         """`rows` along `axis`: the stored ones in use, EOT as their mean if new, zero padding."""
         rows = jax.lax.slice_in_dim(rows, 0, kept, axis=axis)
-        if kept == pieces:
+        if kept < cfg.used_vocab_size:
             rows = jnp.concatenate([rows, rows.mean(axis, keepdims=True)], axis=axis)
         pad = [(0, 0)] * rows.ndim
         pad[axis] = (0, cfg.vocab_padding)
@@ -116,7 +118,7 @@ def tokenizer_for(config: ml_collections.ConfigDict) -> Path | None:
     found = checkpoint.tokenizer_path(config.init_checkpoint)
     if found is None:
         raise LimaError(
-            f"config key data.tokenizer: {config.init_checkpoint} holds no tokenizer.model; pass the base model's "
+            f"config key data.tokenizer: {config.init_checkpoint} holds no tokenizer; pass the base model's "
             "with --config.data.tokenizer=PATH"
         )
     return found
@@ -326,7 +328,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     else:
         state = init_state(cfg, optimizer, mesh, config.seed)
     if jax.process_index() == 0:
-        copy_file(data.tokenizer.path, workdir / checkpoint.TOKENIZER)
+        data.tokenizer.save(workdir)
 
     train_step = jit_train_step(config, cfg, optimizer, schedule, mesh)
     eval_step = jit_eval_step(cfg, mesh)
@@ -335,7 +337,8 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     epoch_ends = {steps: i + 1 for i, steps in enumerate(batcher.epoch_end_steps())}  # steps done -> epoch
     writer = MetricsWriter(workdir, resume_step=start, total_steps=total, enabled=jax.process_index() == 0)
     opened.callback(writer.close)
-    run_meta = {"config": config.name, "eot_id": data.tokenizer.eot_id, "total_steps": total, "max_len": config.data.max_len}
+    run_meta = {"config": config.name, "eot_id": data.tokenizer.eot_id, "chat_format": data.tokenizer.chat_format,
+                "total_steps": total, "max_len": config.data.max_len}
     preemption = opened.enter_context(Preemption())
 
     def save(steps_done: int) -> None:

@@ -1,7 +1,8 @@
 """The lima_jax checkpoint (Orbax): a model's parameters plus the architecture that reads them.
 
 A checkpoint directory holds two Orbax items, `params` (the parameter tree) and `model` (the
-ModelConfig as JSON), plus `tokenizer.model` when one is known. A converted checkpoint and each step
+ModelConfig as JSON), plus the tokenizer's files when one is known (`tokenizer.model`, or
+`tokenizer.json` with its `tokenizer_config.json`). A converted checkpoint and each step
 a training run saves under `<workdir>/checkpoints/<step>/` have this same layout, so everything
 that reads weights takes any of: a converted checkpoint, one step, or a run's workdir (its latest
 complete step; Orbax writes a step under a temporary name and renames it when complete, or on
@@ -18,9 +19,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from lima_jax.data import text_tokenizers
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, abstract_model
-from lima_jax.storage.paths import Path, copy_file, user_path
+from lima_jax.storage.paths import Path, user_path
 
 PARAMS = "params"
 MODEL = "model"
@@ -55,7 +57,7 @@ def save(
     with _checkpointer() as ckptr:
         ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_record(cfg))))
     if tokenizer is not None:
-        copy_file(tokenizer, path / TOKENIZER)
+        text_tokenizers.copy_files(tokenizer, path)
     return path
 
 
@@ -137,11 +139,14 @@ def load_params(
 
 
 def tokenizer_path(path: str | os.PathLike) -> Path | None:
-    """The tokenizer saved with the checkpoint, or with the run a step belongs to, if any."""
+    """The tokenizer saved with the checkpoint, or with the run a step belongs to, if any: the folder
+    holding a `tokenizer.json`, else the `tokenizer.model` file."""
     step = resolve(path)
-    for candidate in (step / TOKENIZER, step.parent.parent / TOKENIZER):
-        if candidate.is_file():
-            return candidate
+    for folder in (step, step.parent.parent):
+        if (folder / text_tokenizers.HF_FILE).is_file():
+            return folder
+        if (folder / TOKENIZER).is_file():
+            return folder / TOKENIZER
     return None
 
 

@@ -47,10 +47,13 @@ def read_weights(path: Path, fmt: str, imposed: ModelConfig | None) -> tuple[Mod
 
 
 def find_tokenizer(path: Path, fmt: str) -> Path | None:
-    """tokenizer.model beside the weights (Meta's release keeps it one level up)."""
+    """The tokenizer beside the weights: an HF folder's tokenizer.json (with its config), else a
+    tokenizer.model (Meta's release keeps it one level up)."""
     if fmt == "orbax":
         return checkpoint.tokenizer_path(path)
     folder = path.parent if path.is_file() else path
+    if (folder / "tokenizer.json").is_file():
+        return folder
     for candidate in (folder / "tokenizer.model", folder.parent / "tokenizer.model"):
         if candidate.is_file():
             return candidate
@@ -93,8 +96,8 @@ def convert(
     if fmt != "orbax" and is_cloud(src):
         raise LimaError(f"--input {src}: {fmt} weights are memory-mapped from local files; copy them to this machine first")
     tokenizer = tokenizer or find_tokenizer(src, fmt)
-    if tokenizer is not None and not Path(tokenizer).is_file():
-        raise LimaError(f"--tokenizer {tokenizer}: no such file")
+    if tokenizer is not None and not Path(tokenizer).exists():
+        raise LimaError(f"--tokenizer {tokenizer}: no such file or folder")
 
     cfg, params = read_weights(src, fmt, imposed)
     if dtype != "keep":

@@ -15,6 +15,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save, save_file
 
+from lima_jax.data import text_tokenizers
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, copy_file, is_cloud, user_path
@@ -175,8 +176,13 @@ def _flush(folder: Path, shard: dict[str, np.ndarray], i: int) -> tuple[str, lis
 
 
 def _write_tokenizer(folder: Path, tokenizer: str | os.PathLike, cfg: ModelConfig) -> None:
-    """A sentencepiece model plus the config that tells transformers how to load it."""
-    copy_file(tokenizer, folder / "tokenizer.model")
+    """An HF tokenizer's files as they are; a sentencepiece model plus the config that tells
+    transformers how to load it."""
+    files = text_tokenizers.files_of(tokenizer)
+    if text_tokenizers.HF_FILE in files:
+        text_tokenizers.copy_files(tokenizer, folder)
+        return
+    copy_file(files[text_tokenizers.MODEL_FILE], folder / "tokenizer.model")
     (folder / "tokenizer_config.json").write_text(
         json.dumps(
             {
