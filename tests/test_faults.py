@@ -466,3 +466,17 @@ def test_an_empty_model_record_in_a_checkpoint_is_one_line_naming_its_file(train
     (step / "model" / "metadata").write_text("")
     with pytest.raises(LimaError, match=rf"^{step / 'model' / 'metadata'}: not valid JSON \(Expecting value: line 1 column 1 \(char 0\)\); the checkpoint is damaged$"):
         checkpoint.load_model_config(step)
+
+
+def test_a_run_begun_before_a_config_key_existed_resumes_when_the_key_is_at_its_default(tmp_path):
+    """A key added to the recipe later (e.g. data.chat_format) is missing from an older run's config.json:
+    that run used the default, so it resumes; a value other than the default is refused."""
+    train(small_config(tmp_path))
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["data"]["chat_format"], saved["data"]["train_on"]
+    path.write_text(json.dumps(saved))
+    assert train(small_config(tmp_path)) == {"status": "finished"}
+    path.write_text(json.dumps(saved))
+    with pytest.raises(LimaError, match=r"holds a run with a different config \(key data.train_on\)"):
+        train(small_config(tmp_path, **{"data.train_on": "all"}))

@@ -154,14 +154,41 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     resolved = json.loads(config.to_json_best_effort())
     if path.exists():
         previous = read_json(path)
-        ignore = {"log_every", "checkpoint", "workdir"}
-        for key in sorted(set(previous) | set(resolved)):
-            if key not in ignore and previous.get(key) != resolved.get(key):
+        ignore = ("log_every", "checkpoint", "workdir")
+        before, now = _flat(previous), _flat(resolved)
+        defaults = _recipe_defaults(config.name)
+        for key in sorted(set(before) | set(now)):
+            if key.split(".")[0] in ignore:
+                continue
+            # A key the recipe gained after the run began was at its default then.
+            was = before.get(key, defaults.get(key, before.get(key)))
+            if was != now.get(key) or (key not in before and key not in defaults):
                 raise LimaError(
                     f"workdir {workdir} holds a run with a different config (key {key}); use a new --config.workdir"
                 )
         _check_kept_steps(previous.get("checkpoint", {}).get("max_to_keep", 0), config.checkpoint.max_to_keep, workdir)
     return resolved
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"data": {"max_len": 64}} -> {"data.max_len": 64}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _recipe_defaults(name: str) -> dict:
+    """The named config's values as it is today, flattened; empty if it cannot be loaded by name."""
+    from lima_jax.config import load_config
+
+    try:
+        return _flat(json.loads(load_config(name).to_json_best_effort()))
+    except (LimaError, OSError, ValueError):
+        return {}
 
 
 def _check_kept_steps(before: int, now: int, workdir: Path) -> None:
