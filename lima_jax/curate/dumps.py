@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import queue
 import threading
 from typing import Any, Iterator
 from xml.etree import ElementTree
 
+from lima_jax.data.records import BadLine, json_object
 from lima_jax.errors import LimaError
 from lima_jax.storage.paths import Path
 
@@ -189,11 +189,9 @@ def ndjson_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise LimaError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise LimaError(f"{path}:{lineno}: expected a JSON object")
+                    obj = json_object(line)
+                except BadLine as e:
+                    raise LimaError(f"{path}:{lineno}: {e}") from None
                 yield lineno, obj
         except zstandard.ZstdError as e:
             raise LimaError(f"{path}:{lineno + 1}: not zstandard data, or damaged ({e})") from None
