@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
     import uvicorn
 
     from lima_jax.inference.generator import Generator, parse_mesh
-    from lima_jax.serve.app import make_app
+    from lima_jax.serve.app import KEEP_ALIVE_S, make_app
     from lima_jax.serve.batching import Engine, prompt_widths
     from lima_jax.serve.protocol import Limits
 
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     app = make_app(generator, engine, limits, api_key=api_key)
     say(f"serve: {limits.model} at http://{_HOST.value}:{_PORT.value}/v1" + (" (bearer key required)" if api_key else ""))
     try:
-        uvicorn.run(app, host=_HOST.value, port=_PORT.value, log_level="warning")
+        uvicorn.run(app, host=_HOST.value, port=_PORT.value, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         engine.stop()
 

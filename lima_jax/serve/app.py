@@ -138,10 +138,15 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
                      exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
+# uvicorn closes an idle kept-alive connection after 5 s by default; a client reusing it at that moment
+# gets "Server disconnected without sending a response". Clients between batches idle longer than that.
+KEEP_ALIVE_S = 75
+
+
 def serve_in_thread(app: Starlette, host: str, port: int) -> uvicorn.Server:
     """The app served by uvicorn on a thread of this process (a benchmark's clients beside it); returns
     once it listens. `server.should_exit = True` stops it."""
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S))
     thread = threading.Thread(target=server.run, name="lima_jax.serve http", daemon=True)
     thread.start()
     while not server.started:
