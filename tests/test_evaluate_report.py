@@ -162,7 +162,8 @@ def test_report_command(tmp_path):
     assert "| Alpaca 65B | 4 | 50.0% [" in r.stdout
     assert sorted(p.name for p in out.iterdir()) == ["absolute.png", "pairwise.png", "report.json", "report.md"]
     r = run_cli("lima_jax.evaluate.report", f"--out_dir={out}")
-    assert r.returncode == 2 and r.stderr.strip() == "error: give --pairwise=NAME=CACHE[,...] and/or --absolute=CACHE"
+    assert r.returncode == 2 and r.stderr.strip() == ("error: give --pairwise=NAME=CACHE[,...], --absolute=CACHE and/or "
+                                                "--likert=NAME=CACHE[,...]")
 
 
 def test_report_refuses_to_overwrite_an_existing_report_unless_told(tmp_path):

@@ -81,3 +81,26 @@ def test_a_judge_workdir_with_a_newer_step_is_a_new_judge(judge_ckpt, tmp_path):
     newer = LocalJudge(str(tmp_path / "judge_run"))
     assert newer.name == f"local:{steps / '20'}"
     assert judge_pairwise(ours, base, newer, cache, progress=False).stats.asked == 6  # asked again, not reused
+
+
+def test_the_likert_score_is_the_most_likely_digit_opening_the_answer(judge_ckpt, tmp_path):
+    from lima_jax.evaluate.judging import make_judge
+    from lima_jax.evaluate.prompts import LIKERT_CHOICES, LIKERT_LINE, likert_messages
+    from lima_jax.evaluate.scores import judge_likert
+
+    judge = make_judge(judge_checkpoint=str(judge_ckpt), judge_url=None, judge_model=None, answer=LIKERT_LINE)
+    messages = likert_messages(PROMPTS[0], "4")
+    choice, raw = judge.verdict(messages, LIKERT_CHOICES)
+    scores = json.loads(raw)["logprobs"]
+    assert set(scores) == set(LIKERT_CHOICES) and choice == max(scores, key=scores.get)
+    # The score of "3" by hand: the log-probability of its tokens right after the prompt, no "Verdict:".
+    g, sp = judge.generator, judge.generator.tokenizer.sp
+    cont = sp.encode("3")
+    seq = judge._prefix(messages) + cont
+    logp = np.asarray(jax.nn.log_softmax(g.model(np.asarray([seq]))[0], axis=-1))
+    expected = sum(logp[len(seq) - len(cont) + j - 1, t] for j, t in enumerate(cont))
+    assert scores["3"] == pytest.approx(expected, abs=1e-4)
+
+    responses = {r["id"]: r for r in (make_record(p, "an answer", "ours") for p in PROMPTS)}
+    s = judge_likert(responses, judge, JudgmentCache(tmp_path / "likert.jsonl"), progress=False).summary
+    assert (s["scored"], s["failed"], s["asked"]) == (3, 0, 3)

@@ -24,6 +24,7 @@ from absl import flags
 from lima_jax.data.records import incomplete_tail, repair_tail
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.judges import Judge, JudgeFailure, OpenAIJudge
+from lima_jax.evaluate.prompts import VERDICT_LINE, AnswerFormat
 from lima_jax.storage.paths import Appender, Path, check_writable, is_cloud, write_atomically
 
 Judgment = dict[str, Any]
@@ -198,8 +199,9 @@ def finish(summary: dict, stats: RunStats, out: str | None, details: Any, unit: 
 
 
 def make_judge(*, judge_checkpoint: str | None, judge_url: str | None, judge_model: str | None, workers: int = 1,
-               **client: Any) -> Judge:
-    """A local-checkpoint judge or an OpenAI-compatible one (`client`: OpenAIJudge's keyword arguments)."""
+               answer: AnswerFormat = VERDICT_LINE, **client: Any) -> Judge:
+    """A local-checkpoint judge or an OpenAI-compatible one (`client`: OpenAIJudge's keyword arguments)
+    that reads its choice from answers in the `answer` format."""
     if workers < 1:
         raise LimaError(f"--workers={workers}: must be at least 1")
     if judge_checkpoint:
@@ -207,10 +209,10 @@ def make_judge(*, judge_checkpoint: str | None, judge_url: str | None, judge_mod
             raise LimaError("give --judge_checkpoint or --judge_url, not both")
         from lima_jax.evaluate.local_judge import LocalJudge  # loads JAX only for a local judge
 
-        return LocalJudge(judge_checkpoint)
+        return LocalJudge(judge_checkpoint, answer_prefix=answer.prefix)
     if not judge_url or not judge_model:
         raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
-    return OpenAIJudge(judge_url, judge_model, **client)
+    return OpenAIJudge(judge_url, judge_model, parser=answer.parse, **client)
 
 
 def open_cache(path: str | None) -> JudgmentCache:
@@ -232,7 +234,7 @@ def check_max_failures(max_failures: int) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class JudgeFlags:
-    """The judging commands' shared flags (pairwise, absolute, select), read into library calls."""
+    """The judging commands' shared flags (pairwise, absolute, likert, select), read into library calls."""
 
     holders: dict[str, flags.FlagHolder]
 
@@ -242,10 +244,10 @@ class JudgeFlags:
         except KeyError:
             raise AttributeError(name) from None
 
-    def judge(self) -> Judge:
+    def judge(self, answer: AnswerFormat = VERDICT_LINE) -> Judge:
         v = {name: holder.value for name, holder in self.holders.items()}
         return make_judge(judge_checkpoint=v["judge_checkpoint"], judge_url=v["judge_url"], judge_model=v["judge_model"],
-                          workers=v["workers"], api_key_env=v["api_key_env"], timeout_s=v["timeout_s"],
+                          workers=v["workers"], answer=answer, api_key_env=v["api_key_env"], timeout_s=v["timeout_s"],
                           max_retries=v["max_retries"], backoff_s=v["backoff_s"], temperature=v["judge_temperature"],
                           max_backoff_s=v["max_backoff_s"], max_tokens=v["judge_max_tokens"])
 

@@ -1,8 +1,9 @@
 """A lima_jax checkpoint as the judge: the verdict is read from the log-probabilities of the answers.
 
-The judging prompt asks for a last line `Verdict: X`. Instead of sampling a justification, the
-judge scores each choice X as the continuation of "Verdict: " at the start of its answer and takes
-the most likely one: deterministic, one forward pass per judgment, and never unreadable.
+The pairwise and absolute prompts ask for a last line `Verdict: X`. Instead of sampling a
+justification, the judge scores each choice X as the continuation of "Verdict: " at the start of its
+answer (for the Likert prompt, of nothing: the score itself opens the answer) and takes the most
+likely one: deterministic, one forward pass per judgment, and never unreadable.
 """
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from lima_jax.evaluate.judges import JudgeFailure, Messages
+from lima_jax.evaluate.prompts import VERDICT_LINE
 from lima_jax.inference.generator import Generator
 
-ANSWER_PREFIX = "Verdict: "
+ANSWER_PREFIX = VERDICT_LINE.prefix
 
 
 class LocalJudge:
     """Implements the `Judge` protocol with a local checkpoint (fine-tuned or base)."""
 
-    def __init__(self, checkpoint: str):
+    def __init__(self, checkpoint: str, answer_prefix: str = ANSWER_PREFIX):
+        self.answer_prefix = answer_prefix
         self.generator = Generator(checkpoint)
         if self.generator.tokenizer is None:
             raise JudgeFailure(f"{checkpoint} has no tokenizer to read the judging prompt with")
@@ -39,8 +42,8 @@ class LocalJudge:
         tok = self.generator.tokenizer.text
         prefix = self._prefix(messages)
         # Encode "Verdict: X" whole, so X is tokenized as it would follow the prefix in text.
-        head = tok.encode(ANSWER_PREFIX.rstrip())
-        continuations = [tok.encode(ANSWER_PREFIX + c)[len(head):] for c in choices]
+        head = tok.encode(self.answer_prefix.rstrip())
+        continuations = [tok.encode(self.answer_prefix + c)[len(head):] for c in choices]
         rows = [prefix + head + c for c in continuations]
         width = max(map(len, rows))
         tokens = np.zeros((len(rows), width), np.int32)

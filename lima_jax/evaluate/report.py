@@ -1,11 +1,13 @@
 r"""The evaluation report: win/tie/loss rates per baseline with bootstrap intervals, a chart in the
-style of LIMA's Figure 1, and the absolute-rating distribution, all from judgment caches.
+style of LIMA's Figure 1, the absolute-rating distribution, and the mean Likert score per arm (a
+chart in the style of Figure 5), all from judgment caches.
 
     python -m lima_jax.evaluate.report --out_dir=report \
         --pairwise="Alpaca 65B=alpaca_judgments.jsonl,GPT-4=gpt4_judgments.jsonl" \
-        --absolute=absolute_judgments.jsonl
+        --absolute=absolute_judgments.jsonl \
+        --likert="Filtered SE=se_filtered_likert.jsonl,wikiHow=wikihow_likert.jsonl"
 
-Writes report.md (also printed), report.json, pairwise.png and absolute.png to --out_dir
+Writes report.md (also printed), report.json, pairwise.png, absolute.png and likert.png to --out_dir
 (`lima_jax.evaluate.reporting`); an existing report there is refused unless --overwrite. Per
 baseline it also gives the ties told apart (the judge said neither / the orders disagreed), the
 share of prompts whose two orders agree, each side's response lengths, a length-controlled win
@@ -19,12 +21,13 @@ from absl import flags
 from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.audit import read_human_labels
-from lima_jax.evaluate.reporting import (absolute_distribution, check_out_dir, pairwise_distribution,
+from lima_jax.evaluate.reporting import (absolute_distribution, check_out_dir, likert_arms, pairwise_distribution,
                                          parse_pairwise_flag, response_lengths, write_report)
 
 _PAIRWISE = flags.DEFINE_string("pairwise", None, "pairwise judgment caches, one per baseline: NAME=PATH[,NAME=PATH...]")
 _ABSOLUTE = flags.DEFINE_string("absolute", None, "an absolute-rating judgment cache")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "where report.md, report.json, pairwise.png and absolute.png go")
+_LIKERT = flags.DEFINE_string("likert", None, "Likert judgment caches (`evaluate.likert`), one per arm: NAME=PATH[,NAME=PATH...]")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "where report.md, report.json and the charts (pairwise.png, absolute.png, likert.png) go")
 _OURS_NAME = flags.DEFINE_string("ours_name", "LIMA", "our model's name in the report (\"LIMA wins\")")
 _JUDGE_MODEL = flags.DEFINE_string("judge_model", None, "use only this judge's judgments (needed when a cache holds several)")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "bootstrap resamples for the 95% intervals")
@@ -40,8 +43,8 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if not _OUT_DIR.value:
         raise LimaError("--out_dir is required")
-    if not _PAIRWISE.value and not _ABSOLUTE.value:
-        raise LimaError("give --pairwise=NAME=CACHE[,...] and/or --absolute=CACHE")
+    if not _PAIRWISE.value and not _ABSOLUTE.value and not _LIKERT.value:
+        raise LimaError("give --pairwise=NAME=CACHE[,...], --absolute=CACHE and/or --likert=NAME=CACHE[,...]")
     if _BOOTSTRAP.value < 1:
         raise LimaError(f"--bootstrap={_BOOTSTRAP.value}: must be at least 1")
     check_out_dir(_OUT_DIR.value, _OVERWRITE.value)  # before any work
@@ -60,8 +63,9 @@ def main(argv: list[str]) -> None:
     ratings = None
     if _ABSOLUTE.value:
         ratings = absolute_distribution(_OURS_NAME.value, _ABSOLUTE.value, judge, samples, seed)
+    arms = likert_arms(parse_pairwise_flag(_LIKERT.value or "", "likert"), judge, samples, seed)
     print(write_report(_OUT_DIR.value, comparisons, ratings, _OURS_NAME.value, samples, seed, _OVERWRITE.value,
-                       _HUMAN_LABELS.value))
+                       _HUMAN_LABELS.value, arms))
 
 
 if __name__ == "__main__":

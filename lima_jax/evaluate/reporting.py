@@ -1,8 +1,9 @@
 r"""The evaluation report: win/tie/loss rates per baseline with bootstrap intervals, a chart in the
-style of LIMA's Figure 1, and the absolute-rating distribution, all from judgment caches (the
+style of LIMA's Figure 1, the absolute-rating distribution, and the mean Likert helpfulness score
+per arm (LIMA's ablations, a chart in the style of its Figure 5), all from judgment caches (the
 library behind `python -m lima_jax.evaluate.report`).
 
-Writes report.md (also printed), report.json, pairwise.png and absolute.png to --out_dir, and
+Writes report.md (also printed), report.json, pairwise.png, absolute.png and likert.png to --out_dir, and
 refuses a folder that holds a report unless told to overwrite it. Each baseline's row carries its
 audit (`PairAudit`: the ties told apart, position consistency, lengths, the length-controlled win
 rate, agreement with human labels; the statistics are in `lima_jax.evaluate.audit`).
@@ -21,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import audit, comparisons as pairwise, ratings as absolute
+from lima_jax.evaluate import audit, comparisons as pairwise, ratings as absolute, scores as likert
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.storage.paths import Path, PathLike, user_path, write_atomically
 
@@ -235,6 +236,41 @@ def absolute_distribution(name: str, path: str, judge: str | None = None, sample
     return _distribution(name, results, absolute.RATINGS, judges, samples, seed)
 
 
+def likert_arms(entries: Sequence[tuple[str | None, str]], judge: str | None = None, samples: int = 1000,
+                seed: int = 0) -> list[likert.LikertScore]:
+    """One row per (name, cache) of `--likert`: the mean score, its interval, n and failures. An
+    unnamed arm is named after the generator its cache recorded."""
+    arms = []
+    for name, path in entries:
+        records = _load(path).records
+        arm = likert.likert_score(name or "", records, judge, samples, seed)
+        if arm is None:
+            raise LimaError(f"{path}: no Likert judgments" + (f" by {judge}" if judge else ""))
+        _check_judges(path, set(arm.judges))
+        if not name:
+            arm.name = next((str(r["generator"]) for r in reversed(records)
+                             if r.get("kind") == likert.KIND and r.get("generator")), Path(path).stem)
+        arms.append(arm)
+    return arms
+
+
+def _likert_markdown(arms: Sequence[likert.LikertScore], samples: int, seed: int) -> list[str]:
+    judges = sorted({j for a in arms for j in a.judges})
+    lines = [f"## Likert helpfulness, 1-6 (judge: {', '.join(judges)})", "",
+             "| Arm | Mean | 95% interval | n | Failures | Prompts |", "|---|---:|---:|---:|---:|---:|"]
+    for a in arms:
+        mean, ci = ("n/a", "n/a") if not a.n else (f"{a.mean:.2f}", f"[{a.ci_low:.2f}, {a.ci_high:.2f}]")
+        lines.append(f"| {a.name} | {mean} | {ci} | {a.n} | {a.failures} | {a.prompts} |")
+    failures = sum(a.failures for a in arms)
+    lines += ["", "Each response scored 1-6 for helpfulness with LIMA's Appendix D template, the score read from the "
+              "judge's last line (a local-checkpoint judge: its most likely digit); n counts the scored responses. "
+              "95% intervals: percentile bootstrap of the mean over prompts, each with all its responses "
+              f"({samples} resamples, seed {seed}).",
+              f"Failures: {failures} response{'s' if failures != 1 else ''} in all whose judgment failed (an "
+              "unreadable answer after the retries), not scored and not in the mean.", ""]
+    return lines
+
+
 def _cell(d: Distribution, c: str) -> str:
     if not d.total:
         return "n/a"
@@ -306,7 +342,7 @@ def _audit_markdown(comparisons: Sequence[Distribution], ours: str, human_labels
 
 
 def markdown(comparisons: Sequence[Distribution], ratings: Distribution | None, ours: str, samples: int,
-             seed: int, human_labels: str | None = None) -> str:
+             seed: int, human_labels: str | None = None, likert_scores: Sequence[likert.LikertScore] = ()) -> str:
     lines = [f"# {ours} evaluation", ""]
     method = f"95% intervals: percentile bootstrap over prompts ({samples} resamples, seed {seed})."
     if comparisons:
@@ -331,6 +367,8 @@ def markdown(comparisons: Sequence[Distribution], ratings: Distribution | None, 
         lines += ["", f"Rated: {ratings.total} responses. " + method,
                   f"Excluded: {ratings.excluded} response{'s' if ratings.excluded != 1 else ''} with a failed or "
                   "missing judgment, not counted as any rating.", ""]
+    if likert_scores:
+        lines += _likert_markdown(likert_scores, samples, seed)
     return "\n".join(lines)
 
 
@@ -387,6 +425,40 @@ def stacked_bars(rows: Sequence[Distribution], labels: Sequence[str], colors: Se
     return fig
 
 
+def likert_chart(arms: Sequence[likert.LikertScore], title: str = "Helpfulness (Likert, 1-6)"):
+    """LIMA's Figure 5: one bar per arm at its mean score with its 95% interval, on the 1-6 scale;
+    titled, with the judge and each arm's n. Returns the matplotlib Figure."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise LimaError("the report's charts need matplotlib: pip install matplotlib") from None
+    fig = Figure(figsize=(max(4.0, 1.3 * len(arms) + 1.5), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(arms))
+    scored = [i for i, a in enumerate(arms) if a.n]
+    low = 1.0  # the scale's floor: a bar's height is its distance above the lowest score
+    means = np.array([arms[i].mean for i in scored])
+    ax.bar(x[scored], means - low, bottom=low, width=0.6, color="#3f7fbf")
+    errors = np.array([[arms[i].mean - arms[i].ci_low for i in scored],
+                       [arms[i].ci_high - arms[i].mean for i in scored]])
+    ax.errorbar(x[scored], means, yerr=errors, fmt="none", ecolor="black", elinewidth=1, capsize=4)
+    for i, a in enumerate(arms):
+        label = "n/a" if not a.n else f"{a.mean:.2f}"
+        ax.text(x[i], (a.ci_high if a.n else low) + 0.08, label, ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(x, [f"{a.name}\n(n={a.n})" for a in arms])
+    ax.set_ylim(low, 6.0)
+    ax.set_ylabel("mean score")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    judges = sorted({j for a in arms for j in a.judges})
+    fig.suptitle(title, fontweight="bold")
+    ax.set_title(f"judge: {', '.join(judges)} · error bars: 95% bootstrap intervals", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save_png(fig, path: PathLike) -> None:
     with Path(path).open("wb") as f:  # a file object: matplotlib writes local paths only, this may be gs://
         fig.savefig(f, format="png", dpi=150)
@@ -403,7 +475,7 @@ def pairwise_chart(comparisons: Sequence[Distribution], ours: str):
                         f"Pairwise preference: {ours} vs each baseline")
 
 
-REPORT_FILES = ("report.md", "report.json", "pairwise.png", "absolute.png")
+REPORT_FILES = ("report.md", "report.json", "pairwise.png", "absolute.png", "likert.png")
 
 
 def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
@@ -418,7 +490,7 @@ def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
 
 def write_report(out_dir: str, comparisons: Sequence[Distribution], ratings: Distribution | None,
                  ours: str = "LIMA", samples: int = 1000, seed: int = 0, overwrite: bool = False,
-                 human_labels: str | None = None) -> str:
+                 human_labels: str | None = None, likert_scores: Sequence[likert.LikertScore] = ()) -> str:
     """Writes report.md, report.json and the charts to `out_dir` (local or gs://); returns the Markdown.
     An existing report there is refused unless `overwrite`; then its files are all replaced or removed,
     so that the folder never mixes two reports."""
@@ -428,9 +500,10 @@ def write_report(out_dir: str, comparisons: Sequence[Distribution], ratings: Dis
     for name in REPORT_FILES:  # a chart the new report does not draw must not outlive the old one
         if (out / name).exists():
             (out / name).unlink()
-    text = markdown(comparisons, ratings, ours, samples, seed, human_labels)
+    text = markdown(comparisons, ratings, ours, samples, seed, human_labels, likert_scores)
     write_atomically(out / "report.md", text)
     summary = {"pairwise": [d.to_json() for d in comparisons], "absolute": ratings.to_json() if ratings else None,
+               "likert": [a.to_json() for a in likert_scores],
                "bootstrap": {"samples": samples, "seed": seed}, "human_labels": human_labels}
     write_atomically(out / "report.json", json.dumps(summary, indent=1))
     if comparisons:
@@ -438,16 +511,18 @@ def write_report(out_dir: str, comparisons: Sequence[Distribution], ratings: Dis
     if ratings is not None:
         save_png(stacked_bars([ratings], absolute.RATINGS, _RATING_COLORS, "% of responses",
                               f"Absolute rating of {ours}"), out / "absolute.png")
+    if likert_scores:
+        save_png(likert_chart(likert_scores), out / "likert.png")
     return text
 
 
-def parse_pairwise_flag(value: str) -> list[tuple[str | None, str]]:
-    """`name=path,name=path` (or bare paths, named after the baseline's recorded generator)."""
+def parse_pairwise_flag(value: str, flag: str = "pairwise") -> list[tuple[str | None, str]]:
+    """`name=path,name=path` (or bare paths, named after the generator the cache recorded)."""
     entries = []
     for item in filter(None, (s.strip() for s in value.split(","))):
         name, sep, path = item.partition("=")
         entries.append((name.strip(), path.strip()) if sep else (None, item))
     for name, path in entries:
         if not path or (name is not None and not name):
-            raise LimaError(f"--pairwise: {value!r} should be NAME=PATH[,NAME=PATH...]")
+            raise LimaError(f"--{flag}: {value!r} should be NAME=PATH[,NAME=PATH...]")
     return entries
