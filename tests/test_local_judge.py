@@ -94,7 +94,7 @@ def test_the_likert_score_is_the_most_likely_digit_opening_the_answer(judge_ckpt
     scores = json.loads(raw)["logprobs"]
     assert set(scores) == set(LIKERT_CHOICES) and choice == max(scores, key=scores.get)
     # The score of "3" by hand: the log-probability of its tokens right after the prompt, no "Verdict:".
-    g, sp = judge.generator, judge.generator.tokenizer.sp
+    g, sp = judge.generator, judge.generator.tokenizer.text.sp  # sentencepiece itself
     cont = sp.encode("3")
     seq = judge._prefix(messages) + cont
     logp = np.asarray(jax.nn.log_softmax(g.model(np.asarray([seq]))[0], axis=-1))
