@@ -9,6 +9,7 @@ rerun asks the missing and the failed ones and nothing else.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -213,6 +214,19 @@ def make_judge(*, judge_checkpoint: str | None, judge_url: str | None, judge_mod
     if not judge_url or not judge_model:
         raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
     return OpenAIJudge(judge_url, judge_model, parser=answer.parse, **client)
+
+
+def with_answer_format(judge: Judge, answer: AnswerFormat) -> Judge:
+    """The same judge reading answers in another format (a local judge's weights are shared, not
+    loaded again): `evaluate.select` asks one judge both pairwise and Likert prompts."""
+    other = copy.copy(judge)
+    if isinstance(other, OpenAIJudge):
+        other.parser = answer.parse
+    elif hasattr(other, "answer_prefix"):  # LocalJudge, whose module imports JAX
+        other.answer_prefix = answer.prefix
+    else:
+        raise LimaError(f"judge {judge.name}: cannot change the format of its answers")
+    return other
 
 
 def open_cache(path: str | None) -> JudgmentCache:

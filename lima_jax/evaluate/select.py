@@ -1,7 +1,10 @@
 """Pick a checkpoint the way LIMA did: per epoch, the dev loss and the judged quality of dev answers.
 
     python -m lima_jax.evaluate.select --workdir=runs/lima-65b --out_dir=select/ \
-        [--epochs=5-10] [--reference=dev_reference.jsonl --judge_url=... --judge_model=...]
+        [--epochs=5-10] [--reference=dev_reference.jsonl] [--likert] [--judge_url=... --judge_model=...]
+
+With a judge, `--reference` judges each epoch's dev answers against a fixed system's and `--likert`
+scores them 1-6 (LIMA's Figure 9: dev perplexity and judged quality on two axes); either or both.
 
 The dev prompts are the ones the run evaluated on (`<workdir>/dev.jsonl`); see
 `lima_jax.evaluate.selection` for what is reported.
@@ -20,6 +23,7 @@ from lima_jax.inference import hosts
 from lima_jax.cli import define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run, say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, selection
+from lima_jax.evaluate.prompts import LIKERT_LINE
 from lima_jax.evaluate.responses import read_responses
 from lima_jax.inference.sampler import SamplingParams
 from lima_jax.storage.paths import user_path
@@ -28,6 +32,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "where select.md, select.png and the dev responses go")
 _EPOCHS = flags.DEFINE_string("epochs", "", "a range of epochs to consider, e.g. 5-10 (default: all)")
 _REFERENCE = flags.DEFINE_string("reference", None, "a fixed reference's responses to the dev prompts (JSONL); with a judge")
+_LIKERT = flags.DEFINE_bool("likert", False, "score each epoch's dev answers 1-6 with the Likert judge (Appendix D); "
+                            "with a judge")
 _SAMPLING = define_sampling_flags()
 _JUDGE = judging.define_judge_flags()
 _MESH = define_mesh_flag()
@@ -44,27 +50,36 @@ def main(argv: list[str]) -> None:
     rows = [r for r in selection.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
     if not rows:
         raise LimaError(f"--epochs={_EPOCHS.value}: no epoch checkpoint in that range")
-    if not _REFERENCE.value and (_JUDGE.judge_url.value or _JUDGE.judge_checkpoint.value):
-        raise LimaError("judging needs --reference: a fixed system's responses to the dev prompts")
+    has_judge = bool(_JUDGE.judge_url.value or _JUDGE.judge_checkpoint.value)
+    if has_judge and not (_REFERENCE.value or _LIKERT.value):
+        raise LimaError("judging needs --reference (a fixed system's responses to the dev prompts) or --likert")
+    if _LIKERT.value and not has_judge:
+        raise LimaError("--likert needs a judge: --judge_url and --judge_model, or --judge_checkpoint")
+    judged = bool(_REFERENCE.value or _LIKERT.value)
     params = SamplingParams(**_SAMPLING.values())
     params.check()
-    prompts = selection.dev_prompts(workdir) if _REFERENCE.value else []
+    prompts = selection.dev_prompts(workdir) if judged else []
     _DISTRIBUTED.start(shutdown_timeout_s=WAIT_FOR_JUDGING_S)
-    if _REFERENCE.value:
+    if judged:
         from lima_jax.inference.generator import parse_mesh  # imports JAX: only to generate
 
         mesh = parse_mesh(_MESH.value)
         opened = {}  # process 0's judgments, read before hours of generation rather than after
 
         def check_inputs() -> None:
-            opened["cache"] = judging.JudgmentCache(out_dir / "judgments.jsonl")
-            opened["reference"] = read_responses(_REFERENCE.value)
+            if _REFERENCE.value:
+                opened["cache"] = judging.JudgmentCache(out_dir / "judgments.jsonl")
+                opened["reference"] = read_responses(_REFERENCE.value)
+            if _LIKERT.value:
+                opened["likert"] = selection.open_likert_caches(rows, out_dir)
 
         hosts.from_process_0(check_inputs)
         judge = _JUDGE.judge()  # on every process: a local judge's restore is collective
         selection.generate_epochs(rows, prompts, out_dir, params, _SAMPLING.seed.value, mesh)
-        if hosts.is_writer():
+        if hosts.is_writer() and _REFERENCE.value:
             selection.judge_epochs(rows, opened["reference"], judge, opened["cache"], out_dir)
+        if hosts.is_writer() and _LIKERT.value:
+            selection.likert_epochs(rows, judging.with_answer_format(judge, LIKERT_LINE), opened["likert"], out_dir)
     if not hosts.is_writer():
         return
     out_dir.mkdir(parents=True, exist_ok=True)

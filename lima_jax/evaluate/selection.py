@@ -2,10 +2,16 @@
 (the library behind `python -m lima_jax.evaluate.select`).
 
 For every epoch checkpoint of the run it reports the dev loss and perplexity (from the run's
-metrics.jsonl, computed at that step during training) and, with a judge and a fixed reference
-response file for the dev prompts, the win/tie/loss rate of that checkpoint's dev answers against the
-reference. Writes select.md and select.png. The paper found perplexity a poor guide (it keeps rising
-past the epochs that generate best), which the two columns side by side let you see.
+metrics.jsonl, computed at that step during training) and, with a judge, the judged quality of that
+checkpoint's dev answers: with a fixed reference response file for the dev prompts, the win/tie/loss
+rate against the reference; with `--likert`, the mean 1-6 Likert score (`lima_jax.evaluate.scores`)
+with its 95% interval. Writes select.md and select.png (dev perplexity and the judged quality on two
+axes, LIMA's Figure 9). The paper found perplexity a poor guide (it keeps rising past the epochs that
+generate best), which the two side by side let you see.
+
+Each epoch's Likert judgments go to a cache of their own, `likert/step_N.jsonl`, so that one of them
+is also an arm for `evaluate.report --likert` (a cache holding every epoch would keep only the latest
+answer to each prompt).
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.comparisons import judge_pairwise
+from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.responses import generate_responses, read_responses
+from lima_jax.evaluate.scores import judge_likert, likert_score
 from lima_jax.inference.generator import Generator, prompt_turns
 from lima_jax.storage.paths import Path
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE
@@ -89,14 +97,44 @@ def judge_epochs(rows, reference, judge, cache, out_dir: Path) -> None:
         row.update({k: result.summary[k] for k in ("win_pct", "tie_pct", "loss_pct", "failed")})
 
 
+def likert_cache_file(out_dir: Path, row: dict[str, Any]) -> Path:
+    return out_dir / "likert" / f"step_{row['step']}.jsonl"
+
+
+def open_likert_caches(rows, out_dir: Path) -> dict[int, JudgmentCache]:
+    """Each epoch's Likert cache, read (and so validated) before hours of generation rather than after."""
+    return {row["step"]: JudgmentCache(likert_cache_file(out_dir, row)) for row in rows}
+
+
+def likert_epochs(rows, judge, caches: dict[int, JudgmentCache], out_dir: Path, samples: int = 1000,
+                  seed: int = 0) -> None:
+    """Scores each checkpoint's dev answers (from `generate_epochs`) 1-6 with the Likert judge (its
+    answer format `prompts.LIKERT_LINE`) and adds the mean, its 95% interval, n and failures to the row."""
+    (out_dir / "likert").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        cache = caches[row["step"]]
+        judge_likert(read_responses(responses_file(out_dir, row)), judge, cache, progress=False)
+        arm = likert_score(f"epoch {row['epoch']}", cache.records, judge.name, samples, seed)
+        scored = arm is not None and arm.n > 0
+        row.update({"likert_mean": round(arm.mean, 3) if scored else None,
+                    "likert_ci_low": round(arm.ci_low, 3) if scored else None,
+                    "likert_ci_high": round(arm.ci_high, 3) if scored else None, "likert_n": arm.n if arm else 0,
+                    "likert_failures": arm.failures if arm else 0, "likert_judge": judge.name})
+
+
 def write_table(rows, path: Path) -> str:
-    judged = "win_pct" in rows[0]
+    judged, scored = "win_pct" in rows[0], "likert_n" in rows[0]
     head = "| epoch | step | dev loss | dev perplexity |" + (" win % | tie % | loss % | failed |" if judged else "")
+    head += " Likert mean [95%] | scored | failed |" if scored else ""
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         line = f"| {r['epoch']} | {r['step']} | {r['dev_loss']:.4f} | {r['dev_perplexity']:.2f} |"
         if judged:
             line += f" {r['win_pct']:.1f} | {r['tie_pct']:.1f} | {r['loss_pct']:.1f} | {r['failed']} |"
+        if scored:
+            mean = "n/a" if r["likert_mean"] is None else \
+                f"{r['likert_mean']:.2f} [{r['likert_ci_low']:.2f}, {r['likert_ci_high']:.2f}]"
+            line += f" {mean} | {r['likert_n']} | {r['likert_failures']} |"
         lines.append(line)
     text = "\n".join(lines) + "\n"
     path.write_text(text, encoding="utf-8")
@@ -114,12 +152,27 @@ def plot(rows, path: Path) -> None:
     ax.plot(epochs, [r["dev_perplexity"] for r in rows], "o-", color="tab:blue", label="dev perplexity")
     ax.set_xlabel("epoch")
     ax.set_ylabel("dev perplexity", color="tab:blue")
-    if "win_pct" in rows[0]:
+    if "likert_n" in rows[0]:  # LIMA's Figure 9; the win rate, if also judged, stays in the table
+        twin = ax.twinx()
+        scored = [r for r in rows if r["likert_mean"] is not None]
+        means = [r["likert_mean"] for r in scored]
+        errors = [[r["likert_mean"] - r["likert_ci_low"] for r in scored],
+                  [r["likert_ci_high"] - r["likert_mean"] for r in scored]]
+        twin.errorbar([r["epoch"] for r in scored], means, yerr=errors, fmt="s-", color="tab:green", capsize=3)
+        twin.set_ylabel("Likert helpfulness, 1-6 (95% interval)", color="tab:green")
+        twin.set_ylim(1, 6)
+        ns = sorted({r["likert_n"] for r in rows})
+        n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+        ax.set_title(f"judge: {rows[0]['likert_judge']} · n={n} dev answers per epoch", fontsize=8)
+        fig.suptitle("Dev perplexity and judged quality per epoch", fontweight="bold")
+    elif "win_pct" in rows[0]:
         twin = ax.twinx()
         twin.plot(epochs, [r["win_pct"] for r in rows], "s-", color="tab:green", label="win % vs reference")
         twin.set_ylabel("win % vs reference", color="tab:green")
         twin.set_ylim(0, 100)
-    ax.set_title("Checkpoint selection")
+        ax.set_title("Checkpoint selection")
+    else:
+        ax.set_title("Checkpoint selection")
     fig.tight_layout()
     with path.open("wb") as f:  # a file object: matplotlib writes local paths only, this may be gs://
         fig.savefig(f, format="png", dpi=120)
