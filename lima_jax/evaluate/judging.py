@@ -100,6 +100,13 @@ class JudgmentCache:
             self._add(record)
 
 
+def outcome(judgment: Judgment | None) -> str:
+    """A judgment's verdict, "failed" for one with no verdict, "missing" for none at all."""
+    if judgment is None:
+        return "missing"
+    return judgment["verdict"] if succeeded(judgment) else "failed"
+
+
 @dataclasses.dataclass
 class Task:
     key: str

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, prompts
 from lima_jax.evaluate.judges import Judge
-from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, percent, succeeded
+from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, outcome, percent, succeeded
 from lima_jax.evaluate.responses import Record, text_hash
 
 RATINGS = prompts.ABSOLUTE_CHOICES
@@ -21,13 +21,6 @@ RATINGS = prompts.ABSOLUTE_CHOICES
 
 def rating_key(judge: str, prompt_id: str, output_hash: str) -> str:
     return judging.judgment_key("absolute", prompts.ABSOLUTE_VERSION, judge, prompt_id, output_hash)
-
-
-def outcome(judgment: Judgment | None) -> str:
-    """The rating, "failed" for a judgment with no verdict, "missing" for none at all."""
-    if judgment is None:
-        return "missing"
-    return judgment["verdict"] if succeeded(judgment) else "failed"
 
 
 def summarize(results: dict[str, str]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import numpy as np
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import audit, judging, prompts
 from lima_jax.evaluate.judges import Judge
-from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, succeeded
+from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, outcome, succeeded
 from lima_jax.evaluate.responses import Record, prompt_id, text_hash
 
 SCORES = prompts.LIKERT_CHOICES
@@ -32,13 +32,6 @@ KIND = "likert"
 
 def score_key(judge: str, response_id: str, output_hash: str) -> str:
     return judging.judgment_key(KIND, prompts.LIKERT_VERSION, judge, response_id, output_hash)
-
-
-def outcome(judgment: Judgment | None) -> str:
-    """The score ("1".."6"), "failed" for a judgment with no verdict, "missing" for none at all."""
-    if judgment is None:
-        return "missing"
-    return judgment["verdict"] if succeeded(judgment) else "failed"
 
 
 def summarize(results: dict[str, str]) -> dict[str, Any]:
