@@ -1,4 +1,5 @@
 """Faults a real run meets (divergence, kills, Ctrl-C, odd inputs): nothing lost, nothing silently wrong."""
+import contextlib
 import json
 import os
 import signal
@@ -317,17 +318,23 @@ def test_a_dev_size_as_large_as_the_data_names_the_key_and_the_remedy(tmp_path):
                             "set --config.data.dev_size below 20, or put a dev.jsonl beside the training data")
 
 
+@contextlib.contextmanager
+def tmpfs(folder, options):
+    """A tmpfs mounted at `folder` for the block (skips the test where mounting needs rights it lacks)."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 3 MiB tmpfs: the workdir fills it at the last checkpoint. Needs mount rights (root)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test needs one")
-    try:
+    """A 3 MiB tmpfs: the workdir fills it at the last checkpoint."""
+    with tmpfs(tmp_path / "disk", "size=3m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(small_disk):
@@ -446,15 +453,8 @@ def test_a_kill_during_each_file_rewrite_leaves_the_old_file_whole_and_the_run_r
 
 
 def test_a_read_only_workdir_is_one_line_before_any_work(tmp_path):
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    try:
-        with pytest.raises(LimaError) as e:
-            train(small_config(tmp_path, workdir=str(disk / "run")))
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as disk, pytest.raises(LimaError) as e:
+        train(small_config(tmp_path, workdir=str(disk / "run")))
     assert str(e.value) == f"config key workdir: {disk / 'run'}: cannot write there ([Errno 30] Read-only file system: '{disk / 'run'}')"
 
 
