@@ -196,9 +196,12 @@ class ResponseSink:
         with Appender(self.output) as f:
             for question, answers, first in done:
                 for k in range(first, len(answers)):
-                    record = make_record(question.prompt(answers[:k]), answers[k], self.name, question.turn_id(k))
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    f.write(json.dumps(self.record(question, answers, k), ensure_ascii=False) + "\n")
             f.flush()
+
+    def record(self, question: Question, answers: Sequence[str], k: int) -> Record:
+        """The line of ask `k`, answered `answers[k]` after the earlier answers."""
+        return make_record(question.prompt(answers[:k]), answers[k], self.name, question.turn_id(k))
 
 
 def generate_answers(generator: Any, questions: Sequence[Question], sink: Sink, params, seed: int, batch_size: int,
