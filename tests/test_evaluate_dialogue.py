@@ -13,8 +13,7 @@ from test_evaluate_pairwise import run_cli
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import dialogue_report
-from lima_jax.evaluate.dialogue import parse_checkpoints
-from lima_jax.evaluate.dialogues import TranscriptSink, play, rate, read_dialogues, unplayed
+from lima_jax.evaluate.dialogues import TranscriptSink, parse_checkpoints, play, rate, read_dialogues, unplayed
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.responses import read_responses
 from lima_jax.inference.generator import Generator
@@ -170,7 +169,7 @@ def test_fails_within_three():
 
 
 def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(tiny_ckpt, tmp_path):
-    dialogues = write_dialogues(tmp_path / "d.jsonl", SHORT)
+    dialogues = write_dialogues(tmp_path / "d.jsonl", [{"id": "a", "turns": ["Hi", "Why"]}, {"id": "b", "turns": ["Yo", "So"]}])
     args = [f"--dialogues={dialogues}", f"--out_dir={tmp_path / 'out'}", f"--checkpoint=zero-shot={tiny_ckpt}",
             f"--checkpoints=trained={tiny_ckpt}", f"--judge_checkpoint={tiny_ckpt}", "--max_new_tokens=3",
             "--batch_size=2", "--workers=1"]
@@ -178,11 +177,11 @@ def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(tin
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     for s in report["checkpoints"]:
-        assert sum(s["overall"]["counts"].values()) == 5
-        assert len(read_responses(tmp_path / "out" / "transcripts" / f"{s['name']}.jsonl")) == 5
+        assert sum(s["overall"]["counts"].values()) == 4
+        assert len(read_responses(tmp_path / "out" / "transcripts" / f"{s['name']}.jsonl")) == 4
     # The same weights and seed sample the same transcript: its conversations are judged once.
-    assert [s["asked_now"] for s in report["checkpoints"]] == [5, 0]
-    assert len((tmp_path / "out" / "judgments.jsonl").read_text().splitlines()) == 5
+    assert [s["asked_now"] for s in report["checkpoints"]] == [4, 0]
+    assert len((tmp_path / "out" / "judgments.jsonl").read_text().splitlines()) == 4
     r = run_cli("lima_jax.evaluate.dialogue", *args)  # nothing to generate, nothing to judge
     assert r.returncode == 0, r.stderr[-2000:]
     assert "zero-shot: " in r.stderr and "is complete" in r.stderr

@@ -35,24 +35,6 @@ _SAMPLING = define_sampling_flags()
 _JUDGE = judging.define_judge_flags()
 
 
-def parse_checkpoints(given: list[str]) -> list[tuple[str, str]]:
-    """(name, path) per `[NAME=]PATH`; a bare path is named after its folder. Names must differ."""
-    from lima_jax.storage.paths import user_path
-
-    out: list[tuple[str, str]] = []
-    for item in given:
-        name, sep, path = item.partition("=")
-        if not sep or "://" in name:  # gs://bucket/run is a path, not NAME=...
-            name, path = user_path(item).name, item
-        name, path = name.strip(), path.strip()
-        if not name or not path or "/" in name:
-            raise LimaError(f"--checkpoint: {item!r} should be [NAME=]PATH (a NAME without '/')")
-        if name in dict(out):
-            raise LimaError(f"--checkpoint: two checkpoints named {name!r}; name them: NAME=PATH")
-        out.append((name, path))
-    return out
-
-
 def main(argv: list[str]) -> None:
     no_arguments(argv)
     from lima_jax.evaluate import dialogue_report, dialogues
@@ -63,7 +45,7 @@ def main(argv: list[str]) -> None:
         raise LimaError("--dialogues is required (JSONL: {\"id\", \"turns\": [user turns]} a line)")
     if not _OUT_DIR.value:
         raise LimaError("--out_dir is required")
-    checkpoints = parse_checkpoints(_CHECKPOINT.value + _CHECKPOINTS.value)
+    checkpoints = dialogues.parse_checkpoints(_CHECKPOINT.value + _CHECKPOINTS.value)
     if not checkpoints:
         raise LimaError("--checkpoint is required (repeat it, or use --checkpoints, to compare checkpoints)")
     if _BATCH.value < 1:

@@ -27,7 +27,7 @@ from lima_jax.evaluate.judging import JudgmentCache, RunStats
 from lima_jax.evaluate.ratings import judge_absolute
 from lima_jax.evaluate.responses import (Question, Record, ResponseSink, digest, generate_answers, read_responses,
                                          text_hash)
-from lima_jax.storage.paths import Path
+from lima_jax.storage.paths import Path, user_path
 
 
 @dataclasses.dataclass
@@ -79,6 +79,22 @@ def read_dialogues(path: str) -> list[Dialogue]:
     if not dialogues:
         raise LimaError(f"{path}: no dialogues")
     return dialogues
+
+
+def parse_checkpoints(given: list[str]) -> list[tuple[str, str]]:
+    """(name, path) per `[NAME=]PATH`; a bare path is named after its folder. Names must differ."""
+    out: list[tuple[str, str]] = []
+    for item in given:
+        name, sep, path = item.partition("=")
+        if not sep or "://" in name:  # gs://bucket/run is a path, not NAME=...
+            name, path = user_path(item).name, item
+        name, path = name.strip(), path.strip()
+        if not name or not path or "/" in name:
+            raise LimaError(f"--checkpoint: {item!r} should be [NAME=]PATH (a NAME without '/')")
+        if name in dict(out):
+            raise LimaError(f"--checkpoint: two checkpoints named {name!r}; name them: NAME=PATH")
+        out.append((name, path))
+    return out
 
 
 class TranscriptSink(ResponseSink):
