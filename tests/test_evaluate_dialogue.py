@@ -6,11 +6,10 @@ import json
 import re
 
 import pytest
-from hf_reference import random_hf_model
 from test_evaluate_judges import Reply, Request, ScriptedServer, fast_judge
 from test_evaluate_pairwise import run_cli
+from test_local_judge import judge_ckpt  # noqa: F401 - a fixture: a tiny "fine-tuned" model (512 pieces + EOT)
 
-from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import dialogue_report
 from lima_jax.evaluate.dialogues import TranscriptSink, parse_checkpoints, play, rate, read_dialogues, unplayed
@@ -18,9 +17,7 @@ from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.responses import read_responses
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import SamplingParams
-from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path
-from lima_jax.weights.convert import convert
 
 # The scripted judge rates a turn by the marker of the user turn it answers, and Fail for an answer saying "bad".
 DIALOGUES = [
@@ -60,16 +57,7 @@ def test_checkpoint_names(tmp_path):
         parse_checkpoints(["x/a", "y/a"])
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """A "fine-tuned" model: the demo tokenizer's 512 pieces plus EOT, random weights."""
-    root = tmp_path_factory.mktemp("dialogue")
-    cfg = ModelConfig(vocab_size=513, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=2048)
-    random_hf_model(cfg).save_pretrained(root / "hf")
-    return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
-
-
-def test_play_keeps_the_models_own_answers_in_context_batched_and_resumes(tiny_ckpt, tmp_path):
+def test_play_keeps_the_models_own_answers_in_context_batched_and_resumes(judge_ckpt, tmp_path):
     calls: list[list[list[int]]] = []
 
     class Recording(Generator):  # remembers every batch of prompts it is given
@@ -78,7 +66,7 @@ def test_play_keeps_the_models_own_answers_in_context_batched_and_resumes(tiny_c
             return super().__call__(prompts, params, seed)
 
     script = read_dialogues(write_dialogues(tmp_path / "d.jsonl", SHORT))
-    generator = Recording(str(tiny_ckpt))
+    generator = Recording(str(judge_ckpt))
     transcript = Path(tmp_path / "t.jsonl")
     params = SamplingParams(max_new_tokens=3)
     assert play(generator, script, transcript, "m", params, seed=0, batch_size=2) == 5
@@ -168,10 +156,10 @@ def test_fails_within_three():
     assert dialogue_report.fails_within(["Pass"]) is False
 
 
-def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(tiny_ckpt, tmp_path):
+def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(judge_ckpt, tmp_path):
     dialogues = write_dialogues(tmp_path / "d.jsonl", [{"id": "a", "turns": ["Hi", "Why"]}, {"id": "b", "turns": ["Yo", "So"]}])
-    args = [f"--dialogues={dialogues}", f"--out_dir={tmp_path / 'out'}", f"--checkpoint=zero-shot={tiny_ckpt}",
-            f"--checkpoints=trained={tiny_ckpt}", f"--judge_checkpoint={tiny_ckpt}", "--max_new_tokens=3",
+    args = [f"--dialogues={dialogues}", f"--out_dir={tmp_path / 'out'}", f"--checkpoint=zero-shot={judge_ckpt}",
+            f"--checkpoints=trained={judge_ckpt}", f"--judge_checkpoint={judge_ckpt}", "--max_new_tokens=3",
             "--batch_size=2", "--workers=1"]
     r = run_cli("lima_jax.evaluate.dialogue", *args)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -191,5 +179,5 @@ def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(tin
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(summary) == {"zero-shot", "trained"}
     r = run_cli("lima_jax.evaluate.dialogue", f"--dialogues={dialogues}", f"--out_dir={tmp_path / 'o2'}",
-                f"--checkpoint={tiny_ckpt}")
+                f"--checkpoint={judge_ckpt}")
     assert r.returncode == 2 and "--judge_url and --judge_model" in r.stderr
