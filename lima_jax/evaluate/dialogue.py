@@ -52,17 +52,19 @@ def main(argv: list[str]) -> None:
         raise LimaError(f"--batch_size must be positive, got {_BATCH.value}")
     params = SamplingParams(**_SAMPLING.values())
     params.check()
+    if _JUDGE.out.value:
+        raise LimaError("--out is not read here: report.json and report.md go to --out_dir")
+    if not _JUDGE.judge_checkpoint.value and not (_JUDGE.judge_url.value and _JUDGE.judge_model.value):
+        raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
+    max_failures = _JUDGE.max_failures()
     script = dialogues.read_dialogues(_DIALOGUES.value)
     out = user_path(_OUT_DIR.value)
     (out / "transcripts").mkdir(parents=True, exist_ok=True)
     cache = judging.open_cache(_JUDGE.holders["cache"].value or str(out / "judgments.jsonl"))
-    if not _JUDGE.judge_checkpoint.value and not (_JUDGE.judge_url.value and _JUDGE.judge_model.value):
-        raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
     say(f"{len(script)} dialogues, {sum(len(d.asks) for d in script)} user turns, from {_DIALOGUES.value}")
     for name, path in checkpoints:  # one model in memory at a time
         transcript = out / "transcripts" / f"{name}.jsonl"
-        missing = dialogues.unplayed(script, transcript, name)
-        if not missing:
+        if not dialogues.unplayed(script, transcript, name):
             say(f"{name}: {transcript} is complete")
             continue
         from lima_jax.inference.generator import Generator
@@ -74,7 +76,6 @@ def main(argv: list[str]) -> None:
                                progress=lambda line, name=name: say(f"{name}: {line}"))
         say(f"{name}: {count} assistant turns generated into {transcript}")
         del generator
-    max_failures = _JUDGE.max_failures()
     judge = _JUDGE.judge()  # after generation: a local judge's weights are not in memory beside a model's
     rated = []
     for name, _ in checkpoints:
