@@ -190,8 +190,12 @@ class ResponseSink:
         return {rid: r["output"] for rid, r in records.items()}
 
     def add(self, done: Sequence[tuple[Question, list[str], int]]) -> None:
-        append_records(self, [make_record(question.prompt(answers[:k]), answers[k], self.name, question.turn_id(k))
+        append_records(self, [self.record(question, answers, k)
                               for question, answers, first in done for k in range(first, len(answers))])
+
+    def record(self, question: Question, answers: Sequence[str], k: int) -> Record:
+        """The line of ask `k`, answered `answers[k]` after the earlier answers."""
+        return make_record(question.prompt(answers[:k]), answers[k], self.name, question.turn_id(k))
 
 
 def append_records(sink: Any, records: Sequence[dict]) -> None:
