@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from hf_reference import torch, transformers
-from test_tokenizers import byte_level_bpe
+from test_chat_template import LLAMA3, hf_folder
 
 from lima_jax.config import load_config
 from lima_jax.data import demo_dir, text_tokenizers
@@ -31,12 +31,7 @@ SHRUNK = {"model.dim": 64, "model.num_layers": 2, "model.num_heads": 4, "model.n
 @pytest.fixture(scope="module")
 def bpe_folder(tmp_path_factory):
     """A Llama-3-style HF tokenizer folder: byte-level BPE, <|begin_of_text|> added by its post-processor."""
-    folder = tmp_path_factory.mktemp("llama3_tok")
-    byte_level_bpe().save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
-        "clean_up_tokenization_spaces": False}))
-    return folder
+    return hf_folder(tmp_path_factory.mktemp("llama3_tok"), None, clean_up_tokenization_spaces=False)
 
 
 def _messages(turns):
@@ -115,6 +110,15 @@ def test_tokenizer_json_export_adds_the_new_eot_at_its_trained_id_without_moving
         _export(tmp_path / "hf2", holed, holed.eot_id, holed.vocab_size)
 
 
+def test_a_run_trained_on_the_tokenizers_own_template_keeps_it(tmp_path):
+    tok = ChatTokenizer(hf_folder(tmp_path / "tok", LLAMA3), eot="<|eot_id|>", chat_format="template")
+    out = _export(tmp_path / "hf", tok, tok.eot_id, tok.vocab_size)
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == LLAMA3
+    ref = transformers.AutoTokenizer.from_pretrained(str(out))
+    for turns in CONVERSATIONS:
+        assert _templated(ref, turns) == tok.encode_prompt(turns)
+
+
 def _train(tmp_path, config_name, tokenizer, eot, **model):
     """A few steps on short arithmetic answers: enough for the model to answer and then emit EOT."""
     from lima_jax.train.loop import train
@@ -143,7 +147,7 @@ def _assert_same_greedy_tokens_and_stop_at_eot(workdir, out):
         with torch.no_grad():
             theirs = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=16)[0, len(prompt):].tolist()
         assert theirs == answer
-        assert answer[-1] == ours.eot_id and len(answer) < 16  # it stopped at EOT, both of them
+        assert answer[-1] == ours.eot_id and 1 < len(answer) < 16  # it answered, then stopped at EOT, both of them
         assert ref.decode(theirs, skip_special_tokens=True).strip() == ours.decode(answer).strip()
 
 
