@@ -3,8 +3,9 @@
 
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
 shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
-their stored dtype unless `--dtype` says otherwise. Outputs may go to `gs://`; of the inputs, a
-lima_jax checkpoint may be there (the other formats are memory-mapped from local files).
+their stored dtype unless `--dtype` says otherwise. A fine-tuned run exported to Hugging Face keeps
+its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). Outputs may go to
+`gs://`; of the inputs, a lima_jax checkpoint may be there (the other formats are memory-mapped from local files).
 """
 from __future__ import annotations
 
