@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from conftest import LLAMA_TOKENIZER, require
 from hf_reference import torch, transformers
 from test_chat_template import LLAMA3, hf_folder
 
@@ -24,6 +25,9 @@ from lima_jax.weights.convert import convert
 
 EPOCHS, BATCH = 1, 8  # 8 steps, one checkpoint: few, and enough for the answers to end at EOT
 CONVERSATIONS = [["What is 3 plus 2?"], ["What is 7 plus 4?", "11.", "And what is 2 plus 2?"]]
+# For the tokenizers alone: newlines, lists, non-ASCII text and emoji, a multi-turn history.
+MIXED = CONVERSATIONS + [["How do I boil an egg?\n\nBe brief, please: 3 steps.", "Boil water.\n1. Put the egg in.\n2. Wait 8 minutes.",
+                          "Grüße! 🦙 Why 8?"]]
 SHRUNK = {"model.dim": 64, "model.num_layers": 2, "model.num_heads": 4, "model.num_kv_heads": 2, "model.ffn_dim": 128,
           "model.max_len": 128, "model.dtype": "float32", "model.residual_dropout": 0.0}
 
@@ -58,13 +62,15 @@ def _export(folder, tokenizer, eot_id, used_vocab):
     return hf.write(folder, _random_params(cfg), cfg, tokenizer=tokenizer, eot_id=eot_id)
 
 
-def test_sentencepiece_export_adds_the_new_eot_and_templates_the_ids_our_sampler_feeds(tmp_path):
-    tok = ChatTokenizer(demo_dir() / "tokenizer.model")  # LIMA's new EOT: the first id past its 512
+@pytest.mark.parametrize("which", ["demo", "llama"])
+def test_sentencepiece_export_adds_the_new_eot_and_templates_the_ids_our_sampler_feeds(tmp_path, which):
+    path = demo_dir() / "tokenizer.model" if which == "demo" else require(LLAMA_TOKENIZER)
+    tok = ChatTokenizer(path)  # LIMA's new EOT: the first id past its pieces (512; LLaMA's 32000)
     out = _export(tmp_path / "hf", tok, tok.eot_id, tok.vocab_size)
     ref = transformers.AutoTokenizer.from_pretrained(str(out))
     assert len(ref) == tok.vocab_size and ref.convert_tokens_to_ids(NEW_EOT) == tok.eot_id == tok.num_pieces
     assert ref.added_tokens_decoder[tok.eot_id].special
-    for turns in CONVERSATIONS:
+    for turns in MIXED:
         assert _templated(ref, turns) == tok.encode_prompt(turns)
     ids = tok.encode_prompt(CONVERSATIONS[1])
     assert ref.decode(ids, skip_special_tokens=True).replace(" ", "") == "".join(CONVERSATIONS[1]).replace(" ", "")
@@ -83,7 +89,7 @@ def test_tokenizer_json_export_keeps_a_reused_eot_and_every_id(bpe_folder, tmp_p
     assert json.loads((out / "tokenizer.json").read_text()) == original  # nothing added, nothing moved
     ref = transformers.AutoTokenizer.from_pretrained(str(out))
     assert ref.convert_tokens_to_ids("<|eot_id|>") == tok.eot_id and len(ref) == tok.num_pieces
-    for turns in CONVERSATIONS:
+    for turns in MIXED:
         assert _templated(ref, turns) == tok.encode_prompt(turns)
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [tok.eos_id, tok.eot_id]
 
@@ -95,7 +101,7 @@ def test_tokenizer_json_export_adds_the_new_eot_at_its_trained_id_without_moving
     after = text_tokenizers.load(out).tok.get_vocab(with_added_tokens=True)
     assert after == {**before, NEW_EOT: tok.num_pieces}
     ref = transformers.AutoTokenizer.from_pretrained(str(out))
-    for turns in CONVERSATIONS:
+    for turns in MIXED:
         assert _templated(ref, turns) == tok.encode_prompt(turns)
 
     gap = tmp_path / "gap"  # ids with a hole: tokenizers would add the token in it, not at the trained id
@@ -115,7 +121,7 @@ def test_a_run_trained_on_the_tokenizers_own_template_keeps_it(tmp_path):
     out = _export(tmp_path / "hf", tok, tok.eot_id, tok.vocab_size)
     assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == LLAMA3
     ref = transformers.AutoTokenizer.from_pretrained(str(out))
-    for turns in CONVERSATIONS:
+    for turns in MIXED:
         assert _templated(ref, turns) == tok.encode_prompt(turns)
 
 
