@@ -5,7 +5,9 @@
 
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
 shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
-their stored dtype unless `--dtype` says otherwise. The work is `lima_jax.weights.convert.convert`.
+their stored dtype unless `--dtype` says otherwise. A fine-tuned run exported to Hugging Face keeps
+its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). The work is
+`lima_jax.weights.convert.convert`.
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
 shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
-their stored dtype unless `--dtype` says otherwise. Outputs may go to `gs://`; of the inputs, a
-lima_jax checkpoint may be there (the other formats are memory-mapped from local files).
+their stored dtype unless `--dtype` says otherwise. A fine-tuned run exported to Hugging Face keeps
+its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). Outputs may go to
+`gs://`; of the inputs, a lima_jax checkpoint may be there (the other formats are memory-mapped from local files).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from lima_jax.data.tokenizer import of_model
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, is_cloud, user_path
@@ -104,5 +106,8 @@ def convert(
         params = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), params)
     logging.info("read %s (%s): %d layers, dim %d, vocab %d", src, fmt, cfg.num_layers, cfg.dim, cfg.vocab_size)
     if output_format == "hf":
-        return hf.write(out, params, cfg, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+        run = checkpoint.run_info(src) if fmt == "orbax" else {}  # a fine-tuned run's EOT and chat format
+        chat, eot_id = of_model(tokenizer, cfg.used_vocab_size, run) if tokenizer is not None else (None, run.get("eot_id"))
+        return hf.write(out, params, cfg, tokenizer=chat, eot_id=eot_id, max_shard_bytes=max_shard_bytes,
+                        overwrite=overwrite)
     return checkpoint.save(out, params, cfg, tokenizer=tokenizer, overwrite=overwrite)

@@ -15,10 +15,11 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save, save_file
 
-from lima_jax.data import text_tokenizers
+from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
-from lima_jax.storage.paths import Path, copy_file, is_cloud, user_path
+from lima_jax.storage.paths import Path, is_cloud, user_path
+from lima_jax.weights import hf_chat
 from lima_jax.weights.names import params_to_hf
 
 CONFIG = "config.json"
@@ -122,11 +123,13 @@ def write(
     params: dict,
     cfg: ModelConfig,
     *,
-    tokenizer: str | os.PathLike | None = None,
+    tokenizer: ChatTokenizer | None = None,
+    eot_id: int | None = None,
     max_shard_bytes: int = 5 * 2**30,
     overwrite: bool = False,
 ) -> Path:
-    """Writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
+    """Writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the
+    tokenizer, chat template and stop tokens of a model fine-tuned with EOT `eot_id` (`hf_chat`)."""
     folder = user_path(path)
     if folder.exists():
         if not overwrite:
@@ -161,8 +164,9 @@ def write(
     if n > 1:
         (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (folder / CONFIG).write_text(json.dumps(config_to_hf(cfg, dtype or "float32"), indent=2))
+    (folder / hf_chat.GENERATION_CONFIG).write_text(json.dumps(hf_chat.generation_config(cfg, eot_id), indent=2))
     if tokenizer is not None:
-        _write_tokenizer(folder, tokenizer, cfg)
+        hf_chat.write_tokenizer(folder, tokenizer, eot_id, cfg)
     return folder
 
 
@@ -173,27 +177,3 @@ def _flush(folder: Path, shard: dict[str, np.ndarray], i: int) -> tuple[str, lis
     else:
         save_file(shard, str(folder / name), metadata={"format": "pt"})
     return name, list(shard), sum(t.nbytes for t in shard.values())
-
-
-def _write_tokenizer(folder: Path, tokenizer: str | os.PathLike, cfg: ModelConfig) -> None:
-    """An HF tokenizer's files as they are; a sentencepiece model plus the config that tells
-    transformers how to load it."""
-    files = text_tokenizers.files_of(tokenizer)
-    if text_tokenizers.HF_FILE in files:
-        text_tokenizers.copy_files(tokenizer, folder)
-        return
-    copy_file(files[text_tokenizers.MODEL_FILE], folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "LlamaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "add_bos_token": True,
-                "add_eos_token": False,
-                "model_max_length": cfg.max_len,
-            },
-            indent=2,
-        )
-    )
