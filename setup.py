@@ -31,6 +31,8 @@ setup(
         "absl-py>=2.1.0",
         "ml-collections>=1.0.0",
         "safetensors>=0.4.3",
+        # GGUF files (llama.cpp, Ollama) in and out: its reader, writer and dequantizers (lima_jax.weights.gguf).
+        "gguf==0.19.0",
         "numpy>=1.26",
         "ml_dtypes>=0.5.0",
         "tqdm>=4.66",
