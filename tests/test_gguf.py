@@ -139,3 +139,85 @@ def test_quantized_gguf_imports_to_what_gguf_dequantizes(tmp_path):
             bound = np.abs(w).max(-1, keepdims=True) * ((0.5 / 127 if qtype == Q.Q8_0 else 1 / 8) + 2**-11)
             assert (np.abs(held[name].reshape(-1, 32) - w) <= bound).all(), name
     check_import(tmp_path / "m.gguf", tmp_path, held, WIDE, atol=1e-3)  # logits of up to ~5 over dim 256
+
+
+LIMA = CFG.replace(vocab_size=32001)  # LLaMA's 32000 pieces and LIMA's new end-of-turn token
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory):
+    """A checkpoint shaped like a LIMA fine-tune of LLaMA (a row for the new EOT), and its GGUF export."""
+    tmp = tmp_path_factory.mktemp("lima")
+    model = random_hf_model(LIMA, seed=3)
+    model.save_pretrained(tmp / "hf")
+    ckpt = convert(tmp / "hf", tmp / "ckpt", tokenizer=require(LLAMA_TOKENIZER))
+    return model, ckpt, convert(ckpt, tmp / "lima.gguf", output_format="gguf")
+
+
+def test_export_reads_back_with_the_gguf_reader(fine_tuned):
+    model, _, out = fine_tuned
+    reader = gguf.GGUFReader(out)
+    meta = {f.name: f.contents() for f in reader.fields.values()}
+    expected = {
+        "general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": 64,
+        "llama.feed_forward_length": 96, "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+        "llama.context_length": 64, "llama.rope.dimension_count": 16, "llama.vocab_size": 32001,
+        "llama.rope.freq_base": 10000.0, "general.file_type": int(gguf.LlamaFileType.ALL_F32),
+        "tokenizer.ggml.model": "llama", "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.eot_token_id": 32000,
+        "tokenizer.ggml.add_bos_token": True,
+    }
+    assert {k: meta.get(k) for k in expected} == expected
+    assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
+
+    sp = text_tokenizers.load(require(LLAMA_TOKENIZER)).sp
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    assert len(tokens) == len(types) == len(meta["tokenizer.ggml.scores"]) == 32001
+    assert tokens[:32000] == [sp.id_to_piece(i) for i in range(32000)]
+    assert (tokens[32000], types[32000], types[1], types[0], types[100], types[1000]) == (NEW_EOT, 3, 3, 2, 6, 1)
+    rendered = jinja2.Template(meta["tokenizer.chat_template"]).render(
+        messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], bos_token="<s>")
+    assert rendered == f"<s>Hi{NEW_EOT}Hello{NEW_EOT}"
+
+    state = hf_state(model)
+    tensors = {t.name: t for t in reader.tensors}
+    assert set(tensors) == {gguf_name(k) for k in state}
+    for name, w in state.items():
+        t = tensors[gguf_name(name)]
+        assert tuple(reversed(t.shape.tolist())) == w.shape and t.tensor_type == Q.F32, name
+    np.testing.assert_array_equal(tensors["blk.1.attn_k.weight"].data, llama_cpp_permute(state["model.layers.1.self_attn.k_proj.weight"], 2))
+    np.testing.assert_array_equal(tensors["blk.0.attn_q.weight"].data, llama_cpp_permute(state["model.layers.0.self_attn.q_proj.weight"], 4))
+    np.testing.assert_array_equal(tensors["output.weight"].data, state["lm_head.weight"])
+
+
+def test_export_then_import_gives_the_same_model_and_tokenizer(fine_tuned, tmp_path):
+    _, ckpt, out = fine_tuned
+    back = convert(out, tmp_path / "back")
+    cfg, params = checkpoint.load_params(ckpt)
+    got_cfg, got = checkpoint.load_params(back)
+    assert got_cfg == cfg
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    tokens = np.random.default_rng(2).integers(0, LIMA.vocab_size, (2, 9))
+    np.testing.assert_array_equal(np.asarray(model_from_params(got_cfg, got)(tokens)),
+                                  np.asarray(model_from_params(cfg, params)(tokens)))
+    # The rebuilt sentencepiece model reads as a LIMA fine-tune's: 32000 pieces, EOT the row past them.
+    original, rebuilt = ChatTokenizer(require(LLAMA_TOKENIZER)), ChatTokenizer(checkpoint.tokenizer_path(back))
+    assert (rebuilt.num_pieces, rebuilt.eot_id, rebuilt.bos_id, rebuilt.eos_id) == (32000, 32000, 1, 2)
+    for text in ["Hello world!", "  two  spaces, tabs\tand\nnewlines", "ünïcödé 日本語 🙂", "3.14159 <s> </s>"]:
+        assert rebuilt.encode_text(text) == original.encode_text(text), text
+        assert rebuilt.text.decode(original.encode_text(text)) == original.text.decode(original.encode_text(text))
+
+
+@pytest.mark.parametrize("dtype, qtype", [("float16", Q.F16), ("bfloat16", Q.BF16)])
+def test_half_precision_export_keeps_its_bits(fine_tuned, tmp_path, dtype, qtype):
+    _, ckpt, _ = fine_tuned
+    out = convert(ckpt, tmp_path / "half.gguf", output_format="gguf", dtype=dtype)
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
+    assert {n for n, t in types.items() if t == Q.F32} == {n for n in types if "norm" in n}  # llama.cpp keeps norms F32
+    assert {t for n, t in types.items() if "norm" not in n} == {qtype}
+    _, params = checkpoint.load_params(ckpt)
+    back = convert(out, tmp_path / "back")
+    assert {str(d) for d in jax.tree.leaves(checkpoint.stored_dtypes(back))} == {dtype}  # norms narrowed back, exactly
+    for a, b in zip(jax.tree.leaves(checkpoint.load_params(back)[1]), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(dtype).astype(np.float32))

@@ -84,17 +84,18 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
         else:
             raise LimaError(f"{path}: unknown tensor name {name}")
     cfg = config_from_gguf(reader, tensors, str(path))
-    # Stored dtypes are kept when every matrix has the same float type (norms are F32 in any file);
-    # quantized or mixed files come out float32 throughout, so each layer stack has one dtype.
+    # One dtype for every tensor: the matrices' when they share a float type (llama.cpp stores norms as
+    # F32 whatever the rest, widened exactly from it), else float32 (quantized or mixed files).
     kinds = _gguf().GGMLQuantizationType
     matrix_types = {t.tensor_type for t in tensors.values() if len(t.shape) > 1}
-    keep = len(matrix_types) == 1 and matrix_types <= {kinds.F32, kinds.F16, kinds.BF16}
+    floats = {kinds.F32: np.float32, kinds.F16: np.float16, kinds.BF16: ml_dtypes.bfloat16}
+    dtype = floats[next(iter(matrix_types))] if len(matrix_types) == 1 and matrix_types <= set(floats) else np.float32
 
     def get(hf_name: str) -> np.ndarray:
         if hf_name not in names:
             raise LimaError(f"{path}: no tensor {hf_name}")
         w = _tensor(tensors[names[hf_name]], str(path))
-        w = w if keep else w.astype(np.float32)
+        w = w.astype(dtype, copy=False)
         # llama.cpp interleaves rotary pairs (0,1), (2,3), ...; our model uses rotate-half order.
         if hf_name.endswith("q_proj.weight"):
             return interleaved_to_rotate_half(w, cfg.num_heads)
@@ -166,16 +167,23 @@ def _float32(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def _to_gguf(hf_name: str, w: np.ndarray, cfg: ModelConfig) -> tuple[str, np.ndarray]:
-    """A Hugging Face tensor under its GGUF name, q/k rows interleaved as llama.cpp's rotary reads them."""
+def _to_gguf(hf_name: str, w: np.ndarray, cfg: ModelConfig) -> tuple[str, np.ndarray, Any]:
+    """A Hugging Face tensor as written: its GGUF name, its data (q/k rows interleaved as llama.cpp's
+    rotary reads them; norms F32, as llama.cpp keeps them in any file) and its GGML type when numpy
+    cannot say it (BF16, written as its uint16 bits)."""
     if hf_name in _TOP:
-        return _TOP[hf_name], w
-    i, suffix = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name).groups()
-    if suffix in ("self_attn.q_proj.weight", "self_attn.k_proj.weight"):
-        heads = cfg.num_heads if suffix.startswith("self_attn.q") else cfg.num_kv_heads
-        dh = w.shape[0] // heads
-        w = np.ascontiguousarray(w.reshape(heads, 2, dh // 2, -1).swapaxes(1, 2).reshape(w.shape))
-    return f"blk.{i}.{_LAYER[suffix]}", w
+        name = _TOP[hf_name]
+    else:
+        i, suffix = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name).groups()
+        name = f"blk.{i}.{_LAYER[suffix]}"
+        if suffix in ("self_attn.q_proj.weight", "self_attn.k_proj.weight"):
+            heads = cfg.num_heads if suffix.startswith("self_attn.q") else cfg.num_kv_heads
+            w = np.ascontiguousarray(w.reshape(heads, 2, w.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(w.shape))
+    if w.ndim == 1:
+        return name, w.astype(np.float32), None
+    if w.dtype == ml_dtypes.bfloat16:
+        return name, w.view(np.uint16), _gguf().GGMLQuantizationType.BF16
+    return name, w, None
 
 
 def write(
@@ -227,16 +235,14 @@ def write(
     writer.add_layer_norm_rms_eps(cfg.norm_eps)
     gguf_vocab.add(writer, tokenizer, cfg, eot_id=eot_id, chat_format=chat_format)
 
-    raw = gguf.GGMLQuantizationType.BF16 if dtype == "bfloat16" else None
     for hf_name, w in params_to_hf(params, cfg):  # the table first, then the data, one tensor at a time
-        name, w = _to_gguf(hf_name, w, cfg)
-        writer.add_tensor_info(name, w.shape, np.dtype(np.uint16) if raw else w.dtype, w.nbytes, raw_dtype=raw)
+        name, w, raw = _to_gguf(hf_name, w, cfg)
+        writer.add_tensor_info(name, w.shape, w.dtype, w.nbytes, raw_dtype=raw)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for hf_name, w in params_to_hf(params, cfg):
-        w = _to_gguf(hf_name, w, cfg)[1]
-        writer.write_tensor_data(w.view(np.uint16) if raw else w)
+        writer.write_tensor_data(_to_gguf(hf_name, w, cfg)[1])
     writer.close()
     return out
 
