@@ -2,6 +2,8 @@
 convert_hf_to_gguf lays them out) import to transformers' logits, quantized tensors to exactly what
 `gguf` dequantizes; our export reads back with `gguf.GGUFReader` with the tensors, metadata,
 tokenizer and EOT llama.cpp expects, and imports again to the same logits."""
+import json
+
 import gguf
 import jax
 import jinja2
@@ -60,17 +62,15 @@ def write_gguf(path, state: dict, cfg: ModelConfig, types: list | None = None, s
     returns the Hugging Face state the file holds once dequantized, and each tensor's type."""
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(cfg.max_len)
-    writer.add_embedding_length(cfg.dim)
-    writer.add_block_count(cfg.num_layers)
-    writer.add_feed_forward_length(cfg.ffn_dim)
-    writer.add_head_count(cfg.num_heads)
-    writer.add_head_count_kv(cfg.num_kv_heads)
-    writer.add_rope_dimension_count(cfg.resolved_head_dim)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_layer_norm_rms_eps(cfg.norm_eps)
-    writer.add_bos_token_id(cfg.bos_id)
-    writer.add_eos_token_id(cfg.eos_id)
+    # The keys spelled out as llama.cpp reads them (llama-arch.cpp), not through the writer's helpers.
+    for key, value in {"llama.context_length": cfg.max_len, "llama.embedding_length": cfg.dim,
+                       "llama.block_count": cfg.num_layers, "llama.feed_forward_length": cfg.ffn_dim,
+                       "llama.attention.head_count": cfg.num_heads, "llama.attention.head_count_kv": cfg.num_kv_heads,
+                       "llama.rope.dimension_count": cfg.resolved_head_dim, "tokenizer.ggml.bos_token_id": cfg.bos_id,
+                       "tokenizer.ggml.eos_token_id": cfg.eos_id}.items():
+        writer.add_uint32(key, value)
+    writer.add_float32("llama.rope.freq_base", cfg.rope_theta)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", cfg.norm_eps)
     held, written, n = {}, {}, 0
     for name, w in state.items():
         if name.endswith("q_proj.weight"):
@@ -221,3 +221,69 @@ def test_half_precision_export_keeps_its_bits(fine_tuned, tmp_path, dtype, qtype
     assert {str(d) for d in jax.tree.leaves(checkpoint.stored_dtypes(back))} == {dtype}  # norms narrowed back, exactly
     for a, b in zip(jax.tree.leaves(checkpoint.load_params(back)[1]), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(dtype).astype(np.float32))
+
+
+def byte_level_bpe(folder) -> None:
+    """A small Llama 3-style tokenizer.json (byte-level BPE split by Llama 3's pattern) with its config."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(text_tokenizers.LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = ["The quick brown fox jumps over the lazy dog.", "Hello, world! 12345 naïve café", "def f(x):\n    return x * 2\n"]
+    tok.train_from_iterator(text * 20, trainer)
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        '{"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "chat_template": "{{ bos_token }}{% for m in messages %}{{ m.content }}<|eot_id|>{% endfor %}"}')
+
+
+def test_byte_level_bpe_tokenizer_round_trips(tmp_path):
+    """tokenizer.ggml.model=gpt2: tokens, merges and the named pre-tokenizer out, a tokenizer.json back
+    that encodes as the original; a reused EOT (`<|eot_id|>`) and the tokenizer's own chat template."""
+    from lima_jax.weights import gguf as gguf_format
+
+    byte_level_bpe(tmp_path / "tok")
+    original = text_tokenizers.load(tmp_path / "tok")
+    cfg = CFG.replace(vocab_size=original.num_ids)
+    state = hf_state(random_hf_model(cfg, seed=4))
+    params = params_from_hf(list(state), state.__getitem__, cfg, source="hf")
+    eot = original.token_id("<|eot_id|>")
+    out = gguf_format.write(tmp_path / "m.gguf", params, cfg, tokenizer=tmp_path / "tok", eot_id=eot, chat_format="template")
+    meta = {f.name: f.contents() for f in gguf.GGUFReader(out).fields.values()}
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"], meta["tokenizer.ggml.eot_token_id"]) == ("gpt2", "llama-bpe", eot)
+    assert meta["tokenizer.ggml.tokens"][:3] == ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    assert meta["tokenizer.ggml.token_type"][:4] == [3, 3, 3, 1]
+    merges = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["merges"]
+    assert meta["tokenizer.ggml.merges"] == [" ".join(m) for m in merges] and len(merges) > 50
+    assert meta["tokenizer.chat_template"] == original.chat_template
+
+    back = convert(out, tmp_path / "back")
+    rebuilt = text_tokenizers.load(checkpoint.tokenizer_path(back))
+    assert (rebuilt.num_ids, rebuilt.bos_id, rebuilt.eos_id, rebuilt.chat_template) == (
+        original.num_ids, original.bos_id, original.eos_id, original.chat_template)
+    for text in ["The lazy fox, 2024!", "naïve  café\n\tdef g(y): return y", "unseen: жук 🙂 <|eot_id|>"]:
+        assert rebuilt.encode(text) == original.encode(text), text
+        assert rebuilt.decode(original.encode(text)) == text
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
+    (tmp_path / "not.gguf").write_bytes(b"GGML" + bytes(64))
+    with pytest.raises(LimaError, match=r"not\.gguf: not a GGUF file"):
+        convert(tmp_path / "not.gguf", tmp_path / "out")
+    state = hf_state(random_hf_model(CFG))
+    writer = gguf.GGUFWriter(str(tmp_path / "qwen.gguf"), "qwen2")
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    with pytest.raises(LimaError, match=r"qwen\.gguf: general\.architecture 'qwen2' is not supported"):
+        convert(tmp_path / "qwen.gguf", tmp_path / "out")
+    write_gguf(tmp_path / "m.gguf", {**state, "model.layers.0.self_attn.q_proj.weight": state["model.layers.0.self_attn.q_proj.weight"][:32]}, CFG)
+    with pytest.raises(LimaError, match=r"tensor model\.layers\.0\.self_attn\.q_proj\.weight: expected shape \(64, 64\), found \(32, 64\)"):
+        convert(tmp_path / "m.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -214,25 +214,22 @@ def write(
                           chat_format=chat_format)
             copy_file(local, out)
         return out
-    if out.exists():
-        out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(os.fspath(out), ARCH)
+    partial = out.parent / (out.name + ".partial")  # renamed once complete: no half-written model under the name
+    writer = gguf.GGUFWriter(os.fspath(partial), ARCH)
     writer.add_name(out.stem)
     writer.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
                           "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
-    writer.add_vocab_size(cfg.used_vocab_size)
-    writer.add_context_length(cfg.max_len)
-    writer.add_embedding_length(cfg.dim)
-    writer.add_block_count(cfg.num_layers)
-    writer.add_feed_forward_length(cfg.ffn_dim)
-    writer.add_head_count(cfg.num_heads)
-    writer.add_head_count_kv(cfg.num_kv_heads)
-    writer.add_key_length(cfg.resolved_head_dim)
-    writer.add_value_length(cfg.resolved_head_dim)
-    writer.add_rope_dimension_count(cfg.resolved_head_dim)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    hd = cfg.resolved_head_dim
+    for add, value in (
+        (writer.add_vocab_size, cfg.used_vocab_size), (writer.add_context_length, cfg.max_len),
+        (writer.add_embedding_length, cfg.dim), (writer.add_block_count, cfg.num_layers),
+        (writer.add_feed_forward_length, cfg.ffn_dim), (writer.add_head_count, cfg.num_heads),
+        (writer.add_head_count_kv, cfg.num_kv_heads), (writer.add_key_length, hd), (writer.add_value_length, hd),
+        (writer.add_rope_dimension_count, hd), (writer.add_rope_freq_base, cfg.rope_theta),
+        (writer.add_layer_norm_rms_eps, cfg.norm_eps),
+    ):
+        add(value)
     gguf_vocab.add(writer, tokenizer, cfg, eot_id=eot_id, chat_format=chat_format)
 
     for hf_name, w in params_to_hf(params, cfg):  # the table first, then the data, one tensor at a time
@@ -244,6 +241,7 @@ def write(
     for hf_name, w in params_to_hf(params, cfg):
         writer.write_tensor_data(_to_gguf(hf_name, w, cfg)[1])
     writer.close()
+    partial.rename(out)
     return out
 
 
