@@ -190,6 +190,21 @@ def test_export_reads_back_with_the_gguf_reader(fine_tuned):
     np.testing.assert_array_equal(tensors["output.weight"].data, state["lm_head.weight"])
 
 
+def test_export_loads_in_transformers_gguf_loader(fine_tuned):
+    """transformers reads GGUF by llama.cpp's conventions on its own (names, q/k permutation, metadata,
+    the sentencepiece vocabulary): our export must load there to the fine-tune's logits and tokens."""
+    pytest.importorskip("accelerate", reason="transformers loads GGUF files through accelerate")
+    model, _, out = fine_tuned
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32).eval()
+    tokens = np.random.default_rng(5).integers(0, LIMA.vocab_size, (2, 9))
+    np.testing.assert_allclose(hf_logits(loaded, tokens), hf_logits(model, tokens), atol=1e-5, rtol=0)
+    tok = transformers.AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    original = text_tokenizers.load(require(LLAMA_TOKENIZER))
+    assert (tok.bos_token_id, tok.eos_token_id, tok.convert_ids_to_tokens(32000)) == (1, 2, NEW_EOT)
+    for text in ["Hello world!", "ünïcödé 日本語 🙂 tabs\tand\nnewlines"]:
+        assert tok(text, add_special_tokens=False).input_ids == original.encode(text), text
+
+
 def test_export_then_import_gives_the_same_model_and_tokenizer(fine_tuned, tmp_path):
     _, ckpt, out = fine_tuned
     back = convert(out, tmp_path / "back")

@@ -241,7 +241,7 @@ def write(
     for hf_name, w in params_to_hf(params, cfg):
         writer.write_tensor_data(_to_gguf(hf_name, w, cfg)[1])
     writer.close()
-    partial.rename(out)
+    os.replace(partial, out)  # over an existing file only with --overwrite (checked above)
     return out
 
 
