@@ -57,7 +57,26 @@ def random_k_blocks(w: np.ndarray, qtype, rng) -> np.ndarray:
     return raw.reshape(w.shape[0], -1)
 
 
-def write_gguf(path, state: dict, cfg: ModelConfig, types: list | None = None, seed: int = 0) -> tuple[dict, dict]:
+def add_llama_cpp_vocab(writer, model_file) -> None:
+    """A sentencepiece vocabulary as convert_hf_to_gguf's `_set_vocab_sentencepiece` stores it."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    n = sp.vocab_size()
+    kinds = [gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
+             else gguf.TokenType.UNUSED if sp.is_unused(i) else gguf.TokenType.BYTE if sp.is_byte(i)
+             else gguf.TokenType.NORMAL for i in range(n)]
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([sp.id_to_piece(i).encode() for i in range(n)])
+    writer.add_token_scores([sp.get_score(i) for i in range(n)])
+    writer.add_token_types(kinds)
+    writer.add_unk_token_id(sp.unk_id())
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+
+
+def write_gguf(path, state: dict, cfg: ModelConfig, types: list | None = None, seed: int = 0, vocab=None) -> tuple[dict, dict]:
     """Writes `state` as llama.cpp's converter does (matrices cycling through `types`, norms F32);
     returns the Hugging Face state the file holds once dequantized, and each tensor's type."""
     rng = np.random.default_rng(seed)
@@ -71,6 +90,8 @@ def write_gguf(path, state: dict, cfg: ModelConfig, types: list | None = None, s
         writer.add_uint32(key, value)
     writer.add_float32("llama.rope.freq_base", cfg.rope_theta)
     writer.add_float32("llama.attention.layer_norm_rms_epsilon", cfg.norm_eps)
+    if vocab is not None:
+        add_llama_cpp_vocab(writer, vocab)
     held, written, n = {}, {}, 0
     for name, w in state.items():
         if name.endswith("q_proj.weight"):
@@ -116,11 +137,18 @@ def check_import(path, tmp_path, held: dict, cfg: ModelConfig, atol: float) -> N
     np.testing.assert_allclose(ours, hf_logits(hf_model_with(held, cfg), tokens), atol=atol, rtol=0)
 
 
-def test_f32_gguf_imports_to_transformers_logits(tmp_path):
-    state = hf_state(random_hf_model(CFG))
-    held, _ = write_gguf(tmp_path / "m.gguf", state, CFG)
+def test_f32_gguf_imports_to_transformers_logits_and_its_tokenizer(tmp_path):
+    cfg = CFG.replace(vocab_size=32000)
+    state = hf_state(random_hf_model(cfg))
+    held, _ = write_gguf(tmp_path / "m.gguf", state, cfg, vocab=require(LLAMA_TOKENIZER))
     assert all(np.array_equal(held[k], state[k]) for k in state)  # F32: what is held is the model itself
-    check_import(tmp_path / "m.gguf", tmp_path, held, CFG, atol=1e-4)
+    check_import(tmp_path / "m.gguf", tmp_path, held, cfg, atol=1e-4)
+    original = text_tokenizers.load(require(LLAMA_TOKENIZER))
+    rebuilt = text_tokenizers.load(checkpoint.tokenizer_path(tmp_path / "ckpt"))
+    assert (rebuilt.kind, rebuilt.num_ids, rebuilt.bos_id, rebuilt.eos_id) == ("sentencepiece", 32000, 1, 2)
+    for text in ["Hello world!", "  two  spaces, tabs\tand\nnewlines", "ünïcödé 日本語 🙂", "3.14159 <s> </s>"]:
+        assert rebuilt.encode(text) == original.encode(text), text
+        assert rebuilt.decode(original.encode(text)) == original.decode(original.encode(text))
 
 
 def test_quantized_gguf_imports_to_what_gguf_dequantizes(tmp_path):
@@ -142,16 +170,28 @@ def test_quantized_gguf_imports_to_what_gguf_dequantizes(tmp_path):
 
 
 LIMA = CFG.replace(vocab_size=32001)  # LLaMA's 32000 pieces and LIMA's new end-of-turn token
+PADDED = LIMA.replace(vocab_size=32008, vocab_padding=7)  # as a training run pads it for sharding
 
 
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory):
-    """A checkpoint shaped like a LIMA fine-tune of LLaMA (a row for the new EOT), and its GGUF export."""
+    """A checkpoint shaped like a LIMA fine-tune of LLaMA (a row for the new EOT, padding rows past
+    it), the transformers model of its real rows, and its GGUF export."""
     tmp = tmp_path_factory.mktemp("lima")
     model = random_hf_model(LIMA, seed=3)
-    model.save_pretrained(tmp / "hf")
-    ckpt = convert(tmp / "hf", tmp / "ckpt", tokenizer=require(LLAMA_TOKENIZER))
+    state = hf_state(model)
+    params = params_from_hf(list(state), state.__getitem__, LIMA, source="hf")
+    rng = np.random.default_rng(3)
+    params["embed"] = np.concatenate([params["embed"], rng.standard_normal((7, LIMA.dim), np.float32)])
+    params["lm_head"] = np.concatenate([params["lm_head"], rng.standard_normal((LIMA.dim, 7), np.float32)], axis=1)
+    ckpt = checkpoint.save(tmp / "ckpt", params, PADDED, tokenizer=require(LLAMA_TOKENIZER))
     return model, ckpt, convert(ckpt, tmp / "lima.gguf", output_format="gguf")
+
+
+def real_rows(params: dict) -> dict:
+    """A padded checkpoint's parameters without the padding rows, as every export writes them."""
+    used = PADDED.used_vocab_size
+    return {**params, "embed": params["embed"][:used], "lm_head": params["lm_head"][:, :used]}
 
 
 def test_export_reads_back_with_the_gguf_reader(fine_tuned):
@@ -210,12 +250,12 @@ def test_export_then_import_gives_the_same_model_and_tokenizer(fine_tuned, tmp_p
     back = convert(out, tmp_path / "back")
     cfg, params = checkpoint.load_params(ckpt)
     got_cfg, got = checkpoint.load_params(back)
-    assert got_cfg == cfg
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
+    assert got_cfg == LIMA  # the padding rows stay behind
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(real_rows(params))):
         np.testing.assert_array_equal(a, b)
     tokens = np.random.default_rng(2).integers(0, LIMA.vocab_size, (2, 9))
-    np.testing.assert_array_equal(np.asarray(model_from_params(got_cfg, got)(tokens)),
-                                  np.asarray(model_from_params(cfg, params)(tokens)))
+    np.testing.assert_allclose(np.asarray(model_from_params(got_cfg, got)(tokens)),
+                               np.asarray(model_from_params(cfg, params)(tokens))[..., : LIMA.vocab_size], atol=1e-6, rtol=0)
     # The rebuilt sentencepiece model reads as a LIMA fine-tune's: 32000 pieces, EOT the row past them.
     original, rebuilt = ChatTokenizer(require(LLAMA_TOKENIZER)), ChatTokenizer(checkpoint.tokenizer_path(back))
     assert (rebuilt.num_pieces, rebuilt.eot_id, rebuilt.bos_id, rebuilt.eos_id) == (32000, 32000, 1, 2)
@@ -234,7 +274,7 @@ def test_half_precision_export_keeps_its_bits(fine_tuned, tmp_path, dtype, qtype
     _, params = checkpoint.load_params(ckpt)
     back = convert(out, tmp_path / "back")
     assert {str(d) for d in jax.tree.leaves(checkpoint.stored_dtypes(back))} == {dtype}  # norms narrowed back, exactly
-    for a, b in zip(jax.tree.leaves(checkpoint.load_params(back)[1]), jax.tree.leaves(params)):
+    for a, b in zip(jax.tree.leaves(checkpoint.load_params(back)[1]), jax.tree.leaves(real_rows(params))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(dtype).astype(np.float32))
 
 

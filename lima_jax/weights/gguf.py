@@ -9,6 +9,7 @@ quantized types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K) are dequantized to fl
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -62,8 +63,15 @@ def open_reader(path: str | os.PathLike) -> Any:
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise LimaError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
+    return _parsed(os.fspath(path), os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed(path: str, mtime_ns: int) -> Any:
+    """The reader parses every vocabulary string into its own array (seconds for 32k tokens): a
+    conversion reads the tokenizer and the weights from one parse."""
     try:
-        return _gguf().GGUFReader(os.fspath(path))
+        return _gguf().GGUFReader(path)
     except (ValueError, KeyError, IndexError) as e:
         raise LimaError(f"{path}: cannot read this GGUF file ({e})") from None
 
