@@ -3,6 +3,8 @@ convert_hf_to_gguf lays them out) import to transformers' logits, quantized tens
 `gguf` dequantizes; our export reads back with `gguf.GGUFReader` with the tensors, metadata,
 tokenizer and EOT llama.cpp expects, and imports again to the same logits."""
 import json
+import subprocess
+import sys
 
 import gguf
 import jax
@@ -342,3 +344,12 @@ def test_bad_files_are_one_line_errors(tmp_path):
     with pytest.raises(LimaError, match=r"tensor model\.layers\.0\.self_attn\.q_proj\.weight: expected shape \(64, 64\), found \(32, 64\)"):
         convert(tmp_path / "m.gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+    write_gguf(tmp_path / "plain.gguf", state, CFG)  # no vocabulary in the file: the checkpoint has no tokenizer
+    ckpt = convert(tmp_path / "plain.gguf", tmp_path / "ckpt")
+    assert checkpoint.tokenizer_path(ckpt) is None
+    r = subprocess.run([sys.executable, "-m", "lima_jax.convert", f"--input={ckpt}", "--output_format=gguf",
+                        f"--output={tmp_path}/x.gguf"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "error: --output_format=gguf needs the tokenizer (llama.cpp reads it from the file): pass --tokenizer")
+    assert not list(tmp_path.glob("x.gguf*"))

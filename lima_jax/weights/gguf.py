@@ -79,6 +79,8 @@ def _parsed(path: str, mtime_ns: int) -> Any:
 def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str], np.ndarray]]:
     """The architecture, the Hugging Face names of the tensors held, and `get(name)` for one."""
     reader = open_reader(path)
+    if int(field(reader, "split.count", 1)) > 1:
+        raise LimaError(f"{path}: one part of a split GGUF; merge the parts first (llama-gguf-split --merge)")
     tensors = {t.name: t for t in reader.tensors}
     if "rope_freqs.weight" in tensors:  # Llama 3.1's rotary frequency factors
         raise LimaError(f"{path}: tensor rope_freqs.weight (Llama 3.1+ rotary scaling) is not supported")

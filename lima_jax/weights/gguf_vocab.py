@@ -22,7 +22,7 @@ from lima_jax.storage.paths import Path
 # gguf.TokenType and sentencepiece's ModelProto.SentencePiece.Type share their numbers.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # llama.cpp's names for byte-level BPE pre-tokenizers (llama-vocab.cpp) -> the split pattern.
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"  # tokenizers' ByteLevel
 QWEN2_PATTERN = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -126,7 +126,8 @@ def _bpe_vocab(tok: Any, source: str | os.PathLike) -> tuple[list[str], list[int
                         f"({', '.join(PRE_PATTERNS)})")
     special = {t.content for t in tok.tok.get_added_tokens_decoder().values() if t.special}
     tokens = [tok.tok.id_to_token(i) or f"[PAD{i}]" for i in range(tok.num_ids)]
-    types = [CONTROL if t in special else USER_DEFINED if t not in model["vocab"] else NORMAL for t in tokens]
+    types = [CONTROL if t in special else NORMAL if t in model["vocab"] else UNUSED if t == f"[PAD{i}]" else USER_DEFINED
+             for i, t in enumerate(tokens)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return tokens, types, merges, names[0]
 
