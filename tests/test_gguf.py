@@ -280,8 +280,8 @@ def test_half_precision_export_keeps_its_bits(fine_tuned, tmp_path, dtype, qtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(dtype).astype(np.float32))
 
 
-def byte_level_bpe(folder) -> None:
-    """A small Llama 3-style tokenizer.json (byte-level BPE split by Llama 3's pattern) with its config."""
+def trained_bpe(specials: list[str]):
+    """A small Llama 3-style byte-level BPE (split by Llama 3's pattern), trained here."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
@@ -290,11 +290,16 @@ def byte_level_bpe(folder) -> None:
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     text = ["The quick brown fox jumps over the lazy dog.", "Hello, world! 12345 naïve café", "def f(x):\n    return x * 2\n"]
     tok.train_from_iterator(text * 20, trainer)
+    return tok
+
+
+def byte_level_bpe(folder) -> None:
+    """A tokenizer.json folder with its config: BOS, EOS, Llama 3's <|eot_id|> and a chat template."""
+    tok = trained_bpe(["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
     folder.mkdir()
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(
@@ -325,6 +330,44 @@ def test_byte_level_bpe_tokenizer_round_trips(tmp_path):
     rebuilt = text_tokenizers.load(checkpoint.tokenizer_path(back))
     assert (rebuilt.num_ids, rebuilt.bos_id, rebuilt.eos_id, rebuilt.chat_template) == (
         original.num_ids, original.bos_id, original.eos_id, original.chat_template)
+    for text in ["The lazy fox, 2024!", "naïve  café\n\tdef g(y): return y", "unseen: жук 🙂 <|eot_id|>"]:
+        assert rebuilt.encode(text) == original.encode(text), text
+        assert rebuilt.decode(original.encode(text)) == text
+
+
+def test_llama3_tiktoken_tokenizer_exports_as_byte_level_bpe(tmp_path, monkeypatch):
+    """Meta's tiktoken file: its ranks written as tokens and the merges they imply (the merges
+    transformers' TikTokenConverter derives), Meta's special tokens as control tokens past them."""
+    import base64
+
+    from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
+
+    from lima_jax.weights import gguf as gguf_format
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken caches files by path name: read this one
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    vocab = trained_bpe([]).get_vocab()
+    path = tmp_path / "tokenizer.model"
+    path.write_text("".join(f"{base64.b64encode(bytes(to_byte[c] for c in t)).decode()} {r}\n"
+                            for t, r in sorted(vocab.items(), key=lambda kv: kv[1])))
+    original = text_tokenizers.load(path)
+    assert original.kind == "tiktoken"
+    cfg = CFG.replace(vocab_size=original.num_ids)
+    state = hf_state(random_hf_model(cfg, seed=6))
+    eot = original.token_id("<|eot_id|>")
+    out = gguf_format.write(tmp_path / "m.gguf", params_from_hf(list(state), state.__getitem__, cfg, source="hf"), cfg,
+                            tokenizer=path, eot_id=eot)
+    meta = {f.name: f.contents() for f in gguf.GGUFReader(out).fields.values()}
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"], meta["tokenizer.ggml.eot_token_id"]) == ("gpt2", "llama-bpe", eot)
+    assert (meta["tokenizer.ggml.tokens"][eot], meta["tokenizer.ggml.token_type"][eot]) == ("<|eot_id|>", 3)
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (original.bos_id, original.eos_id)
+    reference = json.loads(TikTokenConverter(vocab_file=str(path)).converted().to_str())["model"]
+    assert meta["tokenizer.ggml.merges"] == [m if isinstance(m, str) else " ".join(m) for m in reference["merges"]]
+    assert meta["tokenizer.ggml.tokens"][: len(vocab)] == sorted(reference["vocab"], key=reference["vocab"].get)
+
+    rebuilt = text_tokenizers.load(checkpoint.tokenizer_path(convert(out, tmp_path / "back")))
+    assert (rebuilt.num_ids, rebuilt.bos_id, rebuilt.eos_id, rebuilt.token_id("<|eot_id|>")) == (
+        original.num_ids, original.bos_id, original.eos_id, eot)
     for text in ["The lazy fox, 2024!", "naïve  café\n\tdef g(y): return y", "unseen: жук 🙂 <|eot_id|>"]:
         assert rebuilt.encode(text) == original.encode(text), text
         assert rebuilt.decode(original.encode(text)) == text

@@ -4,7 +4,8 @@ llama.cpp keeps the vocabulary as metadata: `tokenizer.ggml.model` is "llama" fo
 model (tokens, scores, token types) or "gpt2" for a byte-level BPE (tokens, merges, and a named
 pre-tokenizer `tokenizer.ggml.pre`), plus the special ids and the chat template. Importing rebuilds a
 file `text_tokenizers.load` reads (a sentencepiece model proto, or a tokenizer.json with its
-tokenizer_config.json); exporting writes the checkpoint's tokenizer, with LIMA's end-of-turn token
+tokenizer_config.json); exporting writes the checkpoint's tokenizer (sentencepiece as "llama"; a
+byte-level BPE tokenizer.json or Llama 3's tiktoken file as "gpt2"), with LIMA's end-of-turn token
 added as a control token when the model was trained with a new one.
 """
 from __future__ import annotations
@@ -57,15 +58,12 @@ def add(writer: Any, tokenizer: str | os.PathLike, cfg: ModelConfig, *, eot_id: 
         spec = _proto(tok).normalizer_spec
         writer.add_add_space_prefix(spec.add_dummy_prefix)
         writer.add_remove_extra_whitespaces(spec.remove_extra_whitespaces)
-    elif tok.kind == "hf":
-        tokens, types, merges, pre = _bpe_vocab(tok, tokenizer)
+    else:
+        tokens, types, merges, pre = _bpe_vocab(tok, tokenizer) if tok.kind == "hf" else _tiktoken_vocab(tok)
         scores = None
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_merges(merges)
-    else:
-        raise LimaError(f"tokenizer {tokenizer}: GGUF export supports sentencepiece and byte-level BPE tokenizer.json "
-                        f"tokenizers, not {tok.kind}")
 
     used = cfg.used_vocab_size
     if eot_id is None and used == tok.num_ids + 1:
@@ -130,6 +128,31 @@ def _bpe_vocab(tok: Any, source: str | os.PathLike) -> tuple[list[str], list[int
              for i, t in enumerate(tokens)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return tokens, types, merges, names[0]
+
+
+def _tiktoken_vocab(tok: Any) -> tuple[list[str], list[int], list[str], str]:
+    """Llama 3's tiktoken ranks as a byte-level BPE: each token's bytes in GPT-2's printable alphabet,
+    and the merges the ranks imply (as transformers' TikTokenConverter and llama.cpp derive them)."""
+    ranks = {tok.enc.decode_single_token_bytes(i): i for i in range(tok.num_base)}
+    merges = []
+    for token, rank in ranks.items():
+        pairs = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += [(rank, ranks[a], ranks[b], a, b) for a, b in pairs]
+    chars = _byte_chars()
+
+    def text(b: bytes) -> str:
+        return "".join(chars[x] for x in b)
+
+    tokens = [text(b) for b in sorted(ranks, key=ranks.__getitem__)] + list(tok.special)
+    types = [NORMAL] * tok.num_base + [CONTROL] * len(tok.special)
+    return tokens, types, [f"{text(a)} {text(b)}" for *_, a, b in sorted(merges)], "llama-bpe"
+
+
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte, the alphabet byte-level BPE vocabularies are written in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = iter(range(256, 512))
+    return {b: chr(b) if b in printable else chr(next(others)) for b in range(256)}
 
 
 def _split_pattern(pre: Any) -> str | None:
