@@ -13,7 +13,6 @@ from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
 from lima_jax.model import param_count
 from lima_jax.recipe import recipe_for_size
-from lima_jax.train.loop import train
 from lima_jax.weights.convert import convert
 
 # A Qwen2-style model with Llama 3.1's rope scaling: every new architecture field differs from the defaults.
@@ -76,16 +75,6 @@ def test_the_command_line_refuses_a_contradiction_in_one_line(pretrained, tmp_pa
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"error: config key model.num_heads: 4 but {pretrained / 'ckpt'} has 8"
     assert not (tmp_path / "run").exists()
-
-
-def test_fine_tunes_with_the_checkpoint_s_architecture(pretrained, tmp_path):
-    config = auto(pretrained / "ckpt", **{
-        "workdir": str(tmp_path / "run"), "num_epochs": 1, "batch_size": 8, "data.max_len": 64, "data.dev_size": 8,
-        "data.manual_dir": str(demo_dir()), "checkpoint.async_save": False, "model.dtype": "float32"})
-    last = train(config)
-    assert last["status"] == "finished" and last["loss"] > 0
-    tuned = load_config("auto", {"init_checkpoint": str(tmp_path / "run")})
-    assert model_config(tuned).replace(vocab_size=512, residual_dropout=0.1) == BASE.replace(dtype="bfloat16")
 
 
 @needs_libtpu
