@@ -16,7 +16,8 @@ from absl import flags
 from ml_collections.config_flags import config_flags as _cf
 
 from lima_jax.errors import LimaError
-from lima_jax.model import DTYPES, REMAT_POLICIES, ModelConfig
+from lima_jax.model import DTYPES, FAMILIES, REMAT_POLICIES, ROPE_SCALINGS, ModelConfig
+from lima_jax.recipe import from_checkpoint, needs_checkpoint
 from lima_jax.recipe import lima_config  # noqa: F401 - config files written before recipe.py import it from here
 
 _REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -160,7 +161,12 @@ def trained_model_config(config: ml_collections.ConfigDict, tokenizer_pieces: in
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks the values that the type system cannot: one LimaError line per problem."""
+    """Checks the values that the type system cannot: one LimaError line per problem. A config that
+    reads its model from `init_checkpoint` (`--config=auto`) is first filled from it, and says so."""
+    if needs_checkpoint(config):
+        from lima_jax.cli import say
+
+        say(f"--config=auto: {from_checkpoint(config)}")
     m = config.model
 
     def need(ok: bool, key: str, why: str) -> None:
@@ -180,6 +186,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(m[key] in DTYPES, f"model.{key}", f"must be one of {', '.join(DTYPES)}, got {m[key]!r}")
     need(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
     need(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps}")
+    need(m.rope_scaling in ROPE_SCALINGS, "model.rope_scaling", f"must be one of {', '.join(ROPE_SCALINGS)}, got {m.rope_scaling!r}")
+    need(m.family in FAMILIES, "model.family", f"must be one of {', '.join(FAMILIES)}, got {m.family!r}")
     if "optim" in config:
         _validate_optim(config.optim, need)
 

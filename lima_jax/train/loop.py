@@ -8,6 +8,7 @@ saves and exits cleanly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -32,10 +33,8 @@ from lima_jax.train.lock import WorkdirLock
 from lima_jax.train.metrics import DEV_FILE, MetricsWriter
 from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step, state_from_params
 from lima_jax.train.step import TrainState
+from lima_jax.recipe import check_architecture
 from lima_jax.weights import checkpoint
-
-# The architecture keys a pretrained checkpoint must agree on with the config.
-ARCHITECTURE = ("dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffn_dim", "tie_embeddings", "rope_theta", "norm_eps")
 
 
 def check_training_config(config: ml_collections.ConfigDict) -> None:
@@ -62,11 +61,7 @@ def check_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig) -> Mod
     """The init checkpoint's model config, once its architecture and vocabulary are known to fit the
     model `cfg` trains (read from its metadata: no array is loaded)."""
     base = checkpoint.load_model_config(config.init_checkpoint)
-    for key in ARCHITECTURE:
-        if getattr(base, key) != getattr(cfg, key):
-            raise LimaError(
-                f"config key model.{key}: {getattr(cfg, key)} but {config.init_checkpoint} has {getattr(base, key)}"
-            )
+    check_architecture(dataclasses.asdict(cfg), base, config.init_checkpoint)
     pieces = cfg.used_vocab_size - int(adds_eot(config))  # the tokenizer's ids
     if base.used_vocab_size < pieces:  # more rows is normal: many models pad their embeddings
         raise LimaError(
