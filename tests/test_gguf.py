@@ -396,3 +396,16 @@ def test_bad_files_are_one_line_errors(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
         "error: --output_format=gguf needs the tokenizer (llama.cpp reads it from the file): pass --tokenizer")
     assert not list(tmp_path.glob("x.gguf*"))
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(family="qwen2", qkv_bias=True), "the qwen2 family and attention biases"),
+    (dict(rope_scaling="llama3"), "llama3 rope scaling"),
+])
+def test_export_refuses_what_llama_cpp_names_otherwise(tmp_path, change, named):
+    from lima_jax.weights import gguf as gguf_format
+
+    cfg = CFG.replace(**change)  # refused before the weights are read
+    with pytest.raises(LimaError, match=f"this one has {named}: export --output_format=hf"):
+        gguf_format.write(tmp_path / "m.gguf", {}, cfg, tokenizer=require(LLAMA_TOKENIZER))
+    assert not list(tmp_path.glob("m.gguf*"))

@@ -213,6 +213,12 @@ def write(
         raise LimaError(f"{out} already exists; choose a new output path (or pass --overwrite)")
     if tokenizer is None:
         raise LimaError("--output_format=gguf needs the tokenizer (llama.cpp reads it from the file): pass --tokenizer")
+    unsupported = [what for what, present in (
+        (f"the {cfg.family} family", cfg.family != "llama"), ("attention biases", cfg.qkv_bias or cfg.out_bias),
+        (f"{cfg.rope_scaling} rope scaling", cfg.rope_scaling != "none")) if present]
+    if unsupported:  # llama.cpp names these differently (qwen2 arch, rope_freqs tensor): not written here yet
+        raise LimaError(f"--output_format=gguf writes plain LLaMA models; this one has {' and '.join(unsupported)}: "
+                        "export --output_format=hf and use llama.cpp's convert_hf_to_gguf.py")
     dtypes = {np.dtype(a.dtype).name for a in jax.tree.leaves(params)}
     if not dtypes <= set(OUTPUT_DTYPES) or len(dtypes) != 1:
         raise LimaError(f"GGUF export writes float32, float16 or bfloat16 weights of one dtype, found {sorted(dtypes)}; pass --dtype")
