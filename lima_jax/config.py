@@ -52,24 +52,30 @@ def resolve_config_path(spec: str) -> str:
 
 
 class _NamedConfigParser(_cf.ConfigFileFlagParser):
-    """ml_collections' config-file parser, resolving a bare name against configs/ first."""
+    """ml_collections' config-file parser, resolving a bare name against configs/ first (or as `resolve` does)."""
+
+    def __init__(self, name: str, lock_config: bool = True, resolve: Callable[[str], str] = resolve_config_path):
+        super().__init__(name=name, lock_config=lock_config)
+        self._resolve = resolve
 
     def parse(self, path: str) -> ml_collections.ConfigDict:
         try:
-            return super().parse(resolve_config_path(path))
+            return super().parse(self._resolve(path))
         except LimaError as e:
             raise ValueError(str(e)) from None
 
 
-def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "") -> flags.FlagHolder:
-    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name.
+def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "",
+                       resolve: Callable[[str], str] = resolve_config_path) -> flags.FlagHolder:
+    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name
+    (`resolve`: how a name becomes a file; `ablate --grid` looks in configs/ablations/).
 
     Each entry point defines it; a process that imports several (tests) shares the first.
     """
     if name in flags.FLAGS:
         return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
     flag = _cf._ConfigFlag(  # noqa: SLF001 - the public helper hard-wires its parser
-        parser=_NamedConfigParser(name=name, lock_config=True),
+        parser=_NamedConfigParser(name=name, lock_config=True, resolve=resolve),
         serializer=flags.ArgumentSerializer(),
         name=name,
         default=default,
