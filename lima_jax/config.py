@@ -125,6 +125,17 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collec
     return config
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"data": {"max_len": 64}} -> {"data.max_len": 64}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
     """Sets `a.b.c`; an unknown key or a value of the wrong type is a LimaError naming the key."""
     *parents, leaf = dotted.split(".")

@@ -92,6 +92,12 @@ def test_the_papers_grids():
     config = plan.train_config(quality, plan.arms(quality)[0])
     assert (config.batch_size, config.model.residual_dropout, config.num_epochs) == (64, 0.2, 15)
     assert config.data.manual_dir.endswith("se_filtered/data")
+    sharded = plan.load_grid("quality", {"train.mesh.fsdp": 8, "train.init_checkpoint": "/ckpt/llama-7b"})
+    config = plan.train_config(sharded, plan.arms(sharded)[1])  # any key of the base config, type-checked
+    assert (config.mesh.fsdp, config.init_checkpoint) == (8, "/ckpt/llama-7b")
+    assert config.workdir.endswith("runs/ablations/quality/se_unfiltered/run")
+    with pytest.raises(LimaError, match="config key train.mesh.fsdp"):
+        plan.load_grid("quality", {"train.mesh.fsdp": "eight"})
 
 
 def _grid(tmp_path, url: str):

@@ -4,7 +4,8 @@ A grid file (`configs/ablations/NAME.py`) defines `get_config()` returning an `m
 
     name                 the ablation's name (report titles)
     base                 the model config every arm trains (`7b`, `tiny`, or a .py path)
-    train                overrides of that config, nested as in it (init_checkpoint, data.tokenizer, ...)
+    train                that config, whole, with the grid's changes (init_checkpoint, data.tokenizer, ...);
+                         its workdir, data.manual_dir and data.dev_file are set per arm
     workdir              where the arms' runs, samples, judgments and the report go
     seed                 seeds each arm's draw and the sampling (sample k of a prompt uses seed + k)
     test_prompts         the prompts each arm answers (LIMA's test.jsonl; empty: the demo's)
@@ -17,7 +18,8 @@ A grid file (`configs/ablations/NAME.py`) defines `get_config()` returning an `m
     arms.NAME            {data: a JSONL of conversations (or a folder with train.jsonl), size: examples to
                          train on (0: all but the dev set)}
 
-Every value can be overridden on the command line (`--grid.train.init_checkpoint=/ckpt/llama-7b`).
+Every value can be overridden on the command line (`--grid.train.init_checkpoint=/ckpt/llama-7b`,
+`--grid.train.mesh.fsdp=8`).
 Arms appear in the report in the order of their names (so `se_02k` < `se_04k` < ... < `se_32k`).
 
 The draw. An arm's data is one seeded permutation of its source file: the dev set is its last
@@ -39,7 +41,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lima_jax.config import config_dirs, load_config, set_key
+from lima_jax.config import config_dirs, flatten, load_config, set_key, validate
 from lima_jax.data.records import json_object, parse_record
 from lima_jax.errors import LimaError
 from lima_jax.storage.paths import Path, user_path, write_atomically
@@ -139,24 +141,29 @@ def workdir_of(grid: ml_collections.ConfigDict) -> Path:
     return user_path(grid.workdir)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def train_config(grid: ml_collections.ConfigDict, arm: Arm) -> ml_collections.ConfigDict:
-    """The arm's training config: the grid's base config, its overrides, and the arm's data and workdir."""
-    overrides = _flat(grid.train.to_dict()) if grid.get("train") else {}
+    """The arm's training config: the grid's `train` (its base config with the grid's overrides) with the
+    arm's data and workdir."""
+    config = load_config(grid.base)
+    base = flatten(config.to_dict())
+    overrides = {k: v for k, v in flatten(grid.train.to_dict()).items() if base.get(k, object()) != v}
     for key in ("workdir", "data.manual_dir", "data.dev_file"):
         if key in overrides:
-            raise LimaError(f"grid key train.{key}: set by ablate for each arm; remove it")
+            raise LimaError(f"grid key train.{key}: set by ablate for each arm; leave it as the base config has it")
     overrides.update({"workdir": str(arm.run_dir), "data.manual_dir": str(arm.data_dir)})
-    return load_config(grid.base, overrides)
+    for key, value in overrides.items():
+        set_key(config, key, value)
+    validate(config)
+    return config
+
+
+def _deep_update(tree: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _deep_update(tree[key], value)
+        else:
+            tree[key] = value
+    return tree
 
 
 def _source_file(arm: Arm) -> Path:
@@ -236,8 +243,11 @@ def grid_config(name: str, base: str, arms: dict[str, dict[str, Any]], *, train:
     Likert judge); `required` names keys that must be set (non-empty) before anything runs."""
     judged = {"checkpoint": "", "url": "", "model": "", "api_key_env": "OPENAI_API_KEY", "workers": 4,
               "max_retries": 5, "timeout_s": 120.0, "max_failures": 20, **(judge or {})}
+    # `train` is the whole base config with the grid's changes, so that any of its keys can be overridden
+    # on the command line (--grid.train.mesh.fsdp=8) with its type checked.
+    full = _deep_update(load_config(base).to_dict(), train or {})
     return ml_collections.ConfigDict({
-        "name": name, "base": base, "train": train or {}, "workdir": workdir, "seed": seed,
+        "name": name, "base": base, "train": full, "workdir": workdir, "seed": seed,
         "test_prompts": test_prompts, "num_test_prompts": num_test_prompts, "samples_per_prompt": samples_per_prompt,
         "checkpoint": checkpoint, "generation_batch_size": generation_batch_size,
         "sampling": {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2, "max_new_tokens": max_new_tokens},
