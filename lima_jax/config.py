@@ -65,6 +65,9 @@ class _NamedConfigParser(_cf.ConfigFileFlagParser):
             raise ValueError(str(e)) from None
 
 
+CONFIG_FLAGS: dict[str, Callable[[str], str]] = {}  # the config-file flags defined, each with how it finds a file
+
+
 def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "",
                        resolve: Callable[[str], str] = resolve_config_path) -> flags.FlagHolder:
     """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name
@@ -74,6 +77,7 @@ def define_config_flag(name: str = "config", default: str | None = None, help_st
     """
     if name in flags.FLAGS:
         return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+    CONFIG_FLAGS[name] = resolve
     flag = _cf._ConfigFlag(  # noqa: SLF001 - the public helper hard-wires its parser
         parser=_NamedConfigParser(name=name, lock_config=True, resolve=resolve),
         serializer=flags.ArgumentSerializer(),
@@ -105,7 +109,8 @@ def check_overrides(argv: list[str], name: str = "config") -> None:
         return
     if spec is None:
         raise LimaError(f"--{name}.{keys[0]} overrides a key, but no --{name}=NAME was given")
-    config = _cf.ConfigFileFlagParser(name=name).parse(resolve_config_path(spec))  # LimaError names an unknown config
+    resolve = CONFIG_FLAGS.get(name, resolve_config_path)
+    config = _cf.ConfigFileFlagParser(name=name).parse(resolve(spec))  # LimaError names an unknown config
     for dotted in keys:
         node = config
         for i, part in enumerate(dotted.split(".")):

@@ -147,6 +147,13 @@ def test_k_samples_are_judged_once_and_a_rerun_redoes_nothing(tmp_path):
         again = runner.run_grid(grid, say=lambda line: None)
         assert all((w.trained, w.chose, w.generated, w.judged) == (False, False, 0, 0) for w in again.values())
         assert server.hits == 12
+        grid.sampling.temperature = 0.5  # samples of other settings are never passed off as this grid's
+        with pytest.raises(LimaError, match=r"arm few: its samples were drawn with other temperature \(temperature=0.7\)"):
+            runner.run_grid(grid, say=lambda line: None)
+        grid.sampling.temperature, grid.checkpoint = 0.7, "dev_loss"
+        with pytest.raises(LimaError, match="arm few: its samples are from the checkpoint chosen by 'last' "):
+            runner.run_grid(grid, say=lambda line: None)
+        grid.checkpoint = "last"
     written = report.write_report(grid, samples=200)
     for row in written["arms"]:
         flat = [s for per_prompt in scores[row["name"]] for s in per_prompt]
@@ -172,9 +179,11 @@ def test_grid_errors_are_one_line(tmp_path):
     grid.train.workdir = "elsewhere"
     with pytest.raises(LimaError, match="grid key train.workdir: set by ablate"):
         runner.run_grid(grid)
-    r = subprocess.run([sys.executable, "-m", "lima_jax.ablate", "--grid=nonesuch"], capture_output=True, text=True,
-                       cwd=REPO)
-    assert r.returncode == 2 and "unknown grid 'nonesuch'" in r.stderr
+    for flags, message in ((["--grid=nonesuch"], "unknown grid 'nonesuch'"),
+                           (["--grid=tiny", "--grid.arms.demo.sized=1"],
+                            "error: --grid.arms.demo.sized: unknown config key 'sized' in arms.demo (known: data, size)\n")):
+        r = subprocess.run([sys.executable, "-m", "lima_jax.ablate", *flags], capture_output=True, text=True, cwd=REPO)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow

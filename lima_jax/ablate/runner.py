@@ -17,6 +17,8 @@ Nothing is done twice. Per arm, under `<grid workdir>/<arm>/`:
   command and `evaluate.report` reads);
 - `likert.jsonl`: the judgments, a cache: a rerun asks only what it lacks, and loads no local judge
   when nothing is lacking.
+Samples are never passed off as another setting's: a rerun whose checkpoint choice, sampling settings
+or seed differ from those the arm's samples were drawn with (kept in arm.json) stops in one line.
 """
 from __future__ import annotations
 
@@ -99,6 +101,10 @@ def choose_checkpoint(arm: Arm, choice: Choice, judge_spec: Callable[[], Any], p
     kept = read_state(arm).get("checkpoint")
     if kept and kept.get("choice") == _choice_text(choice):
         return kept, False
+    if kept and (arm.dir / "samples").exists():  # samples of the other checkpoint must not pass for this one's
+        raise LimaError(f"arm {arm.name}: its samples are from the checkpoint chosen by {kept['choice']!r} (step "
+                        f"{kept['step']}), not {_choice_text(choice)!r}: use another grid workdir, or delete "
+                        f"{arm.dir}/samples, responses.jsonl and likert.jsonl to redo them")
     if choice.kind == "last":
         path = checkpoint.resolve(arm.run_dir)
         chosen = {"step": int(path.name), "epoch": None, "path": str(path)}
@@ -149,6 +155,15 @@ def generate_samples(arm: Arm, ckpt: str, questions: list, k_samples: int, param
                      batch_size: int) -> int:
     """Samples 1..K of every question (the files' missing ones only; the checkpoint is loaded only if
     some are missing), then the merged responses.jsonl; returns how many answers were generated now."""
+    how = {"checkpoint": ckpt, "seed": seed, **dataclasses.asdict(params)}
+    kept = read_state(arm).get("sampling")
+    if kept and kept != how:
+        changed = sorted(k for k in how if kept.get(k) != how[k])
+        raise LimaError(f"arm {arm.name}: its samples were drawn with other {', '.join(changed)} "
+                        f"({', '.join(f'{k}={kept.get(k)!r}' for k in changed)}): use another grid workdir, or "
+                        f"delete {arm.dir}/samples, responses.jsonl and likert.jsonl to redo them")
+    if not kept:
+        _update_state(arm, sampling=how)
     wanted = {q.turn_id(i) for q in questions for i in range(len(q.asks))}
     todo = [k for k in range(1, k_samples + 1) if not wanted <= _answered(sample_file(arm, k))]
     count = 0
