@@ -95,7 +95,7 @@ def train_arm(arm: Arm, config: ml_collections.ConfigDict, say: Callable[[str], 
     return True
 
 
-def choose_checkpoint(arm: Arm, choice: Choice, judge_spec: Callable[[], Any], params: SamplingParams,
+def choose_checkpoint(arm: Arm, choice: Choice, judge_factory: Callable[[], Any], params: SamplingParams,
                       seed: int) -> tuple[dict[str, Any], bool]:
     """The arm's checkpoint as `choice` picks it (kept in arm.json); whether it was chosen now."""
     kept = read_state(arm).get("checkpoint")
@@ -114,7 +114,7 @@ def choose_checkpoint(arm: Arm, choice: Choice, judge_spec: Callable[[], Any], p
             raise LimaError(f"arm {arm.name}: no epoch checkpoint with a dev loss in epochs {choice.lo}-{choice.hi} "
                             f"(checkpoint={_choice_text(choice)})")
         if choice.kind == "likert":
-            rows = _likert_rows(arm, rows, judge_spec(), params, seed)
+            rows = _likert_rows(arm, rows, judge_factory(), params, seed)
             best = max(rows, key=lambda r: (r["likert_mean"] if r["likert_mean"] is not None else -1.0, -r["epoch"]))
         elif choice.kind == "dev_loss":
             best = min(rows, key=lambda r: (r["dev_loss"], r["epoch"]))
