@@ -7,8 +7,8 @@ A grid file (`configs/ablations/NAME.py`) defines `get_config()` returning an `m
     train                that config, whole, with the grid's changes (init_checkpoint, data.tokenizer, ...);
                          its workdir, data.manual_dir and data.dev_file are set per arm
     workdir              where the arms' runs, samples, judgments and the report go
-    seed                 seeds each arm's draw and the sampling (sample k of a prompt uses seed + k)
-    test_prompts         the prompts each arm answers (LIMA's test.jsonl; empty: the demo's)
+    seed                 seeds each arm's draw and the sampling (sample k = 1..K of a prompt uses seed + k - 1)
+    test_prompts         the prompts each arm answers (LIMA's test.jsonl)
     num_test_prompts     the first N of them (0: all)
     samples_per_prompt   K answers per prompt (the paper: 5)
     checkpoint           which checkpoint answers: `last`, `epoch:N`, `dev_loss[:LO-HI]`, `likert[:LO-HI]`
