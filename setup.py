@@ -16,7 +16,8 @@ setup(
     # The curation command's editable lists: Stack Exchange sites by group, and the phrases of the
     # "refers to other answers" rule.
     package_data={"lima_jax.data": ["demo/train.jsonl", "demo/test.jsonl", "demo/tokenizer.model"],
-                  "lima_jax.curate": ["exchanges.tsv", "reference_phrases.txt"]},
+                  "lima_jax.curate": ["exchanges.tsv", "reference_phrases.txt"],
+                  "lima_jax.configs": ["ablations/*.py"]},  # `ablate --grid=NAME` finds them when installed
     install_requires=[
         "jax>=0.6.0",
         "flax>=0.12.0",

@@ -53,24 +53,34 @@ def resolve_config_path(spec: str) -> str:
 
 
 class _NamedConfigParser(_cf.ConfigFileFlagParser):
-    """ml_collections' config-file parser, resolving a bare name against configs/ first."""
+    """ml_collections' config-file parser, resolving a bare name against configs/ first (or as `resolve` does)."""
+
+    def __init__(self, name: str, lock_config: bool = True, resolve: Callable[[str], str] = resolve_config_path):
+        super().__init__(name=name, lock_config=lock_config)
+        self._resolve = resolve
 
     def parse(self, path: str) -> ml_collections.ConfigDict:
         try:
-            return super().parse(resolve_config_path(path))
+            return super().parse(self._resolve(path))
         except LimaError as e:
             raise ValueError(str(e)) from None
 
 
-def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "") -> flags.FlagHolder:
-    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name.
+CONFIG_FLAGS: dict[str, Callable[[str], str]] = {}  # the config-file flags defined, each with how it finds a file
+
+
+def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "",
+                       resolve: Callable[[str], str] = resolve_config_path) -> flags.FlagHolder:
+    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name
+    (`resolve`: how a name becomes a file; `ablate --grid` looks in configs/ablations/).
 
     Each entry point defines it; a process that imports several (tests) shares the first.
     """
     if name in flags.FLAGS:
         return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+    CONFIG_FLAGS[name] = resolve
     flag = _cf._ConfigFlag(  # noqa: SLF001 - the public helper hard-wires its parser
-        parser=_NamedConfigParser(name=name, lock_config=True),
+        parser=_NamedConfigParser(name=name, lock_config=True, resolve=resolve),
         serializer=flags.ArgumentSerializer(),
         name=name,
         default=default,
@@ -100,7 +110,8 @@ def check_overrides(argv: list[str], name: str = "config") -> None:
         return
     if spec is None:
         raise LimaError(f"--{name}.{keys[0]} overrides a key, but no --{name}=NAME was given")
-    config = _cf.ConfigFileFlagParser(name=name).parse(resolve_config_path(spec))  # LimaError names an unknown config
+    resolve = CONFIG_FLAGS.get(name, resolve_config_path)
+    config = _cf.ConfigFileFlagParser(name=name).parse(resolve(spec))  # LimaError names an unknown config
     for dotted in keys:
         node = config
         for i, part in enumerate(dotted.split(".")):
@@ -118,6 +129,17 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collec
         set_key(config, key, value)
     validate(config)
     return config
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"data": {"max_len": 64}} -> {"data.max_len": 64}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from lima_jax import flops, sharding
 from lima_jax.cli import say
-from lima_jax.config import adds_eot, trained_model_config, validate
+from lima_jax.config import adds_eot, flatten, trained_model_config, validate
 from lima_jax.data import pipeline
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, param_shardings
@@ -150,7 +150,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     if path.exists():
         previous = read_json(path)
         ignore = ("log_every", "checkpoint", "workdir")
-        before, now = _flat(previous), _flat(resolved)
+        before, now = flatten(previous), flatten(resolved)
         defaults = _recipe_defaults(config.name)
         for key in sorted(set(before) | set(now)):
             if key.split(".")[0] in ignore:
@@ -165,23 +165,12 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return resolved
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"data": {"max_len": 64}} -> {"data.max_len": 64}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def _recipe_defaults(name: str) -> dict:
     """The named config's values as it is today, flattened; empty if it cannot be loaded by name."""
     from lima_jax.config import load_config
 
     try:
-        return _flat(json.loads(load_config(name).to_json_best_effort()))
+        return flatten(json.loads(load_config(name).to_json_best_effort()))
     except (LimaError, OSError, ValueError):
         return {}
 
