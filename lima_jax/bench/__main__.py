@@ -26,7 +26,8 @@ _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's
 _SHAPE = flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "tokens per row")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "rows per step")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps (each framework); step times are medians")
+_STEPS = flags.DEFINE_integer("steps", 7, "train: timed rounds, each one step of ours and one of torch (and a matmul "
+                               "peak probe on a CPU); figures are medians, ratios medians of the rounds' ratios")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compiling (each framework)")
 _COMPARE_TORCH = flags.DEFINE_bool("compare_torch", None, "also time transformers.LlamaForCausalLM (default: on a CPU, when torch imports)")
 _TORCH_ATTENTION = flags.DEFINE_enum("torch_attention", "auto", list(TORCH_ATTENTION), "torch attention; auto times one step of each and keeps the faster")
