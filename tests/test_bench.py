@@ -235,6 +235,10 @@ def check_decode_record(record, config, torch_expected):
     assert close(record["roofline_tokens_per_s_b1"], bandwidth / record["weight_bytes_per_step"])
     assert close(record["roofline_fraction"], record["decode_tokens_per_s_b1"] / record["roofline_tokens_per_s_b1"], rel=1e-3)
     assert close(record["b4_over_b1"], record["decode_tokens_per_s_b4"] / record["decode_tokens_per_s_b1"], rel=1e-3)
+    if "decode_compile_s" in record:  # depths 1 and 2 here
+        seconds = record["decode_compile_s"]
+        assert set(seconds) == {"1", "2"} and all(v >= 0 for v in seconds.values())
+        assert close(record["decode_compile_2_over_1_layers"], seconds["2"] / max(seconds["1"], 1e-9), rel=1e-2)
     if torch_expected:
         for b in (1, 4):
             assert close(record[f"decode_speedup_vs_torch_b{b}"],
@@ -257,13 +261,15 @@ def test_decode_cli_prints_one_json_line():
     args = [f"--config.{k}={v}" for k, v in TINY.items()]
     result = subprocess.run(
         [sys.executable, "-m", "lima_jax.bench", "--mode=decode", "--config=tiny", *args, "--decode_batches=1,4",
-         "--prompt_len=5", f"--new_tokens={NEW_TOKENS}", "--repeats=1", "--compare_torch=false"],
+         "--prompt_len=5", f"--new_tokens={NEW_TOKENS}", "--repeats=1", "--compare_torch=false", "--compile_layers=1,2"],
         capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1
-    check_decode_record(json.loads(lines[0]), tiny_config(), torch_expected=False)
+    record = json.loads(lines[0])
+    check_decode_record(record, tiny_config(), torch_expected=False)
+    assert "decode_compile_s" in record
 
 
 def test_decode_bad_arguments_are_one_line_errors():

@@ -430,6 +430,7 @@ def decode_bench(
     compare_torch: bool | None = None,
     seed: int = 0,
     shape: str = "none",
+    compile_layers: tuple[int, ...] = (),
 ) -> dict:
     """Benchmarks the sampler (and transformers' generate); returns the JSON record."""
     validate(config)
@@ -438,10 +439,12 @@ def decode_bench(
     cfg = model_config(config)
     found = bench_decode.bench_decode(
         cfg, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
-        compare_torch=compare_torch, threads=cpu_cores(), seed=seed,
+        compare_torch=compare_torch, threads=cpu_cores(), seed=seed, compile_layers=compile_layers,
     )
     record = {**model_fields(config, cfg, device, shape), "mode": "decode"}
     record.update({k: _sig(v) if isinstance(v, float) else v for k, v in found.items()})
+    if "decode_compile_s" in record:
+        record["decode_compile_s"] = {k: _sig(v, 4) for k, v in record["decode_compile_s"].items()}
     if compare_torch:
         import torch
         import transformers
