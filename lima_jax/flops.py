@@ -25,9 +25,12 @@ PEAK_TFLOPS = {
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """6 FLOPs per parameter per token (forward + backward) plus causal-free attention scores and
-    values: 12 * layers * heads * head_dim * seq_len (the PaLM appendix convention)."""
-    return 6.0 * param_count(cfg) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * seq_len
+    """PaLM's model FLOPs (appendix B): 6 per matmul parameter per token (forward + backward), plus
+    causal-free attention scores and values, 12 * layers * heads * head_dim * seq_len. The input
+    embedding is a gather, not a matmul: its V*D parameters are left out (the output projection is
+    a matmul and counts), unless it is tied to the output head."""
+    gathered = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
+    return 6.0 * (param_count(cfg) - gathered) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * seq_len
 
 
 MATMUL_SIZES = (1024, 1536, 2048)  # square fp32 matmuls; the best of them is a CPU's "peak"
@@ -41,14 +44,24 @@ def published_peak_tflops(device_kind: str) -> float | None:
     return None
 
 
+class MatmulProbe:
+    """This device's fp32 matmul throughput, compiled once so it can be measured again and again
+    (between benchmark steps, so the peak and the steps it divides see the same machine)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.operand = jnp.ones((size, size), jnp.float32)
+        self.fn = jax.jit(lambda x: x @ x)
+
+    def __call__(self, repeats: int = 3) -> float:
+        """TFLOP/s of the fastest of `repeats` matmuls."""
+        return 2 * self.size**3 / best_seconds(self.fn, self.operand, repeats) / 1e12
+
+
 def measured_matmul_tflops(sizes: tuple[int, ...] = MATMUL_SIZES, repeats: int = 5) -> float:
     """This device's best fp32 matmul throughput over a few sizes, measured now: what CPU MFU is
     quoted against ("the fraction of what this machine's matmuls reach")."""
-    best = 0.0
-    for size in sizes:
-        a = jnp.ones((size, size), jnp.float32)
-        best = max(best, 2 * size**3 / best_seconds(jax.jit(lambda x: x @ x), a, repeats) / 1e12)
-    return best
+    return max(MatmulProbe(size)(repeats) for size in sizes)
 
 
 def best_seconds(fn, arg: jax.Array, repeats: int) -> float:
@@ -62,13 +75,26 @@ def best_seconds(fn, arg: jax.Array, repeats: int) -> float:
     return best
 
 
-def peak_tflops(device: jax.Device, override: float = 0.0) -> tuple[float, str]:
-    """(Per-device peak TFLOP/s, where it came from), the one denominator of every MFU we report
-    (training metrics, the bench, AOT): the override, the published figure for a known
-    accelerator, else this device's measured fp32 matmul best."""
+def fixed_peak_tflops(device: jax.Device, override: float = 0.0) -> tuple[float, str] | None:
+    """(Peak TFLOP/s, where it came from) when it needs no measuring: the override, else the
+    published figure for a known accelerator; None on a CPU (its peak is measured)."""
     if override > 0:
         return override, "config.peak_tflops"
     published = published_peak_tflops(device.device_kind)
     if published is not None and device.platform != "cpu":
         return published, "published bf16 peak"
-    return measured_matmul_tflops(), f"measured fp32 matmul, best of {'/'.join(map(str, MATMUL_SIZES))}"
+    return None
+
+
+def fastest_matmul_probe(sizes: tuple[int, ...] = MATMUL_SIZES, repeats: int = 2) -> MatmulProbe:
+    """The probe of the size this device multiplies fastest (a CPU's peak, measured again later)."""
+    probes = [MatmulProbe(size) for size in sizes]
+    return max(probes, key=lambda probe: probe(repeats))
+
+
+def peak_tflops(device: jax.Device, override: float = 0.0) -> tuple[float, str]:
+    """(Per-device peak TFLOP/s, where it came from), the one denominator of every MFU we report
+    (training metrics, the bench, AOT): the override, the published figure for a known
+    accelerator, else this device's measured fp32 matmul best."""
+    return fixed_peak_tflops(device, override) or (
+        measured_matmul_tflops(), f"measured fp32 matmul, best of {'/'.join(map(str, MATMUL_SIZES))}")

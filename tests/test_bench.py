@@ -25,11 +25,13 @@ SEQ, BATCH, STEPS = 32, 2, 2
 KEYS = {
     "train_tokens_per_s", "tflops", "mfu", "peak_tflops", "peak_source", "compile_s", "step_s", "step_s_min", "first_step_s",
     "device", "platform", "seq_len", "batch_size", "tokens_per_step", "flops_per_token", "params", "dim", "num_layers",
-    "num_heads", "num_kv_heads", "ffn_dim", "vocab_size", "steps", "loss", "residual_dropout",
+    "num_heads", "num_kv_heads", "ffn_dim", "vocab_size", "steps", "loss", "residual_dropout", "step_s_iqr",
+    "cpu_s_per_token", "cpu_cores_busy", "noise", "noise_note",
 }
 TORCH_KEYS = {
-    "torch_tokens_per_s", "torch_step_s", "torch_attention", "torch_threads", "speedup_vs_torch", "speedup_vs_torch_paired",
-    "torch_tflops", "torch_mfu", "torch_loss",
+    "torch_tokens_per_s", "torch_step_s", "torch_attention", "torch_threads", "speedup_vs_torch", "speedup_vs_torch_iqr",
+    "speedup_vs_torch_range", "cpu_speedup_vs_torch", "torch_tflops", "torch_mfu", "torch_loss", "torch_cpu_s_per_token",
+    "torch_cpu_cores_busy", "torch_step_s_iqr",
 }
 
 
@@ -47,24 +49,36 @@ def check_record(record, config, torch_expected):
     assert record["tokens_per_step"] == SEQ * BATCH
     assert (record["dim"], record["num_layers"], record["vocab_size"]) == (cfg.dim, cfg.num_layers, cfg.vocab_size)
     assert record["flops_per_token"] == flops.train_flops_per_token(cfg, SEQ)
-    for key in ("train_tokens_per_s", "tflops", "mfu", "peak_tflops", "compile_s", "step_s", "step_s_min", "first_step_s"):
+    for key in ("train_tokens_per_s", "tflops", "mfu", "peak_tflops", "compile_s", "step_s", "step_s_min", "first_step_s",
+                "cpu_s_per_token", "cpu_cores_busy"):
         assert record[key] > 0, key
-    assert record["step_s_min"] <= record["step_s"]
+    assert record["step_s_min"] <= record["step_s_iqr"][0] <= record["step_s"] <= record["step_s_iqr"][1]
     assert math.isfinite(record["loss"])
     # The derived numbers agree up to the 6 significant digits they are printed with.
     assert close(record["train_tokens_per_s"], record["tokens_per_step"] / record["step_s"])
     assert close(record["tflops"], record["flops_per_token"] * record["train_tokens_per_s"] / 1e12)
     assert close(record["mfu"], record["tflops"] / record["peak_tflops"])
+    if "peak_tflops_range" in record:  # measured around the rounds: the median of the probes
+        low, high = record["peak_tflops_range"]
+        assert low <= record["peak_tflops"] <= high
+        assert close(record["noise"]["peak_rel_range"], (high - low) / record["peak_tflops"], rel=1e-2)
+    noise = record["noise"]
+    assert noise["step_s_rel_iqr"] >= 0 and noise["cores"] >= 1 and len(noise["load_average_1m"]) == 2
+    assert f"{STEPS} paired rounds" in record["noise_note"]
     if torch_expected:
         assert record["torch_attention"] in ("eager", "sdpa")
         assert record["torch_threads"] >= 1
-        for key in ("torch_tokens_per_s", "torch_step_s", "speedup_vs_torch", "speedup_vs_torch_paired", "torch_tflops", "torch_mfu"):
+        for key in ("torch_tokens_per_s", "torch_step_s", "speedup_vs_torch", "cpu_speedup_vs_torch", "torch_tflops",
+                    "torch_mfu", "torch_cpu_s_per_token", "torch_cpu_cores_busy"):
             assert record[key] > 0, key
         assert math.isfinite(record["torch_loss"])
         assert close(record["torch_tokens_per_s"], record["tokens_per_step"] / record["torch_step_s"])
-        assert close(record["speedup_vs_torch"], record["train_tokens_per_s"] / record["torch_tokens_per_s"])
+        low, high = record["speedup_vs_torch_range"]
+        q1, q3 = record["speedup_vs_torch_iqr"]
+        assert low <= q1 <= record["speedup_vs_torch"] <= q3 <= high  # the median of the per-round ratios
         assert close(record["torch_tflops"], record["flops_per_token"] * record["torch_tokens_per_s"] / 1e12)
         assert close(record["torch_mfu"], record["torch_tflops"] / record["peak_tflops"])
+        assert "per-round ratio to torch" in record["noise_note"]
 
 
 def tiny_config(**overrides):
@@ -101,8 +115,49 @@ def test_bench_torch_attention_choice():
 
 
 def test_cpu_peak_is_the_best_size():
-    peak = flops.measured_matmul_tflops(sizes=(128, 256), repeats=2)
-    assert peak > 0
+    probe = flops.fastest_matmul_probe(sizes=(128, 256), repeats=2)
+    assert probe.size in (128, 256) and probe(repeats=1) > 0
+    assert flops.measured_matmul_tflops(sizes=(128, 256), repeats=2) > 0
+
+
+def test_flops_count_the_output_projection_not_the_input_gather():
+    """PaLM's model FLOPs: a bigger vocabulary adds 6 FLOPs per output-head weight (a matmul),
+    none for the input embedding (a gather), unless the two are tied."""
+    small, big = (model_config(tiny_config(**{"model.vocab_size": v})) for v in (256, 512))
+    extra = flops.train_flops_per_token(big, SEQ) - flops.train_flops_per_token(small, SEQ)
+    assert extra == 6 * 256 * small.dim
+    assert param_count(big) - param_count(small) == 2 * 256 * small.dim  # both tables grew
+    tied = model_config(tiny_config(**{"model.tie_embeddings": True}))
+    cfg = model_config(tiny_config())
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * SEQ
+    assert flops.train_flops_per_token(tied, SEQ) == 6 * param_count(tied) + attention
+    assert flops.train_flops_per_token(cfg, SEQ) == 6 * (param_count(cfg) - cfg.vocab_size * cfg.dim) + attention
+
+
+def test_paired_rounds_interleave_steps_and_probes():
+    calls = []
+
+    def runner(name):
+        def step():
+            calls.append(name)
+            return 0.5
+        return step
+
+    def probe():
+        calls.append("peak")
+        return 1.0
+
+    samples, peaks = bench.paired_rounds([runner("ours"), runner("torch")], 3, probe)
+    # A probe before every round and after the last; the order within a round alternates.
+    assert calls == ["peak", "ours", "torch", "peak", "torch", "ours", "peak", "ours", "torch", "peak"]
+    assert peaks == [1.0] * 4 and [len(s) for s in samples] == [3, 3]
+    assert all(wall == 0.5 and cpu >= 0 for wall, cpu in samples[0] + samples[1])
+
+
+def test_spread_is_median_quartiles_and_range():
+    s = bench.spread([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["min"], s["q1"], s["median"], s["q3"], s["max"]) == (1.0, 2.0, 3.0, 4.0, 5.0)
+    assert bench.spread([2.0]) == {"median": 2.0, "q1": 2.0, "q3": 2.0, "min": 2.0, "max": 2.0}
 
 
 def test_shape_ci_overrides_and_explicit_keys_win():
@@ -180,6 +235,10 @@ def check_decode_record(record, config, torch_expected):
     assert close(record["roofline_tokens_per_s_b1"], bandwidth / record["weight_bytes_per_step"])
     assert close(record["roofline_fraction"], record["decode_tokens_per_s_b1"] / record["roofline_tokens_per_s_b1"], rel=1e-3)
     assert close(record["b4_over_b1"], record["decode_tokens_per_s_b4"] / record["decode_tokens_per_s_b1"], rel=1e-3)
+    if "decode_compile_s" in record:  # depths 1 and 2 here
+        seconds = record["decode_compile_s"]
+        assert set(seconds) == {"1", "2"} and all(v >= 0 for v in seconds.values())
+        assert close(record["decode_compile_2_over_1_layers"], seconds["2"] / max(seconds["1"], 1e-9), rel=1e-2)
     if torch_expected:
         for b in (1, 4):
             assert close(record[f"decode_speedup_vs_torch_b{b}"],
@@ -202,13 +261,15 @@ def test_decode_cli_prints_one_json_line():
     args = [f"--config.{k}={v}" for k, v in TINY.items()]
     result = subprocess.run(
         [sys.executable, "-m", "lima_jax.bench", "--mode=decode", "--config=tiny", *args, "--decode_batches=1,4",
-         "--prompt_len=5", f"--new_tokens={NEW_TOKENS}", "--repeats=1", "--compare_torch=false"],
+         "--prompt_len=5", f"--new_tokens={NEW_TOKENS}", "--repeats=1", "--compare_torch=false", "--compile_layers=1,2"],
         capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1
-    check_decode_record(json.loads(lines[0]), tiny_config(), torch_expected=False)
+    record = json.loads(lines[0])
+    check_decode_record(record, tiny_config(), torch_expected=False)
+    assert "decode_compile_s" in record
 
 
 def test_decode_bad_arguments_are_one_line_errors():

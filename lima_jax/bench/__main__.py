@@ -26,7 +26,8 @@ _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's
 _SHAPE = flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "tokens per row")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "rows per step")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps (each framework); step times are medians")
+_STEPS = flags.DEFINE_integer("steps", 7, "train: timed rounds, each one step of ours and one of torch (and a matmul "
+                               "peak probe on a CPU); figures are medians, ratios medians of the rounds' ratios")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compiling (each framework)")
 _COMPARE_TORCH = flags.DEFINE_bool("compare_torch", None, "also time transformers.LlamaForCausalLM (default: on a CPU, when torch imports)")
 _TORCH_ATTENTION = flags.DEFINE_enum("torch_attention", "auto", list(TORCH_ATTENTION), "torch attention; auto times one step of each and keeps the faster")
@@ -34,6 +35,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "for the random tokens")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "decode: prompt tokens per row")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "decode: tokens generated per row")
 _DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "16"], "decode: batch sizes (the first is the roofline's)")
+_COMPILE_LAYERS = flags.DEFINE_list("compile_layers", ["8", "80"], "decode: depths whose decode compile time is measured "
+                                    "(tiny width); the record gives the last over the first")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "decode: timed rounds (each framework); figures are medians")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "serve: the checkpoint to serve (default: a random model of --config)")
 _CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "4", "16"], "serve: concurrent clients, one round each")
@@ -57,7 +60,8 @@ def main(argv: list[str]) -> None:
                                     new_tokens=_NEW_TOKENS.value, seed=_SEED.value)
     elif _MODE.value == "decode":
         record = decode_bench(config, batches=parse_batches(_DECODE_BATCHES.value), prompt_len=_PROMPT_LEN.value,
-                              new_tokens=_NEW_TOKENS.value, repeats=_REPEATS.value, **common)
+                              new_tokens=_NEW_TOKENS.value, repeats=_REPEATS.value,
+                              compile_layers=parse_batches(_COMPILE_LAYERS.value, "--compile_layers"), **common)
     else:
         record = bench(config, seq_len=_SEQ_LEN.value, batch_size=_BATCH_SIZE.value, steps=_STEPS.value,
                        warmup=_WARMUP.value, torch_attention=_TORCH_ATTENTION.value, **common)

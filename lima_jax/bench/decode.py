@@ -13,6 +13,9 @@ alternation, and each figure is a median:
   steps alone, prefill excluded;
 - `lima_sampling_tokens_per_s_bB`: the same rate sampling with LIMA's settings (nucleus p 0.9,
   temperature 0.7, repetition penalty 1.2; transformers applies its penalty to the prompt too);
+- `decode_compile_s`: seconds to trace and compile greedy decoding (the first `generate` call less a
+  second one) for a model of the CI shape's depth and one 10x deeper, at tiny width (dim 64, vocab
+  256) so only the depth costs; the decode step runs its layers unrolled, so this grows with depth;
 - `roofline_fraction`: batch-1 decode steps per second times the bytes of weights one step reads
   (every parameter but the input embedding, which is only gathered), over the memory bandwidth
   measured in this run (a jitted sum over a buffer far larger than any cache). 1.0 would mean
@@ -20,6 +23,7 @@ alternation, and each figure is a median:
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -52,6 +56,21 @@ def weight_bytes_per_step(cfg: ModelConfig) -> int:
     rows), unless it doubles as the output head."""
     gathered = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
     return (param_count(cfg) - gathered) * jnp.dtype(cfg.param_dtype).itemsize
+
+
+# The width of the models whose decode compile time is measured: tiny, so that depth is what costs.
+COMPILE_PROBE_WIDTH = {"dim": 64, "num_heads": 4, "num_kv_heads": 4, "ffn_dim": 128, "vocab_size": 256}
+
+
+def decode_compile_seconds(cfg: ModelConfig, num_layers: int, new_tokens: int = 4) -> float:
+    """Seconds to trace and compile greedy decoding for `cfg` at `num_layers` layers and tiny width:
+    the first `generate` call (compiles, then runs) less a second one (runs)."""
+    small = dataclasses.replace(cfg, num_layers=num_layers, **COMPILE_PROBE_WIDTH)
+    decoder = JaxDecoder(for_decoding(Llama(small, rngs=nnx.Rngs(0))))
+    prompts = random_prompts(small, 1, 4, 0)
+    first, _ = decoder(prompts, new_tokens)
+    again, _ = decoder(prompts, new_tokens)
+    return max(first - again, 0.0)
 
 
 def random_prompts(cfg: ModelConfig, batch: int, length: int, seed: int) -> np.ndarray:
@@ -132,6 +151,7 @@ def bench_decode(
     compare_torch: bool = False,
     threads: int = 1,
     seed: int = 0,
+    compile_layers: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Times our sampler (and transformers') at each batch size; returns the record's decode keys."""
     if new_tokens < 2 or prompt_len < 1 or repeats < 1 or not batches or min(batches) < 1:
@@ -181,6 +201,12 @@ def bench_decode(
     record["roofline_fraction"] = mine[f"b{b0}"] * bytes_per_step / bandwidth / b0
     if len(batches) > 1:
         record[f"b{batches[-1]}_over_b{b0}"] = mine[f"b{batches[-1]}"] / mine[f"b{b0}"]
+    if compile_layers:
+        decode_compile_seconds(cfg, 1)  # untimed: whatever a first generate compiles besides the model
+        seconds = {n: decode_compile_seconds(cfg, n) for n in compile_layers}
+        record["decode_compile_s"] = {str(n): s for n, s in seconds.items()}
+        first, last = compile_layers[0], compile_layers[-1]
+        record[f"decode_compile_{last}_over_{first}_layers"] = seconds[last] / max(seconds[first], 1e-9)
     if theirs is not None:
         torch_rates = _rates(times["torch"], batches, new_tokens)
         record["torch_ttft_s"] = torch_rates["ttft_s"]

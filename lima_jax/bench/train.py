@@ -6,16 +6,22 @@ side with PyTorch (`transformers`).
 
 Runs `state.jit_train_step` (the step `lima_jax.train` runs: AdamW, dropout as configured, state
 donated) on one device with random tokens, every weight 1, one segment per row and no packing, and
-prints one JSON line: tokens per second, achieved model TFLOP/s (`flops.train_flops_per_token`),
-MFU, compile and step seconds. The peak MFU is quoted against is the config's `peak_tflops` when
-set, the published figure on a TPU/GPU, and on a CPU the best fp32 matmul throughput measured in
-this run (sizes 1024-2048), so CPU MFU reads "fraction of what this machine's matmuls reach".
+prints one JSON line: tokens per second, achieved model TFLOP/s (`flops.train_flops_per_token`,
+PaLM's count: the input embedding is a gather, not a matmul), MFU, compile and step seconds, CPU
+seconds per token (every thread of the process) beside the wall time, and a `noise` section.
 
-With `--compare_torch` (default on a CPU, when torch and transformers import) the same shapes train
-in `transformers.LlamaForCausalLM` (fp32, AdamW with the config's hyperparameters, the faster of
-eager and sdpa attention unless `--torch_attention` picks one, loss.backward + optimizer.step, one
-torch thread per core), and the two steps are timed alternately in this one process; step times
-are medians.
+The timed steps run in `--steps` rounds. With `--compare_torch` (default on a CPU, when torch and
+transformers import) each round runs one step of ours and one of `transformers.LlamaForCausalLM`
+at the same shapes (fp32, AdamW with the config's hyperparameters, the faster of eager and sdpa
+attention unless `--torch_attention` picks one, loss.backward + optimizer.step, one torch thread
+per core), in alternating order; `speedup_vs_torch` is the median of the rounds' ratios, with their
+quartiles and range. On a shared host the wall clock drifts by 2x within minutes: the per-round
+ratio cancels the drift the two steps share, the spread says how much was left.
+
+The peak MFU is quoted against is the config's `peak_tflops` when set, the published figure on a
+TPU/GPU, and on a CPU an fp32 matmul (the fastest of sizes 1024-2048) measured before every round
+and after the last: the median of those, so the peak sees the same machine as the steps it divides
+("fraction of what this machine's matmuls reach").
 """
 from __future__ import annotations
 
@@ -194,13 +200,59 @@ class TorchBench:
         return time.perf_counter() - start
 
 
-def _timed(benches: list[Callable[[], float]], steps: int) -> list[list[float]]:
-    """Interleaves the benches step by step, so both see the same machine state."""
-    times: list[list[float]] = [[] for _ in benches]
-    for _ in range(steps):
-        for i, step in enumerate(benches):
-            times[i].append(step())
-    return times
+def _measured(step: Callable[[], float]) -> tuple[float, float]:
+    """(Wall seconds, process CPU seconds) of one step. CPU time sums every thread of the process:
+    XLA's and torch's thread pools, and whoever else's work slowed the wall clock does not count."""
+    cpu = time.process_time()
+    wall = step()
+    return wall, time.process_time() - cpu
+
+
+def paired_rounds(
+    runners: list[Callable[[], float]], rounds: int, probe: Callable[[], float] | None = None,
+) -> tuple[list[list[tuple[float, float]]], list[float]]:
+    """Each round runs one step of every runner, back to back, so a round's steps see the same
+    machine; the order reverses every other round (ours, torch; torch, ours; ...) so neither always
+    runs first. With a `probe` (the matmul peak) it is measured before every round and after the
+    last, around the steps it divides. Returns each runner's (wall, cpu) seconds per round, and the
+    probe's readings."""
+    samples: list[list[tuple[float, float]]] = [[] for _ in runners]
+    peaks: list[float] = []
+    for r in range(rounds):
+        if probe is not None:
+            peaks.append(probe())
+        order = range(len(runners)) if r % 2 == 0 else reversed(range(len(runners)))
+        for i in order:
+            samples[i].append(_measured(runners[i]))
+    if probe is not None:
+        peaks.append(probe())
+    return samples, peaks
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, quartiles and extremes: what a noisy measurement is reported with."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
+    return {"median": median, "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
+
+
+def _rel_iqr(values: list[float]) -> float:
+    s = spread(values)
+    return (s["q3"] - s["q1"]) / s["median"]
+
+
+def _timing_fields(prefix: str, samples: list[tuple[float, float]], tokens_per_step: int) -> dict[str, Any]:
+    """Step wall time (median, quartiles, fastest), tokens/s, CPU seconds per token and cores busy."""
+    wall = [w for w, _ in samples]
+    cpu = [c for _, c in samples]
+    s = spread(wall)
+    return {
+        f"{prefix}step_s": _sig(s["median"]),
+        f"{prefix}step_s_min": _sig(s["min"]),
+        f"{prefix}step_s_iqr": [_sig(s["q1"]), _sig(s["q3"])],
+        f"{prefix}tokens_per_s": _sig(tokens_per_step / s["median"]),
+        f"{prefix}cpu_s_per_token": _sig(statistics.median(cpu) / tokens_per_step),
+        f"{prefix}cpu_cores_busy": _sig(statistics.median(c / w for w, c in samples), 3),
+    }
 
 
 def bench(
@@ -208,14 +260,14 @@ def bench(
     *,
     seq_len: int = 512,
     batch_size: int = 4,
-    steps: int = 5,
+    steps: int = 7,
     warmup: int = 1,
     compare_torch: bool | None = None,
     torch_attention: str = "auto",
     seed: int = 0,
     shape: str = "none",
 ) -> dict:
-    """Benchmarks the train step (and torch's); returns the JSON record."""
+    """Benchmarks the train step (and torch's) in `steps` paired rounds; returns the JSON record."""
     validate(config)
     if seq_len <= 0 or batch_size <= 0 or steps <= 0 or warmup < 0:
         raise LimaError(f"--seq_len, --batch_size and --steps must be positive, --warmup >= 0 (got {seq_len}, {batch_size}, {steps}, {warmup})")
@@ -225,13 +277,15 @@ def bench(
         raise LimaError(f"--torch_attention {torch_attention!r}: expected one of {', '.join(TORCH_ATTENTION)}")
     device = jax.devices()[0]
     compare_torch = resolve_compare_torch(compare_torch, device)
+    load_before = os.getloadavg()
 
     cfg = model_config(config)
     batch = random_batch(cfg, batch_size, seq_len, seed)
     total_steps = warmup + steps + (2 if compare_torch else 0) + 1
     tokens_per_step = batch_size * seq_len
 
-    peak, peak_source = flops.peak_tflops(device, config.peak_tflops)
+    fixed = flops.fixed_peak_tflops(device, config.peak_tflops)
+    probe = None if fixed else flops.fastest_matmul_probe()
     ours = JaxBench(config, cfg, batch, total_steps)
     say(f"bench: compiled the train step in {ours.compile_s:.1f}s")
     first_step_s = ours.step()
@@ -239,7 +293,7 @@ def bench(
         ours.step()
 
     runners: list[Callable[[], float]] = [ours.step]
-    probe: dict[str, float] = {}
+    attention_probe: dict[str, float] = {}
     theirs = None
     if compare_torch:
         theirs = TorchBench(config, cfg, batch, total_steps, torch_attention)
@@ -249,17 +303,23 @@ def bench(
             for _ in range(max(warmup, 1)):
                 theirs.step()
             if len(candidates) > 1:
-                probe[name] = theirs.step()
-        if probe:
-            theirs.set_attention(min(probe, key=probe.get))
+                attention_probe[name] = theirs.step()
+        if attention_probe:
+            theirs.set_attention(min(attention_probe, key=attention_probe.get))
         runners.append(theirs.step)
-        say(f"bench: torch attention {theirs.attention} ({', '.join(f'{k} {v:.2f}s' for k, v in probe.items()) or 'as asked'})")
+        say(f"bench: torch attention {theirs.attention} ({', '.join(f'{k} {v:.2f}s' for k, v in attention_probe.items()) or 'as asked'})")
 
-    times = _timed(runners, steps)
-    step_s = statistics.median(times[0])
+    samples, peaks = paired_rounds(runners, steps, probe)
+    if probe is not None:
+        peak = statistics.median(peaks)
+        peak_source = f"measured fp32 matmul ({probe.size}^3), median of {len(peaks)} probes between the rounds"
+    else:
+        peak, peak_source = fixed
     flops_per_token = flops.train_flops_per_token(cfg, seq_len)
-    tokens_per_s = tokens_per_step / step_s
-    tflops = flops_per_token * tokens_per_s / 1e12
+    timing = _timing_fields("", samples[0], tokens_per_step)
+    timing["train_tokens_per_s"] = timing.pop("tokens_per_s")
+    tflops = flops_per_token * timing["train_tokens_per_s"] / 1e12
+    step_noise = _rel_iqr([w for w, _ in samples[0]])
     record: dict[str, Any] = {
         **model_fields(config, cfg, device, shape),
         "mode": "train",
@@ -274,45 +334,69 @@ def bench(
         "warmup": warmup,
         "compile_s": _sig(ours.compile_s, 4),
         "first_step_s": _sig(first_step_s, 4),
-        "step_s": _sig(step_s),
-        "step_s_min": _sig(min(times[0])),
-        "train_tokens_per_s": _sig(tokens_per_s),
-        "flops_per_token": flops_per_token,
-        # flops.py counts 6 FLOPs per input-embedding parameter too, though the lookup is a gather.
-        "input_embedding_flop_share": _sig(6.0 * cfg.vocab_size * cfg.dim / flops_per_token, 4),
+        **timing,
+        "flops_per_token": flops_per_token,  # PaLM's model FLOPs: the input embedding is a gather
         "tflops": _sig(tflops),
         "peak_tflops": _sig(peak),
         "peak_source": peak_source,
         "mfu": _sig(tflops / peak),
         "loss": _sig(ours.loss),
     }
+    if peaks:
+        record["peak_tflops_range"] = [_sig(min(peaks)), _sig(max(peaks))]
+    noise = {"step_s_rel_iqr": _sig(step_noise, 3), "load_average_1m": [_sig(load_before[0], 3), _sig(os.getloadavg()[0], 3)],
+             "cores": cpu_cores()}
+    if peaks:
+        noise["peak_rel_range"] = _sig((max(peaks) - min(peaks)) / peak, 3)
     if theirs is not None:
         import torch
         import transformers
 
-        torch_step_s = statistics.median(times[1])
-        torch_tokens_per_s = tokens_per_step / torch_step_s
+        theirs_timing = _timing_fields("torch_", samples[1], tokens_per_step)
+        ratios = spread([t[0] / o[0] for o, t in zip(samples[0], samples[1])])
+        cpu_ratio = statistics.median(t[1] / o[1] for o, t in zip(samples[0], samples[1]))
+        torch_tflops = flops_per_token * theirs_timing["torch_tokens_per_s"] / 1e12
         record.update(
             {
                 "torch_attention": theirs.attention,
-                "torch_attention_probe_s": {k: _sig(v, 4) for k, v in probe.items()},
+                "torch_attention_probe_s": {k: _sig(v, 4) for k, v in attention_probe.items()},
                 "torch_threads": theirs.threads,
-                "torch_step_s": _sig(torch_step_s),
-                "torch_step_s_min": _sig(min(times[1])),
-                "torch_tokens_per_s": _sig(torch_tokens_per_s),
-                "torch_tflops": _sig(flops_per_token * torch_tokens_per_s / 1e12),
-                "torch_mfu": _sig(flops_per_token * torch_tokens_per_s / 1e12 / peak),
+                **theirs_timing,
+                "torch_tflops": _sig(torch_tflops),
+                "torch_mfu": _sig(torch_tflops / peak),
                 "torch_loss": _sig(theirs.loss),
-                "speedup_vs_torch": _sig(tokens_per_s / torch_tokens_per_s),
-                # Each round's torch step over ours, then the median: robust to a machine whose speed drifts.
-                "speedup_vs_torch_paired": _sig(statistics.median(t / o for o, t in zip(times[0], times[1]))),
+                # Each round's torch step time over ours, then the median: robust to a machine whose speed drifts.
+                "speedup_vs_torch": _sig(ratios["median"]),
+                "speedup_vs_torch_iqr": [_sig(ratios["q1"]), _sig(ratios["q3"])],
+                "speedup_vs_torch_range": [_sig(ratios["min"]), _sig(ratios["max"])],
+                # The same in CPU seconds: what each framework's threads spent, however busy the host.
+                "cpu_speedup_vs_torch": _sig(cpu_ratio),
                 "torch_version": torch.__version__,
                 "transformers_version": transformers.__version__,
             }
         )
+        noise["torch_step_s_rel_iqr"] = _sig(_rel_iqr([w for w, _ in samples[1]]), 3)
+    record["noise"] = noise
+    record["noise_note"] = noise_note(record)
     if not all(math.isfinite(v) for v in (record["loss"], record.get("torch_loss", 0.0))):
         say("bench: warning: a non-finite loss")
     return record
+
+
+def noise_note(record: dict[str, Any]) -> str:
+    """One sentence on how far to trust the record's numbers."""
+    noise = record["noise"]
+    parts = [f"{record['steps']} paired rounds; our step time varied {100 * noise['step_s_rel_iqr']:.0f}% (IQR/median)"]
+    if "torch_step_s_rel_iqr" in noise:
+        lo, hi = record["speedup_vs_torch_iqr"]
+        parts.append(f"torch's {100 * noise['torch_step_s_rel_iqr']:.0f}%; the per-round ratio to torch "
+                     f"{record['speedup_vs_torch']:.2f}x, IQR {lo:.2f}-{hi:.2f}x, range "
+                     "{:.2f}-{:.2f}x".format(*record["speedup_vs_torch_range"]))
+    if "peak_rel_range" in noise:
+        parts.append(f"the matmul peak moved {100 * noise['peak_rel_range']:.0f}% (range/median) between rounds")
+    load = noise["load_average_1m"]
+    parts.append(f"load average {load[0]:.1f} then {load[1]:.1f} on {noise['cores']} cores")
+    return "; ".join(parts)
 
 
 def model_fields(config: ml_collections.ConfigDict, cfg: ModelConfig, device: jax.Device, shape: str) -> dict[str, Any]:
@@ -346,6 +430,7 @@ def decode_bench(
     compare_torch: bool | None = None,
     seed: int = 0,
     shape: str = "none",
+    compile_layers: tuple[int, ...] = (),
 ) -> dict:
     """Benchmarks the sampler (and transformers' generate); returns the JSON record."""
     validate(config)
@@ -354,10 +439,12 @@ def decode_bench(
     cfg = model_config(config)
     found = bench_decode.bench_decode(
         cfg, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
-        compare_torch=compare_torch, threads=cpu_cores(), seed=seed,
+        compare_torch=compare_torch, threads=cpu_cores(), seed=seed, compile_layers=compile_layers,
     )
     record = {**model_fields(config, cfg, device, shape), "mode": "decode"}
     record.update({k: _sig(v) if isinstance(v, float) else v for k, v in found.items()})
+    if "decode_compile_s" in record:
+        record["decode_compile_s"] = {k: _sig(v, 4) for k, v in record["decode_compile_s"].items()}
     if compare_torch:
         import torch
         import transformers
