@@ -57,6 +57,7 @@ class ModelConfig:
     residual_dropout: float = 0.2  # the rate at the top layer; 0.0 at the bottom, linear between
     scan_layers: bool = True
     remat: str = "none"  # none | full | save_dots (keep matmul outputs, recompute the rest)
+    attention: str = "auto"  # training's kernel: auto | xla | splash (TPU) | cudnn (GPU); see train/fused_attention.py
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; norms, softmax and logits stay in float32
     init_std: float = 0.02
@@ -231,7 +232,8 @@ class Block(nnx.Module):
             attn_key, mlp_key = jax.random.split(dropout_key)
         slots = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), segment_ids.shape)
         q, k, v = self._qkv_rotated(x, positions)
-        x = x + residual_dropout(self._attention_out(q, k, v, segment_ids, segment_ids, slots), dropout_rate, attn_key)
+        out = self._attention_out(q, k, v, segment_ids, segment_ids, slots, whole_sequences=True)
+        x = x + residual_dropout(out, dropout_rate, attn_key)
         x = x + residual_dropout(self._mlp(x), dropout_rate, mlp_key)
         return constrain(x, ACTIVATION_AXES)
 
@@ -270,9 +272,19 @@ class Block(nnx.Module):
         q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
         return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
 
-    def _attention_out(self, q, k, v, q_segments, kv_segments, q_slots) -> jax.Array:
-        dt = q.dtype
-        out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
+    def _attention_out(self, q, k, v, q_segments, kv_segments, q_slots, *, whole_sequences: bool = False) -> jax.Array:
+        """`whole_sequences`: training's self-attention (T == S, slot = position in the row), where
+        `model.attention` may pick a fused kernel; decoding against a cache always takes `attention`."""
+        dt, cfg = q.dtype, self.cfg
+        impl = "xla"
+        if whole_sequences and cfg.attention != "xla":
+            from lima_jax.train import fused_attention
+
+            impl = fused_attention.resolve(cfg.attention, q.shape[1], cfg.resolved_head_dim, cfg.dtype)
+        if impl == "xla":
+            out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
+        else:  # the kernels take keys and values (B, T, K, Dh), as projected
+            out = fused_attention.attend(impl, q, k.astype(dt).transpose(0, 2, 1, 3), v.astype(dt).transpose(0, 3, 1, 2), q_segments)
         return jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
 
     def _mlp(self, x: jax.Array) -> jax.Array:
