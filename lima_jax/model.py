@@ -25,11 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from lima_jax.sharding import constrain, tree_shardings
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
-REMAT_POLICIES = ("none", "full", "save_dots")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_attention")
+# What `remat=save_attention` keeps per layer: the rotated q, k, v and the attention output (and the
+# splash kernel's log-sum-exp), so the backward pass recomputes only norms, the MLP and the output
+# projection, never the attention itself.
+ATTENTION_SAVED = ("attention_qkv", "attention")
 DTYPES = ("float32", "bfloat16", "float16")
 # The logit of a padding id: its probability is exactly 0, and unlike -inf it stays finite through
 # temperature, repetition penalty and a cross-entropy's 0 * log p.
@@ -56,7 +61,7 @@ class ModelConfig:
     eos_id: int = 2
     residual_dropout: float = 0.2  # the rate at the top layer; 0.0 at the bottom, linear between
     scan_layers: bool = True
-    remat: str = "none"  # none | full | save_dots (keep matmul outputs, recompute the rest)
+    remat: str = "none"  # none | full | save_dots (keep matmul outputs) | save_attention (keep q, k, v, attention out)
     attention: str = "auto"  # training's kernel: auto | xla | splash (TPU) | cudnn (GPU); see train/fused_attention.py
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; norms, softmax and logits stay in float32
@@ -231,7 +236,7 @@ class Block(nnx.Module):
         if dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
         slots = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), segment_ids.shape)
-        q, k, v = self._qkv_rotated(x, positions)
+        q, k, v = (checkpoint_name(a, ATTENTION_SAVED[0]) for a in self._qkv_rotated(x, positions))
         out = self._attention_out(q, k, v, segment_ids, segment_ids, slots, whole_sequences=True)
         x = x + residual_dropout(out, dropout_rate, attn_key)
         x = x + residual_dropout(self._mlp(x), dropout_rate, mlp_key)
@@ -285,6 +290,7 @@ class Block(nnx.Module):
             out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
         else:  # the kernels take keys and values (B, T, K, Dh), as projected
             out = fused_attention.attend(impl, q, k.astype(dt).transpose(0, 2, 1, 3), v.astype(dt).transpose(0, 3, 1, 2), q_segments)
+        out = checkpoint_name(out, ATTENTION_SAVED[1])
         return jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
 
     def _mlp(self, x: jax.Array) -> jax.Array:
@@ -299,6 +305,8 @@ def _remat(fn, policy: str):
         return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
     if policy == "save_dots":
         return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    if policy == "save_attention":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(*ATTENTION_SAVED))
     raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {policy!r}")
 
 

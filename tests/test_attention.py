@@ -1,7 +1,12 @@
 """`model.attention`: each fused kernel against the XLA path, on packed rows (segment ids, padding)
 with grouped-query heads. Splash runs here in Pallas' interpret mode (a CPU has no TPU); cuDNN needs
 an NVIDIA GPU and skips without one."""
+import contextlib
+import io
 import json
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +19,7 @@ from lima_jax.config import load_config
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, attention, model_from_params
 from lima_jax.train import fused_attention
+from test_aot import needs_libtpu
 from test_model import forward, random_model, random_tokens, tiny
 
 needs_gpu = pytest.mark.skipif(
@@ -80,6 +86,33 @@ def test_splash_model_on_a_mesh_gives_xla_logits(kv_heads):
     np.testing.assert_allclose(logits("splash"), logits("xla"), atol=2e-4)
 
 
+@needs_libtpu
+def test_splash_compiles_for_a_tpu_slice_as_one_kernel_per_devices_rows_and_heads():
+    """XLA for a v5p-8 slice (libtpu, no TPU needed) with rows over fsdp=2 and heads over tensor=2:
+    the program holds the splash kernel, and it sees 2 of the 4 rows and 2 of the 4 heads."""
+    script = textwrap.dedent("""
+        from lima_jax.train.aot import compile_offline, topology_devices
+        compile_offline()
+        import jax, jax.numpy as jnp
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from lima_jax import sharding
+        from lima_jax.train import fused_attention
+        mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2}, topology_devices("v5p-8")[1])
+        def run(q, k, v, seg):
+            with sharding.activation_mesh(mesh):
+                return fused_attention.splash(q, k, v, seg)
+        rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, P("fsdp")))
+        kv = rows((4, 256, 2, 128), jnp.bfloat16)
+        hlo = jax.jit(run).lower(rows((4, 256, 4, 128), jnp.bfloat16), kv, kv, rows((4, 256), jnp.int32)).compile().as_text()
+        print("\\n".join(line.strip() for line in hlo.splitlines() if "tpu_custom_call" in line))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    kernels = r.stdout.strip().splitlines()
+    assert len(kernels) == 1 and kernels[0].startswith("%splash_mha_fwd_segmented"), r.stdout[:500]
+    assert "bf16[2,2,256,128]" in kernels[0]  # (rows, heads, T, Dh) on one device
+
+
 def test_the_cudnn_paths_mask_and_layout_give_xla_attention():
     """`dot_product` is what cudnn runs, with JAX's reference implementation in its place (this
     checks the segment mask, causality, GQA and the (B, T, N, H) layout everywhere)."""
@@ -122,3 +155,29 @@ def test_a_model_config_saved_before_the_key_existed_loads_as_auto():
     values = json.loads(ModelConfig().to_json())
     del values["attention"]
     assert ModelConfig.from_dict(values).attention == "auto"
+
+
+def test_save_attention_remat_keeps_the_splash_kernels_residuals_and_the_gradient():
+    """`remat=save_attention` keeps q, k, v and the kernel's output and log-sum-exp per layer (so the
+    backward pass never reruns attention), where `full` keeps only each layer's input; the gradient
+    is the XLA path's without remat."""
+    cfg = tiny(dim=256, num_heads=2, num_kv_heads=1, head_dim=128, num_layers=3, max_len=128)
+    params = nnx.state(random_model(cfg)).to_pure_dict()
+    tokens, seg = random_tokens(cfg, (1, 128)), packed_segments(1, 128)
+
+    def loss(graphdef):
+        return lambda state: jnp.mean(nnx.merge(graphdef, state)(tokens, segment_ids=seg)[..., 0] ** 2)
+
+    saved, grads = {}, {}
+    for attn, remat in (("xla", "none"), ("splash", "full"), ("splash", "save_attention")):
+        graphdef, state = nnx.split(model_from_params(cfg.replace(attention=attn, remat=remat), params))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            jax.ad_checkpoint.print_saved_residuals(loss(graphdef), state)
+        saved[remat] = out.getvalue()
+        if remat != "full":  # (test_model checks that full remat keeps the gradient)
+            grads[remat] = jax.jit(jax.grad(loss(graphdef)))(state)
+    log_sum_exp = "f32[3,1,2,128] output of scan"  # (layers, rows, heads, T): only splash makes it
+    assert log_sum_exp in saved["save_attention"] and log_sum_exp not in saved["full"]
+    assert "f32[3,1,128,2,128] output of scan" in saved["save_attention"]  # q (layers, rows, T, heads, Dh)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads["save_attention"], grads["none"])

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lima_jax.errors import LimaError
+from lima_jax.model import ATTENTION_SAVED
 from lima_jax.sharding import active_mesh, spec
 
 ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn")
@@ -119,6 +120,8 @@ def _splash_local(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Arr
         block_q_dq=block, block_kv_dq=block,
     )
     causal = masks.MultiHeadMask([masks.CausalMask(shape=(t, t))] * heads)
-    attn = kernel.make_splash_mha(causal, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
+    # The kernel names its output and log-sum-exp, so `remat=save_attention` keeps them.
+    attn = kernel.make_splash_mha(causal, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret,
+                                  residual_checkpoint_name=ATTENTION_SAVED[1])
     segments = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
     return jax.vmap(attn)(q, k, v, segment_ids=segments)
