@@ -6,7 +6,8 @@ causal, packed rows kept apart by segment ids): `model.attention = auto | xla | 
   `shard_map` over the batch and head axes as MaxText does, since a Pallas call cannot be split by
   XLA's partitioner. On a CPU it runs in Pallas' interpret mode (slow; for tests).
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's flash attention on NVIDIA
-  GPUs, with a (B, 1, T, T) same-segment mask beside `is_causal`.
+  GPUs, with a (B, 1, T, T) same-segment mask beside `is_causal`. JAX gives it a custom partitioning
+  rule (batch and heads), so it needs no shard_map.
 - `auto`: splash on TPU, cudnn on GPU where their shape and dtype limits are met, else xla.
 
 Decoding (a KV cache with more slots than new tokens) always uses `xla`.
