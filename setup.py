@@ -16,7 +16,8 @@ setup(
     # The curation command's editable lists: Stack Exchange sites by group, and the phrases of the
     # "refers to other answers" rule.
     package_data={"lima_jax.data": ["demo/train.jsonl", "demo/test.jsonl", "demo/tokenizer.model"],
-                  "lima_jax.curate": ["exchanges.tsv", "reference_phrases.txt"]},
+                  "lima_jax.curate": ["exchanges.tsv", "reference_phrases.txt"],
+                  "lima_jax.configs": ["ablations/*.py"]},  # `ablate --grid=NAME` finds them when installed
     install_requires=[
         "jax>=0.6.0",
         "flax>=0.12.0",
@@ -31,6 +32,8 @@ setup(
         "absl-py>=2.1.0",
         "ml-collections>=1.0.0",
         "safetensors>=0.4.3",
+        # GGUF files (llama.cpp, Ollama) in and out: its reader, writer and dequantizers (lima_jax.weights.gguf).
+        "gguf==0.19.0",
         "numpy>=1.26",
         "ml_dtypes>=0.5.0",
         "tqdm>=4.66",
@@ -52,8 +55,9 @@ setup(
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
         # gcp-storage-emulator: the in-memory Cloud Storage that tests/test_gcs.py runs gs:// paths against.
         # openai: the official client tests/test_serve.py talks to the server with.
+        # accelerate: transformers loads GGUF files through it (tests/test_gguf.py checks our export there).
         "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45", "gcp-storage-emulator>=2026.7.18",
-                 "openai>=1.40"],
+                 "openai>=1.40", "accelerate==1.15.0"],
         # libtpu lets JAX compile for TPU topologies on a CPU host (lima_jax.aot and its tests). On a
         # machine without a TPU, lima_jax keeps its TPU probe quiet (lima_jax/tpu_probe.py).
         "aot": ["libtpu==0.0.51; platform_system == 'Linux' and platform_machine == 'x86_64'"],

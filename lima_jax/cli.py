@@ -27,10 +27,11 @@ flags.DEFINE_bool("verbose", False, "print tracebacks with errors")
 
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
-        if any(a.startswith("--config") for a in argv[1:]):
-            from lima_jax.config import check_overrides  # imports the model: only for commands with a config
+        if any(a.startswith("--config") or a.startswith("--grid") for a in argv[1:]):
+            from lima_jax.config import CONFIG_FLAGS, check_overrides  # imports the model: only for commands with a config
 
-            check_overrides(argv)
+            for name in CONFIG_FLAGS or ["config"]:
+                check_overrides(argv, name)
         rest = flags.FLAGS(argv)
     except (flags.Error, LimaError) as e:
         print(f"error: {describe_flag_error(str(e))}", file=sys.stderr)

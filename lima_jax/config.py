@@ -16,7 +16,8 @@ from absl import flags
 from ml_collections.config_flags import config_flags as _cf
 
 from lima_jax.errors import LimaError
-from lima_jax.model import DTYPES, REMAT_POLICIES, ModelConfig
+from lima_jax.model import DTYPES, FAMILIES, REMAT_POLICIES, ROPE_SCALINGS, ModelConfig
+from lima_jax.recipe import from_checkpoint, needs_checkpoint
 from lima_jax.recipe import lima_config  # noqa: F401 - config files written before recipe.py import it from here
 
 _REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -52,24 +53,34 @@ def resolve_config_path(spec: str) -> str:
 
 
 class _NamedConfigParser(_cf.ConfigFileFlagParser):
-    """ml_collections' config-file parser, resolving a bare name against configs/ first."""
+    """ml_collections' config-file parser, resolving a bare name against configs/ first (or as `resolve` does)."""
+
+    def __init__(self, name: str, lock_config: bool = True, resolve: Callable[[str], str] = resolve_config_path):
+        super().__init__(name=name, lock_config=lock_config)
+        self._resolve = resolve
 
     def parse(self, path: str) -> ml_collections.ConfigDict:
         try:
-            return super().parse(resolve_config_path(path))
+            return super().parse(self._resolve(path))
         except LimaError as e:
             raise ValueError(str(e)) from None
 
 
-def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "") -> flags.FlagHolder:
-    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name.
+CONFIG_FLAGS: dict[str, Callable[[str], str]] = {}  # the config-file flags defined, each with how it finds a file
+
+
+def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "",
+                       resolve: Callable[[str], str] = resolve_config_path) -> flags.FlagHolder:
+    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name
+    (`resolve`: how a name becomes a file; `ablate --grid` looks in configs/ablations/).
 
     Each entry point defines it; a process that imports several (tests) shares the first.
     """
     if name in flags.FLAGS:
         return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+    CONFIG_FLAGS[name] = resolve
     flag = _cf._ConfigFlag(  # noqa: SLF001 - the public helper hard-wires its parser
-        parser=_NamedConfigParser(name=name, lock_config=True),
+        parser=_NamedConfigParser(name=name, lock_config=True, resolve=resolve),
         serializer=flags.ArgumentSerializer(),
         name=name,
         default=default,
@@ -99,7 +110,8 @@ def check_overrides(argv: list[str], name: str = "config") -> None:
         return
     if spec is None:
         raise LimaError(f"--{name}.{keys[0]} overrides a key, but no --{name}=NAME was given")
-    config = _cf.ConfigFileFlagParser(name=name).parse(resolve_config_path(spec))  # LimaError names an unknown config
+    resolve = CONFIG_FLAGS.get(name, resolve_config_path)
+    config = _cf.ConfigFileFlagParser(name=name).parse(resolve(spec))  # LimaError names an unknown config
     for dotted in keys:
         node = config
         for i, part in enumerate(dotted.split(".")):
@@ -117,6 +129,17 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collec
         set_key(config, key, value)
     validate(config)
     return config
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"data": {"max_len": 64}} -> {"data.max_len": 64}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
@@ -160,7 +183,12 @@ def trained_model_config(config: ml_collections.ConfigDict, tokenizer_pieces: in
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks the values that the type system cannot: one LimaError line per problem."""
+    """Checks the values that the type system cannot: one LimaError line per problem. A config that
+    reads its model from `init_checkpoint` (`--config=auto`) is first filled from it, and says so."""
+    if needs_checkpoint(config):
+        from lima_jax.cli import say
+
+        say(f"--config=auto: {from_checkpoint(config)}")
     m = config.model
 
     def need(ok: bool, key: str, why: str) -> None:
@@ -181,6 +209,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(m[key] in DTYPES, f"model.{key}", f"must be one of {', '.join(DTYPES)}, got {m[key]!r}")
     need(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
     need(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps}")
+    need(m.rope_scaling in ROPE_SCALINGS, "model.rope_scaling", f"must be one of {', '.join(ROPE_SCALINGS)}, got {m.rope_scaling!r}")
+    need(m.family in FAMILIES, "model.family", f"must be one of {', '.join(FAMILIES)}, got {m.family!r}")
     if "optim" in config:
         _validate_optim(config.optim, need)
 

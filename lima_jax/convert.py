@@ -1,11 +1,16 @@
-"""Weights in and out: Hugging Face, Meta or llama2.c -> an Orbax checkpoint, and back to Hugging Face.
+"""Weights in and out: Hugging Face, Meta, llama2.c or GGUF -> an Orbax checkpoint, and back to Hugging
+Face or GGUF (for llama.cpp and Ollama).
 
     python -m lima_jax.convert --input=llama-65b --input_format=meta --output=ckpt/llama-65b
     python -m lima_jax.convert --input=ckpt/llama-65b --output_format=hf --output=hf/llama-65b
+    python -m lima_jax.convert --input=llama-2-7b.Q4_K_M.gguf --output=ckpt/llama-2-7b
+    python -m lima_jax.convert --input=runs/lima-7b --output_format=gguf --dtype=float16 --output=lima-7b.gguf
 
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
 shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
-their stored dtype unless `--dtype` says otherwise. The work is `lima_jax.weights.convert.convert`.
+their stored dtype unless `--dtype` says otherwise. A fine-tuned run exported to Hugging Face keeps
+its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). The work is
+`lima_jax.weights.convert.convert`.
 """
 from __future__ import annotations
 
@@ -14,12 +19,13 @@ from absl import flags
 from lima_jax.cli import no_arguments, run
 from lima_jax.config import define_config_flag, model_config, validate
 from lima_jax.errors import LimaError
-from lima_jax.weights.convert import INPUT_FORMATS, convert, parse_size
+from lima_jax.weights.convert import INPUT_FORMATS, OUTPUT_FORMATS, convert, parse_size
 
-_INPUT = flags.DEFINE_string("input", None, "a Hugging Face folder, a Meta folder, a llama2.c .bin, or a lima_jax checkpoint")
+_INPUT = flags.DEFINE_string("input", None, "a Hugging Face folder, a Meta folder, a llama2.c .bin, a .gguf file, or a lima_jax checkpoint")
 _INPUT_FORMAT = flags.DEFINE_enum("input_format", "auto", INPUT_FORMATS, "the input's format; auto detects it")
 _OUTPUT = flags.DEFINE_string("output", None, "where to write; an existing path is never overwritten unless --overwrite")
-_OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "orbax", ("orbax", "hf"), "a lima_jax (Orbax) checkpoint or a Hugging Face folder")
+_OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "orbax", OUTPUT_FORMATS,
+                                   "a lima_jax (Orbax) checkpoint, a Hugging Face folder, or one GGUF file (F32/F16/BF16)")
 _CONFIG = define_config_flag("config", None)
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "the tokenizer to keep with the output: a tokenizer.model, a tokenizer.json or its folder (found beside the input by default)")
 _DTYPE = flags.DEFINE_enum("dtype", "keep", ("keep", "float32", "bfloat16", "float16"), "the dtype of the written tensors")

@@ -36,6 +36,8 @@ REMAT_POLICIES = ("none", "full", "save_dots", "save_attention")
 # projection, never the attention itself.
 ATTENTION_SAVED = ("attention_qkv", "attention")
 DTYPES = ("float32", "bfloat16", "float16")
+ROPE_SCALINGS = ("none", "llama3")
+FAMILIES = ("llama", "mistral", "qwen2")  # Hugging Face model_type values
 # The logit of a padding id: its probability is exactly 0, and unlike -inf it stays finite through
 # temperature, repetition penalty and a cross-entropy's 0 * log p.
 PADDING_LOGIT = -1e30
@@ -54,6 +56,16 @@ class ModelConfig:
     head_dim: int = 0  # 0 means dim // num_heads
     ffn_dim: int = 11008
     rope_theta: float = 10000.0
+    # Llama 3.1's rotary frequency scaling ("llama3" in Hugging Face's rope_parameters) when
+    # rope_scaling is "llama3"; the four numbers are its parameters (3.1's values by default).
+    rope_scaling: str = "none"  # none | llama3
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2; LLaMA's attention_bias)
+    out_bias: bool = False  # a bias on the attention output projection (LLaMA's attention_bias only)
+    family: str = "llama"  # the Hugging Face architecture it reads from and exports to: FAMILIES
     norm_eps: float = 1e-6
     max_len: int = 2048
     tie_embeddings: bool = False
@@ -147,10 +159,26 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return (scale.astype(x.dtype) * normed.astype(x.dtype)).astype(x.dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding in the "rotate-half" layout: x (B, T, heads, Dh), positions (B, T)."""
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """The rotary inverse frequencies (Dh/2,) in float32, as Hugging Face computes them; with
+    `rope_scaling="llama3"`, Llama 3.1's: long wavelengths divided by `rope_factor`, short ones kept,
+    and the band between them interpolated smoothly."""
+    dh = cfg.resolved_head_dim
+    inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, dh, 2, dtype=np.float32) / np.float32(dh)))).astype(np.float32)
+    if cfg.rope_scaling == "none":
+        return inv_freq
+    factor, low, high, old_len = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_len
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled).astype(np.float32)
+
+
+def rotary(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotary embedding in the "rotate-half" layout: x (B, T, heads, Dh), positions (B, T),
+    inv_freq (Dh/2,) from `rope_frequencies`."""
     half = x.shape[-1] // 2
-    inv_freq = 1.0 / (theta ** (np.arange(0, half, dtype=np.float32) * 2.0 / x.shape[-1]))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, Dh/2)
     cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
@@ -222,6 +250,13 @@ class Block(nnx.Module):
         self.wk = _param(rngs, normal, (*stack, d, kv, dh), (*lyr, "embed", "kv_heads", "head_dim"), pd)
         self.wv = _param(rngs, normal, (*stack, d, kv, dh), (*lyr, "embed", "kv_heads", "head_dim"), pd)
         self.wo = _param(rngs, normal, (*stack, h, dh, d), (*lyr, "heads", "head_dim", "embed"), pd)
+        zeros = jax.nn.initializers.zeros
+        if cfg.qkv_bias:
+            self.bq = _param(rngs, zeros, (*stack, h, dh), (*lyr, "heads", "head_dim"), pd)
+            self.bk = _param(rngs, zeros, (*stack, kv, dh), (*lyr, "kv_heads", "head_dim"), pd)
+            self.bv = _param(rngs, zeros, (*stack, kv, dh), (*lyr, "kv_heads", "head_dim"), pd)
+        if cfg.out_bias:
+            self.bo = _param(rngs, zeros, (*stack, d), (*lyr, "norm"), pd)
         self.mlp_norm = _param(rngs, ones, (*stack, d), (*lyr, "norm"), pd)
         self.w_gate = _param(rngs, normal, (*stack, d, f), (*lyr, "embed", "mlp"), pd)
         self.w_up = _param(rngs, normal, (*stack, d, f), (*lyr, "embed", "mlp"), pd)
@@ -264,7 +299,13 @@ class Block(nnx.Module):
 
     def project_qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q (B, T, H, Dh), k and v (B, T, K, Dh) from the normed input."""
-        return tuple(jnp.einsum("btd,dhk->bthk", h, w[...].astype(h.dtype)) for w in (self.wq, self.wk, self.wv))
+        return self.add_qkv_bias(tuple(jnp.einsum("btd,dhk->bthk", h, w[...].astype(h.dtype)) for w in (self.wq, self.wk, self.wv)))
+
+    def add_qkv_bias(self, qkv: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k, v plus their biases, for the architectures that have them (`cfg.qkv_bias`)."""
+        if not self.cfg.qkv_bias:
+            return qkv
+        return tuple(y + b[...].astype(y.dtype) for y, b in zip(qkv, (self.bq, self.bk, self.bv)))
 
     def project_gate_up(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The MLP's gate and up projections (B, T, F) from the normed input."""
@@ -274,7 +315,8 @@ class Block(nnx.Module):
         """q (B, T, H, Dh) and the keys (B, K, T, Dh) and values (B, K, Dh, T) in the cache's layout."""
         cfg = self.cfg
         q, k, v = self.project_qkv(rms_norm(x, self.attn_norm[...], cfg.norm_eps))
-        q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+        inv_freq = rope_frequencies(cfg)
+        q, k = rotary(q, positions, inv_freq), rotary(k, positions, inv_freq)
         return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
 
     def _attention_out(self, q, k, v, q_segments, kv_segments, q_slots, *, whole_sequences: bool = False) -> jax.Array:
@@ -291,7 +333,8 @@ class Block(nnx.Module):
         else:  # the kernels take keys and values (B, T, K, Dh), as projected
             out = fused_attention.attend(impl, q, k.astype(dt).transpose(0, 2, 1, 3), v.astype(dt).transpose(0, 3, 1, 2), q_segments)
         out = checkpoint_name(out, ATTENTION_SAVED[1])
-        return jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
+        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
+        return out + self.bo[...].astype(dt) if cfg.out_bias else out
 
     def _mlp(self, x: jax.Array) -> jax.Array:
         gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps))
@@ -400,6 +443,7 @@ def param_count(cfg: ModelConfig) -> int:
     d, f, kv_dim = cfg.dim, cfg.ffn_dim, cfg.num_kv_heads * cfg.resolved_head_dim
     q_dim = cfg.num_heads * cfg.resolved_head_dim
     per_layer = 2 * d + d * q_dim + 2 * d * kv_dim + q_dim * d + 3 * d * f
+    per_layer += (q_dim + 2 * kv_dim) * cfg.qkv_bias + d * cfg.out_bias
     heads = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
     return cfg.num_layers * per_layer + heads + d
 

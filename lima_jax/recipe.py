@@ -7,7 +7,9 @@
     between epochs 5 and 10 on a 50-example dev set.
 
 Config files (`configs/NAME.py`) call `lima_config(name, **model dimensions)` and change what their
-model needs; everything else a run reads is listed here with its default.
+model needs; everything else a run reads is listed here with its default. `configs/auto.py` calls
+`auto_config()` instead: no dimensions at all, they are read from `init_checkpoint` when the run starts
+(`from_checkpoint`), and the batch size and top dropout follow the model's size (`recipe_for_size`).
 """
 from __future__ import annotations
 
@@ -15,9 +17,22 @@ import dataclasses
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 from lima_jax.errors import LimaError
-from lima_jax.model import ModelConfig
+from lima_jax.model import ModelConfig, param_count
+
+# The model keys that make a checkpoint's weights mean what they mean: a config and the checkpoint it
+# starts from must agree on every one.
+ARCHITECTURE = ("dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffn_dim", "tie_embeddings", "rope_theta", "norm_eps",
+                "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len",
+                "qkv_bias", "out_bias", "family")
+# What `--config=auto` takes from the checkpoint besides: its vocabulary, context and special ids.
+FROM_CHECKPOINT = ARCHITECTURE + ("vocab_size", "max_len", "bos_id", "eos_id")
+# LIMA (section 3): "32 for 65B, 64 for smaller models" and dropout "0.3 for 65B, 0.2 for smaller
+# models". Its 65B is LLaMA-1 65B; 7B to 33B models are the smaller ones (configs/33b.py keeps 64/0.2),
+# so the line between them is drawn at 50B: Llama 2 70B falls on 65B's side (configs/llama2_70b.py).
+LARGE_MODEL_PARAMS = 50e9
 
 
 def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collections.ConfigDict:
@@ -84,3 +99,68 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
     c.log_every = 1
     c.peak_tflops = 0.0  # per device, for MFU; 0 looks it up by device kind (measured on CPU)
     return c
+
+
+def check_architecture(model: dict[str, Any], base: ModelConfig, source: str) -> None:
+    """Every ARCHITECTURE key set in `model` (None is unset) is `base`'s, else a LimaError naming both."""
+    for key in ARCHITECTURE:
+        if model.get(key) is not None and model[key] != getattr(base, key):
+            raise LimaError(f"config key model.{key}: {model[key]} but {source} has {getattr(base, key)}")
+
+
+def recipe_for_size(num_params: int) -> tuple[int, float]:
+    """LIMA's (batch size, top-layer residual dropout) for a model of `num_params` parameters:
+    (32, 0.3) for 65B-class models, (64, 0.2) for smaller ones."""
+    return (32, 0.3) if num_params >= LARGE_MODEL_PARAMS else (64, 0.2)
+
+
+def auto_config() -> ml_collections.ConfigDict:
+    """LIMA's recipe for whatever model `init_checkpoint` holds (`--config=auto`): the model keys the
+    checkpoint fixes, the batch size and the top dropout are left unset (None) until `from_checkpoint`
+    fills them at the start of the run; a key given on the command line is kept (and checked)."""
+    c = lima_config("auto", dtype="bfloat16")
+    for key in (*FROM_CHECKPOINT, "residual_dropout"):
+        c.model[key] = config_dict.placeholder(type(c.model[key]))
+    c.batch_size = config_dict.placeholder(int)
+    return c
+
+
+def needs_checkpoint(config: ml_collections.ConfigDict) -> bool:
+    """Whether `config` still waits for `from_checkpoint` (an `auto_config()` not yet filled)."""
+    return config.get("batch_size") is None or any(config.model.get(key) is None for key in (*FROM_CHECKPOINT, "residual_dropout"))
+
+
+def from_checkpoint(config: ml_collections.ConfigDict) -> str:
+    """Fills `config`'s unset model keys from `init_checkpoint` and its batch size and top dropout from
+    the model's size, in place; a model key set to another value than the checkpoint's architecture is
+    a LimaError naming both. Returns the line that describes what was chosen."""
+    from lima_jax.weights import checkpoint  # Orbax: only for the commands that read a checkpoint
+
+    source = config.init_checkpoint
+    if not source:
+        raise LimaError("config key init_checkpoint: this config reads the model's architecture from it; pass --config.init_checkpoint=CKPT")
+    base = checkpoint.load_model_config(source)
+    check_architecture(config.model.to_dict(), base, source)
+    stored = {**dataclasses.asdict(base), "vocab_size": base.used_vocab_size}  # padding rows are not the vocabulary
+    for key in FROM_CHECKPOINT:
+        if config.model[key] is None:
+            config.model[key] = stored[key]
+    values = {k: v for k, v in config.model.to_dict().items() if k != "vocab_multiple"}
+    num_params = param_count(ModelConfig(**{**values, "residual_dropout": 0.0}))
+    batch, dropout = recipe_for_size(num_params)
+    if config.batch_size is None:
+        config.batch_size = batch
+    if config.model.residual_dropout is None:
+        config.model.residual_dropout = dropout
+    return f"{source}: {describe(ModelConfig(**values), num_params)}; batch {config.batch_size}, top-layer dropout {config.model.residual_dropout}"
+
+
+def describe(cfg: ModelConfig, num_params: int) -> str:
+    """One line naming an architecture, e.g. `llama, 6.74B parameters: 32 layers, dim 4096, ...`."""
+    rope = f"rope theta {cfg.rope_theta:g}" + (
+        f" with llama3 scaling (factor {cfg.rope_factor:g}, original context {cfg.rope_original_max_len})" if cfg.rope_scaling == "llama3" else "")
+    biases = [name for name, on in (("q/k/v", cfg.qkv_bias), ("output", cfg.out_bias)) if on]
+    return (f"{cfg.family}, {num_params / 1e9:.2f}B parameters: {cfg.num_layers} layers, dim {cfg.dim}, {cfg.num_heads} heads "
+            f"({cfg.num_kv_heads} key/value) of {cfg.resolved_head_dim}, MLP {cfg.ffn_dim}, vocabulary {cfg.vocab_size}, "
+            f"context {cfg.max_len}, {rope}, {'tied' if cfg.tie_embeddings else 'separate'} embeddings"
+            + (f", {' and '.join(biases)} biases" if biases else ""))

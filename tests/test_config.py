@@ -35,7 +35,7 @@ def test_paper_dimensions(name):
 
 def test_every_config_file_loads():
     assert set(EXPECTED) | {"tiny"} <= set(available_configs())
-    for name in available_configs():
+    for name in sorted(set(available_configs()) - {"auto"}):  # auto needs a checkpoint: test_auto_config.py
         model_config(load_config(name))
 
 

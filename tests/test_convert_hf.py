@@ -9,7 +9,7 @@ import pytest
 from hf_reference import hf_logits, hf_state, random_hf_model, torch, transformers
 from safetensors.numpy import load_file, save_file
 
-from lima_jax.weights import checkpoint
+from lima_jax.weights import checkpoint, hf
 from lima_jax.weights.convert import convert
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, model_from_params
@@ -133,3 +133,95 @@ def test_export_drops_the_vocabulary_padding(hf_folder, tmp_path):
     tokens = np.random.RandomState(1).randint(0, 97, (2, 9))
     ours = np.asarray(model_from_params(cfg, params)(tokens))[..., :97]
     np.testing.assert_allclose(hf_logits(reloaded, tokens), ours, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# The LLaMA family: Llama 3.1's rope scaling, Mistral, Qwen2 (q/k/v biases), SmolLM (tied, GQA)
+# ----------------------------------------------------------------------------------------------
+
+FAMILIES = {
+    "llama3.1": (CFG.replace(rope_theta=500000.0, rope_scaling="llama3", rope_original_max_len=32), "LlamaForCausalLM"),
+    "llama-attention-bias": (CFG.replace(qkv_bias=True, out_bias=True), "LlamaForCausalLM"),
+    "mistral": (CFG.replace(family="mistral"), "MistralForCausalLM"),
+    "qwen2": (CFG.replace(family="qwen2", qkv_bias=True, tie_embeddings=True, rope_theta=1e6), "Qwen2ForCausalLM"),
+    "smollm": (CFG.replace(num_heads=8, num_kv_heads=2, tie_embeddings=True, rope_theta=1e5), "LlamaForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_imports_exports_and_matches_transformers(family, tmp_path):
+    """transformers' folder -> our checkpoint (same logits) -> a folder transformers loads back as the
+    same class, with the same tensors and logits."""
+    cfg, architecture = FAMILIES[family]
+    reference = random_hf_model(cfg)
+    reference.save_pretrained(tmp_path / "hf")
+    ckpt = convert(tmp_path / "hf", tmp_path / "ckpt")
+    found, params = checkpoint.load_params(ckpt)
+    assert found == cfg
+    tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 9))
+    expected = hf_logits(reference, tokens)
+    np.testing.assert_allclose(np.asarray(model_from_params(found, params)(tokens)), expected, atol=1e-4)
+
+    out = convert(ckpt, tmp_path / "export", output_format="hf")
+    written = json.loads((out / "config.json").read_text())
+    assert written["architectures"] == [architecture] and written["model_type"] == cfg.family
+    original, exported = _load_folder(tmp_path / "hf"), _load_folder(out)
+    assert set(exported) == set(original) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
+    assert all(np.array_equal(exported[k], original[k]) for k in exported)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    assert type(reloaded).__name__ == architecture
+    np.testing.assert_array_equal(hf_logits(reloaded, tokens), expected)
+
+
+LLAMA31_CONFIG = {  # the keys of Llama 3.1 8B's config.json that matter here, as transformers 4 wrote them
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 131072,
+    "rope_theta": 500000.0,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+}
+
+
+def test_rope_theta_and_scaling_are_read_from_either_place():
+    old = hf.config_from_hf(LLAMA31_CONFIG)
+    assert (old.rope_theta, old.rope_scaling, old.rope_factor, old.rope_original_max_len) == (500000.0, "llama3", 8.0, 8192)
+    # transformers 5 moves both into rope_parameters (and drops the top-level rope_theta)
+    new_style = {k: v for k, v in LLAMA31_CONFIG.items() if k not in ("rope_theta", "rope_scaling")}
+    new_style["rope_parameters"] = {**LLAMA31_CONFIG["rope_scaling"], "rope_theta": 500000.0}
+    assert hf.config_from_hf(new_style) == old
+    plain = {**new_style, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    assert (hf.config_from_hf(plain).rope_theta, hf.config_from_hf(plain).rope_scaling) == (1e6, "none")
+    assert hf.config_from_hf({**plain, "rope_parameters": None, "rope_theta": 123.0}).rope_theta == 123.0
+
+
+@pytest.mark.parametrize("rope_type", ["linear", "dynamic", "yarn", "longrope"])
+def test_other_rope_scalings_are_refused_by_name(rope_type):
+    config = {**LLAMA31_CONFIG, "rope_scaling": {"rope_type": rope_type, "factor": 4.0}}
+    with pytest.raises(LimaError, match=rf"^config.json: rope scaling type '{rope_type}' is not supported"):
+        hf.config_from_hf(config)
+
+
+def test_a_sliding_window_shorter_than_the_context_is_refused():
+    mistral = {**LLAMA31_CONFIG, "model_type": "mistral", "rope_scaling": None, "max_position_embeddings": 32768}
+    with pytest.raises(LimaError, match=r"sliding_window 4096 is shorter than max_position_embeddings 32768"):
+        hf.config_from_hf({**mistral, "sliding_window": 4096})
+    assert hf.config_from_hf({**mistral, "sliding_window": None}).family == "mistral"
+    assert hf.config_from_hf({**mistral, "sliding_window": 32768}).max_len == 32768
+    qwen2 = {**mistral, "model_type": "qwen2", "sliding_window": 4096}
+    assert hf.config_from_hf({**qwen2, "use_sliding_window": False}).qkv_bias  # Qwen2 ignores a window it does not use
+    with pytest.raises(LimaError, match=r"sliding_window 4096 is shorter than max_position_embeddings 32768"):
+        hf.config_from_hf({**qwen2, "use_sliding_window": True})
+
+
+def test_a_checkpoint_written_before_the_family_fields_still_loads(hf_folder, tmp_path):
+    """Older run directories' model JSON lacks rope_scaling, qkv_bias, family...: defaults apply."""
+    ckpt = convert(hf_folder, tmp_path / "old")
+    record_file = ckpt / "model" / "metadata"
+    record = json.loads(record_file.read_text())
+    for key in ("rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                "rope_original_max_len", "qkv_bias", "out_bias", "family"):
+        del record["config"][key]
+    record_file.write_text(json.dumps(record))
+    assert checkpoint.load_model_config(ckpt) == CFG
+    assert json.loads((convert(ckpt, tmp_path / "hf", output_format="hf") / "config.json").read_text())["model_type"] == "llama"
+

@@ -149,7 +149,8 @@ def test_weights_convert_into_and_out_of_a_bucket(emulator, tmp_path):
     assert "ckpt/stories/params/commit_success.txt" in emulator.names("ckpt/stories/")
     _finish(_run(emulator, tmp_path, "lima_jax.convert", "--input=gs://bucket/ckpt/stories", "--output_format=hf",
                  "--output=gs://bucket/hf/stories"))
-    assert sorted(emulator.names("hf/stories/")) == ["hf/stories/config.json", "hf/stories/model.safetensors"]
+    assert sorted(emulator.names("hf/stories/")) == ["hf/stories/config.json", "hf/stories/generation_config.json",
+                                                     "hf/stories/model.safetensors"]
     cfg, params = read_weights(STORIES260K, "llama2c", None)  # what a direct llama2c -> hf export writes
     direct = dict(params_to_hf(params, cfg))
     through_bucket = load(emulator.read("hf/stories/model.safetensors"))

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("command", ["evaluate.report", "evaluate.pairwise", "evaluate.absolute"])
+@pytest.mark.parametrize("command", ["evaluate.report", "evaluate.pairwise", "evaluate.absolute", "evaluate.dialogue"])
 def test_command_help_imports_no_jax(command):
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", f"lima_jax.{command}", "--help"],
                        capture_output=True, text=True)

@@ -11,7 +11,7 @@ import pytest
 
 from lima_jax.weights import llama2c as llama2c_format, names as weights
 from lima_jax.errors import LimaError
-from lima_jax.model import ModelConfig, model_from_params, rotary
+from lima_jax.model import ModelConfig, model_from_params, rope_frequencies, rotary
 from conftest import STORIES260K, require
 
 
@@ -93,7 +93,7 @@ def test_rotary_permutation_agrees_with_llama2c():
 
     def ours_rope(w: np.ndarray, xb: np.ndarray, pos: int) -> np.ndarray:  # -> (heads, hd)
         x = jnp.einsum("d,dhk->hk", xb, w)[None, None]
-        return np.asarray(rotary(x, jnp.full((1, 1), pos, jnp.int32), cfg.rope_theta))[0, 0]
+        return np.asarray(rotary(x, jnp.full((1, 1), pos, jnp.int32), rope_frequencies(cfg)))[0, 0]
 
     for token, pos in [(1, 0), (300, 1), (57, 7), (411, 100), (5, 511)]:
         x = raw["emb"][token]

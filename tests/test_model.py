@@ -37,6 +37,25 @@ def tiny(**changes) -> ModelConfig:
     return base.replace(**changes)
 
 
+LLAMA31_ROPE = tiny(rope_scaling="llama3", rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_len=32)
+QWEN2 = tiny(family="qwen2", qkv_bias=True, tie_embeddings=True, norm_eps=1e-6, rope_theta=1000000.0)
+
+
+def hf_reference():
+    return pytest.importorskip("hf_reference")
+
+
+def transformers_and_ours(cfg: ModelConfig, seed: int = 0):
+    """A random transformers model of `cfg`'s family, ours with its weights, and tokens to compare on."""
+    from lima_jax.weights.names import params_from_hf
+
+    hf = hf_reference()
+    reference = hf.random_hf_model(cfg, seed=seed)
+    state = hf.hf_state(reference)
+    model = model_from_params(cfg, params_from_hf(list(state), state.__getitem__, cfg, "test"))
+    return reference, model, np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 11))
+
+
 def random_params(cfg: ModelConfig, seed: int = 0) -> dict:
     """A parameter tree with weights large enough that attention is far from uniform, and norm
     scales away from 1, so a masking, position or layout bug shows in the logits."""
@@ -107,23 +126,45 @@ def assert_differs(a, b, by=1e-3):
         pytest.param(tiny(num_kv_heads=4), id="mha"),
         pytest.param(tiny(num_kv_heads=1, tie_embeddings=True), id="mqa-tied"),
         pytest.param(tiny(num_kv_heads=4, tie_embeddings=True, head_dim=32, rope_theta=500000.0), id="mha-tied-headdim"),
+        # Llama 3.1's rope scaling; an original context of 32 puts the 16-dim heads' wavelengths
+        # (6 to 6e4 positions) in all three bands: kept, interpolated and divided by the factor.
+        pytest.param(LLAMA31_ROPE, id="llama3.1-rope"),
+        pytest.param(tiny(qkv_bias=True, out_bias=True), id="llama-attention-bias"),
+        pytest.param(tiny(family="mistral", num_kv_heads=1), id="mistral"),
+        pytest.param(QWEN2, id="qwen2"),
+        pytest.param(tiny(num_heads=8, num_kv_heads=2, tie_embeddings=True, rope_theta=100000.0), id="smollm"),
     ],
 )
 def test_logits_match_transformers(cfg):
-    hf = pytest.importorskip("hf_reference")
-    from lima_jax.weights.names import params_from_hf
-
-    reference = hf.random_hf_model(cfg, seed=0)
-    state = hf.hf_state(reference)
-    params = params_from_hf(list(state), state.__getitem__, cfg, "test")
-    model = model_from_params(cfg, params)
-    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 11))
-
-    expected = hf.hf_logits(reference, tokens)
+    reference, model, tokens = transformers_and_ours(cfg)
+    expected = hf_reference().hf_logits(reference, tokens)
     actual = forward(model, jnp.asarray(tokens, jnp.int32))
     assert actual.dtype == jnp.float32
     assert float(np.std(expected)) > 0.1  # the comparison is not between near-constant logits
     assert_close(actual, expected)
+
+
+def test_llama3_rope_scaling_changes_the_frequencies_it_should():
+    """The scaled frequencies against Llama 3.1's rule, band by band, so a parity test that passed
+    by accident (no dim in a band) would still be caught here."""
+    plain = model_lib.rope_frequencies(LLAMA31_ROPE.replace(rope_scaling="none"))
+    scaled = model_lib.rope_frequencies(LLAMA31_ROPE)
+    wavelen = 2 * np.pi / plain
+    high = wavelen < LLAMA31_ROPE.rope_original_max_len / LLAMA31_ROPE.rope_high_freq_factor
+    low = wavelen > LLAMA31_ROPE.rope_original_max_len / LLAMA31_ROPE.rope_low_freq_factor
+    assert high.any() and low.any() and (~high & ~low).any()
+    np.testing.assert_array_equal(scaled[high], plain[high])
+    np.testing.assert_allclose(scaled[low], plain[low] / LLAMA31_ROPE.rope_factor, rtol=1e-6)
+    middle = ~high & ~low
+    assert np.all(scaled[middle] < plain[middle]) and np.all(scaled[middle] > plain[middle] / LLAMA31_ROPE.rope_factor)
+
+
+@pytest.mark.parametrize("cfg", [pytest.param(QWEN2, id="qwen2"), pytest.param(tiny(qkv_bias=True, out_bias=True), id="llama-attention-bias")])
+def test_the_decoding_layout_keeps_the_attention_biases(cfg):
+    """Fused q/k/v projections add the biases too: decoding matches transformers."""
+    reference, model, tokens = transformers_and_ours(cfg)
+    expected = hf_reference().hf_logits(reference, tokens)
+    assert_close(forward(for_decoding(model), jnp.asarray(tokens, jnp.int32)), expected)
 
 
 # ----------------------------------------------------------------------------------------------

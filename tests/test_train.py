@@ -268,3 +268,13 @@ def test_the_default_tiny_run_learns(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     answers = {json.loads(line)["prompt"][0]: json.loads(line)["output"] for line in r.stdout.splitlines()}
     assert sum(answers[p] == want for p, want in prompts.items()) >= 2, answers
+
+
+def test_weight_decay_spares_norm_scales_and_attention_biases():
+    from lima_jax.model import ModelConfig
+
+    cfg = ModelConfig(vocab_size=16, dim=8, num_layers=2, num_heads=2, num_kv_heads=1, ffn_dim=16, qkv_bias=True, out_bias=True)
+    mask = optim.decay_mask(nnx.to_pure_dict(nnx.state(abstract_model(cfg))))
+    spared = sorted(k for k, decays in mask["layers"].items() if not decays)
+    assert spared == ["attn_norm", "bk", "bo", "bq", "bv", "mlp_norm"]
+    assert mask["embed"] and mask["lm_head"] and not mask["norm"] and mask["layers"]["wq"]

@@ -2,12 +2,15 @@ r"""Curate LIMA-style training (or test) records from raw dumps, with the paper'
 
     python -m lima_jax.curate --source=stackexchange --input=dumps/math.stackexchange.com.7z,dumps/cooking.stackexchange.com.7z \
         --output=data/se.jsonl [--num_examples=400] [--filters=paper|none] [--seed=0] [--exclude=lima/test.jsonl]
+    python -m lima_jax.curate --source=stackexchange_dialogues --input=dumps/cooking.stackexchange.com.7z \
+        --output=data/dialogues.jsonl --num_examples=20
     python -m lima_jax.curate --source=wikihow --input=wikihowSep.csv --output=data/wikihow.jsonl [--categories=cats.tsv]
     python -m lima_jax.curate --source=reddit --input=WritingPrompts_submissions.zst,WritingPrompts_comments.zst \
         --output=data/wp.jsonl [--subreddit=writingprompts|askreddit]
 
 Every record is `{"conversations": [prompt, response], "source": ..., "meta": {provenance}}` (AskReddit:
-the prompt only, for a test set); `<output>.report.json` beside it says how many candidates each rule
+the prompt only, for a test set; Stack Exchange dialogues: question, answer, then the asker's follow-up comments
+and the answerer's replies, `lima_jax.curate.stackexchange_dialogues`); `<output>.report.json` beside it says how many candidates each rule
 removed, per exchange, category or subreddit. An existing output is refused unless --overwrite.
 """
 from __future__ import annotations
@@ -16,7 +19,8 @@ from absl import flags
 
 from lima_jax.cli import no_arguments, run, say
 
-_SOURCE = flags.DEFINE_enum("source", None, ["stackexchange", "wikihow", "reddit"], "which kind of dump --input holds")
+_SOURCE = flags.DEFINE_enum("source", None, ["stackexchange", "stackexchange_dialogues", "wikihow", "reddit"],
+                            "which kind of dump --input holds (stackexchange_dialogues: Posts.xml and Comments.xml)")
 _INPUT = flags.DEFINE_list("input", None, "the dumps, comma-separated: Stack Exchange .7z archives, folders with Posts.xml "
                            "or a folder of archives; wikihowAll.csv / wikihowSep.csv; Pushshift .zst files")
 _OUTPUT = flags.DEFINE_string("output", None, "the JSONL file to write (its report goes to OUTPUT.report.json)")

@@ -150,22 +150,33 @@ def xml_rows(stream: io.BufferedIOBase | Any, name: str) -> Iterator[dict[str, s
 
 
 @contextlib.contextmanager
-def posts_xml(path: str) -> Iterator[Iterator[dict[str, str]]]:
-    """The rows of a site's Posts.xml: `path` is the site's `.7z`, a folder holding Posts.xml, or the
-    XML file itself."""
+def site_xml(path: str, table: str = "Posts.xml") -> Iterator[Iterator[dict[str, str]]]:
+    """The rows of one of a site's tables (Posts.xml, Comments.xml, ...): `path` is the site's `.7z`,
+    a folder holding the table, or the site's Posts.xml (its other tables lie beside it; Stack
+    Overflow's are archives of their own: stackoverflow.com-Comments.7z beside -Posts.7z)."""
     p = Path(path)
     if p.is_dir():
-        p = p / "Posts.xml"
+        p = p / table
         if not p.is_file():
-            raise LimaError(f"{path}: no Posts.xml in this folder")
+            raise LimaError(f"{path}: no {table} in this folder")
+    elif table != "Posts.xml" and p.name == "Posts.xml":
+        p = p.parent / table
+    elif table != "Posts.xml" and p.name.endswith("-Posts.7z"):
+        p = p.with_name(p.name[: -len("Posts.7z")] + table.replace(".xml", ".7z"))
     if not p.exists():
-        raise LimaError(f"{path}: no such file")
+        raise LimaError(f"{path}: no such file" if p == Path(path) else f"{path}: no {table} beside it ({p})")
     if p.name.endswith(".7z"):
-        with open_7z_member(os.fspath(p), "Posts.xml") as stream:
-            yield xml_rows(stream, f"{p}:Posts.xml")
+        with open_7z_member(os.fspath(p), table) as stream:
+            yield xml_rows(stream, f"{p}:{table}")
     else:
         with p.open("rb") as stream:
             yield xml_rows(stream, os.fspath(p))
+
+
+def posts_xml(path: str) -> contextlib.AbstractContextManager[Iterator[dict[str, str]]]:
+    """The rows of a site's Posts.xml: `path` is the site's `.7z`, a folder holding Posts.xml, or the
+    XML file itself."""
+    return site_xml(path, "Posts.xml")
 
 
 ZSTD_WINDOW = 2**31  # Pushshift's dumps are compressed with --long=31: the default window is too small

@@ -12,7 +12,7 @@ from lima_jax.curate.report import Report
 from lima_jax.errors import LimaError
 from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
 
-SOURCES = ("stackexchange", "wikihow", "reddit")
+SOURCES = ("stackexchange", "stackexchange_dialogues", "wikihow", "reddit")
 SHARED_RULES = {
     "test_overlap": f"the prompt shares a {sampling.EXCLUDE_N}-word sequence with a prompt of --exclude "
                     f"(a prompt of fewer words: all its words)",
@@ -74,7 +74,7 @@ def curate(opts: Options, say: Callable[[str], None] = print) -> Report:
         if path.exists() and not opts.overwrite:
             raise LimaError(f"--output: {path} already exists; choose a new path (or pass --overwrite)")
     check_writable(output.parent, "--output")  # every input and output checked before hours of parsing
-    if opts.source != "stackexchange":  # (stackexchange checks its sites, folders included, the same way)
+    if not opts.source.startswith("stackexchange"):  # (stackexchange checks its sites, folders included, the same way)
         for given in opts.inputs:
             if not user_path(given).is_file():
                 raise LimaError(f"{given}: no such file")
@@ -86,6 +86,14 @@ def curate(opts: Options, say: Callable[[str], None] = print) -> Report:
 
         rules = source.Rules(filtered=filtered, title_ratio=opts.title_ratio, seed=opts.seed,
                              reference_phrases=text.load_phrases(opts.reference_phrases))
+        report = Report(opts.source, {**source.RULES, **SHARED_RULES}, opts.settings())
+        candidates = source.candidates(list(opts.inputs), rules, report, opts.exchanges)
+        temperature = opts.temperature
+    elif opts.source == "stackexchange_dialogues":
+        from lima_jax.curate import stackexchange_dialogues as source
+        from lima_jax.curate import text
+
+        rules = source.DialogueRules(filtered=filtered, reference_phrases=text.load_phrases(opts.reference_phrases))
         report = Report(opts.source, {**source.RULES, **SHARED_RULES}, opts.settings())
         candidates = source.candidates(list(opts.inputs), rules, report, opts.exchanges)
         temperature = opts.temperature

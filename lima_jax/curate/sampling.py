@@ -34,9 +34,10 @@ class Candidate:
     rank: tuple  # compared as a whole: e.g. (question score, -question id)
     meta: dict[str, Any]
     group: str = ""
+    follow_ups: tuple[str, ...] = ()  # a dialogue's later turns: user, assistant, user, assistant, ...
 
     def record(self) -> dict[str, Any]:
-        turns = [self.prompt] if self.response is None else [self.prompt, self.response]
+        turns = [self.prompt] if self.response is None else [self.prompt, self.response, *self.follow_ups]
         return {"conversations": turns, "source": self.source, "meta": self.meta}
 
 

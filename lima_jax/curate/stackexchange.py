@@ -23,6 +23,7 @@ import dataclasses
 import os
 import re
 from importlib import resources
+from typing import Callable
 
 from lima_jax.curate import dumps, text
 from lima_jax.curate.report import Report
@@ -217,9 +218,11 @@ def site_candidates(site: str, group: str, path: str, rules: Rules, report: Repo
     return out
 
 
-def candidates(inputs: list[str], rules: Rules, report: Report, exchanges_path: str | None = None) -> list[Candidate]:
+def candidates(inputs: list[str], rules: Rules, report: Report, exchanges_path: str | None = None,
+               per_site: Callable[..., list[Candidate]] = site_candidates) -> list[Candidate]:
     """Every site's candidates, best first within each site; sites of the "dropped" group are skipped
-    (and reported with no candidates)."""
+    (and reported with no candidates). `per_site(site, group, path, rules, report)` reads one site
+    (`stackexchange_dialogues` reads comment chains)."""
     exchanges = load_exchanges(exchanges_path)
     name = exchanges_path or "lima_jax/curate/exchanges.tsv"
     found = find_dumps(inputs)
@@ -229,5 +232,5 @@ def candidates(inputs: list[str], rules: Rules, report: Report, exchanges_path: 
         if group == "dropped":
             report.skipped_inputs.append(site)
             continue
-        out += site_candidates(site, group, path, rules, report)
+        out += per_site(site, group, path, rules, report)
     return out

@@ -134,6 +134,21 @@ def html_to_text(html: str) -> str:
     return cleaner.text()
 
 
+_MENTION = re.compile(r"^(?:\s*@[\w.\-]+[,:]?)+\s*")  # "@alice @bob: ..." addresses; the dialogue needs no names
+_MD_LINK = re.compile(r"\[([^\]]*)\]\((?:https?://|/)[^)\s]*\)")
+_BARE_URL = re.compile(r"(?:https?://|www\.)\S+")
+
+
+def comment_to_text(comment: str) -> str:
+    """A Stack Exchange comment (its markdown source, as Comments.xml holds it) as plain text, by the
+    rules of `html_to_text`: a link keeps its words but not its address, a bare address goes; the
+    leading @mentions go too (they address a person, the dialogue has two)."""
+    text = _MENTION.sub("", comment)
+    text = _MD_LINK.sub(lambda m: m.group(1), text)
+    text = _BARE_URL.sub("", text)
+    return re.sub(r"[ \t]+", " ", text).strip()
+
+
 _CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
 
 

@@ -173,3 +173,20 @@ class ChatTokenizer:
             if i != self.bos_id and 0 <= i < self.num_pieces:
                 out.append(i)
         return self.text.decode(out)
+
+
+def of_model(path: PathLike, used_vocab_size: int, run: dict) -> tuple[ChatTokenizer, int | None]:
+    """The tokenizer at `path` as a model used it, and the model's EOT id (None: a base model).
+
+    `run` is what the training run recorded (`eot_id`, `chat_format`; empty for a converted
+    checkpoint). Without a record, a model with one more row than the tokenizer has ids was
+    fine-tuned with LIMA's new EOT (and exported without its run record)."""
+    tokenizer = ChatTokenizer(path)
+    eot = run.get("eot_id")
+    if eot is None and used_vocab_size == tokenizer.vocab_size:
+        eot = tokenizer.eot_id
+    chat_format = run.get("chat_format", "lima")
+    if eot is not None and (eot != tokenizer.eot_id or chat_format != "lima"):
+        # the run reused one of the tokenizer's tokens, or rendered with its chat template
+        tokenizer = ChatTokenizer(path, eot=eot, chat_format=chat_format)
+    return tokenizer, eot

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 from lima_jax.data.records import BadLine, check_appendable, json_object, read_conversations, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.responses import (Question, Record, ResponseSink, Sink, check_generator, digest, file_head,
-                                         first_object, make_record, prompt_id, questions_from_prompts)
-from lima_jax.storage.paths import Appender, Path, write_atomically
+from lima_jax.evaluate.responses import (Question, Record, ResponseSink, Sink, append_records, check_generator, digest,
+                                         file_head, first_object, make_record, prompt_id, questions_from_prompts)
+from lima_jax.storage.paths import Path, write_atomically
 
 FORMATS = ("responses", "alpaca_eval", "mt_bench")
 
@@ -246,13 +246,7 @@ class MtBenchSink:
         return known
 
     def add(self, done: Sequence[tuple[Question, list[str], int]]) -> None:
-        if self.fresh:  # --overwrite: the old file goes when the first new answers are ready
-            self.output.write_text("", encoding="utf-8")
-            self.fresh = False
-        with Appender(self.output) as f:
-            for question, answers, _ in done:
-                f.write(json.dumps(mt_bench_answer(question, answers, self.name), ensure_ascii=False) + "\n")
-            f.flush()
+        append_records(self, [mt_bench_answer(question, answers, self.name) for question, answers, _ in done])
 
 
 def make_sink(output_format: str, output: Path, name: str, fresh: bool = False) -> Sink:

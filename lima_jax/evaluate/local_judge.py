@@ -17,6 +17,7 @@ import numpy as np
 from lima_jax.evaluate.judges import JudgeFailure, Messages
 from lima_jax.evaluate.prompts import VERDICT_LINE
 from lima_jax.inference.generator import Generator
+from lima_jax.inference.sampler import bucket
 
 ANSWER_PREFIX = VERDICT_LINE.prefix
 
@@ -45,7 +46,9 @@ class LocalJudge:
         head = tok.encode(self.answer_prefix.rstrip())
         continuations = [tok.encode(self.answer_prefix + c)[len(head):] for c in choices]
         rows = [prefix + head + c for c in continuations]
-        width = max(map(len, rows))
+        # Padded to a bucket: judging prompts of similar lengths share one compiled forward pass.
+        longest = max(map(len, rows))
+        width = max(longest, min(bucket(longest), self.generator.model.cfg.max_len))
         tokens = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
             tokens[i, : len(r)] = r  # right padding: causal attention never sees it

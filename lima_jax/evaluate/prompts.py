@@ -88,6 +88,16 @@ def render_conversation(turns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+# A dialogue's later turns are rated in context (LIMA §6): the same three ratings, with what "the
+# request requires" spelled out to include following the conversation so far.
+ABSOLUTE_DIALOGUE_VERSION = "absolute-dialogue-v1"
+_DIALOGUE_NOTE = (
+    "This is a conversation: the response answers the last user turn, and it must also follow the "
+    "conversation so far (what the user asked and said before, and what the assistant itself answered). "
+    "A response that ignores, forgets or contradicts the conversation does not meet what the request requires."
+)
+
+
 def pairwise_messages(turns: Sequence[str], response_a: str, response_b: str) -> Messages:
     user = _PAIRWISE.format(conversation=render_conversation(turns), a=response_a, b=response_b)
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
@@ -96,6 +106,16 @@ def pairwise_messages(turns: Sequence[str], response_a: str, response_b: str) ->
 def absolute_messages(turns: Sequence[str], response: str) -> Messages:
     user = _ABSOLUTE.format(conversation=render_conversation(turns), response=response)
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+
+
+def dialogue_absolute_messages(turns: Sequence[str], response: str) -> Messages:
+    """The absolute prompt for a dialogue's turn; a first turn is asked as a single request."""
+    messages = absolute_messages(turns, response)
+    if len(turns) > 1:
+        user = messages[-1]["content"]
+        head, sep, tail = user.rpartition("\n\nRatings:\n")  # the last: a response may hold the word
+        messages[-1] = {"role": "user", "content": f"{head}\n\n{_DIALOGUE_NOTE}{sep}{tail}"}
+    return messages
 
 
 # The last non-blank line must be `Verdict: X`; markdown emphasis, brackets, quotes and a final

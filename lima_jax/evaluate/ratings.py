@@ -8,19 +8,19 @@ the rated responses).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, prompts
-from lima_jax.evaluate.judges import Judge
+from lima_jax.evaluate.judges import Judge, Messages
 from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, outcome, percent, succeeded
 from lima_jax.evaluate.responses import Record, text_hash
 
 RATINGS = prompts.ABSOLUTE_CHOICES
 
 
-def rating_key(judge: str, prompt_id: str, output_hash: str) -> str:
-    return judging.judgment_key("absolute", prompts.ABSOLUTE_VERSION, judge, prompt_id, output_hash)
+def rating_key(judge: str, prompt_id: str, output_hash: str, version: str = prompts.ABSOLUTE_VERSION) -> str:
+    return judging.judgment_key("absolute", version, judge, prompt_id, output_hash)
 
 
 def summarize(results: dict[str, str]) -> dict[str, Any]:
@@ -41,17 +41,19 @@ class AbsoluteResult:
 
 
 def judge_absolute(responses: dict[str, Record], judge: Judge, cache: JudgmentCache, workers: int = 1,
-                   max_failures: int | None = None, progress: bool = True) -> AbsoluteResult:
-    """Rates every response the cache has no verdict for."""
+                   max_failures: int | None = None, progress: bool = True, version: str = prompts.ABSOLUTE_VERSION,
+                   messages: Callable[[list[str], str], Messages] = prompts.absolute_messages) -> AbsoluteResult:
+    """Rates every response the cache has no verdict for; `messages` asks the judge (the prompt of
+    `version`: a dialogue's turns are asked with `prompts.dialogue_absolute_messages`)."""
     keys: dict[str, str] = {}
     tasks: list[Task] = []
     for pid, r in responses.items():
         output_hash = text_hash(r["output"])
-        keys[pid] = key = rating_key(judge.name, pid, output_hash)
+        keys[pid] = key = rating_key(judge.name, pid, output_hash, version)
         if not cache.done(key):
-            fields = {"kind": "absolute", "version": prompts.ABSOLUTE_VERSION, "prompt_id": pid,
+            fields = {"kind": "absolute", "version": version, "prompt_id": pid,
                       "output_hash": output_hash, "generator": r["generator"]}
-            tasks.append(Task(key, prompts.absolute_messages(r["prompt"], r["output"]), RATINGS, fields))
+            tasks.append(Task(key, messages(r["prompt"], r["output"]), RATINGS, fields))
     stats = judging.run_tasks(tasks, judge, cache, workers=workers, max_failures=max_failures, progress=progress)
     results = {pid: outcome(cache.get(key)) for pid, key in keys.items()}
     first = next(iter(responses.values()))
@@ -64,6 +66,8 @@ def results_from_records(records: Iterable[Judgment], judge: str | None = None) 
     by_prompt: dict[str, list[Judgment]] = {}
     for r in records:
         if r.get("kind") != "absolute" or (judge is not None and r.get("judge") != judge):
+            continue
+        if r.get("version") == prompts.ABSOLUTE_DIALOGUE_VERSION:  # a dialogue's turns: `evaluate.dialogue` reports them
             continue
         if not isinstance(r.get("prompt_id"), str):
             raise LimaError(f"an absolute judgment without a prompt id: key {r.get('key')!r}")

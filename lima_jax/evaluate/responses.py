@@ -190,15 +190,24 @@ class ResponseSink:
         return {rid: r["output"] for rid, r in records.items()}
 
     def add(self, done: Sequence[tuple[Question, list[str], int]]) -> None:
-        if self.fresh:  # --overwrite: the old file goes when the first new answers are ready
-            self.output.write_text("", encoding="utf-8")
-            self.fresh = False
-        with Appender(self.output) as f:
-            for question, answers, first in done:
-                for k in range(first, len(answers)):
-                    record = make_record(question.prompt(answers[:k]), answers[k], self.name, question.turn_id(k))
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
+        append_records(self, [self.record(question, answers, k)
+                              for question, answers, first in done for k in range(first, len(answers))])
+
+    def record(self, question: Question, answers: Sequence[str], k: int) -> Record:
+        """The line of ask `k`, answered `answers[k]` after the earlier answers."""
+        return make_record(question.prompt(answers[:k]), answers[k], self.name, question.turn_id(k))
+
+
+def append_records(sink: Any, records: Sequence[dict]) -> None:
+    """Appends JSONL records to `sink.output`; a `sink.fresh` (--overwrite) file is emptied first, once the first
+    new answers are ready, so a run that fails before them leaves the old file whole."""
+    if sink.fresh:
+        sink.output.write_text("", encoding="utf-8")
+        sink.fresh = False
+    with Appender(sink.output) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
 
 
 def generate_answers(generator: Any, questions: Sequence[Question], sink: Sink, params, seed: int, batch_size: int,

@@ -11,7 +11,7 @@ import jax
 
 from lima_jax import sharding
 from lima_jax.cli import say
-from lima_jax.data.tokenizer import ChatTokenizer
+from lima_jax.data.tokenizer import of_model
 from lima_jax.errors import LimaError
 from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate
@@ -32,18 +32,11 @@ class Generator:
         self.model: Llama = for_decoding(model_from_params(cfg, params), fuse_projections=mesh is None)
         del params
         tokenizer_file = checkpoint.tokenizer_path(path)
-        self.tokenizer = ChatTokenizer(tokenizer_file) if tokenizer_file else None
         run = checkpoint.run_info(path)
-        eot = run.get("eot_id")
-        if eot is None and self.tokenizer is not None and cfg.used_vocab_size == self.tokenizer.vocab_size:
-            eot = self.tokenizer.eot_id  # a fine-tuned model exported without its run record
-        chat_format = run.get("chat_format", "lima")
-        if self.tokenizer is not None and eot is not None and (eot != self.tokenizer.eot_id or chat_format != "lima"):
-            # the run reused one of the tokenizer's tokens, or rendered with its chat template
-            self.tokenizer = ChatTokenizer(tokenizer_file, eot=eot, chat_format=chat_format)
+        self.tokenizer, eot = of_model(tokenizer_file, cfg.used_vocab_size, run) if tokenizer_file else (None, run.get("eot_id"))
         self.eot_id: int | None = eot
         self.stop_ids = tuple(t for t in (eot, cfg.eos_id) if t is not None)
-        self.trained_len: int | None = checkpoint.run_info(path).get("max_len")  # None: not trained here
+        self.trained_len: int | None = run.get("max_len")  # None: not trained here
 
     def encode(self, turns: list[str]) -> list[int]:
         if self.tokenizer is None:

@@ -23,6 +23,9 @@ class FusedBlock(Block):
         self.cfg = block.cfg
         d = block.cfg.dim
         self.attn_norm, self.wo, self.mlp_norm, self.w_down = block.attn_norm, block.wo, block.mlp_norm, block.w_down
+        for bias in ("bq", "bk", "bv", "bo"):  # the architectures with biases keep them as they are
+            if hasattr(block, bias):
+                setattr(self, bias, getattr(block, bias))
         self.wqkv = nnx.Param(jnp.concatenate([w[...].reshape(d, -1) for w in (block.wq, block.wk, block.wv)], axis=-1))
         self.w_gate_up = nnx.Param(jnp.concatenate([block.w_gate[...], block.w_up[...]], axis=-1))
 
@@ -32,7 +35,7 @@ class FusedBlock(Block):
         qkv = jnp.einsum("btd,dn->btn", h, self.wqkv[...].astype(h.dtype))
         q, k, v = jnp.split(qkv, [heads * dh, (heads + kv) * dh], axis=-1)
         b, t = h.shape[:2]
-        return q.reshape(b, t, heads, dh), k.reshape(b, t, kv, dh), v.reshape(b, t, kv, dh)
+        return self.add_qkv_bias((q.reshape(b, t, heads, dh), k.reshape(b, t, kv, dh), v.reshape(b, t, kv, dh)))
 
     def project_gate_up(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
         return tuple(jnp.split(jnp.einsum("btd,df->btf", h, self.w_gate_up[...].astype(h.dtype)), 2, axis=-1))

@@ -8,6 +8,7 @@ saves and exits cleanly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -21,7 +22,7 @@ import numpy as np
 
 from lima_jax import flops, sharding
 from lima_jax.cli import say
-from lima_jax.config import adds_eot, trained_model_config, validate
+from lima_jax.config import adds_eot, flatten, trained_model_config, validate
 from lima_jax.data import pipeline
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, param_shardings
@@ -32,10 +33,8 @@ from lima_jax.train.lock import WorkdirLock
 from lima_jax.train.metrics import DEV_FILE, MetricsWriter
 from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step, state_from_params
 from lima_jax.train.step import TrainState
+from lima_jax.recipe import check_architecture
 from lima_jax.weights import checkpoint
-
-# The architecture keys a pretrained checkpoint must agree on with the config.
-ARCHITECTURE = ("dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffn_dim", "tie_embeddings", "rope_theta", "norm_eps")
 
 
 def check_training_config(config: ml_collections.ConfigDict) -> None:
@@ -62,11 +61,7 @@ def check_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig) -> Mod
     """The init checkpoint's model config, once its architecture and vocabulary are known to fit the
     model `cfg` trains (read from its metadata: no array is loaded)."""
     base = checkpoint.load_model_config(config.init_checkpoint)
-    for key in ARCHITECTURE:
-        if getattr(base, key) != getattr(cfg, key):
-            raise LimaError(
-                f"config key model.{key}: {getattr(cfg, key)} but {config.init_checkpoint} has {getattr(base, key)}"
-            )
+    check_architecture(dataclasses.asdict(cfg), base, config.init_checkpoint)
     pieces = cfg.used_vocab_size - int(adds_eot(config))  # the tokenizer's ids
     if base.used_vocab_size < pieces:  # more rows is normal: many models pad their embeddings
         raise LimaError(
@@ -155,7 +150,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     if path.exists():
         previous = read_json(path)
         ignore = ("log_every", "checkpoint", "workdir")
-        before, now = _flat(previous), _flat(resolved)
+        before, now = flatten(previous), flatten(resolved)
         defaults = _recipe_defaults(config.name)
         for key in sorted(set(before) | set(now)):
             if key.split(".")[0] in ignore:
@@ -170,23 +165,12 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return resolved
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"data": {"max_len": 64}} -> {"data.max_len": 64}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def _recipe_defaults(name: str) -> dict:
     """The named config's values as it is today, flattened; empty if it cannot be loaded by name."""
     from lima_jax.config import load_config
 
     try:
-        return _flat(json.loads(load_config(name).to_json_best_effort()))
+        return flatten(json.loads(load_config(name).to_json_best_effort()))
     except (LimaError, OSError, ValueError):
         return {}
 

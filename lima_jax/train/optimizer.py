@@ -13,9 +13,16 @@ def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
     return optax.linear_schedule(optim.lr, optim.end_lr, transition_steps=max(total_steps - 1, 1))
 
 
+BIASES = ("bq", "bk", "bv", "bo")  # the attention biases some architectures have (model.Block)
+
+
 def decay_mask(params):
-    """Weight decay on weight matrices and embeddings; norm scales are not pulled towards zero."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: "norm" not in jax.tree_util.keystr(path), params)
+    """Weight decay on weight matrices and embeddings; norm scales and biases are not pulled towards
+    zero (as transformers' Trainer leaves them)."""
+    def decays(path, _) -> bool:
+        return "norm" not in jax.tree_util.keystr(path) and getattr(path[-1], "key", None) not in BIASES
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:

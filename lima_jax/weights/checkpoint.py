@@ -81,6 +81,8 @@ def resolve(path: str | os.PathLike) -> Path:
             ]
             if steps:
                 return steps_dir / str(max(steps))
+    if (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists():
+        raise LimaError(f"checkpoint {path}: a Hugging Face folder; convert it first: python -m lima_jax.convert --input={path} --output=CKPT")
     raise LimaError(f"checkpoint {path}: not a checkpoint, a step directory or a workdir with complete steps")
 
 

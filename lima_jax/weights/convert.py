@@ -1,31 +1,37 @@
-"""Weights in and out: Hugging Face, Meta or llama2.c -> an Orbax checkpoint, and back to Hugging Face
-(the library behind `python -m lima_jax.convert`).
+"""Weights in and out: Hugging Face, Meta, llama2.c or GGUF -> an Orbax checkpoint, and back to Hugging
+Face or GGUF (the library behind `python -m lima_jax.convert`).
 
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
 shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
-their stored dtype unless `--dtype` says otherwise. Outputs may go to `gs://`; of the inputs, a
-lima_jax checkpoint may be there (the other formats are memory-mapped from local files).
+their stored dtype unless `--dtype` says otherwise. A fine-tuned run exported to Hugging Face keeps
+its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). Outputs may go to
+`gs://`; of the inputs, a lima_jax checkpoint may be there (the other formats are memory-mapped from local files).
 """
 from __future__ import annotations
 
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from lima_jax.data.tokenizer import of_model
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, is_cloud, user_path
-from lima_jax.weights import checkpoint, hf, llama2c, meta
+from lima_jax.weights import checkpoint, gguf, hf, llama2c, meta
 from lima_jax.weights.names import params_from_hf
 
-INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "orbax")
+INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "gguf", "orbax")
+OUTPUT_FORMATS = ("orbax", "hf", "gguf")
 
 def detect_format(path: Path) -> str:
     if path.is_file() and path.suffix == ".bin":
         return "llama2c"
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf"
     if checkpoint.is_checkpoint(path) or (path / checkpoint.STEPS_DIR).is_dir():
         return "orbax"
     if (path / hf.CONFIG).is_file():
@@ -40,17 +46,20 @@ def read_weights(path: Path, fmt: str, imposed: ModelConfig | None) -> tuple[Mod
     if fmt == "orbax":
         cfg, params = checkpoint.load_params(path, imposed, keep_dtype=True)
         return cfg, jax.tree.map(np.asarray, params)
-    reader = {"hf": hf.read, "meta": meta.read, "llama2c": llama2c.read}[fmt]
+    reader = {"hf": hf.read, "meta": meta.read, "llama2c": llama2c.read, "gguf": gguf.read}[fmt]
     found, names, get = reader(path)
     cfg = found if imposed is None else imposed
     return cfg, params_from_hf(names, get, cfg, source=str(path))
 
 
-def find_tokenizer(path: Path, fmt: str) -> Path | None:
+def find_tokenizer(path: Path, fmt: str, scratch: Path) -> Path | None:
     """The tokenizer beside the weights: an HF folder's tokenizer.json (with its config), else a
-    tokenizer.model (Meta's release keeps it one level up)."""
+    tokenizer.model (Meta's release keeps it one level up). A GGUF file holds its own, rebuilt as
+    files in `scratch`."""
     if fmt == "orbax":
         return checkpoint.tokenizer_path(path)
+    if fmt == "gguf":
+        return gguf.extract_tokenizer(path, scratch)
     folder = path.parent if path.is_file() else path
     if (folder / "tokenizer.json").is_file():
         return folder
@@ -92,17 +101,24 @@ def convert(
         raise LimaError(f"--output {out} already exists; choose a new path (or pass --overwrite)")
     fmt = detect_format(src) if input_format == "auto" else input_format
     if output_format == "orbax" and fmt == "orbax":
-        raise LimaError("the input is already a lima_jax checkpoint; pass --output_format=hf to export it")
+        raise LimaError("the input is already a lima_jax checkpoint; pass --output_format=hf or gguf to export it")
     if fmt != "orbax" and is_cloud(src):
         raise LimaError(f"--input {src}: {fmt} weights are memory-mapped from local files; copy them to this machine first")
-    tokenizer = tokenizer or find_tokenizer(src, fmt)
-    if tokenizer is not None and not Path(tokenizer).exists():
-        raise LimaError(f"--tokenizer {tokenizer}: no such file or folder")
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = tokenizer or find_tokenizer(src, fmt, Path(scratch))
+        if tokenizer is not None and not Path(tokenizer).exists():
+            raise LimaError(f"--tokenizer {tokenizer}: no such file or folder")
 
-    cfg, params = read_weights(src, fmt, imposed)
-    if dtype != "keep":
-        params = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), params)
-    logging.info("read %s (%s): %d layers, dim %d, vocab %d", src, fmt, cfg.num_layers, cfg.dim, cfg.vocab_size)
-    if output_format == "hf":
-        return hf.write(out, params, cfg, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
-    return checkpoint.save(out, params, cfg, tokenizer=tokenizer, overwrite=overwrite)
+        cfg, params = read_weights(src, fmt, imposed)
+        if dtype != "keep":
+            params = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), params)
+        logging.info("read %s (%s): %d layers, dim %d, vocab %d", src, fmt, cfg.num_layers, cfg.dim, cfg.vocab_size)
+        run = checkpoint.run_info(src) if fmt == "orbax" else {}  # a fine-tuned run's EOT and chat format
+        if output_format == "hf":
+            chat, eot_id = of_model(tokenizer, cfg.used_vocab_size, run) if tokenizer is not None else (None, run.get("eot_id"))
+            return hf.write(out, params, cfg, tokenizer=chat, eot_id=eot_id, max_shard_bytes=max_shard_bytes,
+                            overwrite=overwrite)
+        if output_format == "gguf":
+            return gguf.write(out, params, cfg, tokenizer=tokenizer, eot_id=run.get("eot_id"),
+                              chat_format=run.get("chat_format", "lima"), overwrite=overwrite)
+        return checkpoint.save(out, params, cfg, tokenizer=tokenizer, overwrite=overwrite)

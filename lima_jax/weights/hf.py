@@ -15,32 +15,45 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save, save_file
 
-from lima_jax.data import text_tokenizers
+from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
-from lima_jax.storage.paths import Path, copy_file, is_cloud, user_path
+from lima_jax.storage.paths import Path, is_cloud, user_path
+from lima_jax.weights import hf_chat
 from lima_jax.weights.names import params_to_hf
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
 
 
+# model_type -> the class transformers builds for it. All three are LLaMA's decoder; they differ in
+# which attention biases they have (Qwen2: q/k/v; LLaMA: all four with attention_bias; Mistral: none).
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# Llama 3.1's rope_parameters -> ModelConfig fields.
+_LLAMA3_ROPE = {
+    "factor": "rope_factor",
+    "low_freq_factor": "rope_low_freq_factor",
+    "high_freq_factor": "rope_high_freq_factor",
+    "original_max_position_embeddings": "rope_original_max_len",
+}
+
+
 def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ModelConfig:
-    """ModelConfig from a LLaMA config.json; anything we would compute differently is an error."""
-    if hf.get("model_type", "llama") != "llama":
-        raise LimaError(f"{source}: model_type {hf.get('model_type')!r} is not a LLaMA architecture")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", None):
-        raise LimaError(f"{source}: rope scaling type {rope_type!r} is not supported")
-    for key in ("attention_bias", "mlp_bias"):
-        if hf.get(key):
-            raise LimaError(f"{source}: {key}=true is not supported (LLaMA has no biases)")
+    """ModelConfig from a LLaMA, Mistral or Qwen2 config.json; anything we would compute differently
+    is an error."""
+    family = hf.get("model_type", "llama")
+    if family not in ARCHITECTURES:
+        raise LimaError(f"{source}: model_type {family!r} is not supported (one of {', '.join(ARCHITECTURES)})")
+    if hf.get("mlp_bias"):
+        raise LimaError(f"{source}: mlp_bias=true is not supported (LLaMA's MLP has no biases)")
     if hf.get("hidden_act", "silu") != "silu":
         raise LimaError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (LLaMA uses silu)")
     try:
         dim, heads = hf["hidden_size"], hf["num_attention_heads"]
         eos = hf.get("eos_token_id", 2)
+        max_len = hf.get("max_position_embeddings", 2048)
+        _check_window(hf, family, max_len, source)
+        attention_bias = bool(hf.get("attention_bias", False)) if family == "llama" else family == "qwen2"
         return ModelConfig(
             vocab_size=hf["vocab_size"],
             dim=dim,
@@ -49,21 +62,79 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ModelConfig:
             num_kv_heads=hf.get("num_key_value_heads") or heads,
             head_dim=0 if hf.get("head_dim") in (None, dim // heads) else hf["head_dim"],
             ffn_dim=hf["intermediate_size"],
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_len=hf.get("max_position_embeddings", 2048),
+            max_len=max_len,
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             bos_id=hf.get("bos_token_id", 1) if hf.get("bos_token_id") is not None else 1,
             eos_id=(eos[0] if isinstance(eos, list) else eos) if eos is not None else 2,
+            qkv_bias=attention_bias,
+            out_bias=attention_bias and family == "llama",
+            family=family,
+            **_rope_from_hf(hf, source),
         )
     except KeyError as e:
         raise LimaError(f"{source}: missing key {e.args[0]}") from None
 
 
+def _rope_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
+    """The rotary fields of ModelConfig. rope_theta sits at the top level (transformers 4) or in
+    rope_parameters (transformers 5); Llama 3.1's scaling is in either rope_scaling or rope_parameters."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type")) or "default"
+    if rope_type not in ("default", "llama3"):
+        raise LimaError(f"{source}: rope scaling type {rope_type!r} is not supported (only Llama 3.1's \"llama3\")")
+    if float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise LimaError(f"{source}: partial_rotary_factor {rope.get('partial_rotary_factor', hf.get('partial_rotary_factor'))} is not supported (rotary on every dim)")
+    fields: dict[str, Any] = {"rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))}
+    if rope_type == "llama3":
+        fields["rope_scaling"] = "llama3"
+        for key, field in _LLAMA3_ROPE.items():
+            if key not in rope:
+                raise LimaError(f"{source}: missing key {key} in the llama3 rope scaling")
+            fields[field] = type(getattr(ModelConfig, field))(rope[key])
+    return fields
+
+
+def _check_window(hf: dict[str, Any], family: str, max_len: int, source: str) -> None:
+    """Sliding-window attention is not implemented: a window that never slides (null, or at least
+    max_position_embeddings) is full attention; a shorter one is refused."""
+    window = hf.get("sliding_window")
+    if family == "qwen2" and not hf.get("use_sliding_window", False):
+        return  # Qwen2 applies its window only when use_sliding_window is true
+    if family in ("mistral", "qwen2") and window is not None and window < max_len:
+        raise LimaError(
+            f"{source}: sliding_window {window} is shorter than max_position_embeddings {max_len}; sliding-window "
+            f"attention is not supported (set max_position_embeddings to {window} to use the model within its window)"
+        )
+
+
+def check_family(cfg: ModelConfig) -> None:
+    """The attention biases `cfg` has are those of its Hugging Face architecture."""
+    expected = {"llama": (cfg.qkv_bias, cfg.qkv_bias), "mistral": (False, False), "qwen2": (True, False)}
+    if cfg.family not in expected:
+        raise LimaError(f"model family {cfg.family!r}: not one of {', '.join(ARCHITECTURES)}")
+    if (cfg.qkv_bias, cfg.out_bias) != expected[cfg.family]:
+        raise LimaError(
+            f"model family {cfg.family}: qkv_bias={cfg.qkv_bias} and out_bias={cfg.out_bias} is not an "
+            f"architecture {ARCHITECTURES[cfg.family]} has"
+        )
+
+
 def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
+    """config.json for `cfg`'s architecture (LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM)."""
+    check_family(cfg)
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling == "llama3":
+        rope = {"rope_type": "llama3", "rope_theta": cfg.rope_theta,
+                **{key: getattr(cfg, field) for key, field in _LLAMA3_ROPE.items()}}
+    per_family = {
+        "llama": {"attention_bias": cfg.qkv_bias, "mlp_bias": False},
+        "mistral": {"sliding_window": None},
+        "qwen2": {"use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg.num_layers},
+    }[cfg.family]
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [ARCHITECTURES[cfg.family]],
+        "model_type": cfg.family,
         "vocab_size": cfg.used_vocab_size,  # the padding rows are not exported (names.params_to_hf)
         "hidden_size": cfg.dim,
         "intermediate_size": cfg.ffn_dim,
@@ -74,11 +145,11 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
         "hidden_act": "silu",
         "max_position_embeddings": cfg.max_len,
         "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_theta": cfg.rope_theta,  # transformers 4 reads it here,
+        "rope_parameters": rope,  # transformers 5 here
+        **({"rope_scaling": rope} if cfg.rope_scaling != "none" else {}),
         "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
+        **per_family,
         "bos_token_id": cfg.bos_id,
         "eos_token_id": cfg.eos_id,
         "torch_dtype": dtype,
@@ -122,11 +193,13 @@ def write(
     params: dict,
     cfg: ModelConfig,
     *,
-    tokenizer: str | os.PathLike | None = None,
+    tokenizer: ChatTokenizer | None = None,
+    eot_id: int | None = None,
     max_shard_bytes: int = 5 * 2**30,
     overwrite: bool = False,
 ) -> Path:
-    """Writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
+    """Writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the
+    tokenizer, chat template and stop tokens of a model fine-tuned with EOT `eot_id` (`hf_chat`)."""
     folder = user_path(path)
     if folder.exists():
         if not overwrite:
@@ -161,8 +234,9 @@ def write(
     if n > 1:
         (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (folder / CONFIG).write_text(json.dumps(config_to_hf(cfg, dtype or "float32"), indent=2))
+    (folder / hf_chat.GENERATION_CONFIG).write_text(json.dumps(hf_chat.generation_config(cfg, eot_id), indent=2))
     if tokenizer is not None:
-        _write_tokenizer(folder, tokenizer, cfg)
+        hf_chat.write_tokenizer(folder, tokenizer, eot_id, cfg)
     return folder
 
 
@@ -173,27 +247,3 @@ def _flush(folder: Path, shard: dict[str, np.ndarray], i: int) -> tuple[str, lis
     else:
         save_file(shard, str(folder / name), metadata={"format": "pt"})
     return name, list(shard), sum(t.nbytes for t in shard.values())
-
-
-def _write_tokenizer(folder: Path, tokenizer: str | os.PathLike, cfg: ModelConfig) -> None:
-    """An HF tokenizer's files as they are; a sentencepiece model plus the config that tells
-    transformers how to load it."""
-    files = text_tokenizers.files_of(tokenizer)
-    if text_tokenizers.HF_FILE in files:
-        text_tokenizers.copy_files(tokenizer, folder)
-        return
-    copy_file(files[text_tokenizers.MODEL_FILE], folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "LlamaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "add_bos_token": True,
-                "add_eos_token": False,
-                "model_max_length": cfg.max_len,
-            },
-            indent=2,
-        )
-    )

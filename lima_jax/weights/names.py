@@ -28,8 +28,16 @@ _LAYER = {
     "mlp.up_proj.weight": "w_up",
     "mlp.down_proj.weight": "w_down",
 }
+# The biases of the architectures that have them (Qwen2: q/k/v; LLaMA's attention_bias: all four).
+_QKV_BIAS = {"self_attn.q_proj.bias": "bq", "self_attn.k_proj.bias": "bk", "self_attn.v_proj.bias": "bv"}
+_OUT_BIAS = {"self_attn.o_proj.bias": "bo"}
 # Buffers some checkpoints carry that hold no learned weights.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def layer_tensors(cfg: ModelConfig) -> dict[str, str]:
+    """Per layer: Hugging Face name suffix -> our key, for the tensors `cfg`'s architecture has."""
+    return {**_LAYER, **(_QKV_BIAS if cfg.qkv_bias else {}), **(_OUT_BIAS if cfg.out_bias else {})}
 
 
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -46,6 +54,10 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "mlp.gate_proj.weight": (f, d),
         "mlp.up_proj.weight": (f, d),
         "mlp.down_proj.weight": (d, f),
+        "self_attn.q_proj.bias": (q,),
+        "self_attn.k_proj.bias": (kv,),
+        "self_attn.v_proj.bias": (kv,),
+        "self_attn.o_proj.bias": (d,),
         "model.embed_tokens.weight": (cfg.vocab_size, d),
         "model.norm.weight": (d,),
     }
@@ -57,8 +69,12 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 def _to_ours(key: str, w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     """One layer's tensor from Hugging Face (out, in) layout to ours."""
     dh = cfg.resolved_head_dim
-    if key in ("attn_norm", "mlp_norm"):
+    if key in ("attn_norm", "mlp_norm", "bo"):
         return w
+    if key == "bq":
+        return w.reshape(cfg.num_heads, dh)
+    if key in ("bk", "bv"):
+        return w.reshape(cfg.num_kv_heads, dh)
     if key == "wq":
         return w.T.reshape(cfg.dim, cfg.num_heads, dh)
     if key in ("wk", "wv"):
@@ -69,8 +85,10 @@ def _to_ours(key: str, w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
 
 
 def _to_hf(key: str, w: np.ndarray) -> np.ndarray:
-    if key in ("attn_norm", "mlp_norm"):
+    if key in ("attn_norm", "mlp_norm", "bo"):
         return w
+    if key in ("bq", "bk", "bv"):
+        return np.ascontiguousarray(w.reshape(-1))
     if key in ("wq", "wk", "wv"):
         return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
     if key == "wo":
@@ -96,7 +114,8 @@ def params_from_hf(
     expected = {"model.embed_tokens.weight", "model.norm.weight"} | (
         set() if cfg.tie_embeddings else {"lm_head.weight"}
     )
-    expected |= {f"model.layers.{i}.{s}" for i in range(cfg.num_layers) for s in _LAYER}
+    per_layer = layer_tensors(cfg)
+    expected |= {f"model.layers.{i}.{s}" for i in range(cfg.num_layers) for s in per_layer}
     present = {n for n in names if not n.endswith(_IGNORED_SUFFIXES)}
     if cfg.tie_embeddings:
         present.discard("lm_head.weight")  # some tied checkpoints still store the copy
@@ -117,7 +136,7 @@ def params_from_hf(
         params["lm_head"] = np.ascontiguousarray(top("lm_head.weight").T)
     layers: dict[str, np.ndarray] = {}
     for i in range(cfg.num_layers):
-        for suffix, key in _LAYER.items():
+        for suffix, key in per_layer.items():
             name = f"model.layers.{i}.{suffix}"
             w = get(name)
             _check(name, w, shapes[suffix])
@@ -135,7 +154,7 @@ def params_to_hf(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, np.nda
     used = cfg.used_vocab_size
     yield "model.embed_tokens.weight", np.asarray(params["embed"])[:used]
     for i in range(cfg.num_layers):
-        for suffix, key in _LAYER.items():
+        for suffix, key in layer_tensors(cfg).items():
             yield f"model.layers.{i}.{suffix}", _to_hf(key, np.asarray(params["layers"][key][i]))
     yield "model.norm.weight", np.asarray(params["norm"])
     if not cfg.tie_embeddings:
