@@ -203,6 +203,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", f"{m.num_kv_heads} does not divide model.num_heads={m.num_heads}")
     need((m.head_dim or m.dim // m.num_heads) % 2 == 0, "model.head_dim", "rotary embeddings need an even head dim")
     need(0.0 <= m.residual_dropout < 1.0, "model.residual_dropout", f"must be in [0, 1), got {m.residual_dropout}")
+    _validate_attention(config, need)
     need(m.remat in REMAT_POLICIES, "model.remat", f"must be one of {', '.join(REMAT_POLICIES)}, got {m.remat!r}")
     for key in ("dtype", "param_dtype"):
         need(m[key] in DTYPES, f"model.{key}", f"must be one of {', '.join(DTYPES)}, got {m[key]!r}")
@@ -212,6 +213,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(m.family in FAMILIES, "model.family", f"must be one of {', '.join(FAMILIES)}, got {m.family!r}")
     if "optim" in config:
         _validate_optim(config.optim, need)
+
+
+def _validate_attention(config: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:
+    """The attention kernel's name, and an explicit kernel's shape and dtype limits, before compiling."""
+    from lima_jax.train.fused_attention import ATTENTION_IMPLS, unsupported
+
+    m = config.model
+    impl = m.get("attention", "auto")
+    need(impl in ATTENTION_IMPLS, "model.attention", f"must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
+    seq_len = config.data.max_len if "data" in config else m.max_len
+    problem = unsupported(impl, seq_len, m.head_dim or m.dim // m.num_heads, m.dtype)
+    need(problem is None, "model.attention", (problem or "").removeprefix(f"model.attention={impl} "))
 
 
 def _validate_optim(o: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:

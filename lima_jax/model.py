@@ -25,11 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from lima_jax.sharding import constrain, tree_shardings
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
-REMAT_POLICIES = ("none", "full", "save_dots")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_attention")
+# What `remat=save_attention` keeps per layer: the rotated q, k, v and the attention output (and the
+# splash kernel's log-sum-exp), so the backward pass recomputes only norms, the MLP and the output
+# projection, never the attention itself.
+ATTENTION_SAVED = ("attention_qkv", "attention")
 DTYPES = ("float32", "bfloat16", "float16")
 ROPE_SCALINGS = ("none", "llama3")
 FAMILIES = ("llama", "mistral", "qwen2")  # Hugging Face model_type values
@@ -68,7 +73,8 @@ class ModelConfig:
     eos_id: int = 2
     residual_dropout: float = 0.2  # the rate at the top layer; 0.0 at the bottom, linear between
     scan_layers: bool = True
-    remat: str = "none"  # none | full | save_dots (keep matmul outputs, recompute the rest)
+    remat: str = "none"  # none | full | save_dots (keep matmul outputs) | save_attention (keep q, k, v, attention out)
+    attention: str = "auto"  # training's kernel: auto | xla | splash (TPU) | cudnn (GPU); see train/fused_attention.py
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; norms, softmax and logits stay in float32
     init_std: float = 0.02
@@ -265,8 +271,9 @@ class Block(nnx.Module):
         if dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
         slots = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), segment_ids.shape)
-        q, k, v = self._qkv_rotated(x, positions)
-        x = x + residual_dropout(self._attention_out(q, k, v, segment_ids, segment_ids, slots), dropout_rate, attn_key)
+        q, k, v = (checkpoint_name(a, ATTENTION_SAVED[0]) for a in self._qkv_rotated(x, positions))
+        out = self._attention_out(q, k, v, segment_ids, segment_ids, slots, whole_sequences=True)
+        x = x + residual_dropout(out, dropout_rate, attn_key)
         x = x + residual_dropout(self._mlp(x), dropout_rate, mlp_key)
         return constrain(x, ACTIVATION_AXES)
 
@@ -312,11 +319,22 @@ class Block(nnx.Module):
         q, k = rotary(q, positions, inv_freq), rotary(k, positions, inv_freq)
         return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
 
-    def _attention_out(self, q, k, v, q_segments, kv_segments, q_slots) -> jax.Array:
-        dt = q.dtype
-        out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
+    def _attention_out(self, q, k, v, q_segments, kv_segments, q_slots, *, whole_sequences: bool = False) -> jax.Array:
+        """`whole_sequences`: training's self-attention (T == S, slot = position in the row), where
+        `model.attention` may pick a fused kernel; decoding against a cache always takes `attention`."""
+        dt, cfg = q.dtype, self.cfg
+        impl = "xla"
+        if whole_sequences and cfg.attention != "xla":
+            from lima_jax.train import fused_attention
+
+            impl = fused_attention.resolve(cfg.attention, q.shape[1], cfg.resolved_head_dim, cfg.dtype)
+        if impl == "xla":
+            out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
+        else:  # the kernels take keys and values (B, T, K, Dh), as projected
+            out = fused_attention.attend(impl, q, k.astype(dt).transpose(0, 2, 1, 3), v.astype(dt).transpose(0, 3, 1, 2), q_segments)
+        out = checkpoint_name(out, ATTENTION_SAVED[1])
         out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
-        return out + self.bo[...].astype(dt) if self.cfg.out_bias else out
+        return out + self.bo[...].astype(dt) if cfg.out_bias else out
 
     def _mlp(self, x: jax.Array) -> jax.Array:
         gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps))
@@ -330,6 +348,8 @@ def _remat(fn, policy: str):
         return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
     if policy == "save_dots":
         return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    if policy == "save_attention":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(*ATTENTION_SAVED))
     raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {policy!r}")
 
 

@@ -145,6 +145,11 @@ def activation_mesh(mesh: Mesh) -> Iterator[None]:
         _ACTIVE_MESH.reset(token)
 
 
+def active_mesh() -> Mesh | None:
+    """The mesh the trainer set for this trace, if any."""
+    return _ACTIVE_MESH.get()
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     mesh = _ACTIVE_MESH.get()
     if mesh is None:

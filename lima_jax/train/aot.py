@@ -18,6 +18,7 @@ from lima_jax.config import trained_model_config, validate
 from lima_jax.errors import LimaError
 from lima_jax.model import param_count
 from lima_jax.sharding import make_mesh
+from lima_jax.train import fused_attention
 from lima_jax.train import optimizer as optim
 from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step
 
@@ -104,6 +105,8 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
         "chips": len(devices),
         "mesh": dict(mesh.shape),
         "remat": cfg.remat,
+        "attention": fused_attention.resolve(cfg.attention, config.data.max_len, cfg.resolved_head_dim, cfg.dtype,
+                                             where=devices[0].platform),
         "vocab_size": cfg.vocab_size,  # embedding rows: the tokenizer's pieces + EOT + padding
         "vocab_padding": cfg.vocab_padding,
         "tokenizer": tokenizer,
