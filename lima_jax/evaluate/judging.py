@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from absl import flags
 
@@ -26,6 +26,7 @@ from lima_jax.data.records import incomplete_tail, repair_tail
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.judges import Judge, JudgeFailure, OpenAIJudge
 from lima_jax.evaluate.prompts import VERDICT_LINE, AnswerFormat
+from lima_jax.evaluate.responses import text_hash
 from lima_jax.storage.paths import Appender, Path, check_writable, is_cloud, write_atomically
 
 Judgment = dict[str, Any]
@@ -133,6 +134,26 @@ def _judge_one(judge: Judge, task: Task) -> Judgment:
         record.update(verdict=None, raw=e.raw, error=str(e))
     record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return record
+
+
+def judge_each(responses: dict[str, dict[str, Any]], judge: Judge, cache: JudgmentCache, *, kind: str, version: str,
+               choices: Sequence[str], messages: Callable[[list[str], str], list[dict[str, str]]],
+               fields: Callable[[dict[str, Any]], dict[str, Any]] = lambda record: {}, workers: int = 1,
+               max_failures: int | None = None, progress: bool = True) -> tuple[dict[str, str], RunStats]:
+    """Asks `judge` about every response (id -> a response record) the cache has no verdict for, keyed by
+    kind, prompt version, judge, response id and the output's hash, so an edited output is asked again;
+    returns each response's `outcome` and the run's stats. `fields(record)` adds to what is recorded."""
+    keys: dict[str, str] = {}
+    tasks: list[Task] = []
+    for rid, r in responses.items():
+        output_hash = text_hash(r["output"])
+        keys[rid] = key = judgment_key(kind, version, judge.name, rid, output_hash)
+        if not cache.done(key):
+            recorded = {"kind": kind, "version": version, "prompt_id": rid, **fields(r), "output_hash": output_hash,
+                        "generator": r["generator"]}
+            tasks.append(Task(key, messages(r["prompt"], r["output"]), choices, recorded))
+    stats = run_tasks(tasks, judge, cache, workers=workers, max_failures=max_failures, progress=progress)
+    return {rid: outcome(cache.get(key)) for rid, key in keys.items()}, stats
 
 
 def run_tasks(tasks: Iterable[Task], judge: Judge, cache: JudgmentCache, workers: int = 1,

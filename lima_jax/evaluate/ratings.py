@@ -13,14 +13,10 @@ from typing import Any, Callable, Iterable
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, prompts
 from lima_jax.evaluate.judges import Judge, Messages
-from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, outcome, percent, succeeded
-from lima_jax.evaluate.responses import Record, text_hash
+from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, outcome, percent, succeeded
+from lima_jax.evaluate.responses import Record
 
 RATINGS = prompts.ABSOLUTE_CHOICES
-
-
-def rating_key(judge: str, prompt_id: str, output_hash: str, version: str = prompts.ABSOLUTE_VERSION) -> str:
-    return judging.judgment_key("absolute", version, judge, prompt_id, output_hash)
 
 
 def summarize(results: dict[str, str]) -> dict[str, Any]:
@@ -45,17 +41,8 @@ def judge_absolute(responses: dict[str, Record], judge: Judge, cache: JudgmentCa
                    messages: Callable[[list[str], str], Messages] = prompts.absolute_messages) -> AbsoluteResult:
     """Rates every response the cache has no verdict for; `messages` asks the judge (the prompt of
     `version`: a dialogue's turns are asked with `prompts.dialogue_absolute_messages`)."""
-    keys: dict[str, str] = {}
-    tasks: list[Task] = []
-    for pid, r in responses.items():
-        output_hash = text_hash(r["output"])
-        keys[pid] = key = rating_key(judge.name, pid, output_hash, version)
-        if not cache.done(key):
-            fields = {"kind": "absolute", "version": version, "prompt_id": pid,
-                      "output_hash": output_hash, "generator": r["generator"]}
-            tasks.append(Task(key, messages(r["prompt"], r["output"]), RATINGS, fields))
-    stats = judging.run_tasks(tasks, judge, cache, workers=workers, max_failures=max_failures, progress=progress)
-    results = {pid: outcome(cache.get(key)) for pid, key in keys.items()}
+    results, stats = judging.judge_each(responses, judge, cache, kind="absolute", version=version, choices=RATINGS,
+                                        messages=messages, workers=workers, max_failures=max_failures, progress=progress)
     first = next(iter(responses.values()))
     summary = {"judge": judge.name, "generator": first["generator"], **summarize(results), "asked": stats.asked}
     return AbsoluteResult(summary, results, stats)

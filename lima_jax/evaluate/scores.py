@@ -23,8 +23,8 @@ import numpy as np
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import audit, judging, prompts
 from lima_jax.evaluate.judges import Judge
-from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, Task, outcome, succeeded
-from lima_jax.evaluate.responses import Record, prompt_id, text_hash
+from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, outcome, succeeded
+from lima_jax.evaluate.responses import Record, prompt_id
 
 SCORES = prompts.LIKERT_CHOICES
 KIND = "likert"
@@ -56,18 +56,11 @@ def judge_likert(responses: dict[str, Record], judge: Judge, cache: JudgmentCach
                  max_failures: int | None = None, progress: bool = True) -> LikertResult:
     """Scores every response the cache has no verdict for. `judge` must read answers in the
     `prompts.LIKERT_LINE` format (`judging.make_judge(..., answer=LIKERT_LINE)`)."""
-    keys: dict[str, str] = {}
-    tasks: list[Task] = []
-    for rid, r in responses.items():
-        output_hash = text_hash(r["output"])
-        keys[rid] = key = score_key(judge.name, rid, output_hash)
-        if not cache.done(key):
-            # prompt_hash: which responses answer the same prompt (the bootstrap's unit), whatever their ids.
-            fields = {"kind": KIND, "version": prompts.LIKERT_VERSION, "prompt_id": rid,
-                      "prompt_hash": prompt_id(r["prompt"]), "output_hash": output_hash, "generator": r["generator"]}
-            tasks.append(Task(key, prompts.likert_messages(r["prompt"], r["output"]), SCORES, fields))
-    stats = judging.run_tasks(tasks, judge, cache, workers=workers, max_failures=max_failures, progress=progress)
-    results = {rid: outcome(cache.get(key)) for rid, key in keys.items()}
+    # prompt_hash: which responses answer the same prompt (the bootstrap's unit), whatever their ids.
+    results, stats = judging.judge_each(responses, judge, cache, kind=KIND, version=prompts.LIKERT_VERSION, choices=SCORES,
+                                        messages=prompts.likert_messages,
+                                        fields=lambda r: {"prompt_hash": prompt_id(r["prompt"])}, workers=workers,
+                                        max_failures=max_failures, progress=progress)
     first = next(iter(responses.values()))
     summary = {"judge": judge.name, "generator": first["generator"], **summarize(results), "asked": stats.asked}
     return LikertResult(summary, results, stats)
