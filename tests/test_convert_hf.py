@@ -225,3 +225,48 @@ def test_a_checkpoint_written_before_the_family_fields_still_loads(hf_folder, tm
     assert checkpoint.load_model_config(ckpt) == CFG
     assert json.loads((convert(ckpt, tmp_path / "hf", output_format="hf") / "config.json").read_text())["model_type"] == "llama"
 
+
+
+@pytest.mark.parametrize("family", [f if f == "qwen2" else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
+def test_each_family_fine_tunes_samples_and_exports(family, tmp_path):
+    """`--config=auto` from each family's converted checkpoint: a few steps of LIMA's recipe train every
+    tensor (biases included), and the export gives transformers the fine-tuned logits and greedy tokens."""
+    from lima_jax.config import load_config
+    from lima_jax.data import demo_dir
+    from lima_jax.inference.generator import Generator
+    from lima_jax.inference.sampler import SamplingParams
+    from lima_jax.train.loop import train
+
+    cfg = FAMILIES[family][0].replace(vocab_size=512, max_len=128)  # the demo tokenizer's 512 pieces
+    random_hf_model(cfg).save_pretrained(tmp_path / "hf")
+    base = convert(tmp_path / "hf", tmp_path / "base", tokenizer=demo_dir() / "tokenizer.model")
+    config = load_config("auto", {"init_checkpoint": str(base), "workdir": str(tmp_path / "run"), "num_epochs": 1,
+                                  "batch_size": 8, "data.max_len": 64, "data.dev_size": 0, "optim.lr": 1e-3,
+                                  "model.dtype": "float32", "checkpoint.async_save": False})  # auto computes in bf16
+    assert (config.model.family, config.model.qkv_bias, config.model.rope_scaling) == (cfg.family, cfg.qkv_bias, cfg.rope_scaling)
+    assert np.isfinite(train(config)["loss"])
+    _, before = checkpoint.load_params(base)
+    tuned_cfg, tuned = checkpoint.load_params(config.workdir)
+    moved = {jax.tree_util.keystr(k) for k, a in jax.tree_util.tree_leaves_with_path(tuned)
+             if not np.array_equal(np.asarray(a)[..., : np.asarray(_at(before, k)).shape[-1]], np.asarray(_at(before, k)))}
+    assert moved == {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(tuned)}  # all of it trained
+
+    out = convert(config.workdir, tmp_path / "export", output_format="hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    assert type(reloaded).__name__ == FAMILIES[family][1]
+    tokens = np.random.RandomState(2).randint(0, tuned_cfg.used_vocab_size, (2, 9))
+    ours = np.asarray(model_from_params(tuned_cfg, tuned)(tokens))[..., : tuned_cfg.used_vocab_size]
+    np.testing.assert_allclose(hf_logits(reloaded, tokens), ours, atol=1e-4)
+    generator = Generator(config.workdir)
+    prompt = generator.encode(["What is 3 plus 2?"])
+    mine = generator([prompt], SamplingParams(temperature=0.0, max_new_tokens=6), seed=0)[0]
+    with torch.no_grad():
+        theirs = reloaded.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=len(mine),
+                                   min_new_tokens=len(mine))[0, len(prompt):].tolist()
+    assert theirs == mine
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
