@@ -73,6 +73,9 @@ class ModelConfig:
     eos_id: int = 2
     residual_dropout: float = 0.2  # the rate at the top layer; 0.0 at the bottom, linear between
     scan_layers: bool = True
+    # Decoding runs the layers under one lax.scan over the stacked weights and a stacked (L, ...)
+    # KV cache: compile time flat in depth, at some cost per step on a CPU (see bench/decode.py).
+    decode_scan: bool = False
     remat: str = "none"  # none | full | save_dots (keep matmul outputs) | save_attention (keep q, k, v, attention out)
     attention: str = "auto"  # training's kernel: auto | xla | splash (TPU) | cudnn (GPU); see train/fused_attention.py
     param_dtype: str = "float32"
@@ -120,8 +123,8 @@ class KVCache(NamedTuple):
     dimension, and XLA reads the cache as it lies instead of transposing a copy every step.
     """
 
-    k: tuple[jax.Array, ...]  # L arrays (B, K, S, Dh)
-    v: tuple[jax.Array, ...]  # L arrays (B, K, Dh, S)
+    k: tuple[jax.Array, ...] | jax.Array  # L arrays (B, K, S, Dh); one (L, B, K, S, Dh) if cfg.decode_scan
+    v: tuple[jax.Array, ...] | jax.Array  # L arrays (B, K, Dh, S); one (L, B, K, Dh, S) if cfg.decode_scan
     segment_ids: jax.Array  # (B, S) int32
     index: jax.Array  # () int32
 
@@ -133,6 +136,8 @@ class KVCache(NamedTuple):
         kv, dh, dtype = cfg.num_kv_heads, cfg.resolved_head_dim, jnp.dtype(cfg.dtype)
 
         def layers(shape, names):
+            if cfg.decode_scan:
+                return constrain(jnp.zeros((cfg.num_layers, *shape), dtype), ("layers", *names))
             return tuple(constrain(jnp.zeros(shape, dtype), names) for _ in range(cfg.num_layers))
 
         return cls(
@@ -286,16 +291,24 @@ class Block(nnx.Module):
         q_slots: jax.Array,
         cache: tuple[jax.Array, jax.Array],
         write_index: jax.Array,
+        layer: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Decoding: one layer on T new tokens x (B, T, D). Their keys and values are written into
         this layer's cache (keys (B, K, S, Dh), values (B, K, Dh, S)) at slot `write_index`, then
-        they attend to every visible slot. Returns x and the updated cache."""
+        they attend to every visible slot. Returns x and the updated cache. With `layer`, `cache`
+        is every layer's, stacked (L, ...): only the new tokens are written, at [layer]."""
         q, k, v = self._qkv_rotated(x, positions)
-        k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_index, axis=2)
-        v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_index, axis=3)
-        x = x + self._attention_out(q, k, v, q_segments, kv_segments, q_slots)
+        k, v = k.astype(cache[0].dtype), v.astype(cache[1].dtype)
+        if layer is None:
+            k_cache = k_read = jax.lax.dynamic_update_slice_in_dim(cache[0], k, write_index, axis=2)
+            v_cache = v_read = jax.lax.dynamic_update_slice_in_dim(cache[1], v, write_index, axis=3)
+        else:
+            k_cache = jax.lax.dynamic_update_slice(cache[0], k[None], (layer, 0, 0, write_index, 0))
+            v_cache = jax.lax.dynamic_update_slice(cache[1], v[None], (layer, 0, 0, 0, write_index))
+            k_read, v_read = k_cache[layer], v_cache[layer]
+        x = x + self._attention_out(q, k_read, v_read, q_segments, kv_segments, q_slots)
         x = x + self._mlp(x)
-        return constrain(x, ACTIVATION_AXES), (k, v)
+        return constrain(x, ACTIVATION_AXES), (k_cache, v_cache)
 
     def project_qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q (B, T, H, Dh), k and v (B, T, K, Dh) from the normed input."""
@@ -404,13 +417,29 @@ class Llama(nnx.Module):
     ) -> tuple[jax.Array, KVCache]:
         """Runs T new tokens (a prompt, or one sampled token) against the cache; returns their
         logits (B, T, V) and the cache with their keys and values written at `cache.index`. The
-        layers run unrolled, each with its own cache buffer."""
+        layers run unrolled, each with its own cache buffer, or with `cfg.decode_scan` under one
+        `lax.scan` that carries the stacked cache and writes each layer's new slots in place."""
         t = tokens.shape[1]
         if t > cache.max_len:
             raise ValueError(f"{t} tokens do not fit a KV cache of {cache.max_len} slots")
         kv_segments = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, axis=1)
         slots = cache.index + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), tokens.shape)
         x, new_k, new_v = self._embed(tokens), [], []
+        if self.cfg.decode_scan:
+            graphdef, stacked = nnx.split(self.layers)
+
+            def one_layer(carry, per_layer):
+                x, k, v = carry
+                params, i = per_layer
+                x, (k, v) = nnx.merge(graphdef, params).decode(
+                    x, positions, segment_ids, kv_segments, slots, (k, v), cache.index, layer=i
+                )
+                return (x, k, v), None
+
+            layers = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+            (x, k, v), _ = jax.lax.scan(one_layer, (x, cache.k, cache.v), (stacked, layers))
+            k, v = constrain(k, ("layers", *KVCache.K_AXES)), constrain(v, ("layers", *KVCache.V_AXES))
+            return self._logits(x), KVCache(k, v, kv_segments, cache.index + t)
         for i, block in enumerate(self.decode_blocks()):
             x, (k, v) = block.decode(x, positions, segment_ids, kv_segments, slots, (cache.k[i], cache.v[i]), cache.index)
             new_k.append(constrain(k, KVCache.K_AXES))

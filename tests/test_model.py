@@ -390,6 +390,28 @@ def test_the_decoding_layout_gives_the_same_logits_and_cache(fuse):
     assert_close(forward(unstacked, tokens), forward(stacked, tokens))
 
 
+def test_scanned_decoding_gives_the_same_logits_and_cache_as_unrolled():
+    """`decode_scan` runs the same layers under one lax.scan over a stacked (L, ...) cache."""
+    cfg = tiny(num_layers=3)
+    scanned_cfg = cfg.replace(decode_scan=True)
+    params = random_params(cfg)
+    unrolled, scanned = model_from_params(cfg, params), model_from_params(scanned_cfg, params)
+    assert for_decoding(scanned) is scanned  # it decodes from the stacked layers
+    ours, theirs = KVCache.zeros(scanned_cfg, 2, 9), KVCache.zeros(cfg, 2, 9)
+    assert ours.k.shape == (3, *theirs.k[0].shape) and ours.v.shape == (3, *theirs.v[0].shape) and ours.max_len == 9
+    tokens = random_tokens(cfg, (2, 8))
+    for start, stop in ((0, 5), (5, 6), (6, 7)):  # a prompt, then single steps
+        positions = jnp.broadcast_to(jnp.arange(start, stop, dtype=jnp.int32), (2, stop - start))
+        segments = jnp.ones((2, stop - start), jnp.int32)
+        scanned_logits, ours = decode(scanned, tokens[:, start:stop], positions, segments, ours)
+        unrolled_logits, theirs = decode(unrolled, tokens[:, start:stop], positions, segments, theirs)
+        assert_close(scanned_logits, unrolled_logits)
+    for i in range(cfg.num_layers):
+        assert_close(ours.k[i], theirs.k[i])
+        assert_close(ours.v[i], theirs.v[i])
+    assert int(ours.index) == int(theirs.index) == 7
+
+
 def test_a_batch_of_one_decodes_like_the_full_forward():
     cfg = tiny()
     model = random_model(cfg)

@@ -157,6 +157,19 @@ def test_sampling_on_a_mesh_gives_the_single_device_tokens(model):
     assert generate(sharded, prompts, GREEDY, stop_ids=NO_STOP, mesh=mesh) == alone
 
 
+def test_scanned_decoding_samples_the_unrolled_tokens(model):
+    """`decode_scan` (one lax.scan over the stacked layers and cache), alone and on a mesh."""
+    scanned_cfg = CFG.replace(decode_scan=True)
+    scanned = nnx.merge(nnx.graphdef(Llama(scanned_cfg, rngs=nnx.Rngs(0))), nnx.state(model))
+    prompts = [[1, 7], [1, 9, 14, 3, 30, 2, 8], [1, 40, 41], [1, 2, 3, 4, 5]]
+    unrolled = generate(model, prompts, GREEDY, stop_ids=NO_STOP)
+    assert generate(scanned, prompts, GREEDY, stop_ids=NO_STOP) == unrolled
+    mesh = parse_mesh("fsdp=2,tensor=2")
+    placed = jax.device_put(nnx.to_pure_dict(nnx.state(model)), param_shardings(scanned_cfg, mesh))
+    nnx.update(scanned, placed)
+    assert generate(scanned, prompts, GREEDY, stop_ids=NO_STOP, mesh=mesh) == unrolled
+
+
 def test_the_kv_cache_is_laid_out_by_the_training_rules():
     mesh = parse_mesh("tensor=2")
     with sharding.activation_mesh(mesh):

@@ -66,9 +66,9 @@ class DecodingLlama(Llama):
 
 def for_decoding(model: Llama, *, fuse_projections: bool = True) -> DecodingLlama:
     """The model with each layer's parameters in arrays of its own (and, with `fuse_projections`,
-    fused q/k/v and gate/up). Consumes `model`: its stacked tensors are freed one name at a time
+    fused q/k/v and gate/up); a model that decodes scanned (`cfg.decode_scan`) stays as it is. Consumes `model`: its stacked tensors are freed one name at a time
     as their slices are made, so memory grows by one stacked tensor at most."""
-    if isinstance(model, DecodingLlama):
+    if isinstance(model, DecodingLlama) or model.cfg.decode_scan:  # scanned decoding reads the stacked layers
         return model
     cfg, stacked = model.cfg, model.layers
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
