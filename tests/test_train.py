@@ -121,6 +121,24 @@ def test_gradient_accumulation_and_packing_leave_the_loss_unchanged(tmp_path):
     np.testing.assert_allclose(float(a["loss_sum"]) / float(a["count"]), float(b["loss_sum"]) / float(b["count"]), rtol=1e-5)
 
 
+def test_a_step_without_accumulation_lowers_to_no_accumulation_loop(tmp_path):
+    # grad_accum=1 must not pay for a zeroed gradient buffer and a length-1 scan (a copy of every
+    # gradient per step): with the layers unrolled, it lowers to one while loop fewer (threefry's
+    # loops remain) than grad_accum=2.
+    config = small_config(tmp_path, **{"model.scan_layers": False})
+    cfg = model_config(config).replace(vocab_size=513)
+    mesh = _mesh({"data": 1, "fsdp": 1, "tensor": 1})
+    opt = optim.make_optimizer(config.optim, 10)
+    step = jit_train_step(config, cfg, opt, optim.learning_rate(config.optim, 10), mesh)
+    state = init_state(cfg, opt, mesh, seed=0)
+    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in _demo_batch().items()}
+    assert config.grad_accum == 1
+    loops = step.lower(state, batch).as_text().count("stablehlo.while")
+    config.grad_accum = 2
+    accumulating = jit_train_step(config, cfg, opt, optim.learning_rate(config.optim, 10), mesh)
+    assert loops == accumulating.lower(state, batch).as_text().count("stablehlo.while") - 1
+
+
 def test_learning_rate_is_1e5_at_step_0_and_1e6_at_the_last_step(tmp_path):
     config = small_config(tmp_path, **{"optim.lr": 1e-5, "optim.end_lr": 1e-6, "data.dev_size": 0})
     recipe = load_config("65b")

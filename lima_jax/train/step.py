@@ -50,17 +50,24 @@ def train_step(
     # Differentiates the loss sum; the target count rides along as aux.
     grad_fn = jax.value_and_grad(lambda p, mb, key: token_losses(graphdef, p, mb, key), has_aux=True)
 
-    def accumulate(carry, xs):
-        grads, loss_sum, count = carry
-        i, micro = xs
-        (l, c), g = grad_fn(state.params, micro, jax.random.fold_in(step_key, i))
-        return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + c), None
+    if grad_accum == 1:
+        # No accumulation: a zeroed gradient buffer and a length-1 scan would cost a write and a
+        # copy of every parameter's gradient per step.
+        (loss_sum, count), grads = grad_fn(state.params, batch, jax.random.fold_in(step_key, 0))
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+    else:
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    micro = _microbatches(batch, grad_accum)
-    (grads, loss_sum, count), _ = jax.lax.scan(
-        accumulate, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (jnp.arange(grad_accum), micro)
-    )
+        def accumulate(carry, xs):
+            grads, loss_sum, count = carry
+            i, micro = xs
+            (l, c), g = grad_fn(state.params, micro, jax.random.fold_in(step_key, i))
+            return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + c), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        micro = _microbatches(batch, grad_accum)
+        (grads, loss_sum, count), _ = jax.lax.scan(
+            accumulate, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), (jnp.arange(grad_accum), micro)
+        )
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
