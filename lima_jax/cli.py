@@ -16,6 +16,7 @@ import dataclasses
 import os
 import logging as std_logging
 import sys
+import traceback
 from typing import Any, Callable, Iterator, NoReturn
 
 from absl import app, flags, logging
@@ -40,7 +41,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         logging.set_verbosity(logging.WARNING)
     if not flags.FLAGS.verbose:  # gcsfs logs each gs:// request it gives up on, traceback and all, then raises
         std_logging.getLogger("gcsfs").setLevel(std_logging.CRITICAL)  # what it raises is the one line we print
-        logging.get_absl_logger().addFilter(_failures_raised_later)
+        for logger in (logging.get_absl_logger(), std_logging.getLogger("asyncio")):  # asyncio: "Task exception was never retrieved"
+            logger.addFilter(_failures_raised_later)
         sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
     return rest
 
@@ -48,7 +50,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _failures_raised_later(record: std_logging.LogRecord) -> bool:
     """Orbax logs a failed background save with its traceback from each of its threads (5 copies for a
     full disk), then raises it where the run waits for the save: the one line we print says it."""
-    return not (record.exc_info and record.levelno >= std_logging.ERROR and "/orbax/" in record.pathname)
+    if not record.exc_info or record.levelno < std_logging.ERROR:
+        return True
+    frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info[2] is not None else []
+    return not ("/orbax/" in record.pathname or any("/orbax/" in frame.filename for frame in frames))
 
 
 def _quiet_unraisablehook(hook: Callable[..., Any]) -> Callable[..., Any]:

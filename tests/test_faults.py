@@ -480,3 +480,27 @@ def test_a_run_begun_before_a_config_key_existed_resumes_when_the_key_is_at_its_
     path.write_text(json.dumps(saved))
     with pytest.raises(LimaError, match=r"holds a run with a different config \(key data.train_on\)"):
         train(small_config(tmp_path, **{"data.train_on": "all"}))
+
+
+def test_asyncio_s_report_of_a_failed_orbax_write_is_left_to_the_one_line_error(tmp_path, monkeypatch):
+    """asyncio logs an Orbax write task's exception ("Task exception was never retrieved") with its
+    traceback when the task is collected: the run's one-line error already says it; other errors stay."""
+    import logging
+    import sys
+
+    from lima_jax.cli import _failures_raised_later
+
+    (tmp_path / "orbax").mkdir()
+    (tmp_path / "orbax" / "writer.py").write_text("def write():\n    raise ValueError('RESOURCE_EXHAUSTED')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "orbax"))
+    import writer
+
+    def record(fn):
+        try:
+            fn()
+        except Exception:
+            return logging.getLogger("asyncio").makeRecord(
+                "asyncio", logging.ERROR, "asyncio/base_events.py", 1, "Task exception was never retrieved", (), sys.exc_info())
+
+    assert not _failures_raised_later(record(writer.write))
+    assert _failures_raised_later(record(lambda: {}["key"]))
