@@ -136,6 +136,22 @@ def _judge_one(judge: Judge, task: Task) -> Judgment:
     return record
 
 
+@dataclasses.dataclass
+class Judged:
+    """A judging command's outcome: its summary (judge, generator, counts, how many asked), each
+    response's verdict ("failed" or "missing" where none) and the run's stats."""
+
+    summary: dict[str, Any]
+    results: dict[str, str]
+    stats: RunStats
+
+    @classmethod
+    def of(cls, responses: dict[str, dict[str, Any]], judge: Judge, results: dict[str, str], stats: RunStats,
+           counts: dict[str, Any]) -> "Judged":
+        first = next(iter(responses.values()))
+        return cls({"judge": judge.name, "generator": first["generator"], **counts, "asked": stats.asked}, results, stats)
+
+
 def judge_each(responses: dict[str, dict[str, Any]], judge: Judge, cache: JudgmentCache, *, kind: str, version: str,
                choices: Sequence[str], messages: Callable[[list[str], str], list[dict[str, str]]],
                fields: Callable[[dict[str, Any]], dict[str, Any]] = lambda record: {}, workers: int = 1,

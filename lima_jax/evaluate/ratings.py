@@ -7,13 +7,12 @@ the rated responses).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Iterable
 
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, prompts
 from lima_jax.evaluate.judges import Judge, Messages
-from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, outcome, percent, succeeded
+from lima_jax.evaluate.judging import Judgment, JudgmentCache, outcome, percent, succeeded
 from lima_jax.evaluate.responses import Record
 
 RATINGS = prompts.ABSOLUTE_CHOICES
@@ -29,11 +28,7 @@ def summarize(results: dict[str, str]) -> dict[str, Any]:
     return summary
 
 
-@dataclasses.dataclass
-class AbsoluteResult:
-    summary: dict[str, Any]
-    results: dict[str, str]  # prompt id -> rating, "failed" or "missing"
-    stats: RunStats
+AbsoluteResult = judging.Judged
 
 
 def judge_absolute(responses: dict[str, Record], judge: Judge, cache: JudgmentCache, workers: int = 1,
@@ -43,9 +38,7 @@ def judge_absolute(responses: dict[str, Record], judge: Judge, cache: JudgmentCa
     `version`: a dialogue's turns are asked with `prompts.dialogue_absolute_messages`)."""
     results, stats = judging.judge_each(responses, judge, cache, kind="absolute", version=version, choices=RATINGS,
                                         messages=messages, workers=workers, max_failures=max_failures, progress=progress)
-    first = next(iter(responses.values()))
-    summary = {"judge": judge.name, "generator": first["generator"], **summarize(results), "asked": stats.asked}
-    return AbsoluteResult(summary, results, stats)
+    return judging.Judged.of(responses, judge, results, stats, summarize(results))
 
 
 def results_from_records(records: Iterable[Judgment], judge: str | None = None) -> tuple[dict[str, str], set[str]]:

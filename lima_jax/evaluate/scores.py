@@ -23,7 +23,7 @@ import numpy as np
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import audit, judging, prompts
 from lima_jax.evaluate.judges import Judge
-from lima_jax.evaluate.judging import Judgment, JudgmentCache, RunStats, outcome, succeeded
+from lima_jax.evaluate.judging import Judgment, JudgmentCache, outcome, succeeded
 from lima_jax.evaluate.responses import Record, prompt_id
 
 SCORES = prompts.LIKERT_CHOICES
@@ -45,11 +45,7 @@ def summarize(results: dict[str, str]) -> dict[str, Any]:
     return summary
 
 
-@dataclasses.dataclass
-class LikertResult:
-    summary: dict[str, Any]
-    results: dict[str, str]  # response id -> score, "failed" or "missing"
-    stats: RunStats
+LikertResult = judging.Judged
 
 
 def judge_likert(responses: dict[str, Record], judge: Judge, cache: JudgmentCache, workers: int = 1,
@@ -61,9 +57,7 @@ def judge_likert(responses: dict[str, Record], judge: Judge, cache: JudgmentCach
                                         messages=prompts.likert_messages,
                                         fields=lambda r: {"prompt_hash": prompt_id(r["prompt"])}, workers=workers,
                                         max_failures=max_failures, progress=progress)
-    first = next(iter(responses.values()))
-    summary = {"judge": judge.name, "generator": first["generator"], **summarize(results), "asked": stats.asked}
-    return LikertResult(summary, results, stats)
+    return judging.Judged.of(responses, judge, results, stats, summarize(results))
 
 
 @dataclasses.dataclass(frozen=True)
