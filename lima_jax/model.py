@@ -220,6 +220,40 @@ def attention(
     return jnp.einsum("bkgts,bkds->btkgd", probs, v).reshape(b, t, h, dh)
 
 
+def cached_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    q_segments: jax.Array,
+    cache_segments: jax.Array,
+    index: jax.Array,
+) -> jax.Array:
+    """`attention` of T new tokens to the cache's slots before `index` and, causally, to each other,
+    reading the cache as it was before their keys and values are written into it.
+
+    q (B, T, H, Dh); the new keys k (B, K, T, Dh) and values v (B, K, Dh, T); the cache's k_cache
+    (B, K, S, Dh), v_cache (B, K, Dh, S) and cache_segments (B, S) hold the earlier slots. The same
+    scores as `attention` over the written cache, but no read of the written cache: the cache
+    update is then the last use of its buffer, which XLA can do in place."""
+    b, t, h, dh = q.shape
+    kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
+    scale = 1.0 / np.sqrt(dh)
+    earlier = (q_segments[:, :, None] == cache_segments[:, None, :]) & (jnp.arange(slots, dtype=jnp.int32) < index)
+    causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
+    among_new = (q_segments[:, :, None] == q_segments[:, None, :]) & causal
+    scores = [  # (B, K, G, T, S) then (B, K, G, T, T), each masked
+        jnp.where(visible[:, None, None], jnp.einsum(spec, q, keys, preferred_element_type=jnp.float32) * scale,
+                  jnp.finfo(jnp.float32).min)
+        for visible, keys, spec in ((earlier, k_cache, "btkgd,bksd->bkgts"), (among_new, k, "btkgd,bkud->bkgtu"))
+    ]
+    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bkds->btkgd", probs[..., :slots], v_cache) + jnp.einsum("bkgtu,bkdu->btkgd", probs[..., slots:], v)
+    return out.reshape(b, t, h, dh)
+
+
 def whole_sequences(tokens: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """Positions 0..T-1 and one segment per row, unless given (packed rows give their own)."""
     b, t = tokens.shape
@@ -275,9 +309,8 @@ class Block(nnx.Module):
         attn_key = mlp_key = None
         if dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
-        slots = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), segment_ids.shape)
         q, k, v = (checkpoint_name(a, ATTENTION_SAVED[0]) for a in self._qkv_rotated(x, positions))
-        out = self._attention_out(q, k, v, segment_ids, segment_ids, slots, whole_sequences=True)
+        out = self._self_attention(q, k, v, segment_ids)
         x = x + residual_dropout(out, dropout_rate, attn_key)
         x = x + residual_dropout(self._mlp(x), dropout_rate, mlp_key)
         return constrain(x, ACTIVATION_AXES)
@@ -287,26 +320,29 @@ class Block(nnx.Module):
         x: jax.Array,
         positions: jax.Array,
         q_segments: jax.Array,
-        kv_segments: jax.Array,
-        q_slots: jax.Array,
+        cache_segments: jax.Array,
         cache: tuple[jax.Array, jax.Array],
-        write_index: jax.Array,
+        index: jax.Array,
         layer: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """Decoding: one layer on T new tokens x (B, T, D). Their keys and values are written into
-        this layer's cache (keys (B, K, S, Dh), values (B, K, Dh, S)) at slot `write_index`, then
-        they attend to every visible slot. Returns x and the updated cache. With `layer`, `cache`
-        is every layer's, stacked (L, ...): only the new tokens are written, at [layer]."""
+        """Decoding: one layer on T new tokens x (B, T, D) with segment ids `q_segments`. They attend
+        to the cache's slots before `index` (whose segment ids, before this call, are `cache_segments`)
+        and to each other; their keys and values are written into this layer's cache (keys
+        (B, K, S, Dh), values (B, K, Dh, S)) at slot `index`. Returns x and the updated cache. With
+        `layer`, `cache` is every layer's, stacked (L, ...): only the new tokens are written, at [layer]."""
         q, k, v = self._qkv_rotated(x, positions)
         k, v = k.astype(cache[0].dtype), v.astype(cache[1].dtype)
+        dt = q.dtype
+        earlier = cache if layer is None else (cache[0][layer], cache[1][layer])
+        out = cached_attention(q, k.astype(dt), v.astype(dt), earlier[0].astype(dt), earlier[1].astype(dt),
+                               q_segments, cache_segments, index)
         if layer is None:
-            k_cache = k_read = jax.lax.dynamic_update_slice_in_dim(cache[0], k, write_index, axis=2)
-            v_cache = v_read = jax.lax.dynamic_update_slice_in_dim(cache[1], v, write_index, axis=3)
+            k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k, index, axis=2)
+            v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v, index, axis=3)
         else:
-            k_cache = jax.lax.dynamic_update_slice(cache[0], k[None], (layer, 0, 0, write_index, 0))
-            v_cache = jax.lax.dynamic_update_slice(cache[1], v[None], (layer, 0, 0, 0, write_index))
-            k_read, v_read = k_cache[layer], v_cache[layer]
-        x = x + self._attention_out(q, k_read, v_read, q_segments, kv_segments, q_slots)
+            k_cache = jax.lax.dynamic_update_slice(cache[0], k[None], (layer, 0, 0, index, 0))
+            v_cache = jax.lax.dynamic_update_slice(cache[1], v[None], (layer, 0, 0, 0, index))
+        x = x + self._project_out(out)
         x = x + self._mlp(x)
         return constrain(x, ACTIVATION_AXES), (k_cache, v_cache)
 
@@ -332,22 +368,26 @@ class Block(nnx.Module):
         q, k = rotary(q, positions, inv_freq), rotary(k, positions, inv_freq)
         return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
 
-    def _attention_out(self, q, k, v, q_segments, kv_segments, q_slots, *, whole_sequences: bool = False) -> jax.Array:
-        """`whole_sequences`: training's self-attention (T == S, slot = position in the row), where
-        `model.attention` may pick a fused kernel; decoding against a cache always takes `attention`."""
+    def _self_attention(self, q, k, v, segment_ids) -> jax.Array:
+        """Training's attention within each segment of the rows (slot = position in the row), by
+        `model.attention`'s implementation, projected back to (B, T, D)."""
         dt, cfg = q.dtype, self.cfg
         impl = "xla"
-        if whole_sequences and cfg.attention != "xla":
+        if cfg.attention != "xla":
             from lima_jax.train import fused_attention
 
             impl = fused_attention.resolve(cfg.attention, q.shape[1], cfg.resolved_head_dim, cfg.dtype)
         if impl == "xla":
-            out = attention(q, k.astype(dt), v.astype(dt), q_segments, kv_segments, q_slots)
+            slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
+            out = attention(q, k.astype(dt), v.astype(dt), segment_ids, segment_ids, slots)
         else:  # the kernels take keys and values (B, T, K, Dh), as projected
-            out = fused_attention.attend(impl, q, k.astype(dt).transpose(0, 2, 1, 3), v.astype(dt).transpose(0, 3, 1, 2), q_segments)
-        out = checkpoint_name(out, ATTENTION_SAVED[1])
-        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
-        return out + self.bo[...].astype(dt) if cfg.out_bias else out
+            out = fused_attention.attend(impl, q, k.astype(dt).transpose(0, 2, 1, 3), v.astype(dt).transpose(0, 3, 1, 2), segment_ids)
+        return self._project_out(checkpoint_name(out, ATTENTION_SAVED[1]))
+
+    def _project_out(self, out: jax.Array) -> jax.Array:
+        """The attention output (B, T, H, Dh) projected back to the model dim (B, T, D)."""
+        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(out.dtype))
+        return out + self.bo[...].astype(out.dtype) if self.cfg.out_bias else out
 
     def _mlp(self, x: jax.Array) -> jax.Array:
         gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps))
@@ -423,7 +463,6 @@ class Llama(nnx.Module):
         if t > cache.max_len:
             raise ValueError(f"{t} tokens do not fit a KV cache of {cache.max_len} slots")
         kv_segments = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, axis=1)
-        slots = cache.index + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), tokens.shape)
         x, new_k, new_v = self._embed(tokens), [], []
         if self.cfg.decode_scan:
             graphdef, stacked = nnx.split(self.layers)
@@ -432,7 +471,7 @@ class Llama(nnx.Module):
                 x, k, v = carry
                 params, i = per_layer
                 x, (k, v) = nnx.merge(graphdef, params).decode(
-                    x, positions, segment_ids, kv_segments, slots, (k, v), cache.index, layer=i
+                    x, positions, segment_ids, cache.segment_ids, (k, v), cache.index, layer=i
                 )
                 return (x, k, v), None
 
@@ -441,7 +480,7 @@ class Llama(nnx.Module):
             k, v = constrain(k, ("layers", *KVCache.K_AXES)), constrain(v, ("layers", *KVCache.V_AXES))
             return self._logits(x), KVCache(k, v, kv_segments, cache.index + t)
         for i, block in enumerate(self.decode_blocks()):
-            x, (k, v) = block.decode(x, positions, segment_ids, kv_segments, slots, (cache.k[i], cache.v[i]), cache.index)
+            x, (k, v) = block.decode(x, positions, segment_ids, cache.segment_ids, (cache.k[i], cache.v[i]), cache.index)
             new_k.append(constrain(k, KVCache.K_AXES))
             new_v.append(constrain(v, KVCache.V_AXES))
         return self._logits(x), KVCache(tuple(new_k), tuple(new_v), kv_segments, cache.index + t)

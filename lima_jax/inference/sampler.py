@@ -43,6 +43,10 @@ from lima_jax.model import KVCache, Llama
 from lima_jax.sharding import activation_mesh
 
 MIN_BUCKET = 16
+# XLA:CPU's default copy insertion copies every layer's KV cache on each decode step (it cannot tell
+# that writing a token into the cache is the buffer's last use); its region analysis can, and the
+# cache is then updated in place. A debug option of every backend; only XLA:CPU reads it.
+COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +194,7 @@ def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, gre
     return jax.lax.while_loop(lambda s: (s.step < until) & ~jnp.all(s.done), body, s)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "mesh"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "mesh"), compiler_options=COMPILER_OPTIONS)
 def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, key_data, *, max_new_tokens, greedy, mesh):
     def run():
         model = nnx.merge(graphdef, state)
@@ -268,14 +272,15 @@ def _until_stop(row: list[int], stop_ids: Sequence[int]) -> list[int]:
     return row[: stops[0] + 1] if stops else row
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "mesh"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "mesh"), compiler_options=COMPILER_OPTIONS)
 def _start_batch(graphdef, state, tokens, positions, segments, stop_ids, key_data, *, max_new_tokens, top_k, mesh):
     with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         return _prefill(nnx.merge(graphdef, state), tokens, positions, segments, stop_ids,
                         jax.random.wrap_key_data(key_data), max_new_tokens, top_k)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "mesh"), donate_argnames=("s",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "mesh"), donate_argnames=("s",),
+                   compiler_options=COMPILER_OPTIONS)
 def _continue_batch(graphdef, state, s, lengths, stop_ids, knobs, limits, cancel, until, *, greedy, mesh):
     with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         s = s._replace(done=s.done | cancel)
