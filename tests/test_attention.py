@@ -182,3 +182,40 @@ def test_save_attention_remat_keeps_the_splash_kernels_residuals_and_the_gradien
     assert log_sum_exp in saved["save_attention"] and log_sum_exp not in saved["full"]
     assert "f32[3,1,128,2,128] output of scan" in saved["save_attention"]  # q (layers, rows, T, heads, Dh)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads["save_attention"], grads["none"])
+
+
+def softmax_attention(q, k, v, segments):
+    """The textbook form, differentiated by autodiff: q (B, T, H, Dh), k and v (B, T, K, Dh)."""
+    b, t, h, dh = q.shape
+    group = h // k.shape[2]
+    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(dh)
+    visible = (segments[:, :, None] == segments[:, None, :]) & jnp.tril(jnp.ones((t, t), bool))
+    probs = jax.nn.softmax(jnp.where(visible[:, None], scores, -jnp.inf), axis=-1)
+    return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+def test_the_xla_paths_written_out_gradient_is_autodiffs_of_the_softmax():
+    q, k, v = qkv(2, 96, 4, 2, 16)
+    segments = packed_segments(2, 96)
+    ours, reference = weighted_sum(lambda *a: xla_attention(*a, segments)), weighted_sum(lambda *a: softmax_attention(*a, segments))
+    np.testing.assert_allclose(xla_attention(q, k, v, segments), softmax_attention(q, k, v, segments), rtol=1e-5, atol=1e-5)
+    for name, got, want in zip("qkv", jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(reference, (0, 1, 2))(q, k, v)):
+        scale = float(jnp.max(jnp.abs(want)))
+        np.testing.assert_allclose(got, want, atol=1e-5 * scale, err_msg=f"d{name}")
+
+
+def test_xla_training_keeps_each_rows_log_sum_exp_not_the_attention_probabilities():
+    """Autodiff of the softmax kept a (T, S) probability matrix per head and layer for the backward
+    pass; the written-out gradient keeps one log-sum-exp per query row instead."""
+    cfg = tiny(dim=64, num_heads=4, num_kv_heads=2, num_layers=3, max_len=64, attention="xla")
+    model = random_model(cfg)
+    tokens, seg = random_tokens(cfg, (2, 64)), packed_segments(2, 64)
+    graphdef, state = nnx.split(model)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        jax.ad_checkpoint.print_saved_residuals(
+            lambda state: jnp.mean(nnx.merge(graphdef, state)(tokens, segment_ids=seg)[..., 0] ** 2), state)
+    saved = out.getvalue()
+    assert "f32[3,2,2,2,64] output of scan" in saved  # log-sum-exp (layers, rows, K, G, T)
+    assert "f32[3,2,2,2,64,64]" not in saved  # probabilities (layers, rows, K, G, T, S)
