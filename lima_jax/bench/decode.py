@@ -42,7 +42,10 @@ from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate
 from lima_jax.weights.names import params_to_hf
 
-BANDWIDTH_BYTES = 512 * 2**20  # the buffer the bandwidth is measured on: 16x a 32 MiB L3
+# The buffer the bandwidth is measured on: larger than the last-level cache (a VM may report a
+# socket's whole L3, e.g. 300 MiB, part of which a model's weights can then stay in between
+# steps, so a roofline fraction near or above 1 means cache, not a faster memory).
+BANDWIDTH_BYTES = 512 * 2**20
 
 
 def measured_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
