@@ -278,17 +278,13 @@ def cached_attention(
     b, t, h, dh = q.shape
     kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-    scale = 1.0 / np.sqrt(dh)
     earlier = (q_segments[:, :, None] == cache_segments[:, None, :]) & (jnp.arange(slots, dtype=jnp.int32) < index)
     causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
     among_new = (q_segments[:, :, None] == q_segments[:, None, :]) & causal
-    scores = [  # (B, K, G, T, S) then (B, K, G, T, T), each masked
-        jnp.where(visible[:, None, None], jnp.einsum(spec, q, keys, preferred_element_type=jnp.float32) * scale,
-                  jnp.finfo(jnp.float32).min)
-        for visible, keys, spec in ((earlier, k_cache, "btkgd,bksd->bkgts"), (among_new, k, "btkgd,bkud->bkgtu"))
-    ]
-    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bkds->btkgd", probs[..., :slots], v_cache) + jnp.einsum("bkgtu,bkdu->btkgd", probs[..., slots:], v)
+    scores = jnp.concatenate([_masked_scores(q, k_cache, earlier), _masked_scores(q, k, among_new)], axis=-1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # (B, K, G, T, S + T)
+    spec = "bkgts,bkds->btkgd"
+    out = jnp.einsum(spec, probs[..., :slots], v_cache) + jnp.einsum(spec, probs[..., slots:], v)
     return out.reshape(b, t, h, dh)
 
 
