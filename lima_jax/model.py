@@ -367,15 +367,23 @@ class Block(nnx.Module):
         q, k, v = self._qkv_rotated(x, positions)
         k, v = k.astype(cache[0].dtype), v.astype(cache[1].dtype)
         dt = q.dtype
-        earlier = cache if layer is None else (cache[0][layer], cache[1][layer])
-        out = cached_attention(q, k.astype(dt), v.astype(dt), earlier[0].astype(dt), earlier[1].astype(dt),
-                               q_segments, cache_segments, index)
         if layer is None:
+            earlier = cache
             k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k, index, axis=2)
             v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v, index, axis=3)
+            written = (k_cache, v_cache)
         else:
+            earlier = (cache[0][layer], cache[1][layer])
             k_cache = jax.lax.dynamic_update_slice(cache[0], k[None], (layer, 0, 0, index, 0))
             v_cache = jax.lax.dynamic_update_slice(cache[1], v[None], (layer, 0, 0, 0, index))
+            written = (k_cache[layer], v_cache[layer])
+        if x.shape[1] == 1:  # a decode step: read the cache as it was, so that its update is in place
+            out = cached_attention(q, k.astype(dt), v.astype(dt), earlier[0].astype(dt), earlier[1].astype(dt),
+                                   q_segments, cache_segments, index)
+        else:  # a prompt, once: one pass over the written cache scores T x S, not T x (S + T)
+            kv_segments = jax.lax.dynamic_update_slice_in_dim(cache_segments, q_segments, index, axis=1)
+            q_slots = index + jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), q_segments.shape)
+            out = attention(q, written[0].astype(dt), written[1].astype(dt), q_segments, kv_segments, q_slots)
         x = x + self._project_out(out)
         x = x + self._mlp(x)
         return constrain(x, ACTIVATION_AXES), (k_cache, v_cache)
