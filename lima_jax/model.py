@@ -258,6 +258,7 @@ def _masked_attention_bwd(residuals, d_out):
 
 _masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
 
+
 def cached_attention(
     q: jax.Array,
     k: jax.Array,
@@ -274,7 +275,8 @@ def cached_attention(
     q (B, T, H, Dh); the new keys k (B, K, T, Dh) and values v (B, K, Dh, T); the cache's k_cache
     (B, K, S, Dh), v_cache (B, K, Dh, S) and cache_segments (B, S) hold the earlier slots. The same
     scores as `attention` over the written cache, but no read of the written cache: the cache
-    update is then the last use of its buffer, which XLA can do in place."""
+    update is then the last use of its buffer, which XLA can do in place. `Block.decode` takes it
+    for one-token steps only; a prompt reads the written cache once, scoring T x S, not T x (S + T)."""
     b, t, h, dh = q.shape
     kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
