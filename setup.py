@@ -53,10 +53,11 @@ setup(
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls several GB of CUDA wheels.
-        # gcp-storage-emulator: the in-memory Cloud Storage that tests/test_gcs.py runs gs:// paths against.
-        # openai: the official client tests/test_serve.py talks to the server with.
-        # accelerate: transformers loads GGUF files through it (tests/test_gguf.py checks our export there).
-        "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45", "gcp-storage-emulator>=2026.7.18",
+        # gcp-storage-emulator: the in-memory Cloud Storage that tests/storage/test_gcs.py runs gs:// paths against.
+        # openai: the official client tests/serve/test_serve.py talks to the server with.
+        # accelerate: transformers loads GGUF files through it (tests/weights/test_gguf.py checks our export there).
+        # pytest-xdist: the suite runs in one process per core (pytest.ini).
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.45", "gcp-storage-emulator>=2026.7.18",
                  "openai>=1.40", "accelerate==1.15.0"],
         # libtpu lets JAX compile for TPU topologies on a CPU host (lima_jax.aot and its tests). On a
         # machine without a TPU, lima_jax keeps its TPU probe quiet (lima_jax/tpu_probe.py).

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import logging as std_logging
+import re
 import sys
 import traceback
 from typing import Any, Callable, Iterator, NoReturn
@@ -49,11 +50,21 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _failures_raised_later(record: std_logging.LogRecord) -> bool:
     """Orbax logs a failed background save with its traceback from each of its threads (5 copies for a
-    full disk), then raises it where the run waits for the save: the one line we print says it."""
+    full disk), then raises it where the run waits for the save: the one line we print says it. The
+    same failure reaches asyncio through TensorStore's futures, raised in native code (no Python frame,
+    a status-coded message such as `RESOURCE_EXHAUSTED: ...`): that report is dropped too."""
     if not record.exc_info or record.levelno < std_logging.ERROR:
         return True
     frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info[2] is not None else []
-    return not ("/orbax/" in record.pathname or any("/orbax/" in frame.filename for frame in frames))
+    if "/orbax/" in record.pathname or any("/orbax/" in frame.filename for frame in frames):
+        return False
+    return not (not frames and _TENSORSTORE_STATUS.match(str(record.exc_info[1])))
+
+
+# absl status codes, which prefix TensorStore's error messages.
+_TENSORSTORE_STATUS = re.compile(r"(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|"
+                                 r"PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|"
+                                 r"UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED): ")
 
 
 def _quiet_unraisablehook(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,8 +81,6 @@ def _quiet_unraisablehook(hook: Callable[..., Any]) -> Callable[..., Any]:
 
 def describe_flag_error(message: str) -> str:
     """absl's multi-line flag-parsing errors, shortened to the line that names the problem."""
-    import re
-
     lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
     for line in reversed(lines):
         if re.search(r"(config|key|field|type|override|flag)", line, re.I):

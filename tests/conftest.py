@@ -1,25 +1,103 @@
-"""Test setup: 8 simulated CPU devices (set before JAX is imported) and the fixtures.
+"""Test setup: 8 simulated CPU devices (set before JAX is imported), one compilation cache for the
+session, and the fixtures.
 
-stories260K ships in the repo (examples/); the LLaMA tokenizer is not ours to ship and is read from
-../shared/fixtures beside the repo: tests that need it skip without it, and say why in the run's
-short summary (pytest.ini asks for skip reasons)."""
+The compilation cache: every process the session starts (the tests' own `python -m lima_jax.*`
+commands included, through the environment) reads and writes one JAX persistent cache in a fresh
+temporary folder, so the tiny programs compile once per session, not once per process; a cache
+from an earlier session (or the user's own) can never make a test pass. pytest-xdist workers share
+their controller's folder.
+
+Helpers live in support/ (support.paths says where the shared fixtures are: stories260K ships in the
+repo, the LLaMA tokenizer is read from ../shared/fixtures beside it, and tests that need it skip
+without it, saying why in the run's short summary)."""
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_OWN_CACHE = "PYTEST_XDIST_WORKER" not in os.environ  # a worker uses its controller's
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lima_jax_tests_compilation_cache_")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the tiny programs compile in well under 1 s
 
+import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
-LLAMA_TOKENIZER = FIXTURES / "llama_tokenizer" / "tokenizer.model"
-STORIES260K = REPO / "examples" / "stories260k" / "stories260K.bin"
+TESTS = pathlib.Path(__file__).resolve().parent
+# The modules that take longest, in that order (seconds of one worker's time in a 2-worker run): started
+# first, so that the last module a worker takes is a short one and the workers end together.
+LONGEST_FIRST = (
+    "train/test_train_hosts.py",    # multi-process runs
+    "train/test_faults.py",         # kills, signals, a full disk
+    "inference/test_sampling.py",
+    "evaluate/test_select.py",
+    "train/test_train.py",
+    "storage/test_gcs.py",
+    "train/test_dry_run.py",        # the 65B step compiled for v4-128
+    "train/test_aot.py",            # the same, through lima_jax.aot
+    "model/test_model.py",
+    "bench/test_bench.py",
+    "inference/test_sample_hosts.py",
+    "commands/test_readme_run.py",
+    "serve/test_serve.py",
+)
 
 
-def require(path: pathlib.Path) -> pathlib.Path:
-    """Skips the test, with the reason, when a shared fixture is absent."""
-    if not path.exists():
-        pytest.skip(f"needs {path.name} from ../shared/fixtures beside the repo (not found at {path})")
-    return path
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """An in-memory Cloud Storage emulator on 127.0.0.1 with one bucket (support.gcs_emulator.BUCKET)."""
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        pytest.skip("needs the Cloud Storage emulator: pip install gcp-storage-emulator (the test extra)")
+    from support.gcs_emulator import running
+
+    with running(tmp_path_factory.mktemp("emulator") / "log.txt") as emu:
+        yield emu
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A finished SMALL run's workdir (support.training: the tiny model, one epoch of the demo, 64-token
+    rows), trained once for the tests that read a run; a test that writes to a run copies it first."""
+    from support.training import small_config
+
+    from lima_jax.train.loop import train
+
+    folder = tmp_path_factory.mktemp("small_run")
+    train(small_config(folder))
+    return folder / "run"
+
+
+@pytest.fixture
+def no_compilation_cache():
+    """The session's persistent cache off for one test: one that times compiles must compile, not load."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
+    compilation_cache.reset_cache()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest modules first (the rest keep their order); tests/commands/ carries the `commands` marker."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    module = {item: os.path.relpath(item.path, TESTS).replace(os.sep, "/") for item in items}
+    items.sort(key=lambda item: rank.get(module[item], len(rank)))
+    for item in items:
+        if module[item].startswith("commands/"):
+            item.add_marker(pytest.mark.commands)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4 (each holds 8 simulated devices and a few GB)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))

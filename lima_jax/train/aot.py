@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+import jax
+
 from lima_jax import flops
 from lima_jax.config import trained_model_config, validate
 from lima_jax.errors import LimaError
@@ -149,9 +151,13 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
 
 def compile_offline() -> None:
     """This host has no TPU: let libtpu load beside other processes (it otherwise locks
-    /tmp/libtpu_lockfile for one) and skip the TPU VM metadata server. Call before JAX loads a backend."""
+    /tmp/libtpu_lockfile for one) and skip the TPU VM metadata server. Call before JAX loads a backend.
+
+    JAX's persistent compilation cache is off: it stores what a TPU topology compiles but a compile-only
+    client cannot load it back (each later compile warns and compiles again), so entries are dead weight."""
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 def print_report(report: dict) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 from tqdm import tqdm
@@ -26,9 +27,7 @@ class MetricsWriter:
         self.path = workdir / METRICS_FILE
         self._drop_records_after(resume_step)
         self.file = Appender(self.path, min_interval_s=_UPLOAD_EVERY_S)
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        self.tb = _summary_writer()(str(workdir / "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)
 
     def _drop_records_after(self, resume_step: int) -> None:
@@ -81,3 +80,18 @@ class MetricsWriter:
             self.bar.close()
             self.file.close()
             self.tb.close()
+
+
+def _summary_writer() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch wherever it
+    is installed (1-2 s and hundreds of MB at every start) only to accept torch tensors, which a JAX
+    run never logs. A `None` in sys.modules makes its `import torch` fail as if torch were absent."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter

@@ -1,0 +1,150 @@
+"""Does the training loop's host wait for the device every step? A measurement, not a test.
+
+    python -m lima_jax.bench.step_timing            # 2 processes x 4 simulated CPU devices
+    python -m lima_jax.bench.step_timing 1 8        # 1 process x 8
+
+Runs the real `train()` in two processes on one host (the tiny model, one epoch, no dropout) and
+records, in each process, when every train step is dispatched and (from a watcher thread that
+blocks on the step's metrics) when it finishes. A loop that keeps the device busy dispatches step
+k+1 before step k has finished; one that waits for the device dispatches it only afterwards, and the
+device idles while the host prepares the next batch. Prints one JSON line per process with medians
+over the steady-state steps (epoch ends, whose dev loss and save wait on purpose, are left out).
+
+The loop before issue 9 item 5, for comparison:
+
+    git archive 2dd6e70 lima_jax configs | tar -x -C /tmp/pod-before
+    PYTHONPATH=/tmp/pod-before python lima_jax/bench/step_timing.py   # this file, that code
+
+On XLA:CPU with simulated devices the dispatch call itself returns only about when the previous step
+ends (the runtime's few threads are still running it: `median_dispatch_return_after_previous_finished_ms`
+is near 0 even for one process), so the step interval barely moves here; what the loop adds on top,
+the preemption check, is what changes. On TPU and GPU dispatch returns at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+STEADY_SKIP = 3  # the first steps compile and warm up
+OVERRIDES = {
+    "num_epochs": 1,
+    "batch_size": 16,
+    "data.max_len": 128,
+    "data.dev_size": 8,
+    "model.residual_dropout": 0.0,
+    "checkpoint.async_save": False,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(num_processes: int = 2, devices_per_process: int = 4) -> None:
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}", JAX_PLATFORMS="cpu")
+    with tempfile.TemporaryDirectory() as workdir:
+        procs = [
+            subprocess.Popen([sys.executable, __file__, workdir, f"127.0.0.1:{port}", str(num_processes), str(i)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(num_processes)
+        ]
+        for p in procs:
+            out, err = p.communicate(timeout=900)
+            if p.returncode:
+                sys.exit(f"process failed ({p.returncode}):\n{err[-3000:]}")
+            print(out.strip().splitlines()[-1])
+
+
+def worker(workdir: str, coordinator: str, num_processes: int, process_id: int) -> None:
+    import jax
+    import numpy as np
+
+    from lima_jax import sharding
+    from lima_jax.config import load_config
+    from lima_jax.train import loop
+
+    sharding.initialize_distributed(coordinator, num_processes, process_id)
+    dispatched: list[tuple[float, float]] = []
+    finished: list[float] = []
+    check_seconds: list[float] = []
+    pending: queue.Queue = queue.Queue()
+
+    def watch() -> None:  # blocks on each step's metrics in turn: its finishing time, off the main thread
+        while (metrics := pending.get()) is not None:
+            jax.block_until_ready(metrics)
+            finished.append(time.perf_counter())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    jit_train_step = loop.jit_train_step
+
+    def timed_jit_train_step(*args, **kwargs):
+        step = jit_train_step(*args, **kwargs)
+
+        def run(state, batch):
+            t0 = time.perf_counter()
+            state, metrics = step(state, batch)
+            dispatched.append((t0, time.perf_counter()))
+            pending.put(metrics)
+            return state, metrics
+
+        return run
+
+    reached = loop.Preemption.reached
+
+    def timed_reached(self, step):
+        t0 = time.perf_counter()
+        try:
+            return reached(self, step)
+        finally:
+            check_seconds.append(time.perf_counter() - t0)
+
+    loop.jit_train_step = timed_jit_train_step
+    loop.Preemption.reached = timed_reached
+    config = load_config("tiny", {**OVERRIDES, "workdir": workdir})
+    t_start = time.perf_counter()
+    loop.train(config)
+    wall = time.perf_counter() - t_start
+    pending.put(None)
+    watcher.join()
+
+    n = len(dispatched)
+    epoch_end = n - 1  # one epoch: the last step is followed by the dev loss and the save
+    steady = [k for k in range(STEADY_SKIP, n - 1) if k + 1 != epoch_end]
+    start = np.array([d[0] for d in dispatched])
+    end = np.array([d[1] for d in dispatched])
+    done = np.array(finished)
+    ahead = [start[k + 1] < done[k] for k in steady]  # step k+1 dispatched while step k still ran
+    idle = [max(0.0, start[k + 1] - done[k]) for k in steady]  # the device's idle gap, at most
+
+    def ms(values) -> float:
+        return round(1e3 * float(np.median(values)), 3)
+
+    print(json.dumps({
+        "process": process_id,
+        "steady_steps": len(steady),
+        "dispatched_before_previous_finished": f"{sum(ahead)}/{len(steady)}",
+        "median_preemption_check_ms": ms(np.array(check_seconds[-n:])[steady]),  # the in-loop checks
+        "median_device_idle_between_steps_ms": ms(idle),
+        "median_dispatch_call_ms": ms((end - start)[steady]),
+        "median_dispatch_return_after_previous_finished_ms": ms([end[k + 1] - done[k] for k in steady]),
+        "median_step_interval_ms": ms(np.diff(start)[steady]),
+        "wall_s": round(wall, 1),
+    }))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) <= 3:  # [NUM_PROCESSES [DEVICES_PER_PROCESS]]
+        launch(*map(int, sys.argv[1:]))
+    else:
+        worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -1,0 +1,45 @@
+"""The chat loop: LIMA's format turn after turn, /reset forgets, /quit leaves."""
+import subprocess
+import sys
+
+from support.hf_reference import random_hf_model
+
+from lima_jax.inference.chat import chat
+from lima_jax.weights.convert import convert
+from lima_jax.data import demo_dir
+from lima_jax.model import ModelConfig
+from lima_jax.inference.generator import Generator
+from lima_jax.inference.sampler import SamplingParams
+
+
+def test_chat_keeps_history_until_reset(tmp_path):
+    # A "fine-tuned" model: the demo tokenizer's 512 pieces plus EOT.
+    cfg = ModelConfig(vocab_size=513, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=256)
+    random_hf_model(cfg).save_pretrained(tmp_path / "hf")
+    ckpt = convert(tmp_path / "hf", tmp_path / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+    prompts = []
+
+    class Recording(Generator):  # remembers every prompt it is given
+        def __call__(self, p, params, seed):
+            prompts.append(p[0])
+            return super().__call__(p, params, seed)
+
+    generator = Recording(str(ckpt))
+    assert generator.eot_id == 512 and generator.stop_ids == (512, 2)
+    out = []
+    chat(generator, iter(["What is 2 plus 2?\n", "And 3 plus 3?\n", "/reset\n", "Hi\n", "/quit\n", "never read\n"]),
+         out.append, SamplingParams(max_new_tokens=6), seed=0)
+    tok = generator.tokenizer
+    assert len(prompts) == 3 and sum(line.startswith("assistant: ") for line in out) == 3
+    assert prompts[0] == tok.encode_prompt(["What is 2 plus 2?"])
+    first_answer = out[1][len("assistant: "):-1]
+    assert prompts[1] == tok.encode_prompt(["What is 2 plus 2?", first_answer, "And 3 plus 3?"])
+    assert prompts[2] == tok.encode_prompt(["Hi"])  # /reset forgot the first conversation
+
+
+def test_chat_refuses_a_base_model(tmp_path):
+    cfg = ModelConfig(vocab_size=512, dim=32, num_layers=1, num_heads=4, num_kv_heads=2, ffn_dim=64)
+    random_hf_model(cfg).save_pretrained(tmp_path / "hf")
+    ckpt = convert(tmp_path / "hf", tmp_path / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+    r = subprocess.run([sys.executable, "-m", "lima_jax.chat", f"--checkpoint={ckpt}"], input="", capture_output=True, text=True)
+    assert r.returncode == 2 and "end-of-turn" in r.stderr.strip().splitlines()[-1]

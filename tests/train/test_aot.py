@@ -1,0 +1,77 @@
+"""AOT compilation for TPU slices on this CPU host (needs the libtpu package)."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lima_jax.train.aot import parse_topology
+from support.commands import run_command
+from lima_jax.errors import LimaError
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (pip install libtpu): it compiles for TPU topologies"
+)
+
+
+def test_slice_names_count_tensorcores():
+    assert parse_topology("v4-8") == ("v4", "v4:2x2x1", 4)
+    assert parse_topology("v4-128") == ("v4", "v4:4x4x4", 64)
+    assert parse_topology("v5p-256") == ("v5p", "v5p:4x4x8", 128)
+    assert parse_topology("v5litepod-16") == ("v5litepod", "v5e:4x4", 16)
+    with pytest.raises(LimaError, match="no standard v4 slice has 3 chips"):
+        parse_topology("v4-6")
+    with pytest.raises(LimaError, match="expected GENERATION-COUNT"):
+        parse_topology("tpu-big")
+
+
+def _aot(*args):
+    r = subprocess.run([sys.executable, "-m", "lima_jax.aot", *args], capture_output=True, text=True)
+    report = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
+    return r, report
+
+
+@needs_libtpu
+def test_tiny_compiles_for_a_v5p_slice_with_consistent_memory_figures():
+    r, report = _aot("--config=tiny", "--topology=v5p-8", "--config.batch_size=8", "--config.data.max_len=128")
+    assert r.returncode == 0, r.stderr[-2000:]
+    b = report["per_chip_bytes"]
+    assert report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert b["total"] >= b["argument"] + b["temp"] > 0 and report["fits"] is True
+    assert report["cost_analysis"]["flops"] > 0 and report["compile_s"] > 0
+
+
+@needs_libtpu
+def test_lima_65b_recipe_fits_v4_128():
+    """The paper's 65B step (batch 32 x 2048, AdamW states, fp32 params) with the config's defaults."""
+    r, report = _aot("--config=65b", "--topology=v4-128")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert report["batch"] == [32, 2048] and report["chips"] == 64
+    # The vocabulary training builds: LLaMA's 32,000 pieces + EOT, padded to shard over tensor=2.
+    assert (report["vocab_size"], report["vocab_padding"], report["mesh"]["tensor"]) == (32128, 127, 2)
+    assert (report["remat"], report["attention"], report["grad_accum"]) == ("save_attention", "splash", 1)
+    assert "not sharded" not in r.stderr
+    assert report["fits"] and report["per_chip_bytes"]["total"] <= 32 * 2**30
+    assert 65.2e9 < report["params"] < 65.3e9 + 2 * 128 * 8192  # + the EOT and padding rows
+
+
+@needs_libtpu
+def test_a_step_that_does_not_fit_exits_1():
+    r, report = _aot("--config=7b", "--topology=v4-8", "--config.model.remat=full")
+    assert r.returncode == 1
+    assert report["fits"] is False and "RESOURCE_EXHAUSTED" in report["error"]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: 7b does not fit v4-8")
+
+
+@needs_libtpu
+def test_a_compilation_cache_is_left_alone_by_a_compile_for_tpu(tmp_path):
+    """A step compiled for a TPU topology was written to JAX's persistent cache, which a compile-only client
+    cannot read back: the next compile warned "Error reading persistent compilation cache entry"."""
+    env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    for _ in range(2):
+        r = run_command("aot", "--config=tiny", "--topology=v5p-8", "--config.batch_size=8", "--config.data.max_len=128", env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "persistent compilation cache" not in r.stderr, r.stderr[-2000:]
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not list(cache.iterdir())
