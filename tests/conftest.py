@@ -33,7 +33,7 @@ LONGEST_FIRST = (
     "train/test_train_hosts.py",    # multi-process runs
     "train/test_faults.py",         # kills, signals, a full disk
     "inference/test_sampling.py",
-    "evaluate/test_select.py",
+    "commands/test_select.py",
     "train/test_train.py",
     "storage/test_gcs.py",
     "train/test_dry_run.py",        # the 65B step compiled for v4-128

@@ -12,6 +12,7 @@ from lima_jax.bench import train as bench
 from lima_jax.config import load_config, model_config
 from lima_jax.model import param_count
 from lima_jax.errors import LimaError
+from support.commands import call_command
 
 TINY = {  # seconds per run: the point is the record, not the speed
     "model.dim": 64,
@@ -196,11 +197,7 @@ def test_cli_prints_one_json_line():
 
 
 def test_cli_rejects_an_unknown_key():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-m", "lima_jax.bench", "--config=tiny", "--config.model.nope=1"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
+    result = call_command("bench", "--config=tiny", "--config.model.nope=1")
     assert result.returncode == 2
     assert "nope" in result.stderr.strip().splitlines()[-1]
 
@@ -259,11 +256,8 @@ def test_decode_record_with_torch_generates_the_same_tokens():
 
 def test_decode_cli_prints_one_json_line():
     args = [f"--config.{k}={v}" for k, v in TINY.items()]
-    result = subprocess.run(
-        [sys.executable, "-m", "lima_jax.bench", "--mode=decode", "--config=tiny", *args, "--decode_batches=1,4",
-         "--prompt_len=5", f"--new_tokens={NEW_TOKENS}", "--repeats=1", "--compare_torch=false", "--compile_layers=1,2"],
-        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
-    )
+    result = call_command("bench", "--mode=decode", "--config=tiny", *args, "--decode_batches=1,4", "--prompt_len=5",
+                          f"--new_tokens={NEW_TOKENS}", "--repeats=1", "--compare_torch=false", "--compile_layers=1,2")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1

@@ -9,7 +9,7 @@ from lima_jax.evaluate.ratings import judge_absolute, results_from_records
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.responses import make_record, read_responses, write_responses
 from support.judges import Reply, Request, ScriptedServer, fast_judge
-from support.commands import run_command
+from support.commands import call_command
 
 OUTPUTS = ["GOOD 1", "GOOD 2", "OK 1", "OK 2", "OK 3", "BAD 1", "JUNK 1", "BUSY 1"]
 
@@ -71,7 +71,7 @@ def test_absolute_command(tmp_path):
     responses(tmp_path)
     script = RatingScript()
     with ScriptedServer(script) as server:
-        r = run_command("lima_jax.evaluate.absolute", f"--responses={tmp_path / 'lima.jsonl'}",
+        r = call_command("lima_jax.evaluate.absolute", f"--responses={tmp_path / 'lima.jsonl'}",
                     f"--judge_url={server.url}", "--judge_model=judge-model", f"--cache={tmp_path / 'c.jsonl'}",
                     "--backoff_s=0.01", "--max_retries=1", "--workers=2")
     assert r.returncode == 0, r.stderr

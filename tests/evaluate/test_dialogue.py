@@ -7,7 +7,7 @@ import re
 
 import pytest
 from support.judges import Reply, Request, ScriptedServer, fast_judge
-from support.commands import run_command
+from support.commands import call_command
 
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import dialogue_report
@@ -160,7 +160,7 @@ def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(jud
     args = [f"--dialogues={dialogues}", f"--out_dir={tmp_path / 'out'}", f"--checkpoint=zero-shot={judge_ckpt}",
             f"--checkpoints=trained={judge_ckpt}", f"--judge_checkpoint={judge_ckpt}", "--max_new_tokens=3",
             "--batch_size=2", "--workers=1"]
-    r = run_command("lima_jax.evaluate.dialogue", *args)
+    r = call_command("lima_jax.evaluate.dialogue", *args)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     for s in report["checkpoints"]:
@@ -169,7 +169,7 @@ def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(jud
     # The same weights and seed sample the same transcript: its conversations are judged once.
     assert [s["asked_now"] for s in report["checkpoints"]] == [4, 0]
     assert len((tmp_path / "out" / "judgments.jsonl").read_text().splitlines()) == 4
-    r = run_command("lima_jax.evaluate.dialogue", *args)  # nothing to generate, nothing to judge
+    r = call_command("lima_jax.evaluate.dialogue", *args)  # nothing to generate, nothing to judge
     assert r.returncode == 0, r.stderr[-2000:]
     assert "zero-shot: " in r.stderr and "is complete" in r.stderr
     again = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -177,6 +177,6 @@ def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(jud
     assert [s["dialogues"] for s in again["checkpoints"]] == [s["dialogues"] for s in report["checkpoints"]]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(summary) == {"zero-shot", "trained"}
-    r = run_command("lima_jax.evaluate.dialogue", f"--dialogues={dialogues}", f"--out_dir={tmp_path / 'o2'}",
+    r = call_command("lima_jax.evaluate.dialogue", f"--dialogues={dialogues}", f"--out_dir={tmp_path / 'o2'}",
                 f"--checkpoint={judge_ckpt}")
     assert r.returncode == 2 and "--judge_url and --judge_model" in r.stderr

@@ -2,10 +2,9 @@
 MT-Bench's second turn is asked after the model's own first answer, and a lima_jax checkpoint
 served by `python -m lima_jax.serve` judges AlpacaEval outputs through `--judge_url`."""
 import json
-import subprocess
-import sys
 
 import pytest
+from support.commands import call_command
 from support.serving import start_server, stop_server, tiny_checkpoint, wait_until_healthy
 
 from lima_jax.errors import LimaError
@@ -138,9 +137,8 @@ def test_a_follow_up_is_asked_after_the_models_own_answer_and_a_resumed_run_asks
 def test_generate_refuses_an_output_of_another_generator_before_loading_the_checkpoint(tmp_path):
     prompts_file = _write(tmp_path / "alpaca_eval.json", EVAL_SET)
     out = _write(tmp_path / "model_outputs.json", [{**EVAL_SET[0], "generator": "someone"}])
-    r = subprocess.run([sys.executable, "-m", "lima_jax.evaluate.generate", f"--checkpoint={tmp_path / 'no-such-checkpoint'}",
-                        f"--prompts={prompts_file}", f"--output={out}", "--output_format=alpaca_eval", "--generator=lima-7b"],
-                       capture_output=True, text=True, timeout=300)
+    r = call_command("evaluate.generate", f"--checkpoint={tmp_path / 'no-such-checkpoint'}", f"--prompts={prompts_file}",
+                     f"--output={out}", "--output_format=alpaca_eval", "--generator=lima-7b")
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1] == (f"error: {out} holds AlpacaEval outputs of 'someone', not 'lima-7b': "
                                                  "name another --output (or pass --overwrite to replace it)")
@@ -193,10 +191,9 @@ def test_a_checkpoint_served_over_http_judges_alpaca_eval_outputs_pairwise(check
     try:
         wait_until_healthy(server, url, log)
         cache = tmp_path / "judgments.jsonl"
-        r = subprocess.run([sys.executable, "-m", "lima_jax.evaluate.pairwise", f"--ours={ours}", f"--baseline={baseline}",
-                            f"--judge_url={url}", "--judge_model=judge", "--api_key_env=", f"--cache={cache}",
-                            "--judge_max_tokens=8", "--max_retries=0", "--workers=2", "--max_failures=0"],
-                           capture_output=True, text=True, timeout=600)
+        r = call_command("evaluate.pairwise", f"--ours={ours}", f"--baseline={baseline}", f"--judge_url={url}",
+                         "--judge_model=judge", "--api_key_env=", f"--cache={cache}", "--judge_max_tokens=8",
+                         "--max_retries=0", "--workers=2", "--max_failures=0")
     finally:
         stop_server(server)
         log.close()

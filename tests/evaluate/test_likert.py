@@ -17,7 +17,7 @@ from lima_jax.evaluate.judging import JudgmentCache, make_judge
 from lima_jax.evaluate.responses import make_record, prompt_id, read_responses, write_responses
 from lima_jax.evaluate.scores import judge_likert, likert_score, mean_interval, results_from_records
 from support.judges import Reply, Request, ScriptedServer
-from support.commands import run_command
+from support.commands import call_command
 from support.charts import check_png
 
 OUTPUTS = ["SIX", "FOUR", "TWO", "LATE", "JUNK", "BUSY"]
@@ -126,7 +126,7 @@ def test_likert_scores_retries_failures_and_cache_resume(tmp_path):
 def test_likert_command_prints_the_summary_and_warns_of_failures(tmp_path):
     path = write_outputs(tmp_path)
     with ScriptedServer(LikertScript()) as server:
-        r = run_command("lima_jax.evaluate.likert", f"--responses={path}", f"--judge_url={server.url}",
+        r = call_command("lima_jax.evaluate.likert", f"--responses={path}", f"--judge_url={server.url}",
                     "--judge_model=judge-model", f"--cache={tmp_path / 'c.jsonl'}", "--backoff_s=0.01",
                     "--max_retries=1", "--workers=2", f"--out={tmp_path / 'out.json'}")
     assert r.returncode == 0, r.stderr
@@ -213,9 +213,9 @@ def test_report_refuses_a_cache_of_two_judges_or_with_no_likert_judgment(tmp_pat
 def test_report_command_with_likert_only(tmp_path):
     se = write_cache(tmp_path / "se.jsonl", [judgment(f"s{i}", s) for i, s in enumerate("6543")])
     out = tmp_path / "out"
-    r = run_command("lima_jax.evaluate.report", f"--likert=Filtered SE={se}", f"--out_dir={out}", "--bootstrap=200")
+    r = call_command("lima_jax.evaluate.report", f"--likert=Filtered SE={se}", f"--out_dir={out}", "--bootstrap=200")
     assert r.returncode == 0, r.stderr
     assert "| Filtered SE | 4.50 |" in r.stdout
     assert json.loads((out / "report.json").read_text())["likert"][0]["n"] == 4
-    again = run_command("lima_jax.evaluate.report", f"--likert=Filtered SE={se}", f"--out_dir={out}")
+    again = call_command("lima_jax.evaluate.report", f"--likert=Filtered SE={se}", f"--out_dir={out}")
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr

@@ -13,7 +13,7 @@ from lima_jax.evaluate.judges import OpenAIJudge
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.comparisons import judge_pairwise, results_from_records
 from lima_jax.evaluate.responses import make_record, read_responses, write_responses
-from support.commands import run_command
+from support.commands import call_command
 from support.judges import Reply, Request, ScriptedServer, fast_judge
 
 # How the scripted judge treats each prompt (its name is in the prompt text).
@@ -209,14 +209,14 @@ def test_pairwise_command(tmp_path):
         args = [f"--ours={tmp_path / 'ours.jsonl'}", f"--baseline={tmp_path / 'base.jsonl'}",
                 f"--judge_url={server.url}", "--judge_model=judge-model", f"--cache={tmp_path / 'c.jsonl'}",
                 "--timeout_s=0.3", "--backoff_s=0.01", "--max_retries=2", "--workers=3", f"--out={tmp_path / 'out.json'}"]
-        r = run_command("lima_jax.evaluate.pairwise", *args)
+        r = call_command("lima_jax.evaluate.pairwise", *args)
         assert r.returncode == 0, r.stderr
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         assert (summary["win"], summary["tie"], summary["loss"], summary["failed"]) == (3, 2, 2, 0)
         out = json.loads((tmp_path / "out.json").read_text())
         assert out["summary"] == summary and sorted(out["prompts"].values()).count("win") == 3
 
-        r = run_command("lima_jax.evaluate.pairwise", *args[:2], f"--cache={tmp_path / 'c.jsonl'}")
+        r = call_command("lima_jax.evaluate.pairwise", *args[:2], f"--cache={tmp_path / 'c.jsonl'}")
         assert r.returncode == 2 and r.stderr.strip() == "error: --judge_url and --judge_model (or --judge_checkpoint) are required"
 
 

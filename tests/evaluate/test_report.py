@@ -16,7 +16,7 @@ from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.responses import make_record
 from support.charts import check_png
-from support.commands import run_command
+from support.commands import call_command
 
 
 class TableJudge:
@@ -147,12 +147,12 @@ def test_report_command(tmp_path):
     pair_cache(tmp_path / "a.jsonl", ["win", "win", "tie", "loss"])
     rating_cache(tmp_path / "abs.jsonl", ["Pass", "Excellent"])
     out = tmp_path / "out"
-    r = run_command("lima_jax.evaluate.report", f"--pairwise=Alpaca 65B={tmp_path / 'a.jsonl'}",
+    r = call_command("lima_jax.evaluate.report", f"--pairwise=Alpaca 65B={tmp_path / 'a.jsonl'}",
                 f"--absolute={tmp_path / 'abs.jsonl'}", f"--out_dir={out}", "--bootstrap=200")
     assert r.returncode == 0, r.stderr
     assert "| Alpaca 65B | 4 | 50.0% [" in r.stdout
     assert sorted(p.name for p in out.iterdir()) == ["absolute.png", "pairwise.png", "report.json", "report.md"]
-    r = run_command("lima_jax.evaluate.report", f"--out_dir={out}")
+    r = call_command("lima_jax.evaluate.report", f"--out_dir={out}")
     assert r.returncode == 2 and r.stderr.strip() == ("error: give --pairwise=NAME=CACHE[,...], --absolute=CACHE and/or "
                                                 "--likert=NAME=CACHE[,...]")
 
@@ -163,13 +163,13 @@ def test_report_refuses_to_overwrite_an_existing_report_unless_told(tmp_path):
     pair_cache(tmp_path / "b.jsonl", ["loss", "loss"])
     out = tmp_path / "out"
     args = (f"--out_dir={out}", "--bootstrap=50")
-    assert run_command("lima_jax.evaluate.report", f"--pairwise=A={tmp_path / 'a.jsonl'}", *args).returncode == 0
+    assert call_command("lima_jax.evaluate.report", f"--pairwise=A={tmp_path / 'a.jsonl'}", *args).returncode == 0
     first = (out / "report.md").read_text()
-    r = run_command("lima_jax.evaluate.report", f"--pairwise=B={tmp_path / 'b.jsonl'}", *args)
+    r = call_command("lima_jax.evaluate.report", f"--pairwise=B={tmp_path / 'b.jsonl'}", *args)
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: {out / 'report.md'} exists; pass --overwrite to replace the report"
     assert (out / "report.md").read_text() == first
-    r = run_command("lima_jax.evaluate.report", f"--pairwise=B={tmp_path / 'b.jsonl'}", "--overwrite", *args)
+    r = call_command("lima_jax.evaluate.report", f"--pairwise=B={tmp_path / 'b.jsonl'}", "--overwrite", *args)
     assert r.returncode == 0, r.stderr
     assert "| B | 2 |" in (out / "report.md").read_text()
 
@@ -392,7 +392,7 @@ def test_report_command_with_human_labels_and_response_files_for_a_cache_without
     labels = write_labels(tmp_path / "labels.jsonl", [{"id": "p0", "baseline": "alpaca-65b", "label": "win"},
                                                       {"id": "p3", "baseline": "alpaca-65b", "label": "loss"}])
     args = [f"--pairwise=Alpaca 65B={tmp_path / 'a.jsonl'}", "--bootstrap=100", f"--human_labels={labels}"]
-    r = run_command("lima_jax.evaluate.report", *args, f"--out_dir={tmp_path / 'out1'}")
+    r = call_command("lima_jax.evaluate.report", *args, f"--out_dir={tmp_path / 'out1'}")
     assert r.returncode == 0, r.stderr
     assert "| Alpaca 65B | 0 | n/a | n/a | n/a |" in r.stdout  # no lengths: no LC win rate
     assert "Lengths unknown for 5 judged prompts" in r.stdout
@@ -405,7 +405,7 @@ def test_report_command_with_human_labels_and_response_files_for_a_cache_without
         write_responses(tmp_path / "base.jsonl", [make_record([f"TAG-{i} question"], f"BASE {i}" + suffix * i,
                                                               "alpaca-65b", f"p{i}") for i in range(5)])
         out = tmp_path / f"out-{len(suffix)}"
-        r = run_command("lima_jax.evaluate.report", *args, f"--out_dir={out}",
+        r = call_command("lima_jax.evaluate.report", *args, f"--out_dir={out}",
                     f"--responses={tmp_path / 'ours.jsonl'},{tmp_path / 'base.jsonl'}")
         assert r.returncode == 0, r.stderr
         summary = json.loads((out / "report.json").read_text())
@@ -420,7 +420,7 @@ def test_report_command_with_human_labels_and_response_files_for_a_cache_without
     assert alp["human_agreement"]["labels"] == 2 and alp["human_agreement"]["agreement"] == 75.0
     assert summary["human_labels"] == labels
     other = write_labels(tmp_path / "other.jsonl", [{"id": "p0", "baseline": "gpt-4", "label": "win"}])
-    r = run_command("lima_jax.evaluate.report", f"--pairwise={tmp_path / 'a.jsonl'}", f"--out_dir={tmp_path / 'out3'}",
+    r = call_command("lima_jax.evaluate.report", f"--pairwise={tmp_path / 'a.jsonl'}", f"--out_dir={tmp_path / 'out3'}",
                 f"--human_labels={other}")
     assert r.returncode == 2 and r.stderr.strip() == (
         f"error: {tmp_path / 'other.jsonl'}: no label names a baseline in --pairwise (labels name gpt-4; the caches "

@@ -14,6 +14,7 @@ import tempfile
 import pytest
 
 from lima_jax.evaluate.responses import make_record, prompt_id, read_responses
+from support.commands import call_command
 
 MESH = "--mesh=fsdp=4,tensor=2"  # fsdp crosses the two processes: each holds half of every weight
 PROMPTS = [["What is 2 plus 2?"], ["Name a color."], ["Hi", "Hello!", "How are you?"], ["Spell cat backwards."]]
@@ -69,7 +70,12 @@ def launch(module, args, num_processes, check=True):
 
 def _sample(model, sampling, num_processes):
     ckpt, prompts = model
-    return launch("lima_jax.sample", [f"--checkpoint={ckpt}", f"--prompt_file={prompts}", *COMMON, *sampling], num_processes)
+    args = [f"--checkpoint={ckpt}", f"--prompt_file={prompts}", *COMMON, *sampling]
+    if num_processes == 1:  # one process of eight devices: this one (conftest gives it eight)
+        r = call_command("sample", *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return [(r.returncode, r.stdout, r.stderr)]
+    return launch("lima_jax.sample", args, num_processes)
 
 
 @pytest.fixture(scope="module")

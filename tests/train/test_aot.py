@@ -42,9 +42,12 @@ def test_tiny_compiles_for_a_v5p_slice_with_consistent_memory_figures():
     assert report["cost_analysis"]["flops"] > 0 and report["compile_s"] > 0
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_lima_65b_recipe_fits_v4_128():
-    """The paper's 65B step (batch 32 x 2048, AdamW states, fp32 params) with the config's defaults."""
+    """The paper's 65B step (batch 32 x 2048, AdamW states, fp32 params) with the config's defaults. The
+    same step compiles in tests/train/test_dry_run.py's 65B test, which checks all of this too in the
+    default tier; here it runs through `lima_jax.aot` (45 s of libtpu compiling, once is enough per tier)."""
     r, report = _aot("--config=65b", "--topology=v4-128")
     assert r.returncode == 0, r.stderr[-2000:]
     assert report["batch"] == [32, 2048] and report["chips"] == 64

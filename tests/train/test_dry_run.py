@@ -77,14 +77,18 @@ def test_needs_a_topology(tmp_path):
 
 def test_lima_65b_with_llama_s_tokenizer_fits_v4_128(tmp_path):
     """The paper's job as a pod would run it: LLaMA's 32,000 pieces + EOT padded to 32,128 rows, which
-    shard over the tensor axis, batch 32 x 2048 over 16 hosts."""
+    shard over the tensor axis, batch 32 x 2048 over 16 hosts. About 45 s: libtpu compiles the 65B step."""
     tokenizer = require(LLAMA_TOKENIZER)
     r, report = _dry_run(tmp_path, "--config=65b", "--topology=v4-128", f"--config.data.tokenizer={tokenizer}",
                          "--config.workdir=runs/65b")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (report["vocab_size"], report["vocab_padding"], report["chips"]) == (32128, 127, 64)
-    assert report["dry_run"]["hosts"] == 16 and report["batch"][1] == 2048
+    assert report["dry_run"]["hosts"] == 16 and report["batch"] == [32, 2048]
     assert report["fits"] and report["per_chip_bytes"]["total"] <= 32 * 2**30
+    # What tests/train/test_aot.py's test_lima_65b_recipe_fits_v4_128 (the slow tier) checks of the same step
+    # through `lima_jax.aot`: the recipe's defaults, the vocabulary sharded over tensor=2, 65B parameters.
+    assert (report["remat"], report["attention"], report["grad_accum"], report["mesh"]["tensor"]) == ("save_attention", "splash", 1, 2)
+    assert 65.2e9 < report["params"] < 65.3e9 + 2 * 128 * 8192  # + the EOT and padding rows
     assert "not sharded" not in r.stderr  # every parameter shards: nothing silently replicated
     assert not (tmp_path / "runs").exists()
 

@@ -190,7 +190,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not ((workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text()):
         time.sleep(0.05)
-    second = run_command("train", *train_args(workdir))
+    second = call_command("train", *train_args(workdir))
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=240)
     assert second.returncode == 2, second.stderr[-2000:]
