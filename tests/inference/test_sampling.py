@@ -14,7 +14,7 @@ from lima_jax.model import KVCache, Llama, ModelConfig, param_shardings
 from lima_jax.inference.generator import parse_mesh
 from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, bucket, first_argmax, generate, nucleus, repetition_penalty
-from support.models import converted_checkpoint
+from support.models import converted_checkpoint, forward
 from support.commands import call_command, run_command
 
 CFG = ModelConfig(vocab_size=61, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=128, init_std=0.2)
@@ -31,8 +31,10 @@ def test_greedy_equals_argmax_of_repeated_full_forwards(model):
     prompt = [1, 7, 22, 5]
     got = generate(model, [prompt], GREEDY, stop_ids=NO_STOP)[0]
     seq = list(prompt)
-    for _ in range(GREEDY.max_new_tokens):
-        seq.append(int(jnp.argmax(model(jnp.asarray([seq]))[0, -1])))
+    width = len(prompt) + GREEDY.max_new_tokens  # one compiled width: the model is causal, so what follows
+    for _ in range(GREEDY.max_new_tokens):  # position t (zeros here) cannot change its logits
+        logits = forward(model, jnp.asarray([seq + [0] * (width - len(seq))]))
+        seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     assert got == seq[len(prompt):]
     assert len(set(got)) > 1
 
@@ -300,19 +302,20 @@ def test_cache_attention_equals_attention_over_the_written_cache():
     from lima_jax.model import attention, cached_attention
 
     b, t, h, kv, dh, s = 2, 3, 4, 2, 8, 10
-    keys = jax.random.split(jax.random.key(0), 5)
-    q = jax.random.normal(keys[0], (b, t, h, dh))
-    k_new, v_new = jax.random.normal(keys[1], (b, kv, t, dh)), jax.random.normal(keys[2], (b, kv, dh, t))
-    k_cache, v_cache = jax.random.normal(keys[3], (b, kv, s, dh)), jax.random.normal(keys[4], (b, kv, dh, s))
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731 (numpy: no compiles)
+    rng = np.random.default_rng(0)
+    q = normal(b, t, h, dh)
+    k_new, v_new = normal(b, kv, t, dh), normal(b, kv, dh, t)
+    k_cache, v_cache = normal(b, kv, s, dh), normal(b, kv, dh, s)
     index = jnp.int32(4)
     cache_segments = jnp.asarray([[0, 1, 1, 1] + [0] * 6, [1, 1, 2, 2] + [7] * 6], jnp.int32)  # stale ids past index
     q_segments = jnp.asarray([[1, 1, 1], [2, 2, 0]], jnp.int32)  # row 2 ends in padding
-    got = cached_attention(q, k_new, v_new, k_cache, v_cache, q_segments, cache_segments, index)
+    got = jax.jit(cached_attention)(q, k_new, v_new, k_cache, v_cache, q_segments, cache_segments, index)
     written_k = jax.lax.dynamic_update_slice_in_dim(k_cache, k_new, index, axis=2)
     written_v = jax.lax.dynamic_update_slice_in_dim(v_cache, v_new, index, axis=3)
     written_segments = jax.lax.dynamic_update_slice_in_dim(cache_segments, q_segments, index, axis=1)
     slots = index + jnp.broadcast_to(jnp.arange(t), (b, t))
-    want = attention(q, written_k, written_v, q_segments, written_segments, slots)
+    want = jax.jit(attention)(q, written_k, written_v, q_segments, written_segments, slots)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

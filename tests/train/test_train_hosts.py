@@ -1,4 +1,4 @@
-"""Many hosts, one run: two processes train as one does; two processes of four simulated CPU devices
+"""Many hosts, one run: two processes train as one does; two processes of two simulated CPU devices
 share one workdir, are preempted together or lose a host mid-save, and the run resumes (on any number of
 hosts) as if never stopped.
 
@@ -176,8 +176,11 @@ def wait_for(predicate, procs, timeout=240):
         time.sleep(0.01)
 
 
-def logged_steps(workdir):
-    return (workdir.read_text("metrics.jsonl") or "").count('"loss"')
+def steps_done(proc) -> int:
+    """The last step a process's progress bar shows (its stderr: a gs:// metrics.jsonl is uploaded only
+    every few seconds, which may be after the run ends)."""
+    proc.log.seek(0)
+    return max(map(int, re.findall(r"\| (\d+)/\d+ \[", proc.log.read())), default=0)
 
 
 def assert_same_losses(got, want):
@@ -194,8 +197,8 @@ def test_a_run_in_a_program_gives_back_its_sigterm_handler(reference_run):
 
 def test_two_hosts_preempted_mid_epoch_resume_as_one_like_an_uninterrupted_run(data_dir, reference, shared_workdir):
     config = overrides(data_dir)
-    procs = launch(shared_workdir, config, num_processes=2, devices=4)
-    wait_for(lambda: logged_steps(shared_workdir) >= STEPS_PER_EPOCH + 3, procs)  # mid-way through epoch 2
+    procs = launch(shared_workdir, config, num_processes=2, devices=2)
+    wait_for(lambda: steps_done(procs[0]) >= STEPS_PER_EPOCH + 3, procs)  # mid-way through epoch 2
     for p in procs:
         p.send_signal(signal.SIGTERM)
     results = finish(procs)
@@ -217,7 +220,7 @@ def test_two_hosts_preempted_mid_epoch_resume_as_one_like_an_uninterrupted_run(d
 def test_a_host_killed_mid_save_leaves_the_last_complete_step_to_resume_from(data_dir, reference, tmp_path):
     shared_workdir = Shared(str(tmp_path / "shared"))
     config = overrides(data_dir, **{"checkpoint.every_steps": 4})
-    procs = launch(shared_workdir, config, num_processes=2, devices=4)
+    procs = launch(shared_workdir, config, num_processes=2, devices=2)
     wait_for(lambda: 8 in steps_being_saved(shared_workdir), procs, timeout=300)  # the second save has begun
     procs[1].kill()  # kill -9 of one host while its shards are being written
     procs[1].wait()
@@ -233,14 +236,20 @@ def test_a_host_killed_mid_save_leaves_the_last_complete_step_to_resume_from(dat
     assert_same_losses(read_metrics(shared_workdir), reference)
 
 
-@pytest.mark.parametrize("data", [pytest.param("slice", id="slice"), pytest.param("demo", id="demo", marks=pytest.mark.slow)])
-def test_two_processes_train_like_one(data, data_dir, tmp_path):
-    """Two processes of two devices each, and one of four, train the same run to the same losses: on the
-    module's 20-step slice here, on the whole demo (96 steps) in the slow tier."""
+def test_two_processes_train_like_one(data_dir, reference, tmp_path):
+    """Two processes of two devices each train the module's run to the losses one process of eight gives."""
+    shared_workdir = Shared(str(tmp_path / "two"))
+    results = finish(launch(shared_workdir, overrides(data_dir), num_processes=2, devices=2))
+    assert all(code == 0 for code, _ in results), [err[-2000:] for _, err in results]
+    assert_same_losses(read_metrics(shared_workdir), reference)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_whole_demo_like_one(tmp_path):
+    """Two processes of two devices each, and one of four, train the same run on the whole demo (96 steps
+    of 16 rows of 128 tokens) to the same losses."""
     common = ["--config.model.residual_dropout=0.0", "--config.batch_size=16", "--config.data.max_len=128",
               "--config.num_epochs=2"]
-    if data == "slice":
-        common += [f"--config.data.manual_dir={data_dir}", f"--config.data.tokenizer={demo_dir() / 'tokenizer.model'}"]
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     port = _free_port()
     procs = [start_command("train", *train_args(tmp_path / "two", *common, f"--coordinator_address=127.0.0.1:{port}",
@@ -254,6 +263,4 @@ def test_two_processes_train_like_one(data, data_dir, tmp_path):
     assert one.returncode == 0, one.stderr[-2000:]
     two, one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
     assert len(two) == len(one) > 3
-    for a, b in zip(two, one):
-        key = "loss" if "loss" in a else "dev_loss"
-        assert a[key] == pytest.approx(b[key], rel=1e-5)
+    assert_same_losses(two, one)
