@@ -58,6 +58,8 @@ def _metrics(text: str) -> list[dict]:
 
 
 def test_a_run_in_a_bucket_resumes_and_is_sampled_as_a_local_run_is(emulator, tmp_path):
+    """About 40 s: the same run locally, then in the bucket preempted, resumed and sampled, each in a process
+    of its own pointed at the emulator, every byte through its HTTP API."""
     lines = (demo_dir() / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:200]
     tokenizer = (demo_dir() / "tokenizer.model").read_bytes()
     local_data = tmp_path / "data"

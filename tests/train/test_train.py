@@ -70,6 +70,7 @@ def _gradients(config, mesh, batch):
 
 
 def test_loss_and_gradients_are_the_same_on_one_device_and_on_a_2x2x2_mesh(tmp_path):
+    """About 20 s: the full training step compiled for two meshes (no smaller program checks the sharding rules)."""
     config = small_config(tmp_path, **{"model.residual_dropout": 0.0})
     batch = _demo_batch()
     one, eight = _mesh({"data": 1, "fsdp": 1, "tensor": 1}), _mesh({"data": 2, "fsdp": 2, "tensor": 2})

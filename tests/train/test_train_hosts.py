@@ -3,7 +3,11 @@ share one workdir, are preempted together or lose a host mid-save, and the run r
 hosts) as if never stopped.
 
 The preempted run shares a bucket of the Cloud Storage emulator (as a pod shares gs://) and a local
-directory; the host killed mid-save shares a local directory."""
+directory; the host killed mid-save shares a local directory.
+
+The tests here take 20-60 s each in the suite: every run is two or three `python -m lima_jax.train`
+processes (about 10 s each to their first step: import, distributed start-up, the first collectives) whose
+steps wait on cross-process collectives, and each test resumes once more."""
 import json
 import os
 import re
