@@ -47,13 +47,11 @@ def save(
     tokenizer: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes params (kept in their own dtype) and cfg to `path`; never replaces an existing
-    directory unless `overwrite`."""
+    """Writes params (kept in their own dtype) and cfg to `path`; an existing `path` only with `overwrite`,
+    and then without deleting anything (`weights/output.py` clears a previous export's own files)."""
     path = user_path(path)  # Orbax wants absolute paths
-    if path.exists():
-        if not overwrite:
-            raise LimaError(f"{path} already exists; choose a new output path (or pass --overwrite)")
-        path.rmtree()
+    if path.exists() and not overwrite:
+        raise LimaError(f"{path} already exists; choose a new output path (or pass --overwrite)")
     with _checkpointer() as ckptr:
         ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_record(cfg))))
     if tokenizer is not None:

@@ -23,6 +23,7 @@ from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, is_cloud, user_path
 from lima_jax.weights import checkpoint, gguf, hf, llama2c, meta
 from lima_jax.weights.names import params_from_hf
+from lima_jax.weights.output import CHECKPOINT_FILES, HF_FILES, check_not_input, replace_export
 
 INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "gguf", "orbax")
 OUTPUT_FORMATS = ("orbax", "hf", "gguf")
@@ -97,6 +98,7 @@ def convert(
     if not src.exists():
         raise LimaError(f"--input {src}: no such file or directory")
     out = user_path(output)
+    check_not_input(out, src)
     if out.exists() and not overwrite:
         raise LimaError(f"--output {out} already exists; choose a new path (or pass --overwrite)")
     fmt = detect_format(src) if input_format == "auto" else input_format
@@ -116,9 +118,10 @@ def convert(
         run = checkpoint.run_info(src) if fmt == "orbax" else {}  # a fine-tuned run's EOT and chat format
         if output_format == "hf":
             chat, eot_id = of_model(tokenizer, cfg.used_vocab_size, run) if tokenizer is not None else (None, run.get("eot_id"))
-            return hf.write(out, params, cfg, tokenizer=chat, eot_id=eot_id, max_shard_bytes=max_shard_bytes,
-                            overwrite=overwrite)
-        if output_format == "gguf":
+            return replace_export(out, lambda folder: hf.write(folder, params, cfg, tokenizer=chat, eot_id=eot_id,
+                                                               max_shard_bytes=max_shard_bytes, overwrite=True), HF_FILES)
+        if output_format == "gguf":  # one file, written beside and renamed over the old one
             return gguf.write(out, params, cfg, tokenizer=tokenizer, eot_id=run.get("eot_id"),
                               chat_format=run.get("chat_format", "lima"), overwrite=overwrite)
-        return checkpoint.save(out, params, cfg, tokenizer=tokenizer, overwrite=overwrite)
+        return replace_export(out, lambda folder: checkpoint.save(folder, params, cfg, tokenizer=tokenizer, overwrite=True),
+                              CHECKPOINT_FILES)

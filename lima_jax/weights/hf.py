@@ -201,11 +201,9 @@ def write(
     """Writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the
     tokenizer, chat template and stop tokens of a model fine-tuned with EOT `eot_id` (`hf_chat`)."""
     folder = user_path(path)
-    if folder.exists():
-        if not overwrite:
-            raise LimaError(f"{folder} already exists; choose a new output path (or pass --overwrite)")
-        folder.rmtree()
-    folder.mkdir(parents=True)
+    if folder.exists() and not overwrite:  # with it, nothing is deleted here (weights/output.py)
+        raise LimaError(f"{folder} already exists; choose a new output path (or pass --overwrite)")
+    folder.mkdir(parents=True, exist_ok=True)
 
     written: list[tuple[str, list[str], int]] = []  # (temporary file, tensor names, bytes)
     current: dict[str, np.ndarray] = {}
