@@ -252,6 +252,7 @@ def generate(
     file order or entry point. `mesh`: the one the model's parameters are laid out on, if any (see
     the module docstring)."""
     params.check()
+    check_seed(seed)
     _check_prompts(model, prompts, stop_ids)
     tokens, positions, segments = _left_padded(prompts, bucket(max(len(p) for p in prompts)), len(prompts))
     if mesh is not None and jax.process_count() > 1:
@@ -287,6 +288,14 @@ def _continue_batch(graphdef, state, s, lengths, stop_ids, knobs, limits, cancel
         return _advance(nnx.merge(graphdef, state), s, lengths, stop_ids, knobs, limits, until, greedy)
 
 
+SEEDS = (-(2**63), 2**63 - 1)  # what jax.random.key takes: a signed 64-bit integer
+
+
+def check_seed(seed: int) -> None:
+    if not SEEDS[0] <= seed <= SEEDS[1]:
+        raise LimaError(f"seed {seed} is not a 64-bit integer (between {SEEDS[0]} and {SEEDS[1]})")
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One sequence of a stepped batch: its prompt, its sampling knobs, its token budget and seed."""
@@ -294,6 +303,11 @@ class Row:
     prompt: Sequence[int]
     params: SamplingParams  # max_new_tokens: this row's budget, at most the batch's
     seed: int
+
+    def check(self) -> None:
+        """What can fail for this row alone, checked before it joins a batch."""
+        self.params.check()
+        check_seed(self.seed)
 
 
 class SteppedBatch:
@@ -314,7 +328,7 @@ class SteppedBatch:
         if len(sequences) > rows or max(map(len, prompts)) > width:
             raise LimaError(f"{len(sequences)} prompts of up to {max(map(len, prompts))} tokens do not fit {rows} rows of {width}")
         for r in sequences:
-            r.params.check()
+            r.check()
             if r.params.max_new_tokens > max_new_tokens:
                 raise LimaError(f"a row asks for {r.params.max_new_tokens} new tokens, the batch has room for {max_new_tokens}")
         self.graphdef, self.state = nnx.split(model)

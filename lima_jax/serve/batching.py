@@ -22,6 +22,7 @@ import time
 from typing import Callable, Sequence
 
 from lima_jax.cli import say
+from lima_jax.errors import LimaError
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import Row, SamplingParams, SteppedBatch, compiled_programs
 
@@ -124,7 +125,7 @@ class Engine:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            batch = self._gather()
+            batch = self._checked(self._gather())
             if not batch:
                 continue
             try:
@@ -137,6 +138,19 @@ class Engine:
             if compiled_programs() > self.compiled:
                 self.compiled = compiled_programs()
                 say(f"serve: compiled a new program after warm-up (now {self.compiled}); a request waited for it")
+
+    def _checked(self, batch: list[Choice]) -> list[Choice]:
+        """The sequences that can join a batch; one that cannot fails alone, never the batch around it."""
+        kept = []
+        for s in batch:
+            try:
+                Row(s.prompt, s.params, s.seed).check()
+            except LimaError as e:
+                s.finished = True
+                s.on_update(Update("", error=str(e)))
+            else:
+                kept.append(s)
+        return kept
 
     def _run(self, batch: list[Choice]) -> None:
         size = next(b for b in self.batch_sizes if b >= len(batch))

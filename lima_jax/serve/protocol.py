@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Callable
 
 from lima_jax.errors import LimaError
-from lima_jax.inference.sampler import SamplingParams
+from lima_jax.inference.sampler import SEEDS, SamplingParams
 
 LIMA = SamplingParams()  # LIMA's sampling: the defaults of every absent field
 
@@ -142,6 +142,9 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
     if not all(isinstance(s, str) and s for s in stop):
         raise ApiError(400, "'stop' must be a string or an array of non-empty strings", param="stop")
     seed = _get(body, "seed", (int,))
+    if seed is not None and not SEEDS[0] <= seed <= SEEDS[1] - (n - 1):  # choice j samples with seed + j
+        raise ApiError(400, f"'seed' must be a 64-bit integer, and with n={n} at most {SEEDS[1] - (n - 1)} (choice j "
+                       f"samples with seed + j): between {SEEDS[0]} and {SEEDS[1] - (n - 1)}, got {seed}", param="seed")
     options = _get(body, "stream_options", (dict,), {})
     return Request(prompts, n, params, random.randrange(2**31) if seed is None else seed, stop,
                    bool(_get(body, "stream", (bool,), False)), bool(options.get("include_usage")), max_tokens is not None,

@@ -39,6 +39,15 @@ def test_greedy_equals_argmax_of_repeated_full_forwards(model):
     assert len(set(got)) > 1
 
 
+def test_a_seed_past_64_bits_is_one_line_naming_it(model):
+    """`--seed=2**63` used to end in an OverflowError from inside jax.random.key."""
+    from lima_jax.errors import LimaError
+
+    for seed in (2**63, -(2**63) - 1):
+        with pytest.raises(LimaError, match=rf"^seed {seed} is not a 64-bit integer"):
+            generate(model, [[1, 7]], GREEDY, stop_ids=NO_STOP, seed=seed)
+
+
 def test_a_batch_gives_each_prompt_what_it_gives_alone(model):
     prompts = [[1, 7], [1, 9, 14, 3, 30, 2, 8], [1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55]]
     together = generate(model, prompts, GREEDY, stop_ids=NO_STOP)

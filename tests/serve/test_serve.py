@@ -3,6 +3,7 @@ on 127.0.0.1: its answers are `lima_jax.sample`'s, streamed or not, alone or six
 requests get OpenAI's 4xx errors and the server keeps serving; nothing compiles after warm-up."""
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -156,6 +157,54 @@ def test_bad_requests_get_openai_errors_with_4xx_and_the_next_request_works(serv
     status, body = _http(f"{url}/nowhere")
     assert status == 404 and body["error"]["message"]
     assert _chat(client, temperature=0).choices[0].message.content == served["expected"]["greedy"][0]
+
+
+def test_a_seed_past_64_bits_is_a_400_and_the_requests_batched_beside_it_answer(served):
+    """A `seed` of 2**63 used to pass `parse` and fail in the engine thread with an OverflowError, failing every
+    request batched with it: a denial of service for the other clients, no key needed."""
+    client, greedy = served["client"], served["expected"]["greedy"][0]
+    bad = [{"seed": 2**63}, {"seed": -(2**63) - 1}, {"seed": 2**63 - 1, "n": 2}]  # choice j draws with seed + j
+    results = [None] * (len(bad) + 3)
+
+    def ask(i):
+        try:
+            kw = bad[i] if i < len(bad) else {"temperature": 0}
+            results[i] = _chat(client, **kw).choices[0].message.content
+        except openai.BadRequestError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(results))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for e in results[: len(bad)]:
+        assert isinstance(e, openai.BadRequestError) and e.param == "seed" and "64-bit" in e.message, e
+    assert results[len(bad):] == [greedy] * 3
+    assert _chat(client, seed=2**63 - 2, n=2).choices[1].message.content  # the last seeds that fit
+
+
+def test_a_row_the_sampler_refuses_fails_alone_and_its_batch_answers(local):
+    """Whatever reaches the engine unchecked fails its own sequence, not the batch it was gathered into."""
+    from lima_jax.inference.sampler import SamplingParams
+    from lima_jax.serve.batching import Choice, Engine
+
+    engine = Engine(local, batch_sizes=[4], widths=[16], max_tokens=4, batch_wait_s=0.5)
+    updates = {name: [] for name in ("bad", "good")}
+    params = SamplingParams(temperature=0.7, max_new_tokens=4)
+    prompt = local.encode(["Hi"])
+    engine.start()
+    try:
+        engine.submit([Choice(prompt, params, 2**63, [], updates["bad"].append),
+                       Choice(prompt, params, 5, [], updates["good"].append)])
+        deadline = time.time() + 120
+        while not all(u and (u[-1].finish_reason or u[-1].error) for u in updates.values()):
+            assert time.time() < deadline, updates
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+    assert "seed" in updates["bad"][-1].error and not any(u.error for u in updates["good"])
+    assert updates["good"][-1].finish_reason in ("stop", "length")
 
 
 def test_a_client_leaving_mid_stream_does_not_stop_the_server(served):
