@@ -112,6 +112,9 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
     n = _get(body, "n", (int,), 1)
     if not 1 <= n <= limits.max_n:
         raise ApiError(400, f"'n' must be between 1 and {limits.max_n}, got {n}", param="n")
+    if len(prompts) * n > limits.max_n:  # one request never queues more than one batch holds
+        raise ApiError(400, f"a request holds at most {limits.max_n} sequences (one batch), and {len(prompts)} prompts x n={n} "
+                       f"make {len(prompts) * n}; send the prompts in several requests", param="prompt")
     if not chat and _get(body, "best_of", (int,), n) != n:
         raise ApiError(400, "'best_of' is not supported by this server: choices are not ranked", param="best_of")
     max_tokens = _get(body, "max_completion_tokens", (int,)) if chat else None

@@ -184,6 +184,17 @@ def test_a_seed_past_64_bits_is_a_400_and_the_requests_batched_beside_it_answer(
     assert _chat(client, seed=2**63 - 2, n=2).choices[1].message.content  # the last seeds that fit
 
 
+def test_a_completion_request_holds_at_most_one_batch_of_sequences(served):
+    """`n` was capped at 16, the prompt list was not: 200 prompts x n 16 queued 3,200 sequences from one request."""
+    client = served["client"]
+    for prompts, n in ((["Once upon a time"] * 200, 16), (["Once"] * 17, 1), (["Once"] * 4, 5)):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="tiny", prompt=prompts, n=n, max_tokens=MAX_TOKENS)
+        assert e.value.param == "prompt" and f"{len(prompts)} prompts x n={n}" in e.value.message, e.value.message
+    answers = client.completions.create(model="tiny", prompt=["Once"] * 4, n=4, max_tokens=MAX_TOKENS, seed=1)
+    assert len(answers.choices) == 16  # one whole batch is fine
+
+
 def test_a_row_the_sampler_refuses_fails_alone_and_its_batch_answers(local):
     """Whatever reaches the engine unchecked fails its own sequence, not the batch it was gathered into."""
     from lima_jax.inference.sampler import SamplingParams
