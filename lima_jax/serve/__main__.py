@@ -37,6 +37,8 @@ _CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", 16, "decode steps between two
 _MAX_LOGPROBS = flags.DEFINE_integer("max_logprobs", 20, "top_logprobs at most (the decode programs that record "
                                      "log-probabilities keep this many); -1: no log-probabilities, fewer programs")
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 10.0, "how long a batch waits for more requests before it starts")
+_MAX_REQUEST_BYTES = flags.DEFINE_integer("max_request_bytes", 4 * 2**20, "a request body at most (larger ones get "
+                                          "a 413 before they are read whole)")
 
 
 def main(argv: list[str]) -> None:
@@ -71,7 +73,8 @@ def main(argv: list[str]) -> None:
     context = generator.model.cfg.max_len
     max_logprobs = None if _MAX_LOGPROBS.value < 0 else _MAX_LOGPROBS.value
     limits = Limits(model=_MODEL_NAME.value or _CHECKPOINT.value, context=context,
-                    max_tokens=min(_MAX_TOKENS.value, context - 1), max_n=sizes[-1], max_logprobs=max_logprobs)
+                    max_tokens=min(_MAX_TOKENS.value, context - 1), max_n=sizes[-1], max_logprobs=max_logprobs,
+                    max_request_bytes=_MAX_REQUEST_BYTES.value)
     engine = Engine(generator, batch_sizes=sizes, widths=prompt_widths(context), max_tokens=limits.max_tokens,
                     chunk_steps=_CHUNK_STEPS.value, batch_wait_s=_BATCH_WAIT_MS.value / 1000, max_logprobs=max_logprobs)
     engine.warm_up()

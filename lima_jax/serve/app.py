@@ -56,6 +56,22 @@ class BearerKey:
         await self.app(scope, receive, send)
 
 
+async def _body(http: HttpRequest, limit: int) -> bytes:
+    """The request body, refused with a 413 as soon as it is known to pass `limit` bytes (by its
+    Content-Length, or while it arrives), so an oversized body is never held whole."""
+    too_large = ApiError(413, f"the request body is larger than this server's limit of {limit} bytes (--max_request_bytes)")
+    declared = http.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: str | None = None) -> Starlette:
     tokenizer = generator.tokenizer
     vocab = generator.model.cfg.used_vocab_size
@@ -86,7 +102,9 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
 
     async def completions(http: HttpRequest, chat: bool) -> Response:
         try:
-            body = json.loads(await http.body())
+            body = json.loads(await _body(http, limits.max_request_bytes))
+        except ApiError as e:
+            return error_response(e)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             return error_response(ApiError(400, f"the request body is not valid JSON: {e}"))
         try:

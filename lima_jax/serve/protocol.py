@@ -60,6 +60,7 @@ class Limits:
     max_tokens: int  # new tokens per sequence, at most (the compiled programs' budget)
     max_n: int  # choices per request, at most (the largest compiled batch)
     max_logprobs: int | None = 20  # top_logprobs at most; None: no log-probabilities
+    max_request_bytes: int = 4 * 2**20  # a request body at most (a 413 past it): many contexts' worth of text
 
 
 def _get(body: dict, name: str, types: tuple[type, ...], default: Any = None) -> Any:

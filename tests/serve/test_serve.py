@@ -5,6 +5,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -193,6 +194,39 @@ def test_a_completion_request_holds_at_most_one_batch_of_sequences(served):
         assert e.value.param == "prompt" and f"{len(prompts)} prompts x n={n}" in e.value.message, e.value.message
     answers = client.completions.create(model="tiny", prompt=["Once"] * 4, n=4, max_tokens=MAX_TOKENS, seed=1)
     assert len(answers.choices) == 16  # one whole batch is fine
+
+
+def test_a_body_past_the_limit_is_a_413_before_it_is_read_whole(served):
+    """One 50 MB body used to stall every client for about 19 s and add 2.3 GB of memory."""
+    import http.client
+
+    address = urllib.parse.urlsplit(served["url"])
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    def post(declared_length: int | None, chunks=()):
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        conn.putrequest("POST", "/v1/chat/completions")
+        for k, v in {**headers, **({"Content-Length": str(declared_length)} if declared_length else
+                                   {"Transfer-Encoding": "chunked"})}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        try:
+            for chunk in chunks:  # chunked: each is sent as it would arrive
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        except ConnectionError:  # the server answered and closed while the upload went on
+            return 413, None
+        finally:
+            conn.close()
+
+    # 50 MB declared, nothing sent: the answer comes from the header alone
+    status, body = post(50 * 2**20)
+    assert status == 413 and "larger than this server's limit of 4194304 bytes" in body["error"]["message"], body
+    # No length declared: counted as it arrives; 64 chunks of 128 KiB pass the limit at the 33rd
+    status, _ = post(None, [b" " * 2**17] * 64)
+    assert status == 413
+    assert _chat(served["client"], temperature=0).choices[0].message.content == served["expected"]["greedy"][0]
 
 
 def test_a_row_the_sampler_refuses_fails_alone_and_its_batch_answers(local):
