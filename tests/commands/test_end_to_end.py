@@ -5,7 +5,6 @@ The weights are a real pretrained model (llama2.c's stories260K); the Hugging Fa
 by transformers itself, and the Meta folder is that model split into 2 model-parallel shards.
 """
 
-import numpy as np
 import pytest
 from support.paths import STORIES260K, require
 from support.hf_reference import torch, transformers

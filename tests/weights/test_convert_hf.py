@@ -4,7 +4,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from support.hf_reference import hf_logits, hf_state, random_hf_model, torch, transformers
+from support.hf_reference import hf_logits, random_hf_model, torch, transformers
 from safetensors.numpy import load_file, save_file
 
 from lima_jax.weights import checkpoint, hf
