@@ -95,7 +95,8 @@ def bench_serve(
 
     from lima_jax.inference.generator import Generator
     from lima_jax.inference.sampler import SamplingParams
-    from lima_jax.serve.app import make_app, serve_in_thread
+    from lima_jax.serve.app import make_app
+    from lima_jax.serve.connections import serve_in_thread, server_config
     from lima_jax.serve.batching import Engine, prompt_widths
     from lima_jax.serve.protocol import Limits
 
@@ -119,7 +120,7 @@ def bench_serve(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = serve_in_thread(make_app(generator, engine, limits), "127.0.0.1", port)
+    server = serve_in_thread(server_config(make_app(generator, engine, limits), "127.0.0.1", port))
     url = f"http://127.0.0.1:{port}/v1/completions"
     rng = np.random.default_rng(seed)
     vocab = min(generator.model.cfg.used_vocab_size, generator.tokenizer.vocab_size)

@@ -4,10 +4,12 @@ MT-Bench, lm-evaluation-harness, the `openai` client) can use it.
     python -m lima_jax.serve --checkpoint=runs/tiny [--host=127.0.0.1] [--port=8000] [--mesh=fsdp=4]
 
 Then `GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completions` (streaming or not) at
-http://127.0.0.1:8000/v1. The model's name is `--checkpoint` as given unless `--model_name` says
-otherwise. Absent sampling fields take LIMA's values (temperature 0.7, top_p 0.9,
+http://127.0.0.1:8000/v1. The model's name is the checkpoint folder's (`tiny` for `runs/tiny`) unless
+`--model_name` says otherwise; requests may also name `--checkpoint` as given. Absent sampling fields take LIMA's values (temperature 0.7, top_p 0.9,
 repetition_penalty 1.2); a greedy (temperature 0) or seeded answer equals `lima_jax.sample`'s for
-the same conversation and seed. `--api_key_env=NAME` requires `Authorization: Bearer $NAME`.
+the same conversation and seed. `--api_key_env=NAME` requires `Authorization: Bearer $NAME`; without
+a key only requests addressed to localhost or an IP address, from no web page but a loopback one, are
+served (`serve.guards`). Slow or idle connections are closed (`serve.connections`).
 
 Every program is compiled before the port opens: each batch size of `--batch_sizes` times each
 prompt width (64, 256, 1024, ... up to the model's context), decoding up to `--max_tokens` new
@@ -26,7 +28,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step dire
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "the address to bind (0.0.0.0: every interface)")
 _PORT = flags.DEFINE_integer("port", 8000, "the port to listen on")
 _MESH = define_mesh_flag()
-_MODEL_NAME = flags.DEFINE_string("model_name", None, "the model's name in the API (default: --checkpoint as given)")
+_MODEL_NAME = flags.DEFINE_string("model_name", None, "the model's name in the API (default: the checkpoint folder's "
+                                  "name; requests may also name --checkpoint as given)")
 _API_KEY_ENV = flags.DEFINE_string("api_key_env", None, "an environment variable holding the key clients must send "
                                    "as 'Authorization: Bearer KEY' (default: no key)")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 2048, "new tokens per answer at most (capped by the model's context)")
@@ -39,6 +42,14 @@ _MAX_LOGPROBS = flags.DEFINE_integer("max_logprobs", 20, "top_logprobs at most (
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 10.0, "how long a batch waits for more requests before it starts")
 _MAX_REQUEST_BYTES = flags.DEFINE_integer("max_request_bytes", 4 * 2**20, "a request body at most (larger ones get "
                                           "a 413 before they are read whole)")
+_MAX_CONNECTIONS = flags.DEFINE_integer("max_connections", 256, "open connections at most; a request past them gets "
+                                        "a 503")
+_READ_TIMEOUT_S = flags.DEFINE_float("read_timeout_s", 30.0, "seconds a request's headers and body may take to arrive; "
+                                     "a connection slower than that is closed")
+_ALLOWED_HOSTS = flags.DEFINE_list("allowed_hosts", [], "without a key, the host names served besides localhost and "
+                                   "IP addresses (a request's Host header)")
+_ALLOWED_ORIGINS = flags.DEFINE_list("allowed_origins", [], "without a key, the web origins served besides loopback "
+                                     "ones (e.g. http://myapp.example:3000)")
 
 
 def main(argv: list[str]) -> None:
@@ -51,6 +62,10 @@ def main(argv: list[str]) -> None:
         raise LimaError(f"--batch_sizes: {','.join(_BATCH_SIZES.value)} is not a list of integers") from None
     if not sizes or sizes[0] < 1 or _CHUNK_STEPS.value < 1 or _MAX_TOKENS.value < 1 or _BATCH_WAIT_MS.value < 0:
         raise LimaError("--batch_sizes, --chunk_steps and --max_tokens must be positive, --batch_wait_ms >= 0")
+    if not 1 <= _PORT.value <= 65535:
+        raise LimaError(f"--port={_PORT.value}: a TCP port is between 1 and 65535")
+    if _MAX_CONNECTIONS.value < 1 or _MAX_REQUEST_BYTES.value < 1 or not _READ_TIMEOUT_S.value > 0:
+        raise LimaError("--max_connections, --max_request_bytes and --read_timeout_s must be positive")
     api_key = None
     if _API_KEY_ENV.value:
         api_key = os.environ.get(_API_KEY_ENV.value)
@@ -61,9 +76,15 @@ def main(argv: list[str]) -> None:
     import uvicorn
 
     from lima_jax.inference.generator import Generator, parse_mesh
-    from lima_jax.serve.app import KEEP_ALIVE_S, make_app
+    from lima_jax.serve.app import make_app
     from lima_jax.serve.batching import Engine, prompt_widths
-    from lima_jax.serve.protocol import Limits
+    from lima_jax.serve.connections import server_config
+    from lima_jax.serve.guards import is_loopback
+    from lima_jax.serve.protocol import Limits, served_name
+
+    if not api_key and not is_loopback(_HOST.value):
+        say(f"warning: --host={_HOST.value} without --api_key_env: anyone who can reach this port can use the model "
+            "(requests must name localhost or an IP address; see the README's Security paragraph)")
 
     if jax.process_count() > 1:
         raise LimaError("serve runs in one process (--mesh over its own devices); a multi-host slice is not supported yet")
@@ -72,17 +93,20 @@ def main(argv: list[str]) -> None:
         raise LimaError(f"{_CHECKPOINT.value} has no tokenizer: the server needs one (convert with --tokenizer)")
     context = generator.model.cfg.max_len
     max_logprobs = None if _MAX_LOGPROBS.value < 0 else _MAX_LOGPROBS.value
-    limits = Limits(model=_MODEL_NAME.value or _CHECKPOINT.value, context=context,
+    limits = Limits(model=_MODEL_NAME.value or served_name(_CHECKPOINT.value), context=context,
                     max_tokens=min(_MAX_TOKENS.value, context - 1), max_n=sizes[-1], max_logprobs=max_logprobs,
-                    max_request_bytes=_MAX_REQUEST_BYTES.value)
+                    max_request_bytes=_MAX_REQUEST_BYTES.value, aliases=(_CHECKPOINT.value,))
     engine = Engine(generator, batch_sizes=sizes, widths=prompt_widths(context), max_tokens=limits.max_tokens,
                     chunk_steps=_CHUNK_STEPS.value, batch_wait_s=_BATCH_WAIT_MS.value / 1000, max_logprobs=max_logprobs)
     engine.warm_up()
     engine.start()
-    app = make_app(generator, engine, limits, api_key=api_key)
+    app = make_app(generator, engine, limits, api_key=api_key, allowed_hosts=_ALLOWED_HOSTS.value,
+                   allowed_origins=_ALLOWED_ORIGINS.value)
+    config = server_config(app, _HOST.value, _PORT.value, max_connections=_MAX_CONNECTIONS.value,
+                           read_timeout_s=_READ_TIMEOUT_S.value)
     say(f"serve: {limits.model} at http://{_HOST.value}:{_PORT.value}/v1" + (" (bearer key required)" if api_key else ""))
     try:
-        uvicorn.run(app, host=_HOST.value, port=_PORT.value, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
+        uvicorn.Server(config).run()
     finally:
         engine.stop()
 

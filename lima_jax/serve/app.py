@@ -7,53 +7,33 @@
     GET  /metrics              counters of the engine (batches, sequences, padding rows, decode steps, cancelled)
 
 Every error is OpenAI's JSON (`{"error": {"message", "type", "param", "code"}}`) with a 4xx status for
-what the client sent and 500 for a failure of ours; the server keeps serving either way. With an API
-key, every /v1 route wants `Authorization: Bearer KEY`.
+what the client sent and 500 (logged in one line) for a failure of ours; the server keeps serving
+either way. `guards.Guard` checks each request first (the API key, or without one Host and Origin).
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import threading
+import math
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request as HttpRequest
+from starlette.requests import ClientDisconnect, Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lima_jax.cli import say
 from lima_jax.inference.generator import Generator
 from lima_jax.serve.batching import Engine, Choice, Update
+from lima_jax.serve.guards import Guard, error_response
 from lima_jax.serve.protocol import ApiError, Limits, Request, Responses, parse
 
 EOT_TEXT = "<eot>"  # LIMA's end-of-turn token has no piece of its own
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
-
-
-def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
-
-
-class BearerKey:
-    """ASGI middleware: /v1 routes need `Authorization: Bearer KEY`."""
-
-    def __init__(self, app: ASGIApp, key: str):
-        self.app, self.key = app, key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + self.key):
-                e = ApiError(401, "Incorrect API key provided", code="invalid_api_key")
-                await error_response(e)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def _body(http: HttpRequest, limit: int) -> bytes:
@@ -72,7 +52,9 @@ async def _body(http: HttpRequest, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: str | None = None) -> Starlette:
+def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: str | None = None,
+             allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()) -> Starlette:
+    """The app; `api_key` and the allowed hosts and origins are `guards.Guard`'s."""
     tokenizer = generator.tokenizer
     vocab = generator.model.cfg.used_vocab_size
 
@@ -100,22 +82,23 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
                   "waiting_sequences": engine.waiting.qsize()}
         return PlainTextResponse("".join(f"lima_serve_{k} {v}\n" for k, v in values.items()))
 
-    async def completions(http: HttpRequest, chat: bool) -> Response:
-        try:
-            body = json.loads(await _body(http, limits.max_request_bytes))
-        except ApiError as e:
-            return error_response(e)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return error_response(ApiError(400, f"the request body is not valid JSON: {e}"))
-        try:
-            request = parse(body, limits, generator.encode, encode_text, chat=chat)
-        except ApiError as e:
-            return error_response(e)
+    def read(data: bytes, chat: bool) -> Request:
+        """The body as the sequences to generate, or an ApiError. Run on a worker thread: parsing and
+        tokenizing a large body takes a while, and the event loop keeps serving other clients meanwhile."""
+        request = parse(loads(data), limits, generator.encode, encode_text, chat=chat)
         for p in request.prompts:
             bad = [t for t in p if not 0 <= t < vocab]
             if bad:
-                return error_response(ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})",
-                                               param="prompt"))
+                raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="prompt")
+        return request
+
+    async def completions(http: HttpRequest, chat: bool) -> Response:
+        try:
+            request = await asyncio.to_thread(read, await _body(http, limits.max_request_bytes), chat)
+        except ApiError as e:
+            return error_response(e)
+        except ClientDisconnect:  # gone before its body arrived (or closed for arriving too slowly)
+            return Response(status_code=499)
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
         sequences = [
@@ -140,9 +123,6 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
         kind = "NotFoundError" if e.status_code == 404 else "invalid_request_error"
         return error_response(ApiError(e.status_code, str(e.detail), kind=kind))
 
-    async def server_error(_: HttpRequest, e: Exception) -> Response:
-        return error_response(ApiError(500, f"{type(e).__name__}: {e}", kind="internal_server_error"))
-
     started = int(time.time())
     routes = [
         Route("/v1/models", models, methods=["GET"]),
@@ -151,27 +131,57 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    middleware = [Middleware(BearerKey, key=api_key)] if api_key else []
-    return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={HTTPException: http_error, Exception: server_error})
+    guard = Middleware(Guard, key=api_key, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
+    return Starlette(routes=routes, middleware=[Middleware(OneLineErrors), guard],
+                     exception_handlers={HTTPException: http_error})
 
 
-# uvicorn closes an idle kept-alive connection after 5 s by default; a client reusing it at that moment
-# gets "Server disconnected without sending a response". Clients between batches idle longer than that.
-KEEP_ALIVE_S = 75
+class OneLineErrors:
+    """ASGI middleware: a failure of ours is a 500 with OpenAI's error JSON and one line in the log, not
+    Starlette's traceback per request (a client repeating a request that fails would flood the log)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as e:  # noqa: BLE001 - whatever failed, the server answers and keeps serving
+            say(f"serve: {scope.get('method', '')} {scope.get('path', '')} failed: {type(e).__name__}: {e}")
+            if not started and scope["type"] == "http":
+                await error_response(ApiError(500, f"{type(e).__name__}: {e}", kind="internal_server_error"))(
+                    scope, receive, send)
 
 
-def serve_in_thread(app: Starlette, host: str, port: int) -> uvicorn.Server:
-    """The app served by uvicorn on a thread of this process (a benchmark's clients beside it); returns
-    once it listens. `server.should_exit = True` stops it."""
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S))
-    thread = threading.Thread(target=server.run, name="lima_jax.serve http", daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError(f"the server did not start on {host}:{port}")
-        time.sleep(0.05)
-    return server
+def loads(data: bytes) -> Any:
+    """A body as JSON, refused (400) where Python's parser is laxer than JSON: NaN and Infinity, numbers
+    too large for a float or an int, strings holding a lone UTF-16 surrogate (not text: the tokenizer
+    cannot take it)."""
+    def refuse(constant: str) -> None:
+        raise ApiError(400, f"the request body is not valid JSON: {constant} is not a JSON number")
+
+    def finite(text: str) -> float:
+        if not math.isfinite(value := float(text)):
+            raise ApiError(400, f"the request body is not valid JSON: {text[:40]} is too large for a number")
+        return value
+
+    try:
+        body = json.loads(data, parse_constant=refuse, parse_float=finite)
+    except ValueError as e:  # not JSON, not UTF-8, or an integer past Python's 4,300 digits
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(400, f"the request body holds a lone surrogate ({e.object[e.start:e.end]!r}) in a string: "
+                       "that is not text") from None
+    return body
 
 
 def _usage(request: Request, tokens: list[int]) -> dict[str, int]:

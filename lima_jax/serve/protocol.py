@@ -13,6 +13,7 @@ stop token.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
 import uuid
@@ -20,6 +21,7 @@ from typing import Any, Callable
 
 from lima_jax.errors import LimaError
 from lima_jax.inference.sampler import SEEDS, SamplingParams
+from lima_jax.weights.checkpoint import STEPS_DIR
 
 LIMA = SamplingParams()  # LIMA's sampling: the defaults of every absent field
 
@@ -55,12 +57,24 @@ class Request:
 class Limits:
     """What the served model and the compiled programs allow."""
 
-    model: str  # the name clients send
+    model: str  # the name clients send, and /v1/models lists
     context: int  # prompt + completion tokens, at most (the model's max_len)
     max_tokens: int  # new tokens per sequence, at most (the compiled programs' budget)
     max_n: int  # choices per request, at most (the largest compiled batch)
     max_logprobs: int | None = 20  # top_logprobs at most; None: no log-probabilities
     max_request_bytes: int = 4 * 2**20  # a request body at most (a 413 past it): many contexts' worth of text
+    aliases: tuple[str, ...] = ()  # other names a request may use (the checkpoint as given), never listed
+
+
+def served_name(checkpoint: str) -> str:
+    """The model's name by default: its folder's name, not its path (which would tell every client how
+    the server's disk is laid out); a run's saved step is `RUN-step-N`."""
+    parts = [p for p in checkpoint.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or parts[-1] == ".." or (len(parts) == 1 and parts[0].endswith(":")):
+        return os.path.basename(os.path.abspath(checkpoint)) or "model"
+    if len(parts) >= 3 and parts[-1].isdigit() and parts[-2] == STEPS_DIR:
+        return f"{parts[-3]}-step-{parts[-1]}"
+    return parts[-1]
 
 
 def _get(body: dict, name: str, types: tuple[type, ...], default: Any = None) -> Any:
@@ -88,7 +102,7 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
     model = _get(body, "model", (str,))
     if model is None:
         raise ApiError(400, "'model' is required", param="model")
-    if model != limits.model:
+    if model != limits.model and model not in limits.aliases:
         raise ApiError(404, f"The model `{model}` does not exist (this server serves `{limits.model}`)",
                        param="model", code="model_not_found", kind="NotFoundError")
     if chat:
