@@ -11,9 +11,10 @@ the same conversation and seed. `--api_key_env=NAME` requires `Authorization: Be
 a key only requests addressed to localhost or an IP address, from no web page but a loopback one, are
 served (`serve.guards`). Slow or idle connections are closed (`serve.connections`).
 
-Every program is compiled before the port opens: each batch size of `--batch_sizes` times each
-prompt width (64, 256, 1024, ... up to the model's context), decoding up to `--max_tokens` new
-tokens. See `lima_jax.serve.batching` for how concurrent requests share a batch.
+Every program is compiled before the port opens (those of prompts past `--background_compile_above`
+tokens right after, in the background): each batch size of `--batch_sizes` times each prompt width
+(64, 256, 1024, ... up to the served context, `--max_len`: by default the longest whose prefill fits
+this host), decoding up to `--max_tokens` new tokens. See `lima_jax.serve.batching` for how concurrent requests share a batch.
 """
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ _MODEL_NAME = flags.DEFINE_string("model_name", None, "the model's name in the A
                                   "name; requests may also name --checkpoint as given)")
 _API_KEY_ENV = flags.DEFINE_string("api_key_env", None, "an environment variable holding the key clients must send "
                                    "as 'Authorization: Bearer KEY' (default: no key)")
-_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 2048, "new tokens per answer at most (capped by the model's context)")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 2048, "new tokens per answer at most (capped by the served context)")
+_MAX_LEN = flags.DEFINE_integer("max_len", 0, "the served context, prompt and answer, in tokens (at most the model's); "
+                                "0: the longest whose prefill of a full batch fits this host's free memory")
+_BACKGROUND_ABOVE = flags.DEFINE_integer("background_compile_above", 1024, "programs for prompts longer than this many "
+                                         "tokens compile in the background once the port is open; -1: all before")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "4", "16"], "the compiled batch sizes; the largest is how many "
                                  "sequences decode together")
 _CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", 16, "decode steps between two looks at the batch (streaming, stop "
@@ -91,14 +96,16 @@ def main(argv: list[str]) -> None:
     generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
     if generator.tokenizer is None:
         raise LimaError(f"{_CHECKPOINT.value} has no tokenizer: the server needs one (convert with --tokenizer)")
-    context = generator.model.cfg.max_len
+    context = _served_context(generator.model.cfg, sizes[-1])
     max_logprobs = None if _MAX_LOGPROBS.value < 0 else _MAX_LOGPROBS.value
     limits = Limits(model=_MODEL_NAME.value or served_name(_CHECKPOINT.value), context=context,
                     max_tokens=min(_MAX_TOKENS.value, context - 1), max_n=sizes[-1], max_logprobs=max_logprobs,
                     max_request_bytes=_MAX_REQUEST_BYTES.value, aliases=(_CHECKPOINT.value,))
-    engine = Engine(generator, batch_sizes=sizes, widths=prompt_widths(context), max_tokens=limits.max_tokens,
+    widths = prompt_widths(context)
+    engine = Engine(generator, batch_sizes=sizes, widths=widths, max_tokens=limits.max_tokens,
                     chunk_steps=_CHUNK_STEPS.value, batch_wait_s=_BATCH_WAIT_MS.value / 1000, max_logprobs=max_logprobs)
-    engine.warm_up()
+    above = _BACKGROUND_ABOVE.value
+    engine.warm_up(before_serving=None if above < 0 else sum(w <= above for w in widths))
     engine.start()
     app = make_app(generator, engine, limits, api_key=api_key, allowed_hosts=_ALLOWED_HOSTS.value,
                    allowed_origins=_ALLOWED_ORIGINS.value)
@@ -109,6 +116,28 @@ def main(argv: list[str]) -> None:
         uvicorn.Server(config).run()
     finally:
         engine.stop()
+
+
+def _served_context(cfg, rows: int) -> int:
+    """--max_len, checked; by default the longest prompt width whose prefill of `rows` prompts fits the
+    free memory, said when it is shorter than the model's context."""
+    import jax
+
+    from lima_jax.serve.batching import prompt_widths
+    from lima_jax.serve.context import fitting_context, free_bytes, prefill_bytes
+
+    if _MAX_LEN.value:
+        if not 2 <= _MAX_LEN.value <= cfg.max_len:
+            raise LimaError(f"--max_len={_MAX_LEN.value}: the model's context is {cfg.max_len} tokens (2 at least)")
+        return _MAX_LEN.value
+    free = free_bytes(jax.devices()[0])
+    context = fitting_context(cfg, rows, _MAX_TOKENS.value, prompt_widths(cfg.max_len), free)
+    if context < cfg.max_len:
+        need = prefill_bytes(cfg, rows, cfg.max_len, min(_MAX_TOKENS.value, cfg.max_len - 1))
+        say(f"serve: serving {context} of the model's {cfg.max_len} context tokens: a batch of {rows} "
+            f"{cfg.max_len}-token prompts would need about {need / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB are "
+            "free (--max_len chooses, --batch_sizes shrinks the batch)")
+    return context
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ those arriving each within `batch_wait_s` of the one before, up to the largest c
 compiled batch size that holds it and to a compiled prompt width, and decoded until every row is done;
 sequences arriving meanwhile form the next batch. Rows do not join a running batch (continuous
 batching) because the KV cache has one write index for the whole batch (`model.KVCache.index`): a row
-starting late would need its own. Between chunks of `chunk_steps` steps the engine streams the new
-text, applies stop strings, and stops the rows whose client has gone, so a batch whose clients have
-all left ends at once.
+starting late would need its own. Between chunks (one step, so that the first token streams right
+after the prefill, then 2, 4, ... up to `chunk_steps`) the engine streams the new text, applies stop
+strings, and stops the rows whose client has gone, so a batch whose clients have all left ends at once.
 
-Every (batch size, prompt width) program is compiled at start (`warm_up`); a program compiled later is
-reported on stderr, since it means a request waited for a compilation.
+Every (batch size, prompt width) program is compiled at start (`warm_up`), those of long prompt widths
+optionally in the background once the server is up; a program compiled while a request waits for it is
+reported on stderr.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import queue
 import threading
 import time
 from typing import Callable, Sequence
+
+from tqdm import tqdm
 
 from lima_jax.cli import say
 from lima_jax.errors import LimaError
@@ -67,6 +70,7 @@ class Engine:
         self.compiled = 0
         # Counters for /metrics: how the engine batched what it was given.
         self.stats = {"batches": 0, "sequences": 0, "padding_rows": 0, "decode_steps": 0, "cancelled": 0}
+        self._later: list[int] = []  # prompt widths whose programs `warm_up` left to the engine thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lima_jax.serve engine", daemon=True)
 
@@ -74,20 +78,47 @@ class Engine:
     def largest(self) -> int:
         return self.batch_sizes[-1]
 
-    def warm_up(self) -> None:
+    def warm_up(self, before_serving: int | None = None) -> None:
         """Compiles every program a request can need: per batch size and prompt width, the prefill and a
-        decode loop for greedy and for sampling batches, each with and without log-probabilities."""
+        decode loop for greedy and for sampling batches, each with and without log-probabilities. The
+        programs of the `before_serving` smallest widths (all by default) are compiled now, with a
+        progress bar; the others wait for the engine thread, which compiles them while no request is
+        waiting (a request that needs one first compiles it then, and waits for that)."""
         start = time.perf_counter()
-        prompt = [self.generator.stop_ids[0]]
-        for rows in self.batch_sizes:
-            for width in self.widths:
-                for temperature in (0.0, 0.7):
-                    for logprobs in (False, True) if self.max_logprobs is not None else (False,):
-                        self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
-                                    width, logprobs).advance(1)
+        now = self.widths[: len(self.widths) if before_serving is None else max(1, before_serving)]
+        self._later = [w for w in self.widths if w not in now]
+        programs = [(rows, width) for width in now for rows in self.batch_sizes]
+        with tqdm(programs, desc="serve: compiling", unit="program", leave=False,
+                  total=len(programs) * self.programs_per_shape) as bar:
+            for rows, width in programs:
+                self._compile(rows, width, bar)
         self.compiled = compiled_programs()
-        say(f"serve: compiled {self.compiled} programs ({len(self.batch_sizes)} batch sizes x {len(self.widths)} prompt "
-            f"widths) in {time.perf_counter() - start:.1f}s")
+        later = f"; prompts past {now[-1]} tokens compile in the background" if self._later else ""
+        say(f"serve: compiled {self.compiled} programs ({len(self.batch_sizes)} batch sizes x {len(now)} prompt "
+            f"widths) in {time.perf_counter() - start:.1f}s{later}")
+
+    @property
+    def programs_per_shape(self) -> int:
+        return 2 * (2 if self.max_logprobs is not None else 1)  # greedy and sampling, with log-probabilities or not
+
+    def _compile(self, rows: int, width: int, bar=None) -> None:
+        prompt = [self.generator.stop_ids[0]]
+        for temperature in (0.0, 0.7):
+            for logprobs in (False, True) if self.max_logprobs is not None else (False,):
+                self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
+                            width, logprobs).advance(1)
+                if bar is not None:
+                    bar.update(1)
+
+    def _compile_next_width(self) -> None:
+        """The next width left for later, every batch size: run while nothing is waiting."""
+        width = self._later.pop(0)
+        start = time.perf_counter()
+        for rows in self.batch_sizes:
+            self._compile(rows, width)
+        self.compiled = compiled_programs()
+        say(f"serve: compiled the programs for prompts of up to {width} tokens in {time.perf_counter() - start:.1f}s "
+            f"({self.compiled} in all{', more to come' if self._later else ''})")
 
     def start(self) -> None:
         self._thread.start()
@@ -127,6 +158,8 @@ class Engine:
         while not self._stop.is_set():
             batch = self._checked(self._gather())
             if not batch:
+                if self._later and self.waiting.empty():
+                    self._compile_next_width()
                 continue
             try:
                 self._run(batch)
@@ -160,8 +193,10 @@ class Engine:
         self.stats["batches"] += 1
         self.stats["sequences"] += len(batch)
         self.stats["padding_rows"] += size - len(batch)
+        steps = 1  # the first token right after the prefill, then chunks doubling up to chunk_steps
         while not all(s.finished for s in batch):
-            tokens = stepped.advance(self.chunk_steps, [s.cancelled or s.finished for s in batch])
+            tokens = stepped.advance(steps, [s.cancelled or s.finished for s in batch])
+            steps = min(2 * steps, self.chunk_steps)
             for i, (s, ids) in enumerate(zip(batch, tokens)):
                 if s.cancelled and not s.finished:
                     s.finished = True  # nobody is listening
