@@ -4,7 +4,8 @@
 
 Type a message and press Enter; `/reset` starts a new conversation, `/quit` (or end of input) leaves.
 The whole conversation so far is the prompt of each answer; the oldest exchanges are dropped when it
-would not fit the model's context.
+would not fit the model's context. A message too long to answer within the context, or a line that is
+not in the terminal's encoding, is refused in one line and the session goes on.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from absl import flags
 
 from lima_jax.cli import define_sampling_flags, no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.inference.chat import chat
+from lima_jax.inference.chat import chat, decoded_lines
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import SamplingParams
 
@@ -36,7 +37,8 @@ def main(argv: list[str]) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    chat(generator, sys.stdin, write, params, _SAMPLING.seed.value)
+    lines = decoded_lines(sys.stdin.buffer, sys.stdin.encoding or "utf-8", write)
+    chat(generator, lines, write, params, _SAMPLING.seed.value)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ Outputs (`--output_format`): `responses` (the default; JSONL, one record per tur
 reads), `mt_bench` (FastChat's `model_answer/<model>.jsonl`). The format is chosen here rather than
 converted afterwards because a run is resumed from its output: each batch is written as soon as it is
 done, and an interrupted run continues where it stopped, asking only what the output file lacks.
-An output of another kind or another `--generator` is refused; `--overwrite` starts afresh.
+An output of another kind or another `--generator` is refused, and so is one generated from another
+checkpoint (or step) or with other sampling flags, as `<output>.generation.json` records them beside
+it (an output from before that record is continued and then recorded); `--overwrite` starts afresh.
 
 Sampling follows the paper (nucleus p 0.9, temperature 0.7, repetition penalty 1.2) unless the flags
 say otherwise, for every prompt set: MT-Bench's per-category temperatures are FastChat's choice,
@@ -35,11 +37,12 @@ from absl import flags
 from lima_jax.cli import define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run, say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.formats import FORMATS, make_sink, read_prompts
-from lima_jax.evaluate.responses import generate_answers
+from lima_jax.evaluate.responses import RecordedSink, generate_answers, generation_settings
 from lima_jax.inference import hosts
 from lima_jax.inference.generator import Generator, parse_mesh
 from lima_jax.inference.sampler import SamplingParams
 from lima_jax.storage.paths import check_writable, user_path
+from lima_jax.weights import checkpoint
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _PROMPTS = flags.DEFINE_string("prompts", None, "JSONL of conversations, AlpacaEval's evaluation set (JSON) or "
@@ -70,10 +73,14 @@ def main(argv: list[str]) -> None:
     name = _GENERATOR.value or user_path(_CHECKPOINT.value).name
     sink = make_sink(_OUTPUT_FORMAT.value, output, name, fresh=_OVERWRITE.value)
     _DISTRIBUTED.start()
-    # The output is checked (its kind, its generator) before the checkpoint is loaded; generation reads it again.
+    # The output is checked before the checkpoint is read (its kind, its generator), then before it is loaded (the
+    # checkpoint and sampling it was generated with); generation reads it again.
+    hosts.from_process_0(lambda: len(sink.answered(questions)))
+    step = checkpoint.resolve(_CHECKPOINT.value)  # once: a newer step of a run is not mixed in
+    sink = RecordedSink(sink, generation_settings(step, params, _SAMPLING.seed.value))
     hosts.from_process_0(lambda: len(sink.answered(questions)))
     say(f"{len(questions)} {kind} from {_PROMPTS.value}")
-    generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
+    generator = Generator(str(step), parse_mesh(_MESH.value))
     count = generate_answers(generator, questions, sink, params, _SAMPLING.seed.value, _BATCH.value, progress=say)
     say(f"wrote {count} new responses to {_OUTPUT.value}")
 

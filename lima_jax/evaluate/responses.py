@@ -8,6 +8,10 @@ JSONL, one object per line:
 user first). `id` is optional on input: without one it is `prompt_id(prompt)`, a hash of the turns,
 so two systems answering the same prompts pair up by id with no shared bookkeeping. `generator`
 is optional too (default: the file's name without its suffix).
+
+Beside the file generation writes, `<file>.generation.json` records what its answers were generated
+with (the checkpoint, its step, the sampling and the seed), so that a run with other ones does not
+continue it; judging never reads it.
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ import json
 import os
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+from lima_jax.cli import say
 from lima_jax.inference import hosts
 from lima_jax.data.records import BadLine, check_appendable, json_object, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
-from lima_jax.storage.paths import Appender, Path, PathLike
+from lima_jax.storage.paths import Appender, Path, PathLike, write_atomically
 
 Record = dict[str, Any]
 
@@ -198,6 +203,69 @@ class ResponseSink:
         return make_record(question.prompt(answers[:k]), answers[k], self.name, question.turn_id(k))
 
 
+def settings_path(output: PathLike) -> Path:
+    """Where an output records how it was generated: beside it, so that the output stays exactly what
+    judging, AlpacaEval and FastChat read."""
+    output = Path(output)
+    return output.with_name(output.name + ".generation.json")
+
+
+def generation_settings(checkpoint: PathLike, params: Any, seed: int) -> dict[str, Any]:
+    """What an answer depends on besides its prompt: the checkpoint read (a step directory; its step,
+    None for a converted checkpoint) and the sampling (`inference.sampler.SamplingParams`) and seed."""
+    path = Path(checkpoint)
+    return {"step": int(path.name) if path.name.isdigit() else None, "checkpoint": os.fspath(path),
+            "temperature": params.temperature, "top_p": params.top_p, "repetition_penalty": params.repetition_penalty,
+            "max_new_tokens": params.max_new_tokens, "seed": seed}
+
+
+class RecordedSink:
+    """A sink whose output records its generation settings (`settings_path`): an output recorded with
+    other settings is refused rather than continued; one from before the record is continued, said once,
+    and recorded. The record is written after the first answers are added (an --overwrite removes the
+    old one first), so an interrupted run leaves at worst an output without a record, never a wrong one."""
+
+    def __init__(self, sink: Any, settings: dict[str, Any]):
+        self.sink, self.settings = sink, settings
+        self.output, self.record = sink.output, settings_path(sink.output)
+        self.recorded = self.told = False
+
+    def answered(self, questions: Sequence[Question]) -> dict[str, str]:
+        known = self.sink.answered(questions)  # its kind and generator are checked first
+        if not self.sink.fresh and self.output.exists():
+            if self.record.exists():
+                self._check(self._read())
+            elif known and not self.told:
+                say(f"{self.output} records no checkpoint or sampling settings (written before they were "
+                    f"recorded): its {len(known)} answers are kept as if generated with these")
+                self.told = True
+        return known
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            recorded = json.loads(self.record.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise LimaError(f"{self.record}: not a JSON object; it records how {self.output} was generated: name "
+                            "another --output (or pass --overwrite to replace both)")
+        return recorded
+
+    def _check(self, recorded: dict[str, Any]) -> None:
+        for key, value in self.settings.items():
+            if recorded.get(key) != value:
+                raise LimaError(f"{self.output} holds answers generated with {key}={recorded.get(key)}, not {value} "
+                                f"(recorded in {self.record}): name another --output (or pass --overwrite to replace it)")
+
+    def add(self, done: Sequence[tuple[Question, list[str], int]]) -> None:
+        if self.sink.fresh:  # the old answers go now: so does their record
+            self.record.unlink(missing_ok=True)
+        self.sink.add(done)
+        if not self.recorded:
+            write_atomically(self.record, json.dumps(self.settings, indent=1) + "\n")
+            self.recorded = True
+
+
 def append_records(sink: Any, records: Sequence[dict]) -> None:
     """Appends JSONL records to `sink.output`; a `sink.fresh` (--overwrite) file is emptied first, once the first
     new answers are ready, so a run that fails before them leaves the old file whole."""
@@ -255,7 +323,8 @@ def generate_answers(generator: Any, questions: Sequence[Question], sink: Sink, 
 
 def generate_responses(generator: Any, prompts: list[list[str]], output: Path, name: str,
                        params, seed: int, batch_size: int,
-                       progress: Callable[[str], None] = lambda line: None) -> int:
-    """Answers the prompts the response file `output` lacks (`generate_answers` over single asks)."""
-    return generate_answers(generator, questions_from_prompts(prompts), ResponseSink(output, name), params, seed,
-                            batch_size, progress)
+                       progress: Callable[[str], None] = lambda line: None, settings: dict[str, Any] | None = None) -> int:
+    """Answers the prompts the response file `output` lacks (`generate_answers` over single asks); with
+    `settings` (`generation_settings`), only if the file was generated with them (`RecordedSink`)."""
+    sink = ResponseSink(output, name) if settings is None else RecordedSink(ResponseSink(output, name), settings)
+    return generate_answers(generator, questions_from_prompts(prompts), sink, params, seed, batch_size, progress)

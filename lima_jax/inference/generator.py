@@ -14,7 +14,7 @@ from lima_jax.cli import say
 from lima_jax.data.tokenizer import of_model
 from lima_jax.errors import LimaError
 from lima_jax.inference.layout import for_decoding
-from lima_jax.inference.sampler import SamplingParams, generate
+from lima_jax.inference.sampler import SamplingParams, generate, past_context
 from lima_jax.model import Llama, model_from_params, param_shardings
 from lima_jax.weights import checkpoint
 
@@ -51,9 +51,16 @@ class Generator:
         return self.tokenizer.decode(ids)
 
     def __call__(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[int]]:
+        for p in prompts:  # the sampler refuses these too; here the line can quote the prompt
+            if why := past_context(len(p), self.model.cfg.max_len, f"the prompt {self.quote(p)}"):
+                raise LimaError(why)
         self._warn_if_longer_than_trained(prompts)
         return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed, mesh=self.mesh)
 
+    def quote(self, prompt: list[int], width: int = 40) -> str:
+        """The start of a prompt's text, on one line, to name it in a message."""
+        text = " ".join(self.decode(prompt).split())
+        return repr(text[:width] + ("..." if len(text) > width else ""))
 
     def _warn_if_longer_than_trained(self, prompts: list[list[int]]) -> None:
         """RoPE positions past the trained length were never seen: the answer may degrade, silently."""

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import math
 from typing import NamedTuple, Sequence
 
 import jax
@@ -57,6 +58,9 @@ class SamplingParams:
     max_new_tokens: int = 2048
 
     def check(self) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):  # NaN passes every comparison below
+            if not math.isfinite(getattr(self, name)):
+                raise LimaError(f"--{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature < 0:
             raise LimaError(f"--temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -195,12 +199,13 @@ def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, gre
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "mesh"), compiler_options=COMPILER_OPTIONS)
-def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, key_data, *, max_new_tokens, greedy, mesh):
+def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, knobs, limits, key_data, *, max_new_tokens,
+              greedy, mesh):
     def run():
         model = nnx.merge(graphdef, state)
         keys = jax.random.wrap_key_data(key_data)  # keys travel as raw uint32 data: a global array of them is plain
         s = _prefill(model, tokens, positions, segments, stop_ids, keys, max_new_tokens)
-        s = _advance(model, s, lengths, stop_ids, knobs, max_new_tokens, max_new_tokens, greedy)
+        s = _advance(model, s, lengths, stop_ids, knobs, limits, max_new_tokens, greedy)
         return s.out, s.step
 
     if mesh is None:
@@ -211,9 +216,21 @@ def _generate(graphdef, state, tokens, positions, segments, lengths, stop_ids, k
     return jax.lax.with_sharding_constraint((out, step), NamedSharding(mesh, PartitionSpec()))
 
 
+def past_context(prompt_len: int, context: int, what: str = "a prompt") -> str | None:
+    """Why a prompt of `prompt_len` tokens cannot be answered within the model's context (its
+    `max_len`, which `serve` enforces too), or None when it leaves room for a new token."""
+    if prompt_len < context:
+        return None
+    return (f"{what} has {prompt_len} tokens; this model's maximum context length is {context} tokens, the prompt "
+            "and at least one new token: shorten it")
+
+
 def _check_prompts(model: Llama, prompts: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> None:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise LimaError("every prompt needs at least one token")
+    for p in prompts:
+        if why := past_context(len(p), model.cfg.max_len):
+            raise LimaError(why)
     vocab = model.cfg.used_vocab_size  # padding ids are not tokens
     for p in prompts:
         bad = [t for t in p if not 0 <= t < vocab]
@@ -246,7 +263,8 @@ def generate(
     seed: int = 0,
     mesh: jax.sharding.Mesh | None = None,
 ) -> list[list[int]]:
-    """The tokens generated for each prompt, up to and including its stop token.
+    """The tokens generated for each prompt, up to and including its stop token, and at most what the
+    model's context leaves after the prompt (as `serve` answers).
 
     A row draws from `seed` and its prompt alone, so a prompt samples the same text in any batch,
     file order or entry point. `mesh`: the one the model's parameters are laid out on, if any (see
@@ -255,17 +273,20 @@ def generate(
     check_seed(seed)
     _check_prompts(model, prompts, stop_ids)
     tokens, positions, segments = _left_padded(prompts, bucket(max(len(p) for p in prompts)), len(prompts))
+    # Per row (the compiled program stays one per max_new_tokens): no token past the model's context.
+    limits = [min(params.max_new_tokens, model.cfg.max_len - len(p)) for p in prompts]
     if mesh is not None and jax.process_count() > 1:
         check_same("prompts (token ids)", [list(map(int, p)) for p in prompts])
     graphdef, state = nnx.split(model)
     inputs = (tokens, positions, segments, np.asarray([len(p) for p in prompts], np.int32),
               np.asarray(list(stop_ids), np.int32),
               {k: np.float32(getattr(params, k)) for k in ("temperature", "top_p", "repetition_penalty")},
-              np.asarray(jax.random.key_data(_row_keys(seed, [prompt_seed(p) for p in prompts]))))
+              np.asarray(limits, np.int32), np.asarray(jax.random.key_data(_row_keys(seed, [prompt_seed(p) for p in prompts]))))
     out, steps = _generate(graphdef, state, *_on(mesh, inputs),
                            max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0, mesh=mesh)
     out = np.asarray(out.addressable_data(0))[:, : int(steps.addressable_data(0))]
-    return [_until_stop(row, stop_ids) for row in out.tolist()]
+    # A row past its own limit holds stop tokens it never sampled: cut at the limit first.
+    return [_until_stop(row[:limit], stop_ids) for row, limit in zip(out.tolist(), limits)]
 
 
 def _until_stop(row: list[int], stop_ids: Sequence[int]) -> list[int]:

@@ -2,7 +2,9 @@
 import subprocess
 import sys
 
+from support.commands import command_line
 from support.hf_reference import random_hf_model
+from support.models import converted_checkpoint
 
 from lima_jax.inference.chat import chat
 from lima_jax.weights.convert import convert
@@ -43,3 +45,37 @@ def test_chat_refuses_a_base_model(tmp_path):
     ckpt = convert(tmp_path / "hf", tmp_path / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
     r = subprocess.run([sys.executable, "-m", "lima_jax.chat", f"--checkpoint={ckpt}"], input="", capture_output=True, text=True)
     assert r.returncode == 2 and "end-of-turn" in r.stderr.strip().splitlines()[-1]
+
+
+def test_chat_says_a_line_is_not_valid_utf8_and_goes_on(tmp_path):
+    """A line of bytes that are not UTF-8 ended the session with a UnicodeDecodeError traceback."""
+    ckpt = converted_checkpoint(tmp_path, 513)
+    r = subprocess.run(command_line("chat", f"--checkpoint={ckpt}", "--max_new_tokens=3"),
+                       input=b"Hi\n\xff\xfe caf\xe9\nName a color.\n/quit\n", capture_output=True)
+    out = r.stdout.decode().splitlines()
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert sum(line.startswith("assistant: ") for line in out) == 2
+    assert "(that line is not valid UTF-8 (byte 0xff at column 1): type it again)" in out
+
+
+def test_chat_reports_a_message_past_the_context_and_goes_on(tmp_path):
+    """A message longer than the model's context was sampled past it; now it is refused in one line
+    naming its tokens and the context, and the conversation goes on without it."""
+    ckpt = converted_checkpoint(tmp_path, 513, max_len=32)
+    prompts = []
+
+    class Recording(Generator):  # remembers every prompt it is given
+        def __call__(self, p, params, seed):
+            prompts.append(p[0])
+            return super().__call__(p, params, seed)
+
+    generator = Recording(str(ckpt))
+    long = "seven " * 40
+    out = []
+    chat(generator, iter(["Hi\n", long + "\n", "Name a color.\n"]), out.append, SamplingParams(max_new_tokens=4), seed=0)
+    n = len(generator.tokenizer.encode_prompt([long]))
+    assert out[2] == (f"(that message has {n} tokens; this model's maximum context length is 32 tokens, the prompt "
+                      "and at least one new token: shorten it)\n")
+    assert sum(line.startswith("assistant: ") for line in out) == 2
+    first_answer = out[1][len("assistant: "):-1]
+    assert prompts[1] == generator.tokenizer.encode_prompt(["Hi", first_answer, "Name a color."])

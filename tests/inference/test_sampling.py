@@ -1,6 +1,8 @@
 """The compiled sampler: greedy equals repeated full forwards, batching changes nothing, LIMA's
 repetition penalty and nucleus cut are right, seeds reproduce, rows stop on their own."""
 import json
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +125,42 @@ def test_cli_answers_a_prompt_file(tmp_path):
     assert len(one.stdout.strip().splitlines()) == 2 and meshed.stdout == one.stdout
     r = call_command("sample", f"--checkpoint={ckpt}", "--prompt=x", "--top_p=0")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: --top_p must be in (0, 1], got 0.0"
+
+
+@pytest.mark.parametrize("knob", ["temperature", "top_p", "repetition_penalty"])
+def test_a_non_finite_sampling_knob_is_one_line_naming_it(knob):
+    """NaN and infinity passed the range checks (`nan < 0` is false) and reached the sampler."""
+    from lima_jax.errors import LimaError
+
+    for value in (math.nan, math.inf, -math.inf):
+        with pytest.raises(LimaError, match=rf"^--{knob} must be a finite number, got {value}$"):
+            SamplingParams(**{knob: value}).check()
+
+
+@pytest.mark.parametrize("command, args", [
+    ("sample", ["--checkpoint=CKPT", "--prompt=x"]),
+    ("chat", ["--checkpoint=CKPT"]),
+    ("evaluate.generate", ["--checkpoint=CKPT", "--prompts=P", "--output=O"]),
+])
+def test_the_sampling_commands_refuse_nan_and_infinity(command, args):
+    """Refused before anything is read: no checkpoint or prompt file needs to exist."""
+    for flag, value in (("temperature", "nan"), ("repetition_penalty", "inf")):
+        r = call_command(command, *args, f"--{flag}={value}")
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: --{flag} must be a finite number, got {value}"
+
+
+def test_sample_refuses_a_prompt_past_the_context_and_cuts_answers_at_it(tmp_path):
+    """`sample` ran a prompt of the model's whole context (and sampled past it) where `serve` refuses it."""
+    ckpt = converted_checkpoint(tmp_path, 512, max_len=32)
+    greedy = [f"--checkpoint={ckpt}", "--max_new_tokens=5", "--temperature=0", "--print_ids"]
+    r = call_command("sample", *greedy, "--prompt_ids=" + ",".join(["5"] * 32))
+    assert r.returncode == 2 and re.match(r"^error: the prompt .+ has 32 tokens; this model's maximum context length "
+                                          r"is 32 tokens", r.stderr.strip().splitlines()[-1]), r.stderr[-2000:]
+    fits = call_command("sample", *greedy, "--prompt_ids=" + ",".join(["5"] * 31))  # room for one new token
+    assert fits.returncode == 0, fits.stderr[-2000:]
+    assert len(fits.stdout.split()) == 1
+    r = call_command("sample", f"--checkpoint={ckpt}", "--prompt=" + "seven " * 40)
+    assert r.returncode == 2 and "this model's maximum context length is 32 tokens" in r.stderr.strip().splitlines()[-1]
 
 
 def test_a_prompt_samples_the_same_text_in_any_batch(model):
@@ -285,7 +323,7 @@ def _cache_copies_in_the_decode_loop(model: Llama, compiler_options: dict) -> li
     rows, prompt, new = 1, 16, 12
     inputs = sampler._on(None, (np.zeros((rows, prompt), np.int32),) * 3 + (
         np.full((rows,), prompt, np.int32), np.asarray(NO_STOP, np.int32),
-        {k: np.float32(0) for k in ("temperature", "top_p", "repetition_penalty")},
+        {k: np.float32(0) for k in ("temperature", "top_p", "repetition_penalty")}, np.full((rows,), new, np.int32),
         np.asarray(jax.random.key_data(jax.random.split(jax.random.key(0), rows)))))
     lowered = jax.jit(sampler._generate.__wrapped__, static_argnames=("graphdef", "max_new_tokens", "greedy", "mesh"),
                       compiler_options=compiler_options).lower(
