@@ -32,7 +32,7 @@ from lima_jax.storage.paths import Path, PathLike, user_path
 
 SPLITS = ("train", "dev", "test")
 # Part of the cache key: bump it when the builder's output changes for the same input files.
-_FORMAT = "lima_jax.data.lima/1"
+_FORMAT = "lima_jax.data.lima/2"
 
 _WHERE = (
     "LIMA is the GAIR/lima dataset on the Hugging Face hub (https://huggingface.co/datasets/GAIR/lima): "

@@ -5,6 +5,8 @@ One record per line, either
   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}         (OpenAI)
 and both become `{"conversations": list[str], "source": str}`. Turns alternate user/assistant,
 starting with the user; an odd number of turns (LIMA's test.jsonl: the prompt only) is valid.
+A system prompt, as a first `system` message or a top-level `"system": "..."` in either format, leads
+the first user turn (LIMA's format has no system slot); a blank top-level one means none.
 Every problem is told as `file:line: what is wrong`, so a bad record in a 1,000-line file is
 found without a debugger.
 """
@@ -140,15 +142,24 @@ def parse_record(line: str) -> Record:
     obj = json_object(line)
     if "conversations" in obj and "messages" in obj:
         raise BadLine("has both 'conversations' and 'messages'; keep one")
+    system = obj.get("system", "")
+    if not isinstance(system, str):
+        raise BadLine(f"'system' is not a string (got {_kind(system)})")
+    _check_text(system, "'system'")
     if "conversations" in obj:
         turns = _lima_turns(obj["conversations"])
     elif "messages" in obj:
-        turns = _openai_turns(obj["messages"])
+        turns, message = _openai_turns(obj["messages"])
+        if message is not None and system.strip():
+            raise BadLine("has both a top-level 'system' and a system message; keep one")
+        system = message or system
     else:
         raise BadLine("no 'conversations' (LIMA format) or 'messages' (OpenAI format) list")
     source = obj.get("source", "")
     if not isinstance(source, str):
         raise BadLine(f"'source' is not a string (got {_kind(source)})")
+    if system.strip():  # a model fine-tuned LIMA-style has no system slot: the instructions lead the first prompt
+        turns[0] = f"{system}\n\n{turns[0]}"
     return {"conversations": turns, "source": source}
 
 
@@ -174,7 +185,8 @@ def _check_text(text: str, what: str) -> None:
         raise BadLine(f"{what} holds a lone surrogate ({text[e.start]!a} at character {e.start + 1}), which is not text") from None
 
 
-def _openai_turns(messages: Any) -> list[str]:
+def _openai_turns(messages: Any) -> tuple[list[str], str | None]:
+    """The user/assistant turns and the system message's content (None without one)."""
     if not isinstance(messages, list):
         raise BadLine(f"'messages' is not a list (got {_kind(messages)})")
     if not messages:
@@ -203,10 +215,7 @@ def _openai_turns(messages: Any) -> list[str]:
         turns.append(content)
     if not turns:
         raise BadLine("'messages' has a system message but no user message")
-    if system is not None:
-        # A model fine-tuned LIMA-style has no system slot: the instructions lead the first prompt.
-        turns[0] = f"{system}\n\n{turns[0]}"
-    return turns
+    return turns, system
 
 
 def _kind(value: Any) -> str:

@@ -30,7 +30,7 @@ from lima_jax.storage.paths import Path, check_writable, user_path, write_atomic
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train.lock import WorkdirLock
-from lima_jax.train.metrics import DEV_FILE, MetricsWriter
+from lima_jax.train.metrics import DEV_FILE, METRICS_FILE, MetricsWriter
 from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step, state_from_params
 from lima_jax.train.step import TrainState
 from lima_jax.recipe import check_architecture
@@ -162,7 +162,29 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                     f"workdir {workdir} holds a run with a different config (key {key}); use a new --config.workdir"
                 )
         _check_kept_steps(previous.get("checkpoint", {}).get("max_to_keep", 0), config.checkpoint.max_to_keep, workdir)
+    else:
+        _check_no_run_files(workdir)
     return resolved
+
+
+def _check_no_run_files(workdir: Path) -> None:
+    """A run writes config.json before anything else, so run files without it are not this run's:
+    checkpoints would be resumed under any config, and metrics.jsonl and dev.jsonl rewritten. They
+    are refused, never resumed or replaced."""
+    found = [name for name in (INPUTS_FILE, METRICS_FILE, DEV_FILE) if (workdir / name).exists()]
+    steps = _checkpoint_steps(workdir)
+    if steps:
+        found.append(f"{len(steps)} checkpoint step{'s' * (len(steps) > 1)} (the last {steps[-1]})")
+    if found:
+        raise LimaError(
+            f"workdir {workdir} holds {', '.join(found)} but no {CONFIG_FILE}, so nothing shows they are this run's; "
+            f"restore its {CONFIG_FILE} or use a new --config.workdir"
+        )
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+    steps_dir = workdir / checkpoint.STEPS_DIR
+    return sorted(int(p.name) for p in steps_dir.iterdir() if p.name.isdigit()) if steps_dir.is_dir() else []
 
 
 def _recipe_defaults(name: str) -> dict:
@@ -179,7 +201,7 @@ def _check_kept_steps(before: int, now: int, workdir: Path) -> None:
     """Orbax deletes the oldest steps beyond `max_to_keep` at the next save: a resume that lowers it
     would silently delete the epoch checkpoints LIMA chooses among."""
     steps_dir = workdir / checkpoint.STEPS_DIR
-    steps = sorted(int(p.name) for p in steps_dir.iterdir() if p.name.isdigit()) if steps_dir.is_dir() else []
+    steps = _checkpoint_steps(workdir)
     if now and (before == 0 or now < before) and len(steps) > now:
         kept = "every step" if before == 0 else f"{before} steps"
         raise LimaError(
@@ -204,10 +226,9 @@ def check_same_inputs(fingerprint: dict[str, str], workdir: Path) -> None:
             )
 
 
-def write_run_files(config: ml_collections.ConfigDict, fingerprint: dict[str, str], workdir: Path) -> None:
-    """Saves the resolved config and the inputs' hashes; a workdir holding a different run is refused,
-    not overwritten."""
-    resolved = check_same_run(config, workdir)
+def write_run_files(resolved: dict, fingerprint: dict[str, str], workdir: Path) -> None:
+    """Saves the resolved config (`check_same_run`'s) and the inputs' hashes; a workdir holding a run
+    begun on other inputs is refused, not overwritten."""
     check_same_inputs(fingerprint, workdir)
     if jax.process_index() == 0:  # a kill while they are rewritten leaves the old files, never empty ones
         workdir.mkdir(parents=True, exist_ok=True)
@@ -219,10 +240,10 @@ class Preemption:
     """SIGTERM (a TPU preemption, a SLURM time limit) asks the loop to save and stop; `reached(steps_done)`
     answers alike on every host, without touching the device.
 
-    One process: our own handler sets a flag. Several: JAX's coordination service owns SIGTERM (its
-    preemption notifier installs a handler at `jax.distributed.initialize`; ours would replace it) and,
-    once any host is notified, agrees over RPC on the first step every host can still reach. Exiting
-    the `with` block puts the previous handler back.
+    One process: our own handler sets a flag, and a second SIGTERM ends the process at once. Several:
+    JAX's coordination service owns SIGTERM (its preemption notifier installs a handler at
+    `jax.distributed.initialize`; ours would replace it) and, once any host is notified, agrees over RPC
+    on the first step every host can still reach. Exiting the `with` block puts the previous handler back.
     """
 
     def __init__(self) -> None:
@@ -247,7 +268,11 @@ class Preemption:
         name = signal.Signals(signum).name
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the save
-        say(f"{name} received: saving a checkpoint and stopping after this step" + (" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""))
+        # A second SIGTERM ends the process at once, even a run stuck where no Python handler runs
+        # (native code, a hung write): a scheduler's retry must never meet a run that cannot stop.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        say(f"{name} received: saving a checkpoint and stopping after this step ({again} again stops at once)")
         self.requested = True
 
     def reached(self, steps_done: int) -> bool:
@@ -300,6 +325,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     if jax.process_index() == 0:  # a missing bucket or a denied write: one line now, not at the first checkpoint
         check_writable(workdir, "config key workdir:")
     opened.enter_context(WorkdirLock(workdir))  # before anything is written there
+    resolved = check_same_run(config, workdir)  # before the data is prepared under the workdir
     mesh = sharding.make_mesh(config.mesh.to_dict())
     row_multiple = check_batch_fits_mesh(config, mesh)
     data = pipeline.build(
@@ -321,7 +347,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     )
     if config.init_checkpoint:
         checkpoint.resolve(config.init_checkpoint)  # a wrong path fails here, before compiling
-    write_run_files(config, data.fingerprint, workdir)
+    write_run_files(resolved, data.fingerprint, workdir)
     write_dev_set(data.dev_records, workdir)
 
     optimizer = optim.make_optimizer(config.optim, total)

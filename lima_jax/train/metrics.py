@@ -1,22 +1,31 @@
 """What a user sees of a run, on process 0 only: a progress bar, `<workdir>/metrics.jsonl` (one JSON
-object per step, one per epoch with the dev loss) and TensorBoard event files (tensorboardX: no
-TensorFlow needed). In a `gs://` workdir metrics.jsonl is uploaded whole every few seconds and at
-each checkpoint (an object cannot be appended to)."""
+object per step, one per epoch with the dev loss) and TensorBoard event files (tensorboardX's format:
+no TensorFlow needed). In a `gs://` workdir metrics.jsonl is uploaded whole every few seconds and at
+each checkpoint (an object cannot be appended to).
+
+Both files are written in the run's own thread: a write that fails (a full disk) stops the run with one
+line. tensorboardX's SummaryWriter writes from a thread of its own, which such an error kills, leaving
+the run blocked forever on its queue."""
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import math
 import sys
-from typing import Any
+import time
+from typing import Any, Iterator
 
 from tqdm import tqdm
 
 from lima_jax.data.records import repair_tail
+from lima_jax.errors import RunFailure
 from lima_jax.storage.paths import Appender, Path, write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 DEV_FILE = "dev.jsonl"  # the dev conversations the run evaluated on, for checkpoint selection
-_UPLOAD_EVERY_S = 10.0  # a cloud metrics.jsonl: how often it is uploaded again, at most, between checkpoints
+TENSORBOARD_DIR = "tensorboard"
+_UPLOAD_EVERY_S = 10.0  # how often, at most, a cloud metrics.jsonl is uploaded and the event file flushed, between checkpoints
 
 
 class MetricsWriter:
@@ -25,9 +34,13 @@ class MetricsWriter:
         if not enabled:
             return
         self.path = workdir / METRICS_FILE
-        self._drop_records_after(resume_step)
-        self.file = Appender(self.path, min_interval_s=_UPLOAD_EVERY_S)
-        self.tb = _summary_writer()(str(workdir / "tensorboard"))
+        self.events_dir = workdir / TENSORBOARD_DIR
+        self._failed = False
+        with self._writing(self.path):
+            self._drop_records_after(resume_step)
+            self.file = Appender(self.path, min_interval_s=_UPLOAD_EVERY_S)
+        with self._writing(self.events_dir):
+            self.events = EventFile(self.events_dir)
         self.bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)
 
     def _drop_records_after(self, resume_step: int) -> None:
@@ -49,10 +62,11 @@ class MetricsWriter:
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record, allow_nan=False) + "\n")
-        self.file.flush()
-        for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "padding_fraction"):
-            self.tb.add_scalar(f"train/{key}", record[key], record["step"])
+        self._write(record)
+        with self._writing(self.events_dir):
+            for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "padding_fraction"):
+                self.events.scalar(f"train/{key}", record[key], record["step"])
+            self.events.flush()
         self.bar.set_description(f"epoch {record['epoch']:.2f}")
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         self.bar.update(1)
@@ -63,35 +77,91 @@ class MetricsWriter:
             return
         perplexity = None if dev_loss is None else math.exp(min(dev_loss, 50.0))
         record = {"epoch": epoch, "step": step, "dev_loss": dev_loss, "dev_perplexity": perplexity}
-        self.file.write(json.dumps(record, allow_nan=False) + "\n")
-        self.file.flush()
+        self._write(record)
         if dev_loss is not None:
-            self.tb.add_scalar("dev/loss", dev_loss, step)
+            with self._writing(self.events_dir):
+                self.events.scalar("dev/loss", dev_loss, step)
             self.bar.write(f"epoch {epoch}: dev loss {dev_loss:.4f} (perplexity {perplexity:.2f})")
 
     def sync(self) -> None:
         """Makes every record so far readable (a cloud file is uploaded now): called with each
         checkpoint, so a resume finds the records up to its step."""
         if self.enabled:
-            self.file.flush(force=True)
+            with self._writing(self.path):
+                self.file.flush(force=True)
+            with self._writing(self.events_dir):
+                self.events.flush(force=True)
 
     def close(self) -> None:
-        if self.enabled:
-            self.bar.close()
-            self.file.close()
-            self.tb.close()
+        if not self.enabled:
+            return
+        self.bar.close()
+        try:
+            with self._writing(self.path):
+                self.file.close()
+        finally:
+            with self._writing(self.events_dir):
+                self.events.close()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with self._writing(self.path):
+            self.file.write(json.dumps(record, allow_nan=False) + "\n")
+            self.file.flush()
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """An OSError writing `path` (a full disk, a lost bucket) as one line. After one, later errors
+        are dropped: closing a file that could not be written raises the same error again, while the
+        first is on its way to the user."""
+        try:
+            yield
+        except OSError as e:
+            if self._failed:
+                return
+            self._failed = True
+            raise RunFailure(
+                f"writing {path} failed: {e.strerror or e}; the checkpoints saved before it are kept: "
+                "fix the cause and rerun the same command to resume"
+            ) from e
 
 
-def _summary_writer() -> type:
-    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch wherever it
-    is installed (1-2 s and hundreds of MB at every start) only to accept torch tensors, which a JAX
-    run never logs. A `None` in sys.modules makes its `import torch` fail as if torch were absent."""
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
+class EventFile:
+    """TensorBoard scalars appended to a new event file in `folder`, in the caller's thread (see the
+    module's docstring); flushed every `_UPLOAD_EVERY_S` (a cloud file is uploaded whole each time)."""
+
+    def __init__(self, folder: Path):
+        _without_torch()
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.record_writer import directory_check
+
+        self._Event, self._Summary = Event, Summary
+        directory_check(str(folder))  # a local folder is made; a bucket needs none
+        self._writer = EventsWriter(str(folder / "events"))
+        self._flushed_at = time.monotonic()
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        summary = self._Summary(value=[self._Summary.Value(tag=tag, simple_value=value)])
+        self._writer.write_event(self._Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._flushed_at >= _UPLOAD_EVERY_S:
+            self._writer.flush()
+            self._flushed_at = time.monotonic()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _without_torch() -> None:
+    """Imports tensorboardX without PyTorch: tensorboardX imports torch wherever it is installed (1-2 s
+    and hundreds of MB at every start) only to accept torch tensors, which a JAX run never logs. A
+    `None` in sys.modules makes its `import torch` fail as if torch were absent."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        return
     sys.modules["torch"] = None  # type: ignore[assignment]
     try:
-        from tensorboardX import SummaryWriter
+        importlib.import_module("tensorboardX")
     finally:
         del sys.modules["torch"]
-    return SummaryWriter

@@ -49,6 +49,22 @@ def test_openai_messages_equal_lima_format(tmp_path):
     assert read_conversations(openai) == read_conversations(lima)
 
 
+def test_a_top_level_system_field_leads_the_first_prompt_as_a_system_message_does(tmp_path):
+    """A top-level "system" (as many datasets carry it) was silently dropped: the model trained without
+    the instructions the user gave it. A blank one is no system prompt, as datasets write for "none"."""
+    openai = write(tmp_path / "openai.jsonl", [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "content": "4."}], "source": "x"},
+        {"messages": [{"role": "user", "content": "Hi"}], "source": "y"},
+    ])
+    top_level = write(tmp_path / "top_level.jsonl", [
+        {"system": "Be brief.", "conversations": ["2+2?", "4."], "source": "x"},
+        {"system": " ", "messages": [{"role": "user", "content": "Hi"}], "source": "y"},
+    ])
+    assert read_conversations(top_level) == read_conversations(openai)
+    assert read_conversations(top_level)[0][0]["conversations"] == ["Be brief.\n\n2+2?", "4."]
+
+
 BAD = [
     ("{not json", "not valid JSON"),
     ({"source": "x"}, "no 'conversations' (LIMA format) or 'messages' (OpenAI format) list"),
@@ -65,6 +81,9 @@ BAD = [
     ({"messages": [{"role": "system", "content": "S"}]}, "no user message"),
     ({"messages": [{"role": "user", "content": ""}]}, "message 1: content is empty"),
     ({"messages": [{"role": "user", "content": ["parts"]}]}, "message 1: content is not a string (got list)"),
+    ({"system": 7, "conversations": ["Q", "A"]}, "'system' is not a string (got int)"),
+    ({"system": "S", "messages": [{"role": "system", "content": "T"}, {"role": "user", "content": "Q"}]},
+     "has both a top-level 'system' and a system message; keep one"),
 ]
 
 

@@ -76,6 +76,34 @@ def test_ctrl_c_saves_like_sigterm_and_a_finished_run_says_so(tmp_path):
     assert json.loads(again.stdout.strip().splitlines()[-1]) == {"status": "finished", "final_step": None, "loss": None}
 
 
+STUCK = """
+import sys, threading
+from lima_jax.train.loop import Preemption
+
+with Preemption():
+    print("ready", file=sys.stderr, flush=True)
+    threading.Event().wait()  # a run that never reaches its next step (once: blocked on a dead writer's queue)
+"""
+
+
+def test_a_second_sigterm_ends_a_stuck_run_at_once():
+    """A run stuck after the first SIGTERM (which only asks it to save after the step) ignored every
+    further SIGTERM: a pod stayed idle until a person noticed. The bounded waits make a hang a failure."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stderr.readline() == ("SIGTERM received: saving a checkpoint and stopping after this step "
+                                          "(SIGTERM again stops at once)\n")
+        with pytest.raises(subprocess.TimeoutExpired):  # still waiting for its step: the first one asks, never ends it
+            proc.wait(timeout=0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_dev_jsonl_beside_the_training_data_is_the_dev_set(tmp_path):
     """A 100-record train.jsonl with a dev.jsonl beside it used to train on 50: 50 were held out and
     dev.jsonl was ignored, though the README says the folder may hold one."""
@@ -155,6 +183,32 @@ def test_an_empty_config_json_in_the_workdir_is_one_line_naming_it(tmp_path):
     (tmp_path / "run" / "config.json").write_text("")
     with pytest.raises(LimaError, match=rf"^{tmp_path / 'run' / 'config.json'}: not valid JSON \(Expecting value: line 1 column 1"):
         train(small_config(tmp_path))
+
+
+def test_checkpoints_without_a_config_json_are_refused_not_resumed_under_any_config(small_run, tmp_path):
+    """With config.json gone, a resume took any config (another learning rate, another seed) and
+    wrote it as the run's."""
+    shutil.copytree(small_run, tmp_path / "run")
+    (tmp_path / "run" / "config.json").unlink()
+    before = sorted(os.listdir(tmp_path / "run"))
+    with pytest.raises(LimaError) as e:
+        train(small_config(tmp_path, **{"optim.lr": 1e-2, "seed": 3}))
+    assert checkpoint_steps(tmp_path / "run") == [100]
+    assert str(e.value) == (
+        f"workdir {tmp_path / 'run'} holds inputs.json, metrics.jsonl, dev.jsonl, 1 checkpoint step (the last 100) "
+        "but no config.json, so nothing shows they are this run's; restore its config.json or use a new --config.workdir")
+    assert sorted(os.listdir(tmp_path / "run")) == before
+
+
+def test_a_fresh_run_leaves_an_unrelated_metrics_jsonl_whole_and_refuses_the_workdir(tmp_path):
+    """A fresh run rewrote an unrelated metrics.jsonl in its workdir to nothing."""
+    (tmp_path / "run").mkdir()
+    mine = '{"step": 0, "loss": 1.5, "note": "an earlier experiment"}\n'
+    (tmp_path / "run" / "metrics.jsonl").write_text(mine)
+    with pytest.raises(LimaError, match=r"holds metrics.jsonl but no config.json, so nothing shows they are this run's"):
+        train(small_config(tmp_path))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == mine
+    assert sorted(os.listdir(tmp_path / "run")) == ["metrics.jsonl"]
 
 
 def test_a_truncated_tensor_file_or_a_stray_step_folder_falls_back_to_the_last_whole_step(tmp_path, capfd):
