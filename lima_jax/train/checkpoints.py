@@ -1,6 +1,6 @@
 """A training run's checkpoints: `<workdir>/checkpoints/<step>/`, each a model checkpoint
 (`weights.checkpoint`'s layout, so every weight reader takes a step) plus the optimizer state and what
-the run records with it."""
+the run records with it, with the checksums of both trees."""
 from __future__ import annotations
 
 import contextlib
@@ -16,23 +16,17 @@ from lima_jax.cli import say
 from lima_jax.errors import RunFailure
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import user_path
-from lima_jax.weights.checkpoint import STEPS_DIR, model_record
+from lima_jax.weights import checksums
+from lima_jax.weights.checkpoint import STEPS_DIR, model_record, root_cause, saved_checksums
 
 
-ITEMS = ("params", "opt_state", "model", "run")  # what each step holds
-
-
-def _root_cause(error: BaseException) -> str:
-    """The first line of the innermost error: TensorStore's own ("Error reading ... byte range"),
-    not Orbax's wrapper with a spec dump."""
-    while error.__cause__ or error.__context__:
-        error = error.__cause__ or error.__context__
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+ITEMS = ("params", "opt_state", "model", "run")  # what each step must hold (`checksums` too, unless saved before them)
 
 
 class RunCheckpoints:
     """The checkpoints of a training run: `<workdir>/checkpoints/<step>/` with the items `params`,
-    `opt_state`, `model` (the architecture) and `run` (epoch, config name: what a reader needs).
+    `opt_state`, `model` (the architecture), `run` (epoch, config name: what a reader needs) and
+    `checksums` (of every array, checked on restore).
 
     Saves are asynchronous; a step becomes visible only once complete, so a resume never picks a
     half-written one. `max_to_keep=0` keeps every step.
@@ -58,21 +52,27 @@ class RunCheckpoints:
             opt_state=ocp.args.StandardSave(opt_state),
             model=ocp.args.JsonSave(model_record(cfg)),
             run=ocp.args.JsonSave(run),
+            checksums=ocp.args.JsonSave({"params": checksums.of(params), "opt_state": checksums.of(opt_state)}),
         )
+        with self._saving(self._latest_save):  # the save in flight fails here, under its own step
+            self.manager.wait_until_finished()
         with self._saving(step):
             self.manager.save(step, args=args, force=True)
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
-        """Restores onto whatever shardings the abstract trees carry (any mesh, any device count)."""
+        """Restores onto whatever shardings the abstract trees carry (any mesh, any device count); an
+        array that does not match its checksum is a LimaError naming it."""
+        record = saved_checksums(self.directory / str(step)) or {}
+        targets = {"params": abstract_params, "opt_state": abstract_opt_state}
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_params),
-                opt_state=ocp.args.StandardRestore(abstract_opt_state),
+                **{item: ocp.args.StandardRestore(checksums.read_as(target, record.get(item))) for item, target in targets.items()},
                 run=ocp.args.JsonRestore(),
             ),
         )
-        return restored["params"], restored["opt_state"], restored["run"]
+        params, opt_state = (checksums.checked(restored[item], target, record.get(item), item) for item, target in targets.items())
+        return params, opt_state, restored["run"]
 
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any) -> tuple[int, Any, Any] | None:
         """(step, params, opt_state) of the newest step that reads back whole, or None if there is none.
@@ -89,7 +89,7 @@ class RunCheckpoints:
                 except Exception as e:  # noqa: BLE001 - Orbax wraps TensorStore's errors in a bare Exception
                     if "RESOURCE_EXHAUSTED" in str(e):  # out of memory: the step may be fine
                         raise
-                    problem = _root_cause(e)
+                    problem = root_cause(e)
             self._set_aside(step, folder, problem)
         return None
 
@@ -117,17 +117,28 @@ class RunCheckpoints:
 
     @contextlib.contextmanager
     def _saving(self, step: int | None) -> Iterator[None]:
-        """A failed save (asynchronous: it surfaces at the next save, wait or close) as one line."""
+        """A failed save of `step` as one line, with the step a rerun resumes from. A save runs in the
+        background: its failure surfaces at the next save (which first waits for it), wait or close."""
         if step is not None:
             self._latest_save = step
         try:
             yield
         except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many types
             self._failed = True
-            why = _root_cause(e)
+            why = root_cause(e)
             os_reason = re.search(r": ([^:]+?) \[os_error_code='?\d+'?\]", why)
             raise RunFailure(
-                f"saving checkpoint step {self._latest_save} in {self.directory} failed: "
-                f"{os_reason.group(1) if os_reason else why[:300]}; the steps saved before it are whole: "
-                "fix the cause and rerun the same command to resume"
+                f"saving checkpoint step {step} in {self.directory} failed: "
+                f"{os_reason.group(1) if os_reason else why[:300]}; {self._last_complete()}"
             ) from e
+
+    def _last_complete(self) -> str:
+        """Which step a rerun resumes from: the newest one whose save completed (it is read back whole
+        or set aside then), found on disk."""
+        try:
+            steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and ocp.step.is_checkpoint_finalized(p)]
+        except OSError as e:
+            return f"the saved steps cannot be listed ({e}): fix the cause and rerun the same command to resume"
+        if not steps:
+            return "no step is complete: fix the cause and rerun the same command to start over"
+        return f"the last complete step is {max(steps)}: fix the cause and rerun the same command to resume from it"

@@ -1,10 +1,11 @@
 """The lima_jax checkpoint (Orbax): a model's parameters plus the architecture that reads them.
 
-A checkpoint directory holds two Orbax items, `params` (the parameter tree) and `model` (the
-ModelConfig as JSON), plus the tokenizer's files when one is known (`tokenizer.model`, or
-`tokenizer.json` with its `tokenizer_config.json`). A converted checkpoint and each step
-a training run saves under `<workdir>/checkpoints/<step>/` have this same layout, so everything
-that reads weights takes any of: a converted checkpoint, one step, or a run's workdir (its latest
+A checkpoint directory holds three Orbax items, `params` (the parameter tree), `model` (the
+ModelConfig as JSON) and `checksums` (each array's, checked when it is read: `weights/checksums.py`;
+absent from a checkpoint saved before them), plus the tokenizer's files when one is known
+(`tokenizer.model`, or `tokenizer.json` with its `tokenizer_config.json`). A converted checkpoint and
+each step a training run saves under `<workdir>/checkpoints/<step>/` have this same layout, so
+everything that reads weights takes any of: a converted checkpoint, one step, or a run's workdir (its latest
 complete step; Orbax writes a step under a temporary name and renames it when complete, or on
 Cloud Storage marks it with a commit file). Every path may be local or `gs://`.
 """
@@ -23,9 +24,11 @@ from lima_jax.data import text_tokenizers
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, abstract_model
 from lima_jax.storage.paths import Path, user_path
+from lima_jax.weights import checksums
 
 PARAMS = "params"
 MODEL = "model"
+CHECKSUMS = "checksums"
 TOKENIZER = "tokenizer.model"
 STEPS_DIR = "checkpoints"
 
@@ -33,6 +36,19 @@ STEPS_DIR = "checkpoints"
 def model_record(cfg: ModelConfig) -> dict[str, Any]:
     """The `model` item: the architecture as JSON, tagged with the format that wrote it."""
     return {"format": "lima_jax", "config": dataclasses.asdict(cfg)}
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of the innermost error: TensorStore's own ("Error reading ... byte range"),
+    not Orbax's wrapper with a spec dump."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def saved_checksums(step: Path) -> dict[str, checksums.Record] | None:
+    """The checksums saved with a checkpoint or step, per item; None for one saved before them."""
+    return _json_item(step / CHECKSUMS) if (step / CHECKSUMS).is_dir() else None
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -53,7 +69,8 @@ def save(
     if path.exists() and not overwrite:
         raise LimaError(f"{path} already exists; choose a new output path (or pass --overwrite)")
     with _checkpointer() as ckptr:
-        ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_record(cfg))))
+        ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_record(cfg)),
+                                            checksums=ocp.args.JsonSave({PARAMS: checksums.of(params)})))
     if tokenizer is not None:
         text_tokenizers.copy_files(tokenizer, path)
     return path
@@ -130,12 +147,15 @@ def load_params(
     target = jax.tree.map(
         lambda a, s, d: jax.ShapeDtypeStruct(a.shape, d if keep_dtype else a.dtype, sharding=s), target, shardings, stored
     )
+    record = (saved_checksums(path) or {}).get(PARAMS)
     with ocp.StandardCheckpointer() as ckptr:
         try:
-            params = ckptr.restore(path / PARAMS, target)
+            params = ckptr.restore(path / PARAMS, checksums.read_as(target, record))
         except (ValueError, KeyError) as e:
             raise LimaError(f"checkpoint {path}: parameters do not match the model config ({str(e).splitlines()[0]})") from None
-    return cfg, params
+        except Exception as e:  # noqa: BLE001 - Orbax wraps TensorStore's errors (a truncated file) in a bare Exception
+            raise LimaError(f"checkpoint {path}: cannot read its parameters ({root_cause(e)})") from None
+    return cfg, checksums.checked(params, target, record, f"checkpoint {path}")
 
 
 def tokenizer_path(path: str | os.PathLike) -> Path | None:

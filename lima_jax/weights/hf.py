@@ -20,7 +20,7 @@ from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, is_cloud, user_path
 from lima_jax.weights import hf_chat
-from lima_jax.weights.names import params_to_hf
+from lima_jax.weights.names import params_to_hf, stored_layers
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
@@ -29,6 +29,9 @@ INDEX = "model.safetensors.index.json"
 # model_type -> the class transformers builds for it. All three are LLaMA's decoder; they differ in
 # which attention biases they have (Qwen2: q/k/v; LLaMA: all four with attention_bias; Mistral: none).
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# The config's sizes and counts; the optional ones may be null (then they take their default).
+_OPTIONAL_COUNTS = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+_COUNTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", *_OPTIONAL_COUNTS)
 # Llama 3.1's rope_parameters -> ModelConfig fields.
 _LLAMA3_ROPE = {
     "factor": "rope_factor",
@@ -48,6 +51,9 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ModelConfig:
         raise LimaError(f"{source}: mlp_bias=true is not supported (LLaMA's MLP has no biases)")
     if hf.get("hidden_act", "silu") != "silu":
         raise LimaError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (LLaMA uses silu)")
+    for key in _COUNTS:
+        if key in hf and not (hf[key] is None and key in _OPTIONAL_COUNTS) and not _positive_int(hf[key]):
+            raise LimaError(f"{source}: {key} is {json.dumps(hf[key])}; it must be a positive integer")
     try:
         dim, heads = hf["hidden_size"], hf["num_attention_heads"]
         eos = hf.get("eos_token_id", 2)
@@ -74,6 +80,10 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ModelConfig:
         )
     except KeyError as e:
         raise LimaError(f"{source}: missing key {e.args[0]}") from None
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _rope_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
@@ -181,6 +191,10 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
             raise LimaError(f"{folder / name}: missing file (listed in {INDEX})")
     handles = {name: safe_open(folder / name, framework="numpy") for name in files}
     where = {key: name for name, h in handles.items() for key in h.keys()}
+    layers = stored_layers(where)
+    if layers != cfg.num_layers:
+        held = f"{layers} layers" + (f" (model.layers.0 to model.layers.{layers - 1})" if layers else "")
+        raise LimaError(f"{config_file}: num_hidden_layers is {cfg.num_layers}, but the safetensors in {folder} hold {held}")
 
     def get(key: str) -> np.ndarray:
         return handles[where[key]].get_tensor(key)

@@ -7,7 +7,8 @@ more than one copy of its weights in host memory.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import re
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -31,6 +32,7 @@ _LAYER = {
 # The biases of the architectures that have them (Qwen2: q/k/v; LLaMA's attention_bias: all four).
 _QKV_BIAS = {"self_attn.q_proj.bias": "bq", "self_attn.k_proj.bias": "bk", "self_attn.v_proj.bias": "bv"}
 _OUT_BIAS = {"self_attn.o_proj.bias": "bo"}
+_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.")
 # Buffers some checkpoints carry that hold no learned weights.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -110,6 +112,9 @@ def params_from_hf(
     `get(name)` loads one tensor. Each layer's slice is copied into a preallocated stacked array,
     so at most one copy of the weights is resident.
     """
+    stored = stored_layers(names)
+    if stored != cfg.num_layers:  # first: a huge count must not become a huge set of expected names
+        raise LimaError(f"{source}: the model config has {cfg.num_layers} layers, the tensors {stored}")
     shapes = hf_shapes(cfg)
     expected = {"model.embed_tokens.weight", "model.norm.weight"} | (
         set() if cfg.tie_embeddings else {"lm_head.weight"}
@@ -146,6 +151,12 @@ def params_from_hf(
             layers[key][i] = w
     params["layers"] = layers
     return params
+
+
+def stored_layers(names: Iterable[str]) -> int:
+    """How many layers tensors under Hugging Face names hold: one past the highest `model.layers.<i>`."""
+    found = [int(m.group(1)) for m in map(_LAYER_NAME.match, names) if m]
+    return max(found) + 1 if found else 0
 
 
 def params_to_hf(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
