@@ -182,13 +182,14 @@ def trained_model_config(config: ml_collections.ConfigDict, tokenizer_pieces: in
     return model_config(config).replace(vocab_size=padded, vocab_padding=padded - used)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> None:
     """Checks the values that the type system cannot: one LimaError line per problem. A config that
-    reads its model from `init_checkpoint` (`--config=auto`) is first filled from it, and says so."""
+    reads its model from `init_checkpoint` (`--config=auto`) is first filled from it, for `platform`
+    (default: JAX's backend), and says so."""
     if needs_checkpoint(config):
         from lima_jax.cli import say
 
-        say(f"--config=auto: {from_checkpoint(config)}")
+        say(f"--config=auto: {from_checkpoint(config, platform)}")
     m = config.model
 
     def need(ok: bool, key: str, why: str) -> None:

@@ -33,6 +33,10 @@ FROM_CHECKPOINT = ARCHITECTURE + ("vocab_size", "max_len", "bos_id", "eos_id")
 # models". Its 65B is LLaMA-1 65B; 7B to 33B models are the smaller ones (configs/33b.py keeps 64/0.2),
 # so the line between them is drawn at 50B: Llama 2 70B falls on 65B's side (configs/llama2_70b.py).
 LARGE_MODEL_PARAMS = 50e9
+# `--config=auto` computes in bfloat16 on TPU and GPU, in float32 on a CPU: XLA:CPU cannot run the
+# attention gradient in bfloat16 (a bf16 x bf16 -> f32 dot is unimplemented there), and would gain nothing.
+AUTO_DTYPES = {"cpu": "float32"}
+AUTO_DTYPE = "bfloat16"
 
 
 def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collections.ConfigDict:
@@ -118,8 +122,8 @@ def auto_config() -> ml_collections.ConfigDict:
     """LIMA's recipe for whatever model `init_checkpoint` holds (`--config=auto`): the model keys the
     checkpoint fixes, the batch size and the top dropout are left unset (None) until `from_checkpoint`
     fills them at the start of the run; a key given on the command line is kept (and checked)."""
-    c = lima_config("auto", dtype="bfloat16")
-    for key in (*FROM_CHECKPOINT, "residual_dropout"):
+    c = lima_config("auto")
+    for key in (*FROM_CHECKPOINT, "residual_dropout", "dtype"):
         c.model[key] = config_dict.placeholder(type(c.model[key]))
     c.batch_size = config_dict.placeholder(int)
     return c
@@ -127,13 +131,17 @@ def auto_config() -> ml_collections.ConfigDict:
 
 def needs_checkpoint(config: ml_collections.ConfigDict) -> bool:
     """Whether `config` still waits for `from_checkpoint` (an `auto_config()` not yet filled)."""
-    return config.get("batch_size") is None or any(config.model.get(key) is None for key in (*FROM_CHECKPOINT, "residual_dropout"))
+    return config.get("batch_size") is None or any(config.model.get(key) is None
+                                                   for key in (*FROM_CHECKPOINT, "residual_dropout", "dtype"))
 
 
-def from_checkpoint(config: ml_collections.ConfigDict) -> str:
-    """Fills `config`'s unset model keys from `init_checkpoint` and its batch size and top dropout from
-    the model's size, in place; a model key set to another value than the checkpoint's architecture is
-    a LimaError naming both. Returns the line that describes what was chosen."""
+def from_checkpoint(config: ml_collections.ConfigDict, platform: str | None = None) -> str:
+    """Fills `config`'s unset model keys from `init_checkpoint`, its batch size and top dropout from the
+    model's size, and its compute dtype from the `platform` it will run on (default: JAX's backend), in
+    place; a model key set to another value than the checkpoint's architecture is a LimaError naming
+    both. Returns the line that describes what was chosen."""
+    import jax
+
     from lima_jax.weights import checkpoint  # Orbax: only for the commands that read a checkpoint
 
     source = config.init_checkpoint
@@ -145,6 +153,9 @@ def from_checkpoint(config: ml_collections.ConfigDict) -> str:
     for key in FROM_CHECKPOINT:
         if config.model[key] is None:
             config.model[key] = stored[key]
+    if config.model.dtype is None:
+        platform = platform or jax.default_backend()
+        config.model.dtype = AUTO_DTYPES.get(platform, AUTO_DTYPE)
     values = {k: v for k, v in config.model.to_dict().items() if k != "vocab_multiple"}
     num_params = param_count(ModelConfig(**{**values, "residual_dropout": 0.0}))
     batch, dropout = recipe_for_size(num_params)
@@ -152,7 +163,15 @@ def from_checkpoint(config: ml_collections.ConfigDict) -> str:
         config.batch_size = batch
     if config.model.residual_dropout is None:
         config.model.residual_dropout = dropout
-    return f"{source}: {describe(ModelConfig(**values), num_params)}; batch {config.batch_size}, top-layer dropout {config.model.residual_dropout}"
+    return (f"{source}: {describe(ModelConfig(**values), num_params)}; batch {config.batch_size}, top-layer dropout "
+            f"{config.model.residual_dropout}, computing in {config.model.dtype}")
+
+
+def check_platform(config: ml_collections.ConfigDict, platform: str) -> None:
+    """A training config `platform` cannot run, refused before anything is compiled."""
+    if platform == "cpu" and config.model.dtype == "bfloat16":
+        raise LimaError("config key model.dtype: bfloat16 does not train on a CPU (XLA:CPU has no bf16 x bf16 -> f32 "
+                        "matmul for the attention gradient); use float32 there")
 
 
 def describe(cfg: ModelConfig, num_params: int) -> str:

@@ -85,7 +85,7 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     The model is the one training builds (`trained_model_config`: the tokenizer's `pieces` + EOT,
     padded); `rows` is the global row count of a step (default `batch_size`, the dry run passes the
     data's packed rows)."""
-    validate(config)
+    validate(config, platform="tpu")  # a TPU step, compiled on this host
     if pieces is None:
         pieces, tokenizer = tokenizer_pieces(config)
     cfg = trained_model_config(config, pieces)

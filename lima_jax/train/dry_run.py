@@ -39,7 +39,7 @@ def check_workdir(workdir: Path) -> None:
 def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:
     """Checks the run `config` describes and compiles its step for `topology`; returns `aot`'s report
     with what the data gave (examples, steps, hosts)."""
-    validate(config)
+    validate(config, platform="tpu")  # a TPU step, compiled on this host
     check_training_config(config)
     workdir = user_path(config.workdir)
     check_workdir(workdir)

@@ -33,7 +33,7 @@ from lima_jax.train.lock import WorkdirLock
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE, MetricsWriter
 from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step, state_from_params
 from lima_jax.train.step import TrainState
-from lima_jax.recipe import check_architecture
+from lima_jax.recipe import check_architecture, check_platform
 from lima_jax.weights import checkpoint
 
 
@@ -144,27 +144,39 @@ def read_json(path: Path) -> dict:
 def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """The resolved config, once a run already in `workdir` (if any) is known to be this one. The
     workdir's own path is no part of a run's identity (a moved run resumes), and neither is how often
-    it logs or saves, except that lowering `checkpoint.max_to_keep` may not delete steps it kept."""
+    it logs or saves, except that lowering `checkpoint.max_to_keep` may not delete steps it kept. A run
+    that never saved a step has nothing to resume: another config starts it over (a first attempt
+    that failed before its first checkpoint, e.g. on a dtype the backend cannot run)."""
     path = workdir / CONFIG_FILE
     resolved = json.loads(config.to_json_best_effort())
-    if path.exists():
-        previous = read_json(path)
-        ignore = ("log_every", "checkpoint", "workdir")
-        before, now = flatten(previous), flatten(resolved)
-        defaults = _recipe_defaults(config.name)
-        for key in sorted(set(before) | set(now)):
-            if key.split(".")[0] in ignore:
-                continue
-            # A key the recipe gained after the run began was at its default then.
-            was = before.get(key, defaults.get(key, before.get(key)))
-            if was != now.get(key) or (key not in before and key not in defaults):
-                raise LimaError(
-                    f"workdir {workdir} holds a run with a different config (key {key}); use a new --config.workdir"
-                )
-        _check_kept_steps(previous.get("checkpoint", {}).get("max_to_keep", 0), config.checkpoint.max_to_keep, workdir)
-    else:
+    if not path.exists():
         _check_no_run_files(workdir)
+        return resolved
+    previous = read_json(path)
+    changed = _changed_key(previous, resolved, config.name)
+    if changed and not _checkpoint_steps(workdir):
+        say(f"workdir {workdir} holds a run that never saved a step, with another config (key {changed}): "
+            "starting it over with this one")
+    elif changed:
+        raise LimaError(f"workdir {workdir} holds a run with a different config (key {changed}); use a new --config.workdir")
+    else:
+        _check_kept_steps(previous.get("checkpoint", {}).get("max_to_keep", 0), config.checkpoint.max_to_keep, workdir)
     return resolved
+
+
+def _changed_key(before: dict, now: dict, name: str) -> str | None:
+    """The first key on which two resolved configs differ as runs (logging, saving and the workdir aside)."""
+    ignore = ("log_every", "checkpoint", "workdir")
+    before, now = flatten(before), flatten(now)
+    defaults = _recipe_defaults(name)
+    for key in sorted(set(before) | set(now)):
+        if key.split(".")[0] in ignore:
+            continue
+        # A key the recipe gained after the run began was at its default then.
+        was = before.get(key, defaults.get(key, before.get(key)))
+        if was != now.get(key) or (key not in before and key not in defaults):
+            return key
+    return None
 
 
 def _check_no_run_files(workdir: Path) -> None:
@@ -215,7 +227,7 @@ def check_same_inputs(fingerprint: dict[str, str], workdir: Path) -> None:
     """A run resumes only on the data and tokenizer it began with: edited data would change the step
     count and the dev split under it."""
     path = workdir / INPUTS_FILE
-    if not path.exists():
+    if not path.exists() or not _checkpoint_steps(workdir):  # nothing saved: nothing to resume on them
         return
     previous = read_json(path)
     for key, what in (("train", "training conversations"), ("dev", "dev conversations"), ("tokenizer", "tokenizer")):
@@ -321,6 +333,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
 def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> dict:
     validate(config)
     check_training_config(config)
+    check_platform(config, jax.default_backend())
     workdir = user_path(config.workdir)
     if jax.process_index() == 0:  # a missing bucket or a denied write: one line now, not at the first checkpoint
         check_writable(workdir, "config key workdir:")

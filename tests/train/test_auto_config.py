@@ -43,10 +43,29 @@ def test_the_size_rule_gives_each_named_config_its_batch_and_dropout(name):
 def test_the_architecture_comes_from_the_checkpoint_and_is_printed(pretrained, capsys):
     config = auto(pretrained / "ckpt")
     line = capsys.readouterr().err
-    assert model_config(config).replace(residual_dropout=BASE.residual_dropout) == BASE.replace(dtype="bfloat16")
+    assert model_config(config).replace(residual_dropout=BASE.residual_dropout) == BASE  # float32 on this CPU
     assert (config.batch_size, config.model.residual_dropout) == (64, 0.2)  # a small model
     assert line.startswith(f"--config=auto: {pretrained / 'ckpt'}: qwen2, 0.00B parameters: 5 layers, dim 64, 8 heads (4 key/value)")
     assert "llama3 scaling" in line and "q/k/v biases" in line and "batch 64, top-layer dropout 0.2" in line
+    assert line.strip().endswith("computing in float32")
+
+
+def test_auto_computes_in_bfloat16_on_accelerators_and_a_cpu_refuses_to_train_in_it(pretrained):
+    """The README's base-model fine-tune took bfloat16 on a CPU and died at the first step, after 1.5
+    minutes of compiling: `UNIMPLEMENTED: Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32`."""
+    from lima_jax.config import validate
+    from lima_jax.recipe import auto_config, check_platform
+
+    for platform, dtype in (("tpu", "bfloat16"), ("gpu", "bfloat16"), ("cpu", "float32")):
+        config = auto_config()
+        config.init_checkpoint = str(pretrained / "ckpt")
+        validate(config, platform=platform)
+        assert config.model.dtype == dtype, platform
+        check_platform(config, platform)
+    config.model.dtype = "bfloat16"
+    check_platform(config, "tpu")
+    with pytest.raises(LimaError, match=r"^config key model.dtype: bfloat16 does not train on a CPU .*use float32 there$"):
+        check_platform(config, "cpu")
 
 
 def test_explicit_overrides_agree_or_fail_naming_the_key(pretrained):
@@ -81,5 +100,6 @@ def test_the_dry_run_compiles_the_checkpoint_s_architecture(pretrained, tmp_path
     report = json.loads(r.stdout.strip().splitlines()[-1])
     trained = BASE.replace(vocab_size=640, vocab_padding=127)  # 512 pieces + EOT, padded
     assert report["config"] == "auto" and report["params"] == param_count(trained)
-    assert [ln for ln in r.stderr.splitlines() if ln.startswith("--config=auto: ")][0].endswith("batch 64, top-layer dropout 0.2")
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("--config=auto: ")][0].endswith(
+        "batch 64, top-layer dropout 0.2, computing in bfloat16")  # the TPU's dtype, though compiled on a CPU
     assert not (tmp_path / "runs").exists()

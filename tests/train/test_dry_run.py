@@ -63,7 +63,7 @@ def test_an_init_checkpoint_of_the_wrong_shape_is_named_without_loading_it(tmp_p
 
 
 def test_a_workdir_holding_another_run_is_refused(tmp_path):
-    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints" / "10").mkdir(parents=True)  # a run that saved a step
     (tmp_path / "run" / "config.json").write_text(json.dumps({"name": "tiny", "seed": 7}))
     r, _ = _dry_run(tmp_path, "--config=tiny", "--topology=v4-8", f"--config.workdir={tmp_path / 'run'}")
     assert r.returncode == 2

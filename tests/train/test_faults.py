@@ -336,7 +336,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(small_di
     lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith(("epoch ", "  0%"))]
     assert "Traceback" not in r.stderr and len(lines) == 2, r.stderr[-3000:]
     assert lines[-1] == (f"error: saving checkpoint step 6 in {workdir / 'checkpoints'} failed: No space left on device; "
-                         "the steps saved before it are whole: fix the cause and rerun the same command to resume")
+                         "no step is complete: fix the cause and rerun the same command to start over")
     first = {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     r = run_command("train", *args)
@@ -491,3 +491,24 @@ def test_asyncio_s_report_of_a_failed_tensorstore_future_is_left_to_the_one_line
                       '"/run/checkpoints/100.orbax-checkpoint-tmp/": No space left on device [os_error_code=\'28\']')
     assert not _failures_raised_later(report_of_unretrieved(full))
     assert _failures_raised_later(report_of_unretrieved(ValueError("something else entirely")))
+
+
+def test_bfloat16_on_a_cpu_is_refused_before_compiling_and_a_run_without_steps_restarts_with_another_config(tmp_path, capsys):
+    """A bf16 run on a CPU died at its first step after 1.5 minutes of compiling, and the rerun with float32
+    in the same workdir was refused ("a different config (key model.dtype)") though nothing was saved."""
+    from lima_jax.config import load_config
+    from lima_jax.train.loop import check_same_run
+
+    r = call_command("train", "--config=tiny", "--config.model.dtype=bfloat16", f"--config.workdir={tmp_path / 'bf16'}")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+        "error: config key model.dtype: bfloat16 does not train on a CPU"), r.stderr
+    assert not (tmp_path / "bf16").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"name": "tiny", "seed": 7}))  # a first attempt, no step saved
+    config = load_config("tiny", {"workdir": str(run)})
+    assert check_same_run(config, run)["seed"] == 0
+    assert "never saved a step, with another config (key seed): starting it over" in capsys.readouterr().err
+    (run / "checkpoints" / "10").mkdir(parents=True)  # once a step is saved, the run is resumed or refused
+    with pytest.raises(LimaError, match=r"holds a run with a different config \(key seed\)"):
+        check_same_run(config, run)
