@@ -20,7 +20,7 @@ from absl import logging
 from lima_jax.data.tokenizer import of_model
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
-from lima_jax.storage.paths import Path, is_cloud, user_path
+from lima_jax.storage.paths import Path, check_writable, is_cloud, user_path
 from lima_jax.weights import checkpoint, gguf, hf, llama2c, meta
 from lima_jax.weights.names import params_from_hf
 from lima_jax.weights.output import CHECKPOINT_FILES, HF_FILES, check_not_input, replace_export
@@ -101,6 +101,9 @@ def convert(
     check_not_input(out, src)
     if out.exists() and not overwrite:
         raise LimaError(f"--output {out} already exists; choose a new path (or pass --overwrite)")
+    # Before any weight is read: a folder that cannot take the output is named as the user wrote it,
+    # not as the hidden staging folder beside it that the export would first fail to create.
+    check_writable(out.parent, f"--output {out}: its folder")
     fmt = detect_format(src) if input_format == "auto" else input_format
     if output_format == "orbax" and fmt == "orbax":
         raise LimaError("the input is already a lima_jax checkpoint; pass --output_format=hf or gguf to export it")

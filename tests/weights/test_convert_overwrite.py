@@ -79,3 +79,15 @@ def test_a_failed_write_leaves_the_previous_export_whole(tmp_path):
     with pytest.raises(LimaError, match="disk full"):
         replace_export(out, failing, own=("config.json",))
     assert (out / "config.json").read_text() == "old" and os.listdir(tmp_path) == ["export"]
+
+
+def test_an_output_whose_folder_cannot_take_it_is_named_as_given_before_anything_is_read(run, tmp_path):
+    """A file where the output's folder should be was reported as NotADirectoryError on a hidden staging folder
+    (`.sub.partial-21253.orbax-checkpoint-tmp`), after the weights had been read."""
+    (tmp_path / "afile").write_text("")
+    for fmt in ("hf", "gguf"):
+        r = call_command("convert", f"--input={run / 'checkpoints' / '1'}", f"--output={tmp_path / 'afile' / 'out'}",
+                         f"--output_format={fmt}")
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"error: --output {tmp_path / 'afile' / 'out'}: its folder {tmp_path / 'afile'} is a file, not a directory")
