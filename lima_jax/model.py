@@ -497,12 +497,15 @@ class Llama(nnx.Module):
         return self._logits(x)
 
     def decode(
-        self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache
+        self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache, *, last_only: bool = False
     ) -> tuple[jax.Array, KVCache]:
         """Runs T new tokens (a prompt, or one sampled token) against the cache; returns their
-        logits (B, T, V) and the cache with their keys and values written at `cache.index`. The
-        layers run unrolled, each with its own cache buffer, or with `cfg.decode_scan` under one
-        `lax.scan` that carries the stacked cache and writes each layer's new slots in place."""
+        logits (B, T, V), or with `last_only` the last token's (B, 1, V): a prompt's others are never
+        read, and for a long one they would be the prefill's largest array; and the cache with their
+        keys and values written at `cache.index`. The layers run unrolled, each with its own cache
+        buffer, or with `cfg.decode_scan` under one `lax.scan` that carries the stacked cache and
+        writes each layer's new slots in place."""
+        head = (lambda x: self._logits(x[:, -1:])) if last_only else self._logits
         t = tokens.shape[1]
         if t > cache.max_len:
             raise ValueError(f"{t} tokens do not fit a KV cache of {cache.max_len} slots")
@@ -522,12 +525,12 @@ class Llama(nnx.Module):
             layers = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
             (x, k, v), _ = jax.lax.scan(one_layer, (x, cache.k, cache.v), (stacked, layers))
             k, v = constrain(k, ("layers", *KVCache.K_AXES)), constrain(v, ("layers", *KVCache.V_AXES))
-            return self._logits(x), KVCache(k, v, kv_segments, cache.index + t)
+            return head(x), KVCache(k, v, kv_segments, cache.index + t)
         for i, block in enumerate(self.decode_blocks()):
             x, (k, v) = block.decode(x, positions, segment_ids, cache.segment_ids, (cache.k[i], cache.v[i]), cache.index)
             new_k.append(constrain(k, KVCache.K_AXES))
             new_v.append(constrain(v, KVCache.V_AXES))
-        return self._logits(x), KVCache(tuple(new_k), tuple(new_v), kv_segments, cache.index + t)
+        return head(x), KVCache(tuple(new_k), tuple(new_v), kv_segments, cache.index + t)
 
     def decode_blocks(self) -> list[Block]:
         """The layers one at a time, for decoding: slices of the stacked parameters. (The inference

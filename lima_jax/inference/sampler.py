@@ -164,10 +164,26 @@ class DecodeState(NamedTuple):
     top_logprobs: jax.Array  # (B, N, K) float32
 
 
+# Prompt tokens per prefill pass: one layer's attention scores (batch x heads x chunk x slots) and MLP
+# activations grow with the chunk, not with the prompt width (16 prompts of 8,192 tokens in one pass
+# would need about 48 GB of scores alone).
+PREFILL_CHUNK = 512
+
+
 def _prefill(model, tokens, positions, segments, stop_ids, keys, max_new_tokens, top_k: int | None = None) -> DecodeState:
     b, p = tokens.shape
     cache = KVCache.zeros(model.cfg, b, p + max_new_tokens)
-    logits, cache = model.decode(tokens, positions, segments, cache)
+    first = p % PREFILL_CHUNK or min(p, PREFILL_CHUNK)  # the odd part first: the rest is whole chunks
+    logits, cache = model.decode(tokens[:, :first], positions[:, :first], segments[:, :first], cache, last_only=True)
+    if p > first:  # each chunk attends to the cache written before it, as one pass over the prompt would
+        chunked = lambda a: a[:, first:].reshape(b, -1, PREFILL_CHUNK).swapaxes(0, 1)
+
+        def one_chunk(cache, chunk):
+            logits, cache = model.decode(*chunk, cache, last_only=True)
+            return cache, logits
+
+        cache, logits = jax.lax.scan(one_chunk, cache, (chunked(tokens), chunked(positions), chunked(segments)))
+        logits = logits[-1]
     n, k = (0, 0) if top_k is None else (max_new_tokens, top_k)
     return DecodeState(jnp.zeros((), jnp.int32), jnp.full((b, max_new_tokens), stop_ids[0], jnp.int32), cache,
                        logits[:, -1], jnp.zeros((b,), jnp.bool_), jnp.zeros((b, logits.shape[-1]), jnp.bool_), keys,

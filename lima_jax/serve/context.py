@@ -1,6 +1,5 @@
 """How much of a model's context a server can take on this host: the memory the prefill of its largest
-batch needs at each prompt width, against the memory free once the weights are loaded. A batch of 16
-prompts of 8,192 tokens needs about 48 GB for one layer's attention scores alone."""
+batch needs at each prompt width, against the memory free once the weights are loaded."""
 from __future__ import annotations
 
 import os
@@ -8,6 +7,7 @@ import os
 import jax
 import numpy as np
 
+from lima_jax.inference.sampler import PREFILL_CHUNK
 from lima_jax.model import ModelConfig
 
 FREE_FRACTION = 0.8  # of the free memory, what one prefill may take (XLA's own buffers need the rest)
@@ -15,13 +15,14 @@ FREE_FRACTION = 0.8  # of the free memory, what one prefill may take (XLA's own 
 
 def prefill_bytes(cfg: ModelConfig, rows: int, width: int, max_new_tokens: int) -> int:
     """The peak beyond the weights of prefilling `rows` prompts of `width` tokens: the KV cache of every
-    layer (width + max_new_tokens slots), and one layer's fp32 attention scores and probabilities
-    (rows x heads x width x slots, each) and the prompt's fp32 logits (rows x width x vocab)."""
-    slots = width + max_new_tokens
+    layer (width + max_new_tokens slots), and for one chunk of the prompt (`sampler.PREFILL_CHUNK`
+    tokens) one layer's fp32 attention scores and probabilities (rows x heads x chunk x slots, each)
+    and its MLP's activations."""
+    slots, chunk = width + max_new_tokens, min(width, PREFILL_CHUNK)
     cache = rows * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.resolved_head_dim * slots * np.dtype(cfg.dtype).itemsize
-    scores = 2 * rows * cfg.num_heads * width * slots * 4
-    logits = rows * width * cfg.vocab_size * 4
-    return cache + scores + logits
+    scores = 2 * rows * cfg.num_heads * chunk * slots * 4
+    mlp = 3 * rows * chunk * cfg.ffn_dim * 4
+    return cache + scores + mlp
 
 
 def free_bytes(device: jax.Device) -> int | None:
