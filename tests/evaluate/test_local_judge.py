@@ -13,8 +13,24 @@ from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.prompts import pairwise_messages
 from lima_jax.evaluate.judging import make_judge
 from lima_jax.evaluate.responses import make_record, write_responses
+from support.models import converted_checkpoint, forward
 
 PROMPTS = [["What is 2 plus 2?"], ["Name a color."], ["Spell cat backwards."]]
+
+
+def by_hand(judge, messages, choices) -> dict[str, float]:
+    """Each choice's score from a full forward pass over the prompt, the answer prefix and the choice (one
+    row each, right-padded to one width: causal attention never sees the padding)."""
+    sp = judge.generator.tokenizer.text.sp  # sentencepiece itself
+    head = sp.encode(judge.answer_prefix.rstrip())
+    conts = [sp.encode(judge.answer_prefix + c)[len(head):] for c in choices]
+    rows = [judge._prefix(messages) + head + c for c in conts]
+    tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r
+    logp = np.asarray(jax.nn.log_softmax(forward(judge.generator.model, tokens), axis=-1))
+    return {choice: float(sum(logp[i, len(r) - len(c) + k - 1, t] for k, t in enumerate(c)))
+            for i, (choice, r, c) in enumerate(zip(choices, rows, conts))}
 
 
 def test_verdict_is_the_most_likely_answer(judge_ckpt):
@@ -23,14 +39,9 @@ def test_verdict_is_the_most_likely_answer(judge_ckpt):
     choice, raw = judge.verdict(messages, ["A", "B", "C"])
     scores = json.loads(raw)["logprobs"]
     assert choice == max(scores, key=scores.get) and set(scores) == {"A", "B", "C"}
-    # The score of "A" by hand: the log-probability of its tokens after "Verdict:" in the answer.
-    g, sp = judge.generator, judge.generator.tokenizer.text.sp  # sentencepiece itself
-    head = sp.encode(ANSWER_PREFIX.rstrip())
-    cont = sp.encode(ANSWER_PREFIX + "A")[len(head):]
-    seq = judge._prefix(messages) + head + cont
-    logp = np.asarray(jax.nn.log_softmax(g.model(np.asarray([seq]))[0], axis=-1))
-    expected = sum(logp[len(seq) - len(cont) + j - 1, t] for j, t in enumerate(cont))
-    assert scores["A"] == pytest.approx(expected, abs=1e-4)
+    # The scores by hand: the log-probability of each choice's tokens after "Verdict:" in the answer.
+    assert judge.answer_prefix == ANSWER_PREFIX
+    assert scores == pytest.approx(by_hand(judge, messages, ["A", "B", "C"]), abs=1e-4)
 
 
 def test_pairwise_with_the_local_judge(judge_ckpt, tmp_path):
@@ -82,43 +93,96 @@ def test_the_likert_score_is_the_most_likely_digit_opening_the_answer(judge_ckpt
     choice, raw = judge.verdict(messages, LIKERT_CHOICES)
     scores = json.loads(raw)["logprobs"]
     assert set(scores) == set(LIKERT_CHOICES) and choice == max(scores, key=scores.get)
-    # The score of "3" by hand: the log-probability of its tokens right after the prompt, no "Verdict:".
-    g, sp = judge.generator, judge.generator.tokenizer.text.sp  # sentencepiece itself
-    cont = sp.encode("3")
-    seq = judge._prefix(messages) + cont
-    logp = np.asarray(jax.nn.log_softmax(g.model(np.asarray([seq]))[0], axis=-1))
-    expected = sum(logp[len(seq) - len(cont) + j - 1, t] for j, t in enumerate(cont))
-    assert scores["3"] == pytest.approx(expected, abs=1e-4)
+    # The scores by hand: the log-probability of each digit's tokens right after the prompt, no "Verdict:".
+    assert judge.answer_prefix == ""
+    assert scores == pytest.approx(by_hand(judge, messages, LIKERT_CHOICES), abs=1e-4)
 
     responses = {r["id"]: r for r in (make_record(p, "an answer", "ours") for p in PROMPTS)}
     s = judge_likert(responses, judge, JudgmentCache(tmp_path / "likert.jsonl"), progress=False).summary
     assert (s["scored"], s["failed"], s["asked"]) == (3, 0, 3)
 
 
-def test_choices_that_differ_in_their_last_token_share_one_row_of_the_forward_pass(judge_ckpt):
-    """The Likert prompt (about 1,500 tokens) was scored as six full rows, one per digit, though all six share
-    it: the letters and the digits (after a shared "▁") are read from one row; Fail/Pass/Excellent, which
-    part after "▁", still take a row each. The scores are the ones computed row by row."""
+def test_the_prompt_is_run_once_and_every_choice_scored_from_its_cache(judge_ckpt, monkeypatch):
+    """The Likert prompt (about 1,500 tokens) was scored as six full rows, one per digit, and Fail/Pass/Excellent
+    still took a full row each. Now the prompt runs once, as one row, and each choice's remaining tokens run
+    against its KV cache: the scores are those of a full forward pass per choice, for choices of one token
+    (letters, digits), of several, and one that is the start of another ("Pas", "Pass")."""
+    from lima_jax.evaluate import local_judge
     from lima_jax.evaluate.prompts import ABSOLUTE_CHOICES, LIKERT_CHOICES, LIKERT_LINE, absolute_messages, likert_messages
 
     judge = LocalJudge(str(judge_ckpt))
     likert = make_judge(judge_checkpoint=str(judge_ckpt), judge_url=None, judge_model=None, answer=LIKERT_LINE)
-    rows = []
-    for j in (judge, likert):
-        forward = j._forward
-        j._forward = lambda tokens, forward=forward: rows.append(tokens.shape[0]) or forward(tokens)
-    cases = [(judge, pairwise_messages(PROMPTS[0], "4", "5"), ["A", "B", "C"], 1),
-             (likert, likert_messages(PROMPTS[0], "4"), LIKERT_CHOICES, 1),
-             (judge, absolute_messages(PROMPTS[0], "4"), ABSOLUTE_CHOICES, len(ABSOLUTE_CHOICES))]
-    for j, messages, choices, expected_rows in cases:
-        rows.clear()
+    calls = []
+    score = local_judge._score
+    monkeypatch.setattr(local_judge, "_score", lambda graphdef, state, context, *rest: calls.append(
+        (context.shape[0], rest[-2].shape)) or score(graphdef, state, context, *rest))
+    cases = [(judge, pairwise_messages(PROMPTS[0], "4", "5"), ["A", "B", "C"], (3, 0)),
+             (likert, likert_messages(PROMPTS[0], "4"), LIKERT_CHOICES, (6, 0)),
+             # "Fail" is [▁, F, a, il] and "Excellent" [▁, E, x, c, el, le, n, t]: six tokens past the first.
+             (judge, absolute_messages(PROMPTS[0], "4"), ABSOLUTE_CHOICES, (3, 6)),
+             (judge, absolute_messages(PROMPTS[1], "red"), ["Pas", "Pass"], (2, 1))]  # [▁, P, as] and [▁, P, as, s]
+    for j, messages, choices, suffixes in cases:
+        calls.clear()
         scores = j.choice_logprobs(messages, choices)
-        assert rows == [expected_rows]
-        g, sp = j.generator, j.generator.tokenizer.text.sp
-        head = sp.encode(j.answer_prefix.rstrip())
-        for choice in choices:
-            cont = sp.encode(j.answer_prefix + choice)[len(head):]
-            seq = j._prefix(messages) + head + cont
-            logp = np.asarray(jax.nn.log_softmax(g.model(np.asarray([seq]))[0], axis=-1))
-            expected = sum(logp[len(seq) - len(cont) + k - 1, t] for k, t in enumerate(cont))
-            assert scores[choice] == pytest.approx(expected, abs=1e-4), choice
+        assert calls == [(1, suffixes)]  # one call, the prompt in one row
+        assert scores == pytest.approx(by_hand(j, messages, choices), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def other_judge_ckpt(tmp_path_factory):
+    """A checkpoint of the same shape as `judge_ckpt`, with other weights."""
+    return converted_checkpoint(tmp_path_factory.mktemp("other_judge"), 513, seed=1, max_len=2048)
+
+
+def test_a_second_checkpoint_of_the_same_shape_compiles_nothing_and_scores_with_its_own_weights(
+        judge_ckpt, other_judge_ckpt):
+    """The judge's jitted forward closed over the model, so every weight was a constant of its program: XLA
+    spent seconds folding them ("Constant folding an instruction is taking > 1s") and every checkpoint
+    compiled programs of its own. The weights are arguments now: a second checkpoint reuses the first's
+    programs, tracing nothing, and its scores are its own."""
+    messages = pairwise_messages(PROMPTS[0], "4", "5")
+    first = LocalJudge(str(judge_ckpt)).choice_logprobs(messages, ["A", "B", "C"])
+    second = LocalJudge(str(other_judge_ckpt))
+    traced = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            traced.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        scores = second.choice_logprobs(messages, ["A", "B", "C"])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert traced == []
+    assert scores == pytest.approx(by_hand(second, messages, ["A", "B", "C"]), abs=1e-4)
+    assert all(abs(scores[c] - first[c]) > 1e-2 for c in scores)  # not the first checkpoint's weights
+
+
+def test_a_judgment_whose_prompt_does_not_fit_the_judges_context_is_a_failure(judge_ckpt, tmp_path, capsys):
+    """A prompt longer than the judge's context (1,521 tokens against max_len 512) was scored silently, past
+    every position the model knows; the server refuses it with a 400. It is a failed judgment now, recorded
+    with its reason, counted and reported like an unreadable verdict."""
+    from lima_jax.evaluate.prompts import LIKERT_LINE
+    from lima_jax.evaluate.scores import judge_likert
+
+    judge = make_judge(judge_checkpoint=str(judge_ckpt), judge_url=None, judge_model=None, answer=LIKERT_LINE)
+    responses = {r["id"]: r for r in (make_record(PROMPTS[0], "four", "ours"),
+                                      make_record(PROMPTS[1], "red " * 2100, "ours"))}  # over 2,048 tokens
+    cache = JudgmentCache(tmp_path / "likert.jsonl")
+    result = judge_likert(responses, judge, cache, progress=False)
+    assert (result.summary["scored"], result.summary["failed"], result.stats.failed) == (1, 1, 1)
+    [failed] = [r for r in cache.records if r["verdict"] is None]
+    assert failed["prompt_id"] == make_record(PROMPTS[1], "", "ours")["id"]
+    assert "2048" in failed["error"] and "context" in failed["error"]
+    assert f"judgment failed: {failed['error']}" in capsys.readouterr().err
+
+
+def test_a_judging_prompt_is_padded_by_a_quarter_at_most_with_four_widths_per_doubling():
+    """Rows were padded to the next power of two: a 1,100-token prompt ran as 2,048 columns."""
+    from lima_jax.evaluate.local_judge import _width
+
+    widths = {n: _width(n, 4096) for n in range(100, 4097)}
+    assert all(n <= w <= n * 1.25 for n, w in widths.items())
+    assert sorted({w for n, w in widths.items() if 1024 < n <= 2048}) == [1280, 1536, 1792, 2048]
+    assert _width(1500, 1500) == 1500  # never past the context

@@ -53,7 +53,7 @@ def forward(model: Llama, tokens, positions=None, segment_ids=None, dropout_rng=
     return model(tokens, positions, segment_ids, dropout_rng=dropout_rng)
 
 
-def converted_checkpoint(root, vocab_size: int, **changes):
+def converted_checkpoint(root, vocab_size: int, seed: int = 0, **changes):
     """A random transformers model in a lima_jax checkpoint with the demo tokenizer, as `convert`
     writes it: a base model with the tokenizer's 512 pieces, or a fine-tuned one with EOT (513)."""
     from support.hf_reference import random_hf_model
@@ -62,5 +62,5 @@ def converted_checkpoint(root, vocab_size: int, **changes):
     from lima_jax.weights.convert import convert
 
     cfg = ModelConfig(vocab_size=vocab_size, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64).replace(**changes)
-    random_hf_model(cfg).save_pretrained(root / "hf")
+    random_hf_model(cfg, seed).save_pretrained(root / "hf")
     return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
