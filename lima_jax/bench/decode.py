@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 from flax import nnx
 
 from lima_jax.cli import say
@@ -170,20 +171,24 @@ def bench_decode(
 
     cases = [(b, n, lima) for b in batches for n, lima in ((new_tokens, False), (1, False), (new_tokens, True))]
     start = time.perf_counter()
-    for b, n, lima in cases:  # compiles each program once, and warms torch up
-        for _, run in runners:
-            run(prompts[b], n, lima)
+    with tqdm(total=len(cases) * len(runners), desc="bench: compiling", unit="program", leave=False) as bar:
+        for b, n, lima in cases:  # compiles each program once, and warms torch up
+            for _, run in runners:
+                run(prompts[b], n, lima)
+                bar.update(1)
     say(f"bench: compiled and warmed up in {time.perf_counter() - start:.1f}s")
 
     times = {name: {case: [] for case in cases} for name, _ in runners}
     outputs: dict[str, list[list[int]]] = {}
-    for _ in range(repeats):  # alternating, so every figure sees the same machine
-        for b, n, lima in cases:
-            for name, run in runners:
-                seconds, out = run(prompts[b], n, lima)
-                times[name][(b, n, lima)].append(seconds)
-                if (b, n, lima) == (batches[0], new_tokens, False):
-                    outputs[name] = out
+    with tqdm(total=repeats * len(cases) * len(runners), desc="bench: timing", unit="run") as bar:
+        for _ in range(repeats):  # alternating, so every figure sees the same machine
+            for b, n, lima in cases:
+                for name, run in runners:
+                    seconds, out = run(prompts[b], n, lima)
+                    times[name][(b, n, lima)].append(seconds)
+                    if (b, n, lima) == (batches[0], new_tokens, False):
+                        outputs[name] = out
+                    bar.update(1)
     bandwidth = measured_bandwidth()
     bytes_per_step = weight_bytes_per_step(cfg)
 

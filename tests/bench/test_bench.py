@@ -264,6 +264,7 @@ def test_decode_cli_prints_one_json_line():
     record = json.loads(lines[0])
     check_decode_record(record, tiny_config(), torch_expected=False)
     assert "decode_compile_s" in record
+    assert "bench: timing: 100%" in result.stderr  # progress after compiling, where it printed nothing (issue 26)
 
 
 def test_decode_bad_arguments_are_one_line_errors():
