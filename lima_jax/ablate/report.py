@@ -19,7 +19,7 @@ from lima_jax.ablate.plan import DRAW_FILE, arms, workdir_of
 from lima_jax.ablate.runner import LIKERT_FILE, judge_name, read_state
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.reporting import likert_chart, save_png
+from lima_jax.evaluate.reporting import LIKERT_AXIS, fit_titles, has_width, likert_chart, new_figure, save_png
 from lima_jax.evaluate.scores import LikertScore, likert_score
 from lima_jax.storage.paths import Path, write_atomically
 
@@ -63,30 +63,27 @@ def markdown(grid: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]], sa
 
 
 def quantity_chart(rows: Sequence[dict[str, Any]], title: str):
-    """LIMA's Figure 6: mean score (with its 95% interval) against training examples, log-scaled."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    """LIMA's Figure 6: mean score (with its 95% interval) against training examples, log-scaled, on the
+    1-6 scale with half a step to spare at each end (a point at 1 or 6 clears the frame)."""
+    fig, ax = new_figure(5.5, 4.2)
     scored = sorted((r for r in rows if r["n"]), key=lambda r: r["train_examples"])
     x = np.array([r["train_examples"] for r in scored], np.float64)
     y = np.array([r["mean"] for r in scored])
     err = np.array([[r["mean"] - r["ci_low"] for r in scored], [r["ci_high"] - r["mean"] for r in scored]])
-    ax.errorbar(x, y, yerr=err, fmt="o-", color="#3f7fbf", ecolor="black", elinewidth=1, capsize=4)
+    ax.plot(x, y, "o-", color="#3f7fbf")
+    shown = has_width(err)
+    ax.errorbar(x[shown], y[shown], yerr=err[:, shown], fmt="none", ecolor="black", elinewidth=1, capsize=4)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(x, [f"{int(v):,}" for v in x])
-    ax.set_ylim(1.0, 6.0)
+    ax.set_xticks(x, [f"{int(r['train_examples']):,}\n(n={r['n']})" for r in scored])
+    ax.set_ylim(*LIKERT_AXIS)
+    ax.set_yticks(range(1, 7))
     ax.set_xlabel("training examples")
     ax.set_ylabel("mean score")
     for r in scored:
-        ax.annotate(f"{r['mean']:.2f}\n(n={r['n']})", (r["train_examples"], r["ci_high"]), textcoords="offset points",
+        ax.annotate(f"{r['mean']:.2f}", (r["train_examples"], r["ci_high"]), textcoords="offset points",
                     xytext=(0, 4), ha="center", fontsize=8)
     judges = sorted({j for r in rows for j in r["judges"]})
-    fig.suptitle(title, fontweight="bold")
-    ax.set_title(f"judge: {', '.join(judges)} · error bars: 95% bootstrap intervals", fontsize=8)
-    fig.tight_layout()
+    fit_titles(fig, ax, title, f"judge: {', '.join(judges)} · error bars: 95% bootstrap intervals")
     return fig
 
 

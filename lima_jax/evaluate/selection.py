@@ -19,10 +19,13 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.judging import JudgmentCache
+from lima_jax.evaluate.reporting import LIKERT_AXIS, fit_titles, has_width, new_figure, save_png
 from lima_jax.evaluate.responses import generate_responses, read_responses
 from lima_jax.evaluate.scores import judge_likert, likert_score
 from lima_jax.inference.generator import Generator, prompt_turns
@@ -141,39 +144,42 @@ def write_table(rows, path: Path) -> str:
     return text
 
 
-def plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def chart(rows):
+    """Dev perplexity per epoch and, on a second axis, the judged quality: LIMA's Figure 9 for Likert
+    scores (with their 95% intervals, on the 1-6 scale with half a step to spare), else the win rate."""
+    fig, ax = new_figure(7, 4)
     epochs = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(epochs, [r["dev_perplexity"] for r in rows], "o-", color="tab:blue", label="dev perplexity")
+    ax.set_xticks(epochs)
     ax.set_xlabel("epoch")
     ax.set_ylabel("dev perplexity", color="tab:blue")
-    if "likert_n" in rows[0]:  # LIMA's Figure 9; the win rate, if also judged, stays in the table
+    if "likert_n" in rows[0]:  # the win rate, if also judged, stays in the table
         twin = ax.twinx()
         scored = [r for r in rows if r["likert_mean"] is not None]
-        means = [r["likert_mean"] for r in scored]
-        errors = [[r["likert_mean"] - r["likert_ci_low"] for r in scored],
-                  [r["likert_ci_high"] - r["likert_mean"] for r in scored]]
-        twin.errorbar([r["epoch"] for r in scored], means, yerr=errors, fmt="s-", color="tab:green", capsize=3)
+        means = np.array([r["likert_mean"] for r in scored])
+        errors = np.array([[r["likert_mean"] - r["likert_ci_low"] for r in scored],
+                           [r["likert_ci_high"] - r["likert_mean"] for r in scored]])
+        x = np.array([r["epoch"] for r in scored])
+        twin.plot(x, means, "s-", color="tab:green")
+        shown = has_width(errors)
+        twin.errorbar(x[shown], means[shown], yerr=errors[:, shown], fmt="none", ecolor="tab:green", capsize=3)
         twin.set_ylabel("Likert helpfulness, 1-6 (95% interval)", color="tab:green")
-        twin.set_ylim(1, 6)
+        twin.set_ylim(*LIKERT_AXIS)
+        twin.set_yticks(range(1, 7))
         ns = sorted({r["likert_n"] for r in rows})
         n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-        ax.set_title(f"judge: {rows[0]['likert_judge']} · n={n} dev answers per epoch", fontsize=8)
-        fig.suptitle("Dev perplexity and judged quality per epoch", fontweight="bold")
-    elif "win_pct" in rows[0]:
+        fit_titles(fig, ax, "Dev perplexity and judged quality per epoch",
+                   f"judge: {rows[0]['likert_judge']} · n={n} dev answers per epoch")
+        return fig
+    if "win_pct" in rows[0]:
         twin = ax.twinx()
         twin.plot(epochs, [r["win_pct"] for r in rows], "s-", color="tab:green", label="win % vs reference")
         twin.set_ylabel("win % vs reference", color="tab:green")
-        twin.set_ylim(0, 100)
-        ax.set_title("Checkpoint selection")
-    else:
-        ax.set_title("Checkpoint selection")
+        twin.set_ylim(-5, 105)  # a rate of 0 or 100 clears the frame
+    ax.set_title("Checkpoint selection")
     fig.tight_layout()
-    with path.open("wb") as f:  # a file object: matplotlib writes local paths only, this may be gs://
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot(rows, path: Path) -> None:
+    save_png(chart(rows), path)

@@ -18,6 +18,7 @@ from lima_jax.ablate import plan, report, runner
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.responses import make_record, prompt_id, read_responses, write_responses
+from support.charts import check_png
 from support.judges import Reply, Request, ScriptedServer
 
 
@@ -163,7 +164,7 @@ def test_k_samples_are_judged_once_and_a_rerun_redoes_nothing(tmp_path):
     out = tmp_path / "grid" / "report"
     assert "| more | 30 | 40 |" in (out / "report.md").read_text()
     for png in ("likert.png", "quantity.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        check_png(out / png)
 
 
 def test_grid_errors_are_one_line(tmp_path):

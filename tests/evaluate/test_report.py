@@ -374,7 +374,8 @@ def test_every_chart_has_a_title_the_judge_n_and_95_percent_intervals(tmp_path):
     a_win, a_loss = comparisons[0].intervals["win"], comparisons[0].intervals["loss"]
     assert (round(a_win[0], 1), round(a_win[1], 1)) in spans  # A's win share interval, at the win segment's edge
     assert (round(100 - a_loss[1], 1), round(100 - a_loss[0], 1)) in spans  # its loss share, at the loss edge
-    assert len(spans) == 4
+    assert comparisons[1].intervals["win"] == (0.0, 0.0)
+    assert len(spans) == 3  # B never wins: a zero-wide interval draws no bar (its caps would be a stray tick)
     rated = report.absolute_distribution(
         "LIMA", str(rating_cache(tmp_path / "abs.jsonl", ["Pass", "Fail", "Excellent"])))
     fig = report.stacked_bars([rated], ("Fail", "Pass", "Excellent"), ("r", "y", "g"), "%", "Absolute rating of LIMA")

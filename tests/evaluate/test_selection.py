@@ -1,4 +1,5 @@
 """Checkpoint selection's library: the per-epoch Likert table and Figure 9's plot, from a scripted judge."""
+from support.charts import check_png
 from support.judges import Reply, ScriptedServer
 
 from lima_jax.evaluate.responses import make_record, write_responses
@@ -44,4 +45,4 @@ def test_likert_per_epoch_table_and_figure_9_plot(tmp_path):
     assert "Likert mean [95%] | scored | failed |" in table
     assert f"| 2 | 20 | 1.2000 | 4.00 | 5.33 [{second['likert_ci_low']:.2f}, {second['likert_ci_high']:.2f}] | 3 | 0 |" in table
     selection.plot(rows, out / "select.png")
-    assert (tmp_path / "select.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_png(tmp_path / "select.png")
