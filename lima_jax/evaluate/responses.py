@@ -225,8 +225,9 @@ class RecordedSink:
     and recorded. The record is written after the first answers are added (an --overwrite removes the
     old one first), so an interrupted run leaves at worst an output without a record, never a wrong one."""
 
-    def __init__(self, sink: Any, settings: dict[str, Any]):
-        self.sink, self.settings = sink, settings
+    def __init__(self, sink: Any, settings: dict[str, Any],
+                 remedy: str = "name another --output (or pass --overwrite to replace it)"):
+        self.sink, self.settings, self.remedy = sink, settings, remedy
         self.output, self.record = sink.output, settings_path(sink.output)
         self.recorded = self.told = False
 
@@ -255,7 +256,7 @@ class RecordedSink:
         for key, value in self.settings.items():
             if recorded.get(key) != value:
                 raise LimaError(f"{self.output} holds answers generated with {key}={recorded.get(key)}, not {value} "
-                                f"(recorded in {self.record}): name another --output (or pass --overwrite to replace it)")
+                                f"(recorded in {self.record}): {self.remedy}")
 
     def add(self, done: Sequence[tuple[Question, list[str], int]]) -> None:
         if self.sink.fresh:  # the old answers go now: so does their record
@@ -323,8 +324,12 @@ def generate_answers(generator: Any, questions: Sequence[Question], sink: Sink, 
 
 def generate_responses(generator: Any, prompts: list[list[str]], output: Path, name: str,
                        params, seed: int, batch_size: int,
-                       progress: Callable[[str], None] = lambda line: None, settings: dict[str, Any] | None = None) -> int:
+                       progress: Callable[[str], None] = lambda line: None, settings: dict[str, Any] | None = None,
+                       remedy: str | None = None) -> int:
     """Answers the prompts the response file `output` lacks (`generate_answers` over single asks); with
-    `settings` (`generation_settings`), only if the file was generated with them (`RecordedSink`)."""
-    sink = ResponseSink(output, name) if settings is None else RecordedSink(ResponseSink(output, name), settings)
+    `settings` (`generation_settings`), only if the file was generated with them (`RecordedSink`, whose
+    refusal ends with `remedy`)."""
+    sink = ResponseSink(output, name)
+    if settings is not None:
+        sink = RecordedSink(sink, settings, **({"remedy": remedy} if remedy else {}))
     return generate_answers(generator, questions_from_prompts(prompts), sink, params, seed, batch_size, progress)

@@ -26,7 +26,7 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.reporting import LIKERT_AXIS, fit_titles, has_width, new_figure, save_png
-from lima_jax.evaluate.responses import generate_responses, read_responses
+from lima_jax.evaluate.responses import generate_responses, generation_settings, read_responses
 from lima_jax.evaluate.scores import judge_likert, likert_score
 from lima_jax.inference.generator import Generator, prompt_turns
 from lima_jax.storage.paths import Path
@@ -88,9 +88,11 @@ def responses_file(out_dir: Path, row: dict[str, Any]) -> Path:
 def generate_epochs(rows, dev_prompts, out_dir: Path, params, seed: int, mesh: Mesh | None = None) -> None:
     """Each checkpoint's dev answers (resumably), as `evaluate.generate` writes them: on a mesh over
     several processes every process takes part and process 0 writes."""
-    for row in rows:
+    for row in rows:  # a file made with other sampling is refused, not continued
+        settings = generation_settings(row["checkpoint"], params, seed)
         generate_responses(Generator(str(row["checkpoint"]), mesh), dev_prompts, responses_file(out_dir, row),
-                           f"epoch {row['epoch']}", params, seed, batch_size=8)
+                           f"epoch {row['epoch']}", params, seed, batch_size=8, settings=settings,
+                           remedy="use another --out_dir")
 
 
 def judge_epochs(rows, reference, judge, cache, out_dir: Path) -> None:

@@ -60,6 +60,11 @@ def test_judged_dev_quality_against_a_reference(run, tmp_path):
         assert r["win_pct"] + r["tie_pct"] + r["loss_pct"] == pytest.approx(100.0) and r["failed"] == 0
     assert "win %" in (tmp_path / "select.md").read_text()
     assert len(list((tmp_path / "responses").glob("step_*.jsonl"))) == 2
+    # Answers made with other sampling are not continued as if they were these (issue 27, item 10)
+    r = call_command("evaluate.select", f"--workdir={workdir}", f"--out_dir={tmp_path}", "--epochs=2-3",
+                     f"--reference={reference}", f"--judge_checkpoint={ckpt}", "--max_new_tokens=8", "--temperature=0.2")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("use another --out_dir"), r.stderr[-2000:]
+    assert "temperature=0.7, not 0.2" in r.stderr
 
 
 def test_likert_per_epoch_with_a_local_judge(run, tmp_path):
