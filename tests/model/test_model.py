@@ -246,6 +246,38 @@ def test_forward_without_rng_is_deterministic_and_ignores_the_rate():
     assert_close(first, forward(no_dropout, tokens), atol=0)
 
 
+def test_residual_dropout_is_transformers_llama_with_each_residual_branch_s_output_dropped():
+    """LIMA: "dropout over residual connections" (Ouyang et al.), as OPT and fairseq/metaseq place it: on the
+    attention's and the MLP's outputs before they join the residual stream, never on the stream itself nor
+    on the attention probabilities. transformers' LLaMA with exactly that added (forward hooks on each
+    layer's self_attn and mlp, applying the masks our forward draws) gives our logits."""
+    torch = pytest.importorskip("torch")
+    cfg = tiny(residual_dropout=0.3)
+    reference, model, tokens = transformers_and_ours(cfg)
+    rng = jax.random.key(7)
+    rates = dropout_rates(cfg.num_layers, cfg.residual_dropout)
+    shape = (*tokens.shape, cfg.dim)
+    hooks = []
+    for i, key in enumerate(jax.random.split(rng, cfg.num_layers)):  # the keys and masks of `Llama.__call__`
+        keep = jnp.float32(1.0) - jnp.asarray(rates[i])
+        for module, branch_key in zip((reference.model.layers[i].self_attn, reference.model.layers[i].mlp),
+                                      jax.random.split(key)):
+            scale = torch.from_numpy(np.asarray(jax.random.bernoulli(branch_key, keep, shape)) / np.float32(keep))
+
+            def drop(_, __, out, scale=scale):
+                return (out[0] * scale, *out[1:]) if isinstance(out, tuple) else out * scale
+
+            hooks.append(module.register_forward_hook(drop))
+    try:
+        expected = hf_reference().hf_logits(reference, tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    actual = forward(model, jnp.asarray(tokens, jnp.int32), dropout_rng=rng)
+    assert_differs(actual, forward(model, jnp.asarray(tokens, jnp.int32)), by=0.05)  # the masks matter here
+    assert_close(actual, expected)
+
+
 def test_dropout_rng_changes_the_logits():
     cfg = tiny(residual_dropout=0.3)
     model = random_model(cfg)
