@@ -18,7 +18,6 @@ from absl import flags
 from lima_jax.cli import no_arguments, run
 from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
-from lima_jax.train.aot import compile_offline, compile_report, print_report
 
 _CONFIG = define_config_flag("config", None)
 _TOPOLOGY = flags.DEFINE_string("topology", "v4-8", "a TPU slice, e.g. v4-128, v5p-256, v5litepod-64, v6e-16")
@@ -29,6 +28,8 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if _CONFIG.value is None:
         raise LimaError("--config is required")
+    from lima_jax.train.aot import compile_offline, compile_report, print_report  # JAX: after the flags are checked
+
     compile_offline()  # before JAX first loads a backend
     print_report(compile_report(_CONFIG.value, _TOPOLOGY.value, _STEPS.value))
 

@@ -13,11 +13,9 @@ import sys
 
 from absl import flags
 
-from lima_jax.cli import define_sampling_flags, no_arguments, run
+from lima_jax.cli import check_exists, define_sampling_flags, no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.inference.chat import chat, decoded_lines
-from lima_jax.inference.generator import Generator
-from lima_jax.inference.sampler import SamplingParams
+from lima_jax.inference.sampling import SamplingParams
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _SAMPLING = define_sampling_flags()
@@ -29,6 +27,11 @@ def main(argv: list[str]) -> None:
         raise LimaError("--checkpoint is required")
     params = SamplingParams(**_SAMPLING.values())
     params.check()
+    check_exists(_CHECKPOINT.value, "checkpoint")
+    # The input is checked: now JAX.
+    from lima_jax.inference.chat import chat, decoded_lines
+    from lima_jax.inference.generator import Generator
+
     generator = Generator(_CHECKPOINT.value)
     if generator.eot_id is None:
         raise LimaError(f"{_CHECKPOINT.value} was not fine-tuned with LIMA's end-of-turn token: chat needs a fine-tuned model")

@@ -6,6 +6,8 @@ functions with explicit arguments. No other module imports a command module, so 
 defined twice. This module imports nothing heavy (no JAX, no config): `--help` and the judging
 commands stay fast.
 
+`--help` lists every flag the command takes (its shared groups' too) and exits 0; a command imports
+JAX in `main`, once its input is checked, so help and bad input answer in well under a second.
 A bad flag or config override prints one line naming it and exits 2 before any work; a LimaError
 from the run does the same; any other failure exits 1. `--verbose` adds the traceback.
 """
@@ -38,6 +40,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, LimaError) as e:
         print(f"error: {describe_flag_error(str(e))}", file=sys.stderr)
         sys.exit(2)
+    except (SystemExit, BrokenPipeError):  # absl's --help, --helpfull and --helpxml print and exit 1
+        _exit_after_help()
     if not flags.FLAGS["verbosity"].present:  # Orbax and JAX log every step at INFO; --verbosity=0 shows it
         logging.set_verbosity(logging.WARNING)
     if not flags.FLAGS.verbose:  # gcsfs logs each gs:// request it gives up on, traceback and all, then raises
@@ -46,6 +50,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
             logger.addFilter(_failures_raised_later)
         sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
     return rest
+
+
+def _exit_after_help() -> NoReturn:
+    """Asking for help is no failure: exit 0, also when its reader stopped early (`--help | head`)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left unflushed goes nowhere at exit
+    sys.exit(0)
 
 
 def _failures_raised_later(record: std_logging.LogRecord) -> bool:
@@ -116,9 +129,30 @@ def no_arguments(argv: list[str]) -> None:
         raise LimaError(f"unexpected arguments: {' '.join(argv[1:])}")
 
 
+def check_exists(path: str, what: str) -> None:
+    """A path the user named that does not exist, told in one line before the command imports JAX
+    (the library that reads it would say the same, seconds later)."""
+    from lima_jax.storage.paths import user_path
+
+    if not user_path(path).exists():
+        raise LimaError(f"{what} {user_path(path)}: no such file or directory")
+
+
 def run(main: Callable[[list[str]], None]) -> NoReturn:
     """`app.run(main)` with the project's error conventions."""
+    _list_in_help()
     app.run(lambda argv: run_main(main, argv, verbose=flags.FLAGS.verbose), flags_parser=_parse_flags)
+
+
+def _list_in_help() -> None:
+    """absl's --help lists the main module's key flags only; the flags a command takes through lima_jax's
+    shared groups (the sampling flags here, `--config`, the judge's) are its own too. Libraries define no
+    flags, so the lima_jax flags this process defined are the command's."""
+    main = sys.argv[0]  # absl's name for the module run as __main__
+    for module, defined in flags.FLAGS.flags_by_module_dict().items():
+        if module.startswith("lima_jax."):
+            for flag in defined:
+                flags.FLAGS.register_key_flag_for_module(main, flag)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +166,7 @@ class SamplingFlags:
     seed: flags.FlagHolder
 
     def values(self) -> dict[str, Any]:
-        """The sampler's keyword arguments (`inference.sampler.SamplingParams`), without the seed."""
+        """The sampler's keyword arguments (`inference.sampling.SamplingParams`), without the seed."""
         return {f.name: getattr(self, f.name).value for f in dataclasses.fields(self) if f.name != "seed"}
 
 

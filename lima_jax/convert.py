@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from absl import flags
 
-from lima_jax.cli import no_arguments, run
+from lima_jax.cli import check_exists, no_arguments, run
 from lima_jax.config import define_config_flag, model_config, validate
 from lima_jax.errors import LimaError
-from lima_jax.weights.convert import INPUT_FORMATS, OUTPUT_FORMATS, convert, parse_size
+
+INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "gguf", "orbax")
+OUTPUT_FORMATS = ("orbax", "hf", "gguf")
 
 _INPUT = flags.DEFINE_string("input", None, "a Hugging Face folder, a Meta folder, a llama2.c .bin, a .gguf file, or a lima_jax checkpoint")
 _INPUT_FORMAT = flags.DEFINE_enum("input_format", "auto", INPUT_FORMATS, "the input's format; auto detects it")
@@ -37,10 +39,13 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if not _INPUT.value or not _OUTPUT.value:
         raise LimaError("--input and --output are required")
+    check_exists(_INPUT.value, "--input")
     imposed = None
     if _CONFIG.value is not None:
         validate(_CONFIG.value)
         imposed = model_config(_CONFIG.value)
+    from lima_jax.weights.convert import convert  # JAX: after the flags are checked
+
     out = convert(
         _INPUT.value,
         _OUTPUT.value,
@@ -53,6 +58,18 @@ def main(argv: list[str]) -> None:
         overwrite=_OVERWRITE.value,
     )
     print(f"wrote {out}")
+
+
+def parse_size(text: str) -> int:
+    """`--max_shard_size` in bytes: 5GB, 500MB, 2GiB or a plain number."""
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * factor)
+    if t.isdigit():
+        return int(t)
+    raise LimaError(f"--max_shard_size: cannot read {text!r} (e.g. 5GB, 500MB)")
 
 
 if __name__ == "__main__":

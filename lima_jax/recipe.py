@@ -20,7 +20,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from lima_jax.errors import LimaError
-from lima_jax.model import ModelConfig, param_count
+from lima_jax.architecture import ModelConfig, param_count
 
 # The model keys that make a checkpoint's weights mean what they mean: a config and the checkpoint it
 # starts from must agree on every one.
@@ -99,6 +99,7 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
     c.checkpoint.every_steps = 0  # besides every epoch end; 0 turns it off
     c.checkpoint.max_to_keep = 0  # 0 keeps all (the paper picks among epochs 5-10)
     c.checkpoint.async_save = True
+    c.checkpoint.params_dtype = ""  # "" as trained; bfloat16 halves fp32 steps (the latest also keeps them exact)
 
     c.log_every = 1
     c.peak_tflops = 0.0  # per device, for MFU; 0 looks it up by device kind (measured on CPU)

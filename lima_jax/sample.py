@@ -1,4 +1,4 @@
-"""Generate from a checkpoint, with LIMA's sampling defaults (nucleus p 0.9, temperature 0.7,
+r"""Generate from a checkpoint, with LIMA's sampling defaults (nucleus p 0.9, temperature 0.7,
 repetition penalty 1.2).
 
     python -m lima_jax.sample --checkpoint=runs/tiny --prompt="What is 3 plus 4?"
@@ -23,13 +23,12 @@ import json
 
 from absl import flags
 
-from lima_jax.cli import (define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run,
-                          stdout_for_results)
+from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments,
+                          run, stdout_for_results)
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
 from lima_jax.inference.hosts import is_writer
-from lima_jax.inference.generator import Generator, parse_ids, parse_mesh, prompt_turns
-from lima_jax.inference.sampler import SamplingParams
+from lima_jax.inference.sampling import SamplingParams
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "the prompt as comma-separated token ids, e.g. 1,2,3")
@@ -50,13 +49,17 @@ def main(argv: list[str]) -> None:
         raise LimaError("give exactly one of --prompt_ids, --prompt, --prompt_file")
     params = SamplingParams(**_SAMPLING.values())
     params.check()
+    records = read_conversations(_PROMPT_FILE.value)[0] if _PROMPT_FILE.value is not None else None
+    check_exists(_CHECKPOINT.value, "checkpoint")
+    # The input is checked: now JAX.
+    from lima_jax.inference.generator import Generator, parse_ids, parse_mesh, prompt_turns
+
     prompts = [parse_ids(_PROMPT_IDS.value)] if _PROMPT_IDS.value is not None else None
     if _PROMPT_IDS.value is not None:
         conversations = None
     elif _PROMPT.value is not None:
         conversations = [[_PROMPT.value]]
     else:
-        records, _ = read_conversations(_PROMPT_FILE.value)
         conversations = [prompt_turns(r["conversations"]) for r in records]
     with stdout_for_results():  # stdout: the answers alone
         _DISTRIBUTED.start()

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import sys
 
-import jax
 from absl import flags
 
-from lima_jax.bench.train import MODES, SHAPES, TORCH_ATTENTION, apply_shape, bench, decode_bench, explicit_overrides, parse_batches
+from lima_jax.bench import SHAPES, TORCH_ATTENTION
 from lima_jax.cli import no_arguments, run
 from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
 
+MODES = ("train", "decode", "serve")
 _CONFIG = define_config_flag("config", None)
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's "
                           "tokens/s, TTFT and roofline; serve: the server's requests/s, tokens/s and latency")
@@ -47,6 +47,10 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if _CONFIG.value is None and not (_MODE.value == "serve" and _CHECKPOINT.value):
         raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
+    import jax  # after the flags are checked: --help and bad flags answer at once
+
+    from lima_jax.bench.train import apply_shape, bench, decode_bench, explicit_overrides, parse_batches
+
     config = _CONFIG.value
     if config is not None:
         apply_shape(config, _SHAPE.value, explicit_overrides(sys.argv))

@@ -36,33 +36,15 @@ import ml_collections
 import numpy as np
 
 from lima_jax import flops, sharding
-from lima_jax.bench import decode as bench_decode
+from lima_jax.bench import SHAPES, TORCH_ATTENTION, decode as bench_decode
 from lima_jax.cli import say
 from lima_jax.config import model_config, override_keys, set_key, validate
 from lima_jax.data.batches import BATCH_SCHEMA
 from lima_jax.errors import LimaError
-from lima_jax.model import ModelConfig, param_count
+from lima_jax.architecture import ModelConfig, param_count
 from lima_jax.train import optimizer as optim
 from lima_jax.train.state import batch_shardings, init_state, jit_train_step
 from lima_jax.weights.hf import config_to_hf
-
-# Shortcuts for the model overrides of named benchmark shapes.
-SHAPES: dict[str, dict[str, Any]] = {
-    "none": {},
-    # The CI shape: a 58M-parameter LLaMA (trained at sequence 512, batch 4).
-    "ci": {
-        "model.dim": 512,
-        "model.num_layers": 8,
-        "model.num_heads": 8,
-        "model.num_kv_heads": 8,
-        "model.ffn_dim": 1376,
-        "model.vocab_size": 32000,
-        "model.residual_dropout": 0.0,
-    },
-}
-TORCH_ATTENTION = ("auto", "eager", "sdpa")
-
-MODES = ("train", "decode", "serve")
 
 
 def _sig(x: float, digits: int = 6) -> float:

@@ -1,4 +1,4 @@
-"""Show one training example as the run will see it: the rendered text with the tokens that carry
+r"""Show one training example as the run will see it: the rendered text with the tokens that carry
 loss marked, and the token counts.
 
     python -m lima_jax.data.inspect --config=tiny

@@ -1,4 +1,4 @@
-"""Responses from a checkpoint for a prompt set, as the response file judging reads, or as AlpacaEval's
+r"""Responses from a checkpoint for a prompt set, as the response file judging reads, or as AlpacaEval's
 model outputs or MT-Bench's answers.
 
     python -m lima_jax.evaluate.generate --checkpoint=runs/lima-65b --prompts=lima/test.jsonl \
@@ -34,15 +34,14 @@ from __future__ import annotations
 
 from absl import flags
 
-from lima_jax.cli import define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run, say
+from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments,
+                          run, say)
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.formats import FORMATS, make_sink, read_prompts
 from lima_jax.evaluate.responses import RecordedSink, generate_answers, generation_settings
 from lima_jax.inference import hosts
-from lima_jax.inference.generator import Generator, parse_mesh
-from lima_jax.inference.sampler import SamplingParams
+from lima_jax.inference.sampling import SamplingParams
 from lima_jax.storage.paths import check_writable, user_path
-from lima_jax.weights import checkpoint
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _PROMPTS = flags.DEFINE_string("prompts", None, "JSONL of conversations, AlpacaEval's evaluation set (JSON) or "
@@ -70,6 +69,11 @@ def main(argv: list[str]) -> None:
     questions, kind = read_prompts(_PROMPTS.value)
     output = user_path(_OUTPUT.value)
     check_writable(output.parent, "--output")  # before the checkpoint is loaded and the sampler compiled
+    check_exists(_CHECKPOINT.value, "checkpoint")
+    # The input is checked: now JAX.
+    from lima_jax.inference.generator import Generator, parse_mesh
+    from lima_jax.weights import checkpoint
+
     name = _GENERATOR.value or user_path(_CHECKPOINT.value).name
     sink = make_sink(_OUTPUT_FORMAT.value, output, name, fresh=_OVERWRITE.value)
     _DISTRIBUTED.start()

@@ -1,4 +1,4 @@
-"""Pick a checkpoint the way LIMA did: per epoch, the dev loss and the judged quality of dev answers.
+r"""Pick a checkpoint the way LIMA did: per epoch, the dev loss and the judged quality of dev answers.
 
     python -m lima_jax.evaluate.select --workdir=runs/lima-65b --out_dir=select/ \
         [--epochs=5-10] [--reference=dev_reference.jsonl] [--likert] [--judge_url=... --judge_model=...]
@@ -20,12 +20,13 @@ import json
 from absl import flags
 
 from lima_jax.inference import hosts
-from lima_jax.cli import define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments, run, say
+from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments,
+                          run, say)
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging, selection
+from lima_jax.evaluate import judging
 from lima_jax.evaluate.prompts import LIKERT_LINE
 from lima_jax.evaluate.responses import read_responses
-from lima_jax.inference.sampler import SamplingParams
+from lima_jax.inference.sampling import SamplingParams
 from lima_jax.storage.paths import user_path
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
@@ -45,6 +46,10 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if not _WORKDIR.value or not _OUT_DIR.value:
         raise LimaError("--workdir and --out_dir are required")
+    check_exists(_WORKDIR.value, "--workdir")
+    # The input is checked: now JAX.
+    from lima_jax.evaluate import selection
+
     workdir, out_dir = user_path(_WORKDIR.value), user_path(_OUT_DIR.value)
     lo, hi = selection.parse_epochs(_EPOCHS.value)
     rows = [r for r in selection.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]

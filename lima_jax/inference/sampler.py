@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import math
 from typing import NamedTuple, Sequence
 
 import jax
@@ -40,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lima_jax.errors import LimaError
 from lima_jax.inference.hosts import check_same
+from lima_jax.inference.sampling import SamplingParams
 from lima_jax.model import KVCache, Llama
 from lima_jax.sharding import activation_mesh
 
@@ -48,27 +48,6 @@ MIN_BUCKET = 16
 # that writing a token into the cache is the buffer's last use); its region analysis can, and the
 # cache is then updated in place. A debug option of every backend; only XLA:CPU reads it.
 COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    repetition_penalty: float = 1.2
-    max_new_tokens: int = 2048
-
-    def check(self) -> None:
-        for name in ("temperature", "top_p", "repetition_penalty"):  # NaN passes every comparison below
-            if not math.isfinite(getattr(self, name)):
-                raise LimaError(f"--{name} must be a finite number, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise LimaError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise LimaError(f"--top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise LimaError(f"--repetition_penalty must be positive, got {self.repetition_penalty}")
-        if self.max_new_tokens < 1:
-            raise LimaError(f"--max_new_tokens must be positive, got {self.max_new_tokens}")
 
 
 def bucket(n: int) -> int:

@@ -1,4 +1,4 @@
-"""The LIMA supervised fine-tuning run.
+r"""The LIMA supervised fine-tuning run.
 
     python -m lima_jax.train --config=tiny                      # embedded demo data, CPU, minutes
     python -m lima_jax.train --config=65b --config.init_checkpoint=gs://.../llama-65b \
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import json
 
-import jax
 from absl import flags
 
 from lima_jax.cli import define_distributed_flags, no_arguments, run
 from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
-from lima_jax.train.loop import train
 
 _CONFIG = define_config_flag("config", "tiny")
 _DISTRIBUTED = define_distributed_flags()
@@ -36,6 +34,10 @@ def main(argv: list[str]) -> None:
     if _DRY_RUN.value:
         dry_run()
         return
+    import jax  # after the flags are checked: --help and bad flags answer at once
+
+    from lima_jax.train.loop import train
+
     _DISTRIBUTED.start()
     last = train(_CONFIG.value)
     if jax.process_index() == 0:  # finished or preempted: the last line says which

@@ -18,7 +18,7 @@ import jax
 from lima_jax import flops
 from lima_jax.config import trained_model_config, validate
 from lima_jax.errors import LimaError
-from lima_jax.model import param_count
+from lima_jax.architecture import param_count
 from lima_jax.sharding import make_mesh
 from lima_jax.train import fused_attention
 from lima_jax.train import optimizer as optim

@@ -25,8 +25,6 @@ from lima_jax.weights import checkpoint, gguf, hf, llama2c, meta
 from lima_jax.weights.names import params_from_hf
 from lima_jax.weights.output import CHECKPOINT_FILES, HF_FILES, check_not_input, replace_export
 
-INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "gguf", "orbax")
-OUTPUT_FORMATS = ("orbax", "hf", "gguf")
 
 def detect_format(path: Path) -> str:
     if path.is_file() and path.suffix == ".bin":
@@ -68,17 +66,6 @@ def find_tokenizer(path: Path, fmt: str, scratch: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def parse_size(text: str) -> int:
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    t = text.strip().upper()
-    for unit, factor in units.items():
-        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return int(float(t[: -len(unit)]) * factor)
-    if t.isdigit():
-        return int(t)
-    raise LimaError(f"--max_shard_size: cannot read {text!r} (e.g. 5GB, 500MB)")
 
 
 def convert(
