@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lima_jax.data.records import read_conversations
+from lima_jax.cli import say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.judging import JudgmentCache
@@ -92,13 +93,14 @@ def generate_epochs(rows, dev_prompts, out_dir: Path, params, seed: int, mesh: M
         settings = generation_settings(row["checkpoint"], params, seed)
         generate_responses(Generator(str(row["checkpoint"]), mesh), dev_prompts, responses_file(out_dir, row),
                            f"epoch {row['epoch']}", params, seed, batch_size=8, settings=settings,
-                           remedy="use another --out_dir")
+                           remedy="use another --out_dir", progress=lambda line, e=row["epoch"]: say(f"epoch {e}: {line}"))
 
 
 def judge_epochs(rows, reference, judge, cache, out_dir: Path) -> None:
     """Judges each checkpoint's dev answers (from `generate_epochs`) against the reference."""
     for row in rows:
-        result = judge_pairwise(read_responses(responses_file(out_dir, row)), reference, judge, cache, progress=False)
+        say(f"epoch {row['epoch']}: judging its dev answers against the reference")
+        result = judge_pairwise(read_responses(responses_file(out_dir, row)), reference, judge, cache)
         row.update({k: result.summary[k] for k in ("win_pct", "tie_pct", "loss_pct", "failed")})
 
 
@@ -118,7 +120,8 @@ def likert_epochs(rows, judge, caches: dict[int, JudgmentCache], out_dir: Path, 
     (out_dir / "likert").mkdir(parents=True, exist_ok=True)
     for row in rows:
         cache = caches[row["step"]]
-        judge_likert(read_responses(responses_file(out_dir, row)), judge, cache, progress=False)
+        say(f"epoch {row['epoch']}: scoring its dev answers 1-6 (Likert)")
+        judge_likert(read_responses(responses_file(out_dir, row)), judge, cache)
         arm = likert_score(f"epoch {row['epoch']}", cache.records, judge.name, samples, seed)
         scored = arm is not None and arm.n > 0
         row.update({"likert_mean": round(arm.mean, 3) if scored else None,

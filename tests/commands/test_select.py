@@ -76,5 +76,10 @@ def test_likert_per_epoch_with_a_local_judge(run, tmp_path):
         assert r["likert_n"] == 4 and r["likert_failures"] == 0 and 1 <= r["likert_mean"] <= 6
         assert r["likert_judge"] == f"local:{ckpt}"
     assert sorted(p.name for p in (tmp_path / "likert").iterdir()) == sorted(f"step_{r['step']}.jsonl" for r in rows)
+    r = call_command("evaluate.select", f"--workdir={workdir}", f"--out_dir={tmp_path / 'again'}", "--epochs=3", "--likert",
+                     f"--judge_checkpoint={ckpt}", "--max_new_tokens=8")
+    assert r.returncode == 0, r.stderr[-2000:]  # every long step shows how far it is (it printed nothing for 10 minutes)
+    for line in ("epoch 3: 4/4 prompts answered", "epoch 3: scoring its dev answers 1-6 (Likert)", "judged 4/4 (0 failed)"):
+        assert line in r.stderr, r.stderr[-2000:]
     r = call_command("evaluate.select", f"--workdir={workdir}", f"--out_dir={tmp_path}", "--likert")
     assert r.returncode == 2 and "--likert needs a judge" in r.stderr
