@@ -15,7 +15,8 @@ setup(
     # The embedded demo: `--config=tiny` trains on it with no download.
     # The curation command's editable lists: Stack Exchange sites by group, and the phrases of the
     # "refers to other answers" rule.
-    package_data={"lima_jax.data": ["demo/train.jsonl", "demo/test.jsonl", "demo/tokenizer.model"],
+    package_data={"lima_jax.data": ["demo/train.jsonl", "demo/test.jsonl", "demo/tokenizer.model",
+                                   "demo/dialogues.jsonl"],
                   "lima_jax.curate": ["exchanges.tsv", "reference_phrases.txt"],
                   "lima_jax.configs": ["ablations/*.py"]},  # `ablate --grid=NAME` finds them when installed
     install_requires=[

@@ -116,4 +116,16 @@ def curate(opts: Options, say: Callable[[str], None] = print) -> Report:
     write_atomically(report_path(output), report.dumps())
     say(report.table())
     say(f"wrote {len(chosen)} records to {opts.output} and the counts to {report_path(output).name}")
+    if opts.num_examples is not None and len(chosen) < opts.num_examples:
+        say(shortfall(report, opts.num_examples))
     return report
+
+
+def shortfall(report: Report, asked: int) -> str:
+    """The warning for fewer records than asked for: every candidate that passed was written, so the
+    rules that removed the others say why."""
+    total = report.totals()
+    removed = ", ".join(f"{rule} {total[rule]}" for rule in report.rules if total[rule])
+    why = f" (removed: {removed})" if removed else ""
+    return (f"warning: wrote {total['written']} of the {asked} records asked for (--num_examples): only "
+            f"{total['written']} of the {total['candidates']} candidates passed the rules{why}")

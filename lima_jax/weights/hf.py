@@ -257,5 +257,11 @@ def _flush(folder: Path, shard: dict[str, np.ndarray], i: int) -> tuple[str, lis
     if is_cloud(folder):  # safetensors writes local files only: upload the shard's bytes
         (folder / name).write_bytes(save(shard, metadata={"format": "pt"}))
     else:
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        # safetensors 0.8 renames a temporary file created 0600 into place (safetensors#782): the mode an
+        # ordinary new file gets (the umask's, as config.json's) is read from one made first, then restored.
+        path = str(folder / name)
+        open(path, "wb").close()
+        mode = os.stat(path).st_mode & 0o777
+        save_file(shard, path, metadata={"format": "pt"})
+        os.chmod(path, mode)
     return name, list(shard), sum(t.nbytes for t in shard.values())

@@ -94,6 +94,17 @@ def test_exclude_drops_an_article_whose_title_is_a_test_prompt(tmp_path, files):
     assert report.totals()["test_overlap"] == 1
 
 
+def test_fewer_records_than_asked_for_are_a_warning_naming_the_rules_that_removed_the_rest(tmp_path, files):
+    """Asked for 200 it wrote 1 and said only "wrote 1 records"."""
+    said = []
+    curate(Options(source="wikihow", inputs=files[:1], output=str(tmp_path / "wh.jsonl"), num_examples=200), say=said.append)
+    assert said[-1] == ("warning: wrote 1 of the 200 records asked for (--num_examples): only 1 of the 5 candidates "
+                        "passed the rules (removed: no_title 1, steps_unpaired 1, no_text 1, duplicate 1)")
+    said.clear()
+    curate(Options(source="wikihow", inputs=files[:1], output=str(tmp_path / "one.jsonl"), num_examples=1), say=said.append)
+    assert not any(line.startswith("warning") for line in said)
+
+
 def test_a_csv_with_other_columns_is_an_error_naming_the_file(tmp_path):
     path = write_csv(tmp_path / "other.csv", [["a", "b"], ["1", "2"]])
     with pytest.raises(LimaError, match=r"other.csv:1: expected the columns headline,title,text"):

@@ -1,5 +1,6 @@
 """Hugging Face <-> Orbax conversion: exact round trip, a folder transformers loads, clear errors."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -269,3 +270,17 @@ def _at(tree, path):
     for key in path:
         tree = tree[key.key]
     return tree
+
+
+def test_an_export_gives_every_file_the_mode_the_umask_gives(hf_folder, tmp_path):
+    """safetensors (0.8) writes through a temporary file created 0600 and renames it into place: the
+    weights were private while config.json and the rest were not (safetensors/safetensors#782)."""
+    ckpt = convert(hf_folder, tmp_path / "ckpt")
+    previous = os.umask(0o027)
+    try:
+        out = convert(ckpt, tmp_path / "hf", output_format="hf", max_shard_bytes=30_000)
+    finally:
+        os.umask(previous)
+    modes = {name: oct(os.stat(out / name).st_mode & 0o777) for name in os.listdir(out)}
+    assert len([name for name in modes if name.endswith(".safetensors")]) > 1  # shards, and the index beside them
+    assert set(modes.values()) == {oct(0o640)}, modes

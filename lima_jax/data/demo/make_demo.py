@@ -1,6 +1,6 @@
-"""Writes the demo set shipped in the package: train.jsonl and tokenizer.model.
+"""Writes the demo set shipped in the package: train.jsonl, test.jsonl, tokenizer.model and dialogues.jsonl.
 
-    python lima_jax/data/demo/make_demo.py     # rewrites both files beside this script
+    python lima_jax/data/demo/make_demo.py     # rewrites the four files beside this script
 
 The conversations are templated but varied, and learnable by a tiny model in minutes: arithmetic,
 capital cities, unit conversions, words spelled backwards, counting, short definitions, care tips
@@ -10,7 +10,9 @@ phrasings, and an answer is written in the question's own style ("3 plus 4" -> "
 All text is generated here (no third-party text). The tokenizer is a 512-piece sentencepiece BPE
 model trained on them with LLaMA's conventions (unk 0, bos 1, eos 2, byte fallback, digits split,
 whitespace kept), so the demo exercises the same code as LLaMA's.
-Both outputs are deterministic: rerunning the script reproduces them byte for byte.
+dialogues.jsonl holds 10 three-turn chains in LIMA's multi-turn format, for the README's dialogue demo (LIMA
+§6): added to train.jsonl they make the dialogue-trained run, and `evaluate.dialogue` plays their user turns.
+Every output is deterministic: rerunning the script reproduces them byte for byte.
 """
 from __future__ import annotations
 
@@ -199,6 +201,33 @@ def multi_turn(rng: random.Random, n: int) -> list[list[str]]:
     return out
 
 
+def dialogue_chains(rng: random.Random) -> list[dict]:
+    """Two chains of each kind, each three user turns long, every answer in the demo's own style."""
+    out = []
+    for i in range(2):
+        a, b, m, k = rng.randint(1, 9), rng.randint(1, 9), rng.randint(2, 5), rng.randint(1, 9)
+        out.append(("arithmetic", [f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.",
+                                   f"Now multiply that by {m}.", f"{a + b} times {m} is {(a + b) * m}.",
+                                   f"Now subtract {k}.", f"{(a + b) * m} minus {k} is {(a + b) * m - k}."]))
+        (c1, k1), (c2, k2), (c3, k3) = rng.sample(sorted(CAPITALS.items()), 3)
+        out.append(("capitals", [f"What is the capital of {c1}?", f"The capital of {c1} is {k1}.",
+                                 f"And the capital of {c2}?", f"The capital of {c2} is {k2}.",
+                                 f"And of {c3}?", f"The capital of {c3} is {k3}."]))
+        w1, w2, w3 = rng.sample(WORDS, 3)
+        out.append(("backwards", [f'Spell "{w1}" backwards.', f'"{w1}" backwards is "{w1[::-1]}".',
+                                  f"Do the same for {w2}.", f'"{w2}" backwards is "{w2[::-1]}".',
+                                  f"And for {w3}.", f'"{w3}" backwards is "{w3[::-1]}".']))
+        (_, plural, target, factor), n1, n2 = rng.choice(UNITS), rng.randint(2, 12), rng.randint(2, 12)
+        out.append(("units", [f"How many {target} are in {n1} {plural}?", f"{n1} {plural} is {n1 * factor} {target}.",
+                              f"And in {n2} {plural}?", f"{n2} {plural} is {n2 * factor} {target}.",
+                              "Thank you!", "You are welcome."]))
+        t1, t2 = rng.sample(sorted(CARE), 2)
+        out.append(("care", [f"How do I take care of a {t1}?", f"{CARE[t1]}.", f"What about a {t2}?", f"{CARE[t2]}.",
+                             "Thank you!", "You are welcome."]))
+    return [{"id": f"{kind}-{i // 5 + 1}", "conversations": turns, "source": "demo/dialogue"}
+            for i, (kind, turns) in enumerate(out)]
+
+
 def conversations(seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     groups = {
@@ -246,6 +275,9 @@ def main() -> None:
         for r in test:
             f.write(json.dumps({"conversations": r["conversations"][:1], "source": r["source"]}, ensure_ascii=False) + "\n")
     (HERE / "tokenizer.model").write_bytes(train_tokenizer(records))
+    with open(HERE / "dialogues.jsonl", "w", encoding="utf-8") as f:  # its own seed: the files above stay as they were
+        for r in dialogue_chains(random.Random(1)):
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
     turns = sum(len(r["conversations"]) for r in records)
     print(f"wrote {len(records)} conversations ({turns} turns) and a {VOCAB_SIZE}-piece tokenizer to {HERE}")
 
