@@ -1,6 +1,7 @@
 """A training run's checkpoints: `<workdir>/checkpoints/<step>/`, each a model checkpoint
-(`weights.checkpoint`'s layout, so every weight reader takes a step) plus the optimizer state and what
-the run records with it, with the checksums of both trees."""
+(`weights.checkpoint`'s layout, so every weight reader takes a step) plus what the run records with it,
+with the checksums of what it holds. Only the latest step also keeps the optimizer state (AdamW's two
+moments: twice the parameters again): a resume alone reads it, and from the latest step."""
 from __future__ import annotations
 
 import contextlib
@@ -15,24 +16,36 @@ import orbax.checkpoint as ocp
 from lima_jax.cli import say
 from lima_jax.errors import RunFailure
 from lima_jax.model import ModelConfig
-from lima_jax.storage.paths import user_path
+from lima_jax.storage.paths import Path, user_path
 from lima_jax.weights import checksums
 from lima_jax.weights.checkpoint import STEPS_DIR, model_record, root_cause, saved_checksums
 
 
-ITEMS = ("params", "opt_state", "model", "run")  # what each step must hold (`checksums` too, unless saved before them)
+ITEMS = ("params", "model", "run")  # what each step must hold (`checksums` too, unless saved before them)
+OPT_STATE = "opt_state"  # the latest step's only
+TRAIN_PARAMS = "train_params"  # the latest step's only, where `params` is stored narrower (`params_dtype`)
+# Orbax's tree metadata: an item cannot be read without it, so dropping an item deletes it first, and an
+# item without it is absent. A kill while an item is dropped leaves no half-deleted item to be read.
+PRESENCE = "_METADATA"
+
+
+def has_item(step: Path, item: str) -> bool:
+    return (step / item / PRESENCE).exists()
 
 
 class RunCheckpoints:
     """The checkpoints of a training run: `<workdir>/checkpoints/<step>/` with the items `params`,
-    `opt_state`, `model` (the architecture), `run` (epoch, config name: what a reader needs) and
-    `checksums` (of every array, checked on restore).
+    `model` (the architecture), `run` (epoch, config name: what a reader needs), `checksums` (of every
+    array, checked on restore) and, in the latest complete step only, `opt_state` (and `train_params`, the
+    parameters as trained, where `params_dtype` stores `params` narrower: bf16 halves fp32 steps).
 
     Saves are asynchronous; a step becomes visible only once complete, so a resume never picks a
-    half-written one. `max_to_keep=0` keeps every step.
+    half-written one. The steps before it lose their optimizer state only once it is complete (at the
+    next save, `wait` or `close`), so a kill at any point leaves a step to resume from exactly.
+    `max_to_keep=0` keeps every step.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 0, async_save: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 0, async_save: bool = True, params_dtype: str = ""):
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep or None,
             enable_async_checkpointing=async_save,
@@ -41,29 +54,39 @@ class RunCheckpoints:
         self.directory = user_path(workdir) / STEPS_DIR
         self._latest_save: int | None = None
         self._failed = False
+        self._params_dtype = params_dtype
+        self._lean_below = 0  # the steps below it hold no optimizer state (the drop checks each step once)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, params: Any, opt_state: Any, cfg: ModelConfig, run: dict[str, Any]) -> None:
+        trees = {"params": params, OPT_STATE: opt_state}
+        if self._params_dtype:
+            stored = jax.tree.map(lambda a: a.astype(self._params_dtype), params)
+            if any(a.dtype != b.dtype for a, b in zip(jax.tree.leaves(stored), jax.tree.leaves(params))):
+                trees = {"params": stored, TRAIN_PARAMS: params, OPT_STATE: opt_state}
         args = ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
+            **{item: ocp.args.StandardSave(tree) for item, tree in trees.items()},
             model=ocp.args.JsonSave(model_record(cfg)),
             run=ocp.args.JsonSave(run),
-            checksums=ocp.args.JsonSave({"params": checksums.of(params), "opt_state": checksums.of(opt_state)}),
+            checksums=ocp.args.JsonSave({item: checksums.of(tree) for item, tree in trees.items()}),
         )
-        with self._saving(self._latest_save):  # the save in flight fails here, under its own step
-            self.manager.wait_until_finished()
+        self.wait()  # the save in flight fails here, under its own step
         with self._saving(step):
             self.manager.save(step, args=args, force=True)
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
-        """Restores onto whatever shardings the abstract trees carry (any mesh, any device count); an
-        array that does not match its checksum is a LimaError naming it."""
-        record = saved_checksums(self.directory / str(step)) or {}
-        targets = {"params": abstract_params, "opt_state": abstract_opt_state}
+        """(params, opt_state, run) restored onto whatever shardings the abstract trees carry (any mesh,
+        any device count); opt_state is None where the step holds none, or `abstract_opt_state` is None.
+        An array that does not match its checksum is a LimaError naming it."""
+        folder = self.directory / str(step)
+        record = saved_checksums(folder) or {}
+        targets = {"params": abstract_params}
+        if abstract_opt_state is not None and has_item(folder, OPT_STATE):
+            exact = TRAIN_PARAMS if TRAIN_PARAMS in record else "params"  # the parameters as trained
+            targets = {exact: abstract_params, OPT_STATE: abstract_opt_state}
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -71,13 +94,14 @@ class RunCheckpoints:
                 run=ocp.args.JsonRestore(),
             ),
         )
-        params, opt_state = (checksums.checked(restored[item], target, record.get(item), item) for item, target in targets.items())
-        return params, opt_state, restored["run"]
+        trees = {item: checksums.checked(restored[item], target, record.get(item), item) for item, target in targets.items()}
+        return trees.get(TRAIN_PARAMS, trees.get("params")), trees.get(OPT_STATE), restored["run"]
 
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any) -> tuple[int, Any, Any] | None:
-        """(step, params, opt_state) of the newest step that reads back whole, or None if there is none.
-        A step that does not (a stray empty folder, a truncated tensor file) is moved aside, kept for
-        the user to inspect, with a warning naming it: it would otherwise be "latest" again next time."""
+        """(step, params, opt_state) of the newest step that reads back whole, or None if there is none;
+        opt_state is None if that step holds none (the latest was set aside: the step before is read).
+        A step that does not read back (a stray empty folder, a truncated tensor file) is moved aside,
+        kept for the user to inspect, with a warning naming it: it would otherwise be "latest" again next time."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             folder = self.directory / str(step)
             missing = [item for item in ITEMS if not (folder / item).is_dir()]
@@ -106,14 +130,34 @@ class RunCheckpoints:
         self.manager.reload()
 
     def wait(self) -> None:
+        """Waits for the save in flight; then every step before the latest drops its optimizer state."""
         with self._saving(self._latest_save):
             self.manager.wait_until_finished()
+        self._drop_optimizer_states()
 
     def close(self) -> None:
         if self._failed:  # the failure is already on its way to the user; closing would raise it again
             return
+        self.wait()
         with self._saving(self._latest_save):
             self.manager.close()
+
+    def _drop_optimizer_states(self) -> None:
+        """Deletes the optimizer state (then `train_params`) of every complete step before the latest
+        complete one (called with no save in flight): a resume reads the latest; selection, sampling and
+        serving read `params` only."""
+        latest = self.manager.latest_step()
+        if latest is None or jax.process_index() != 0:
+            return
+        for step in (s for s in self.manager.all_steps() if self._lean_below <= s < latest):
+            for item in (self.directory / str(step) / name for name in (OPT_STATE, TRAIN_PARAMS)):
+                try:
+                    if item.exists():
+                        (item / PRESENCE).unlink(missing_ok=True)  # first: from here on the item is absent
+                        item.rmtree()
+                except OSError as e:
+                    say(f"warning: could not delete {item} ({e}); it takes disk space but does no harm")
+        self._lean_below = latest
 
     @contextlib.contextmanager
     def _saving(self, step: int | None) -> Iterator[None]:

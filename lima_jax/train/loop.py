@@ -14,11 +14,13 @@ import math
 import signal
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from lima_jax import flops, sharding
 from lima_jax.cli import say
@@ -37,6 +39,9 @@ from lima_jax.recipe import check_architecture, check_platform
 from lima_jax.weights import checkpoint
 
 
+PARAMS_DTYPES = ("", "float32", "bfloat16")  # what a step's `params` may be stored in ("": as trained)
+
+
 def check_training_config(config: ml_collections.ConfigDict) -> None:
     for key in ("num_epochs", "batch_size", "grad_accum", "log_every"):
         if config[key] < 1:
@@ -45,6 +50,9 @@ def check_training_config(config: ml_collections.ConfigDict) -> None:
         raise LimaError(f"config key data.max_len: must be at least 2, got {config.data.max_len}")
     if config.checkpoint.every_steps < 0 or config.checkpoint.max_to_keep < 0:
         raise LimaError("config keys checkpoint.every_steps and checkpoint.max_to_keep must be >= 0")
+    if config.checkpoint.params_dtype not in PARAMS_DTYPES:
+        raise LimaError(f"config key checkpoint.params_dtype: {config.checkpoint.params_dtype!r} is not one of "
+                        f"{', '.join(repr(d) if not d else d for d in PARAMS_DTYPES)}")
 
 
 def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh, process_count: int | None = None) -> int:
@@ -318,6 +326,15 @@ def _global_batch(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(target, v) for k, v in arrays.items()}
 
 
+def fresh_optimizer_state(params: Any, optimizer: optax.GradientTransformation, cfg: ModelConfig, mesh, step: int) -> Any:
+    """A new optimizer state for `params` whose learning-rate schedule stands at `step`: a resume from a
+    step without one (its moments start over, as at step 0; the schedule must not)."""
+    opt_state = state_from_params(params, optimizer, cfg, mesh).opt_state
+    is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)  # noqa: E731
+    at_step = lambda s: s._replace(count=jax.device_put(jnp.asarray(step, s.count.dtype), s.count.sharding))  # noqa: E731
+    return jax.tree.map(lambda s: at_step(s) if is_schedule(s) else s, opt_state, is_leaf=is_schedule)
+
+
 class Diverged(Exception):
     """A step whose loss or gradient norm is not finite: its state must never be saved."""
 
@@ -365,13 +382,20 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
 
     optimizer = optim.make_optimizer(config.optim, total)
     schedule = optim.learning_rate(config.optim, total)
-    ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
+    ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save,
+                           params_dtype=config.checkpoint.params_dtype)
     opened.callback(ckpts.close)  # waits for a save in flight
     abstract = abstract_state(cfg, optimizer, mesh)
     resumed = ckpts.restore_latest(abstract.params, abstract.opt_state)
     start = resumed[0] if resumed else 0
     if resumed:
-        state = TrainState(jnp.asarray(start, jnp.int32), *resumed[1:])
+        params, opt_state = resumed[1:]
+        if opt_state is None:
+            opt_state = fresh_optimizer_state(params, optimizer, cfg, mesh, start)
+            say(f"warning: checkpoint step {start} holds no optimizer state (only the latest step keeps one): resuming "
+                f"from its parameters with fresh AdamW moments, the learning-rate schedule at step {start}; the run "
+                "will not match an uninterrupted one exactly")
+        state = TrainState(jnp.asarray(start, jnp.int32), params, opt_state)
         say(f"resumed {workdir} at step {start} of {total}")
     elif config.init_checkpoint:
         state = state_from_params(load_pretrained(config, cfg, mesh), optimizer, cfg, mesh)

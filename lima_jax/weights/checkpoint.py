@@ -4,7 +4,8 @@ A checkpoint directory holds three Orbax items, `params` (the parameter tree), `
 ModelConfig as JSON) and `checksums` (each array's, checked when it is read: `weights/checksums.py`;
 absent from a checkpoint saved before them), plus the tokenizer's files when one is known
 (`tokenizer.model`, or `tokenizer.json` with its `tokenizer_config.json`). A converted checkpoint and
-each step a training run saves under `<workdir>/checkpoints/<step>/` have this same layout, so
+each step a training run saves under `<workdir>/checkpoints/<step>/` have this same layout (a step adds
+`run`, and the latest step alone what a resume needs: `train.checkpoints`), so
 everything that reads weights takes any of: a converted checkpoint, one step, or a run's workdir (its latest
 complete step; Orbax writes a step under a temporary name and renames it when complete, or on
 Cloud Storage marks it with a commit file). Every path may be local or `gs://`.

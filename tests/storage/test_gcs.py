@@ -102,6 +102,8 @@ def test_a_run_in_a_bucket_resumes_and_is_sampled_as_a_local_run_is(emulator, tm
                  "checkpoints/48/params/commit_success.txt"):
         assert f"runs/tiny/{name}" in names, name
     assert any(n.startswith("runs/tiny/tensorboard/events.out.tfevents") for n in names)
+    with_opt_state = {n.split("/")[3] for n in names if n.startswith("runs/tiny/checkpoints/") and "/opt_state/" in n}
+    assert with_opt_state == {"48"}  # the latest step only: the steps before dropped theirs
     assert emulator.read("runs/tiny/dev.jsonl") == (tmp_path / "local-run" / "dev.jsonl").read_bytes()
 
     sample = ["lima_jax.sample", "--prompt=What is 3 plus 4?", "--temperature=0", "--max_new_tokens=12", "--print_ids"]

@@ -57,7 +57,8 @@ def test_a_step_with_flipped_bytes_is_set_aside_and_the_step_before_is_restored(
     ckpts = RunCheckpoints(tmp_path)
     step, got_params, got_opt_state = ckpts.restore_latest(abstract(params), abstract(opt_state))
     assert step == 1
-    assert jax.tree.all(jax.tree.map(np.array_equal, (got_params, got_opt_state), state(1)))
+    assert jax.tree.all(jax.tree.map(np.array_equal, got_params, state(1)[0]))
+    assert got_opt_state is None  # only the latest step (2) kept one: the run says so and starts fresh moments
     err = capfd.readouterr().err
     assert re.search(r"warning: checkpoint step 2 cannot be read \(params: tensor \w+ does not match the checksum saved "
                      r"with it: its file is damaged\); moved .*/checkpoints/2 to 2\.unreadable-", err), err[-2000:]

@@ -227,13 +227,15 @@ def test_a_truncated_tensor_file_or_a_stray_step_folder_falls_back_to_the_last_w
     capfd.readouterr()
     assert train(config)["status"] == "finished"
     err = capfd.readouterr().err
-    assert "warning: checkpoint step 150 cannot be read (no params, opt_state, model, run); moved" in err
+    assert "warning: checkpoint step 150 cannot be read (no params, model, run); moved" in err
     assert 'warning: checkpoint step 11 cannot be read (OUT_OF_RANGE: Error reading "' in err
+    # Only the latest step (11) kept the optimizer state: step 10 resumes with fresh moments, on schedule.
+    assert "warning: checkpoint step 10 holds no optimizer state (only the latest step keeps one)" in err
     assert f"resumed {run} at step 10 of 11" in err
     aside = sorted(p for p in os.listdir(run / "checkpoints") if "unreadable" in p)
     assert [p.split(".")[0] for p in aside] == ["11", "150"]
-    again = {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
-    assert again == {r["step"]: r["loss"] for r in uninterrupted if "loss" in r}
+    again = {r["step"]: (r["loss"], r["learning_rate"]) for r in read_metrics(run) if "loss" in r}
+    assert again == {r["step"]: (r["loss"], r["learning_rate"]) for r in uninterrupted if "loss" in r}
     assert checkpoint_steps(run)[-1] == 11
 
 
@@ -405,6 +407,32 @@ def test_a_kill_during_each_file_rewrite_leaves_the_old_file_whole_and_the_run_r
     r = call_command("train", *_kill_args(workdir, kill_data))
     assert r.returncode == 0, r.stderr[-2000:]
     assert _without_timing(read_metrics(workdir)) == uninterrupted
+
+
+# `python -c KILL_AT_DROP MODULE ARGS...`: the command, killed (exit 9, no cleanup) as it deletes the
+# optimizer state of a step before the latest, once that step's marker is gone and its tensors are not.
+KILL_AT_DROP = """
+import os, runpy, shutil, sys
+def rmtree(path, *a, **k):
+    if os.path.basename(os.fspath(path)) == "opt_state":
+        os._exit(9)
+shutil.rmtree = rmtree
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_kill_while_an_old_step_drops_its_optimizer_state_resumes_exactly(kill_data, uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", KILL_AT_DROP, "lima_jax.train", *_kill_args(workdir, kill_data)],
+                       capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr[-2000:]
+    steps = workdir / "checkpoints"
+    assert [s for s in checkpoint_steps(workdir) if (steps / str(s) / "opt_state").exists()] == [1, 2]
+    r = call_command("train", *_kill_args(workdir, kill_data))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _without_timing(read_metrics(workdir)) == uninterrupted
+    assert [s for s in checkpoint_steps(workdir) if (steps / str(s) / "opt_state").exists()] == [18]
 
 
 def test_a_read_only_workdir_is_one_line_before_any_work(tmp_path):

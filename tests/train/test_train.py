@@ -215,6 +215,7 @@ def test_bad_records_stop_before_compiling_with_file_and_line(tmp_path):
         ({"batch_size": 12}, "config key batch_size: 12 does not divide over the data axes"),
         ({"data.train_on": "prompts"}, "config key data.train_on"),
         ({"init_checkpoint": "/nonexistent/ckpt"}, "checkpoint /nonexistent/ckpt: no such file"),
+        ({"checkpoint.params_dtype": "int8"}, "config key checkpoint.params_dtype: 'int8' is not one of '', float32, bfloat16"),
     ],
 )
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, message):
