@@ -32,7 +32,7 @@ from lima_jax.storage.paths import Path, check_writable, user_path, write_atomic
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train.lock import WorkdirLock
-from lima_jax.train.metrics import DEV_FILE, METRICS_FILE, MetricsWriter
+from lima_jax.train.metrics import DEV_FILE, METRICS_FILE, MetricsWriter, logged_loss
 from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step, state_from_params
 from lima_jax.train.step import TrainState
 from lima_jax.recipe import check_architecture, check_platform
@@ -401,6 +401,9 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
         state = state_from_params(load_pretrained(config, cfg, mesh), optimizer, cfg, mesh)
     else:
         state = init_state(cfg, optimizer, mesh, config.seed)
+    if start >= total:  # before anything is compiled or written: the rerun reports the run it finds
+        say(f"{workdir} has finished: step {total} of {total} is saved; nothing to do")
+        return {"status": "finished", "step": start, "loss": logged_loss(workdir, start)}
     if jax.process_index() == 0:
         data.tokenizer.save(workdir)
 
@@ -419,10 +422,6 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
         writer.sync()  # the records up to here first: a resume from this step keeps them
         run = dict(run_meta, epoch=batcher.epoch_progress(steps_done))
         ckpts.save(steps_done, state.params, state.opt_state, cfg, run)
-
-    if start >= total:
-        say(f"{workdir} has finished: step {total} of {total} is saved; nothing to do")
-        return {"status": "finished"}
 
     def log(pending, tick: float) -> dict:
         return _log(writer, pending, batcher, tick, flops_per_token, peak)
@@ -483,7 +482,7 @@ def _log(writer: MetricsWriter, pending, batcher, tick: float, flops_per_token: 
     seconds = max(time.perf_counter() - tick, 1e-9)
     real_tokens = batcher.rows_per_host * jax.process_count() * batcher.seq_len * (1.0 - padding)
     record = {
-        "step": step,
+        "step": step + 1,  # steps done: the checkpoints' numbering
         "epoch": round(batcher.epoch_progress(step + 1), 4),
         "loss": values["loss"],
         "learning_rate": values["learning_rate"],

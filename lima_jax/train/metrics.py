@@ -55,7 +55,7 @@ class MetricsWriter:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the interruption
-            if ("dev_loss" in record and record["step"] <= resume_step) or record.get("step", math.inf) < resume_step:
+            if record.get("step", math.inf) <= resume_step:  # steps done, as the checkpoints are numbered
                 kept.append(line)
         write_atomically(self.path, "".join(line + "\n" for line in kept))  # a kill now leaves the old file whole
 
@@ -123,6 +123,20 @@ class MetricsWriter:
                 f"writing {path} failed: {e.strerror or e}; the checkpoints saved before it are kept: "
                 "fix the cause and rerun the same command to resume"
             ) from e
+
+
+def logged_loss(workdir: Path, step: int) -> float | None:
+    """The loss metrics.jsonl holds for `step` (None if none): what a rerun of a finished run reports."""
+    path = workdir / METRICS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if record.get("step") == step and "loss" in record:
+            return record["loss"]
+    return None
 
 
 class EventFile:

@@ -35,7 +35,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_and_never_saves_it(t
     _, params = checkpoint.load_params(tmp_path / "run")
     assert all(np.isfinite(np.asarray(a)).all() for a in __import__("jax").tree.leaves(params))
     text = (tmp_path / "run" / "metrics.jsonl").read_text()
-    assert "NaN" not in text and [r["step"] for r in map(json.loads, text.splitlines())] == [0, 1]
+    assert "NaN" not in text and [r["step"] for r in map(json.loads, text.splitlines())] == [1, 2]
 
 
 def test_a_run_without_a_dev_set_writes_strict_json(tmp_path):
@@ -52,7 +52,7 @@ def test_every_saved_step_is_in_the_metrics_after_a_hard_kill(tmp_path):
     workdir = tmp_path / "run"
     kill_9_after(train_args(workdir, "--config.checkpoint.every_steps=1"), workdir, 4)
     saved = checkpoint_steps(workdir)
-    logged = [r["step"] + 1 for r in read_metrics(workdir) if "loss" in r]
+    logged = [r["step"] for r in read_metrics(workdir) if "loss" in r]
     assert saved and set(saved) <= set(logged), (saved, logged)
 
 
@@ -73,7 +73,8 @@ def test_ctrl_c_saves_like_sigterm_and_a_finished_run_says_so(tmp_path):
     assert done.returncode == 0 and last_json(done.stdout)["status"] == "finished"
     again = call_command("train", *train_args(workdir))
     assert again.returncode == 0 and "has finished: step 100 of 100 is saved; nothing to do" in again.stderr
-    assert json.loads(again.stdout.strip().splitlines()[-1]) == {"status": "finished", "final_step": None, "loss": None}
+    last = [r for r in read_metrics(workdir) if "loss" in r][-1]
+    assert last_json(again.stdout) == last_json(done.stdout) == {"status": "finished", "final_step": 100, "loss": last["loss"]}
 
 
 STUCK = """
@@ -137,7 +138,7 @@ def test_a_resume_on_edited_data_is_refused(tmp_path):
     with pytest.raises(LimaError, match="holds a run begun on other dev conversations"):
         train(on_data(tmp_path, data))
     data_dir(data, records[:48], dev=records[48:56])
-    assert train(on_data(tmp_path, data)) == {"status": "finished"}  # the same inputs: it has finished
+    assert train(on_data(tmp_path, data))["status"] == "finished"  # the same inputs: it has finished
 
 
 def test_lowering_max_to_keep_on_a_resume_is_refused_before_any_step_is_deleted(tmp_path):
@@ -160,7 +161,7 @@ def test_a_moved_workdir_and_a_trailing_slash_resume_the_same_run(small_run, tmp
     """The workdir's path was part of the config identity: a trailing slash or a moved run could not resume."""
     shutil.copytree(small_run, tmp_path / "moved")  # the finished run, somewhere else
     done = train(small_config(tmp_path, workdir=str(tmp_path / "moved") + "/"))
-    assert done == {"status": "finished"}
+    assert done["status"] == "finished"
 
 
 def test_a_tilde_workdir_is_the_home_folder_everywhere(tmp_path):
@@ -240,13 +241,17 @@ def test_a_truncated_tensor_file_or_a_stray_step_folder_falls_back_to_the_last_w
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
-    """Two trainers on one workdir used to both exit 0, interleaving metrics.jsonl."""
+    """Two trainers on one workdir used to both exit 0, interleaving metrics.jsonl. The first run must still be
+    running when the second is refused and when the SIGTERM lands: 100 epochs (10,000 steps, some ten minutes
+    here, where the SIGTERM lands within a few hundred steps) hold it there by construction. With one epoch,
+    a loaded host once finished all 100 steps before the SIGTERM arrived."""
     workdir = tmp_path / "run"
-    first = start_command("train", *train_args(workdir))
-    deadline = time.time() + 240
+    args = train_args(workdir, "--config.num_epochs=100")
+    first = start_command("train", *args)
+    deadline = time.time() + 240  # its first step logged: the SIGTERM handler is in place
     while time.time() < deadline and not ((workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text()):
         time.sleep(0.05)
-    second = call_command("train", *train_args(workdir))
+    second = call_command("train", *args)
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=240)
     assert second.returncode == 2, second.stderr[-2000:]
@@ -254,7 +259,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
         f"error: workdir {workdir} is in use by pid {first.pid} on {__import__('socket').gethostname()} (its lock {workdir / 'lock'} was renewed ")
     assert first.returncode == 0 and json.loads(out.strip().splitlines()[-1])["status"] == "preempted", err[-2000:]
     steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
-    assert steps == list(range(len(steps)))
+    assert steps == list(range(1, len(steps) + 1))
     assert not (workdir / "lock").exists()
 
 
@@ -457,7 +462,7 @@ def test_a_run_begun_before_a_config_key_existed_resumes_when_the_key_is_at_its_
     saved = json.loads(path.read_text())
     del saved["data"]["chat_format"], saved["data"]["train_on"]
     path.write_text(json.dumps(saved))
-    assert train(small_config(tmp_path)) == {"status": "finished"}
+    assert train(small_config(tmp_path))["status"] == "finished"
     path.write_text(json.dumps(saved))
     with pytest.raises(LimaError, match=r"holds a run with a different config \(key data.train_on\)"):
         train(small_config(tmp_path, **{"data.train_on": "all"}))

