@@ -69,13 +69,14 @@ def main(argv: list[str]) -> None:
     questions, kind = read_prompts(_PROMPTS.value)
     output = user_path(_OUTPUT.value)
     check_writable(output.parent, "--output")  # before the checkpoint is loaded and the sampler compiled
+    name = _GENERATOR.value or user_path(_CHECKPOINT.value).name
+    sink = make_sink(_OUTPUT_FORMAT.value, output, name, fresh=_OVERWRITE.value)
+    sink.answered(questions)  # the output's kind and generator, before the checkpoint is even looked for
     check_exists(_CHECKPOINT.value, "checkpoint")
     # The input is checked: now JAX.
     from lima_jax.inference.generator import Generator, parse_mesh
     from lima_jax.weights import checkpoint
 
-    name = _GENERATOR.value or user_path(_CHECKPOINT.value).name
-    sink = make_sink(_OUTPUT_FORMAT.value, output, name, fresh=_OVERWRITE.value)
     _DISTRIBUTED.start()
     # The output is checked before the checkpoint is read (its kind, its generator), then before it is loaded (the
     # checkpoint and sampling it was generated with); generation reads it again.
