@@ -14,19 +14,24 @@ from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import SamplingParams
 
 
+def recording(ckpt) -> tuple[Generator, list]:
+    """The checkpoint's generator, and the prompts it is given as it is given them."""
+    prompts = []
+
+    class Recording(Generator):
+        def __call__(self, p, params, seed):
+            prompts.append(p[0])
+            return super().__call__(p, params, seed)
+
+    return Recording(str(ckpt)), prompts
+
+
 def test_chat_keeps_history_until_reset(tmp_path):
     # A "fine-tuned" model: the demo tokenizer's 512 pieces plus EOT.
     cfg = ModelConfig(vocab_size=513, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64, max_len=256)
     random_hf_model(cfg).save_pretrained(tmp_path / "hf")
     ckpt = convert(tmp_path / "hf", tmp_path / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
-    prompts = []
-
-    class Recording(Generator):  # remembers every prompt it is given
-        def __call__(self, p, params, seed):
-            prompts.append(p[0])
-            return super().__call__(p, params, seed)
-
-    generator = Recording(str(ckpt))
+    generator, prompts = recording(ckpt)
     assert generator.eot_id == 512 and generator.stop_ids == (512, 2)
     out = []
     chat(generator, iter(["What is 2 plus 2?\n", "And 3 plus 3?\n", "/reset\n", "Hi\n", "/quit\n", "never read\n"]),
@@ -62,14 +67,7 @@ def test_chat_reports_a_message_past_the_context_and_goes_on(tmp_path):
     """A message longer than the model's context was sampled past it; now it is refused in one line
     naming its tokens and the context, and the conversation goes on without it."""
     ckpt = converted_checkpoint(tmp_path, 513, max_len=32)
-    prompts = []
-
-    class Recording(Generator):  # remembers every prompt it is given
-        def __call__(self, p, params, seed):
-            prompts.append(p[0])
-            return super().__call__(p, params, seed)
-
-    generator = Recording(str(ckpt))
+    generator, prompts = recording(ckpt)
     long = "seven " * 40
     out = []
     chat(generator, iter(["Hi\n", long + "\n", "Name a color.\n"]), out.append, SamplingParams(max_new_tokens=4), seed=0)

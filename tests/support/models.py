@@ -1,6 +1,8 @@
 """Small random models: a config, weights far enough from uniform that a layout bug shows, tokens,
-and the compiled forward pass the model tests call."""
+the compiled forward pass the model tests call, and a way to damage a saved tensor file."""
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +66,14 @@ def converted_checkpoint(root, vocab_size: int, seed: int = 0, **changes):
     cfg = ModelConfig(vocab_size=vocab_size, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64).replace(**changes)
     random_hf_model(cfg, seed).save_pretrained(root / "hf")
     return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+
+
+def flip_bytes(folder, count=4096):
+    """Inverts `count` bytes in the middle of the largest file under `folder` (a tensor data file)."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.seek(os.path.getsize(biggest) // 2)
+        data = f.read(count)
+        f.seek(os.path.getsize(biggest) // 2)
+        f.write(bytes(b ^ 0xFF for b in data))

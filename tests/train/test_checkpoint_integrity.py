@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from support.models import tiny
+from support.models import flip_bytes, tiny
 
 from lima_jax.errors import RunFailure
 from lima_jax.train.checkpoints import RunCheckpoints
@@ -33,17 +33,6 @@ def abstract(tree):
 
 def save(ckpts: RunCheckpoints, step: int, size: int = 128) -> None:
     ckpts.save(step, *state(step, size), CFG, {"epoch": 0.5})
-
-
-def flip_bytes(folder, count=4096):
-    """Inverts `count` bytes in the middle of the largest file under `folder` (a tensor data file)."""
-    files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
-    biggest = max(files, key=os.path.getsize)
-    with open(biggest, "r+b") as f:
-        f.seek(os.path.getsize(biggest) // 2)
-        data = f.read(count)
-        f.seek(os.path.getsize(biggest) // 2)
-        f.write(bytes(b ^ 0xFF for b in data))
 
 
 def test_a_step_with_flipped_bytes_is_set_aside_and_the_step_before_is_restored(tmp_path, capfd):

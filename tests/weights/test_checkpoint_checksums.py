@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from support.commands import call_command
-from support.models import random_params, tiny
+from support.models import flip_bytes, random_params, tiny
 
 from lima_jax.errors import LimaError
 from lima_jax.weights import checkpoint, checksums
@@ -29,17 +29,6 @@ def incompressible_params(cfg, seed=0):
         return words.view(np.float32)
 
     return jax.tree.map(bits, random_params(cfg))
-
-
-def flip_bytes(folder, count=4096):
-    """Inverts `count` bytes in the middle of the largest file under `folder` (a tensor data file)."""
-    files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
-    biggest = max(files, key=os.path.getsize)
-    with open(biggest, "r+b") as f:
-        f.seek(os.path.getsize(biggest) // 2)
-        data = f.read(count)
-        f.seek(os.path.getsize(biggest) // 2)
-        f.write(bytes(b ^ 0xFF for b in data))
 
 
 @pytest.fixture
