@@ -19,7 +19,7 @@ import numpy as np
 
 from lima_jax.data import chat_template, text_tokenizers
 from lima_jax.errors import LimaError
-from lima_jax.storage.paths import Path, PathLike
+from lima_jax.storage.paths import PathLike
 
 TRAIN_ON = ("assistant", "all")
 CHAT_FORMATS = ("lima", "template")
@@ -180,13 +180,34 @@ def of_model(path: PathLike, used_vocab_size: int, run: dict) -> tuple[ChatToken
 
     `run` is what the training run recorded (`eot_id`, `chat_format`; empty for a converted
     checkpoint). Without a record, a model with one more row than the tokenizer has ids was
-    fine-tuned with LIMA's new EOT (and exported without its run record)."""
+    fine-tuned with LIMA's new EOT (and exported without its run record); else a tokenizer whose chat
+    template closes assistant turns with a special token is an instruct model's (SmolLM2-Instruct's
+    ChatML and `<|im_end|>`): prompts are rendered with that template and stop at that token."""
     tokenizer = ChatTokenizer(path)
     eot = run.get("eot_id")
+    chat_format = run.get("chat_format", "lima")
     if eot is None and used_vocab_size == tokenizer.vocab_size:
         eot = tokenizer.eot_id
-    chat_format = run.get("chat_format", "lima")
+    elif eot is None and not run and (found := template_eot(tokenizer)) is not None:
+        eot, chat_format = found, "template"
     if eot is not None and (eot != tokenizer.eot_id or chat_format != "lima"):
         # the run reused one of the tokenizer's tokens, or rendered with its chat template
         tokenizer = ChatTokenizer(path, eot=eot, chat_format=chat_format)
     return tokenizer, eot
+
+
+def template_eot(tokenizer: ChatTokenizer) -> int | None:
+    """The special token the tokenizer's chat template writes right after an assistant's answer
+    (None: no template, or none that closes turns with a special token, which stays text when decoded)."""
+    text = tokenizer.text
+    if not text.chat_template or not hasattr(text, "encode_with_offsets"):
+        return None
+    answer = _PROBE[1]
+    try:
+        rendered = chat_template.ChatTemplate(text.chat_template, text.template_variables, "", where=tokenizer.path
+                                              ).render(_PROBE[:2])
+    except LimaError:
+        return None  # a template that cannot render a plain exchange is no chat format to prompt with
+    at = rendered.rfind(answer)
+    ids = text.encode_with_offsets(rendered[at + len(answer):].lstrip())[0] if at >= 0 else []
+    return ids[0] if ids and text.decode(ids[:1]) == "" else None

@@ -3,7 +3,8 @@ its stop tokens; and the small parsers the sampling commands share.
 
 `Generator(path)` takes a converted checkpoint, one saved step, or a run's workdir (its latest
 complete step). Text prompts use LIMA's chat format (BOS, each utterance followed by EOT) when the
-model was fine-tuned with EOT, and plain text after BOS for a base model.
+model was fine-tuned with EOT, the chat template saved with a converted instruct model (with a
+generation prompt; it stops at the template's end of turn), and plain text after BOS for a base model.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class Generator:
         run = checkpoint.run_info(path)
         self.tokenizer, eot = of_model(tokenizer_file, cfg.used_vocab_size, run) if tokenizer_file else (None, run.get("eot_id"))
         self.eot_id: int | None = eot
+        if self.tokenizer is not None and self.tokenizer.template is not None and not run:
+            say(f"using the chat template saved with {path}; answers stop at {self.tokenizer.token(eot)}")
         self.stop_ids = tuple(t for t in (eot, cfg.eos_id) if t is not None)
         self.trained_len: int | None = run.get("max_len")  # None: not trained here
 

@@ -61,8 +61,9 @@ def add(writer: Any, tokenizer: str | os.PathLike, cfg: ModelConfig, *, eot_id: 
         writer.add_token_merges(merges)
 
     used = cfg.used_vocab_size
-    if eot_id is None:  # a LIMA fine-tune exported without its run record has one row more than the tokenizer
-        eot_id = of_model(tokenizer, used, {})[1]
+    if eot_id is None:  # a LIMA fine-tune exported without its run record (one row more than the tokenizer),
+        chat, eot_id = of_model(tokenizer, used, {})  # or a converted instruct model (its own chat template)
+        chat_format = chat.chat_format
     if eot_id is not None and eot_id == len(tokens):  # LIMA's new token: the row past the tokenizer's
         tokens, types = tokens + [NEW_EOT], types + [CONTROL]
         scores = None if scores is None else scores + [0.0]
@@ -238,7 +239,8 @@ def _write_bpe(reader: Any, folder: Path, tokens: list[str], types: list[int], s
     pre = field(reader, "tokenizer.ggml.pre", "gpt-2")
     pre = {"default": "gpt-2", "llama3": "llama-bpe"}.get(pre, pre)
     if pre not in PRE_PATTERNS:
-        raise LimaError(f"{source}: tokenizer.ggml.pre {pre!r} is not supported ({', '.join(PRE_PATTERNS)})")
+        raise LimaError(f"{source}: tokenizer.ggml.pre {pre!r} is not supported ({', '.join(PRE_PATTERNS)}); "
+                        "convert with --tokenizer=PATH of the model's tokenizer.json")
     merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges") or []]
     # Every token in the model's vocabulary, so that the special ones added below keep their ids.
     tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, ignore_merges=pre == "llama-bpe"))

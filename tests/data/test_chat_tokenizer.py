@@ -99,3 +99,20 @@ def test_demo_tokenizer():
     (run,) = masked_runs(ids, mask)
     assert tok.decode(run) == "3 plus 4 is 7."
     assert tok.decode(tok.encode_text("Grüße\n🦙")) == "Grüße\n🦙"  # byte fallback: nothing is lost
+
+
+def test_of_model_reads_an_instruct_template_only_where_no_lima_fine_tune_says_otherwise(tmp_path):
+    """A template closing turns with <|eot_id|> makes a converted model an instruct one; a LIMA fine-tune
+    of it (a run record, or the new EOT's extra row) keeps LIMA's format."""
+    from support.tokenizers import LLAMA3, hf_folder
+
+    from lima_jax.data.tokenizer import of_model
+
+    folder = hf_folder(tmp_path / "tok", LLAMA3)
+    n = ChatTokenizer(folder).num_pieces
+    eot = ChatTokenizer(folder).text.token_id("<|eot_id|>")
+    for used, run, expected in [(n, {}, (eot, "template")), (n + 1, {}, (n, "lima")),
+                                (n + 1, {"eot_id": n, "chat_format": "lima"}, (n, "lima")),
+                                (n, {"eot_id": eot, "chat_format": "lima"}, (eot, "lima"))]:
+        tok, found = of_model(folder, used, run)
+        assert (found, tok.chat_format) == expected, (used, run)

@@ -409,3 +409,34 @@ def test_export_refuses_what_llama_cpp_names_otherwise(tmp_path, change, named):
     with pytest.raises(LimaError, match=f"this one has {named}: export --output_format=hf"):
         gguf_format.write(tmp_path / "m.gguf", {}, cfg, tokenizer=require(LLAMA_TOKENIZER))
     assert not list(tmp_path.glob("m.gguf*"))
+
+
+def instruct_gguf(tmp_path):
+    """A converted instruct model (its tokenizer's template closes turns with <|eot_id|>) exported to GGUF
+    without a run record, and the HF folder it came from."""
+    byte_level_bpe(tmp_path / "hf")
+    cfg = CFG.replace(vocab_size=text_tokenizers.load(tmp_path / "hf").num_ids)
+    random_hf_model(cfg, seed=7).save_pretrained(tmp_path / "hf")
+    return convert(convert(tmp_path / "hf", tmp_path / "ckpt"), tmp_path / "m.gguf", output_format="gguf"), tmp_path / "hf"
+
+
+def test_converted_instruct_model_exports_its_own_template_and_end_of_turn(tmp_path):
+    out, hf = instruct_gguf(tmp_path)
+    original = text_tokenizers.load(hf)
+    meta = {f.name: f.contents() for f in gguf.GGUFReader(out).fields.values()}
+    assert (meta["tokenizer.ggml.eot_token_id"], meta["tokenizer.chat_template"]) == (
+        original.token_id("<|eot_id|>"), original.chat_template)
+
+
+def test_unknown_pre_tokenizer_is_refused_with_the_tokenizer_flag_to_pass(tmp_path):
+    """A real GGUF may name a pre-tokenizer llama.cpp knows and we do not (Smaug's `smaug-bpe`, SmolLM's `smollm`, ...):
+    the refusal says how to convert it anyway, with the model's own tokenizer.json."""
+    out, hf = instruct_gguf(tmp_path)
+    data = out.read_bytes()
+    assert data.count(b"llama-bpe") == 1  # the tokenizer.ggml.pre value; a name of the same length keeps the file valid
+    (tmp_path / "smaug.gguf").write_bytes(data.replace(b"llama-bpe", b"smaug-bpe"))
+    with pytest.raises(LimaError, match=r"smaug\.gguf: tokenizer\.ggml\.pre 'smaug-bpe' is not supported .*"
+                                        r"convert with --tokenizer=PATH of the model's tokenizer\.json"):
+        convert(tmp_path / "smaug.gguf", tmp_path / "back")
+    back = convert(tmp_path / "smaug.gguf", tmp_path / "back", tokenizer=hf / "tokenizer.json")
+    assert text_tokenizers.load(checkpoint.tokenizer_path(back)).chat_template == text_tokenizers.load(hf).chat_template
