@@ -6,6 +6,8 @@ import numpy as np
 from support.commands import USER_ENVIRONMENT, run_command
 from support.training import read_metrics
 
+from lima_jax.data import demo_dir
+
 
 def test_the_default_tiny_run_learns(tmp_path):
     """The README's main command, as a user runs it (only the workdir differs): on this machine's one CPU
@@ -24,13 +26,16 @@ def test_the_default_tiny_run_learns(tmp_path):
     assert sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()) == [e["step"] for e in epochs]
     assert json.loads((workdir / "config.json").read_text())["model"]["dim"] == 64
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
-    # It answers its training questions as the README shows (greedy; at most one of three may slip).
-    prompts = {"What is 3 plus 4?": "3 plus 4 is 7.", "What is the capital of France?": "The capital of France is Paris.",
-               "How do I keep a plant alive?": "Water it when the soil feels dry, give it plenty of light, and keep it away from cold drafts."}
+    # It answers its training questions: which ones word for word depends on the CPU's float rounding (a run
+    # with other XLA kernels changed 168 of the demo's 804 answers), how many does not (about two thirds:
+    # 65 and 64 of these 100 in those two runs; issue 26 found "3 plus 4 is 10." on another host).
+    records = [json.loads(line) for line in (demo_dir() / "train.jsonl").read_text().splitlines()]
+    pairs = [r["conversations"] for r in records if len(r["conversations"]) == 2][:100]
     prompt_file = tmp_path / "prompts.jsonl"
-    prompt_file.write_text("".join(json.dumps({"conversations": [p]}) + "\n" for p in prompts))
+    prompt_file.write_text("".join(json.dumps({"conversations": [q]}) + "\n" for q, _ in pairs))
     r = run_command("sample", f"--checkpoint={workdir}", f"--prompt_file={prompt_file}", "--temperature=0",
-                    env=USER_ENVIRONMENT)
+                    "--max_new_tokens=48", env=USER_ENVIRONMENT)
     assert r.returncode == 0, r.stderr[-3000:]
-    answers = {json.loads(line)["prompt"][0]: json.loads(line)["output"] for line in r.stdout.splitlines()}
-    assert sum(answers[p] == want for p, want in prompts.items()) >= 2, answers
+    answers = [json.loads(line)["output"] for line in r.stdout.splitlines()]
+    exact = sum(a.strip() == want.strip() for a, (_, want) in zip(answers, pairs))
+    assert len(answers) == 100 and exact >= 50, (exact, answers[:10])
