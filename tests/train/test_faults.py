@@ -77,13 +77,16 @@ def test_ctrl_c_saves_like_sigterm_and_a_finished_run_says_so(tmp_path):
     assert last_json(again.stdout) == last_json(done.stdout) == {"status": "finished", "final_step": 100, "loss": last["loss"]}
 
 
+# A run that never reaches its next step. It waits in short sleeps, not in one blocking wait: a signal
+# that lands on one of JAX's threads reaches Python's handler only once the main thread runs Python again.
 STUCK = """
-import sys, threading
+import sys, time
 from lima_jax.train.loop import Preemption
 
 with Preemption():
     print("ready", file=sys.stderr, flush=True)
-    threading.Event().wait()  # a run that never reaches its next step (once: blocked on a dead writer's queue)
+    while True:
+        time.sleep(0.05)
 """
 
 
