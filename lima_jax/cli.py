@@ -196,13 +196,19 @@ class DistributedFlags:
     process_id: flags.FlagHolder
     distributed: flags.FlagHolder
 
+    @property
+    def joins_others(self) -> bool:
+        """Whether `start` will join other processes (known before JAX is imported)."""
+        explicit = bool(self.coordinator_address.value or self.distributed.value)
+        return explicit or (self.distributed.value is None and launched_on_cluster())
+
     def start(self, *, shutdown_timeout_s: int | None = None) -> bool:
         """Joins the other processes, if there are any (and only then imports JAX); whether it did.
         `shutdown_timeout_s`: how long a process that is done waits at exit for the others (JAX's
         default, 300 s, when None)."""
-        explicit = bool(self.coordinator_address.value or self.distributed.value)
-        if not explicit and not (self.distributed.value is None and launched_on_cluster()):
+        if not self.joins_others:
             return False
+        explicit = bool(self.coordinator_address.value or self.distributed.value)
         from lima_jax import sharding
 
         given = (self.coordinator_address.value, self.num_processes.value, self.process_id.value)

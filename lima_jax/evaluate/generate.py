@@ -71,7 +71,8 @@ def main(argv: list[str]) -> None:
     check_writable(output.parent, "--output")  # before the checkpoint is loaded and the sampler compiled
     name = _GENERATOR.value or user_path(_CHECKPOINT.value).name
     sink = make_sink(_OUTPUT_FORMAT.value, output, name, fresh=_OVERWRITE.value)
-    sink.answered(questions)  # the output's kind and generator, before the checkpoint is even looked for
+    if not _DISTRIBUTED.joins_others:  # with several processes only process 0 reads it, below
+        sink.answered(questions)  # the output's kind and generator, before the checkpoint is even looked for
     check_exists(_CHECKPOINT.value, "checkpoint")
     # The input is checked: now JAX.
     from lima_jax.inference.generator import Generator, parse_mesh
