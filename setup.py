@@ -61,7 +61,7 @@ setup(
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.45", "gcp-storage-emulator>=2026.7.18",
                  "openai>=1.40", "accelerate==1.15.0"],
         # libtpu lets JAX compile for TPU topologies on a CPU host (lima_jax.aot and its tests). On a
-        # machine without a TPU, lima_jax keeps its TPU probe quiet (lima_jax/tpu_probe.py).
+        # machine without a TPU, lima_jax keeps its TPU probe quiet (lima_jax/__init__.py).
         "aot": ["libtpu==0.0.51; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],

@@ -1,7 +1,75 @@
-"""lima_jax: LIMA's supervised fine-tuning recipe for LLaMA models, in JAX."""
+"""lima_jax: LIMA's supervised fine-tuning recipe for LLaMA models, in JAX.
+
+Importing it sets up two things before any lima_jax module imports JAX, TensorStore or gcsfs: a quiet
+TPU probe off a TPU, and the Cloud Storage emulator when STORAGE_EMULATOR_HOST says so.
+
+A quiet start on machines without a TPU, when the `libtpu` package is installed.
+
+JAX probes for a TPU whenever libtpu is installed: at the first backend lookup (`jax.devices()`,
+the first jit) and whenever `jax.experimental.topologies` loads the TPU plugin (`lima_jax.aot`).
+Off a TPU VM, libtpu then lacks the slice description the VM's metadata server would give it and
+writes "Failed to find host bounds for accelerator type ...", "unexpected worker hostname ..." and a
+source-location trace to stderr before failing (quietly, as far as JAX is concerned) with "No
+jellyfish device found"; JAX falls back to the next backend.
+
+`quiet_tpu_probe` gives libtpu the description of a lone host (`TPU_HOST_BOUNDS=1,1,1`,
+`TPU_WORKER_HOSTNAMES=localhost`) when no TPU is attached, so its probe finds nothing without a
+word. It changes nothing else: JAX still picks its backends itself (a GPU still wins, JAX_PLATFORMS
+is left to the user), and topologies compile exactly as before (the description covers no devices
+of theirs). Setting JAX_PLATFORMS=cpu instead would not do: the AOT path loads libtpu whatever the
+platforms, and an explicit platform list makes JAX fail loudly where it would fall back.
+"""
+from __future__ import annotations
+
+import glob
+import os
 
 from lima_jax.storage.emulator import use_storage_emulator
-from lima_jax.tpu_probe import quiet_tpu_probe
+
+# Google's PCI vendor id and the device ids of its TPU chips (as in jax._src.hardware_utils). Other
+# Google devices (gVNIC network cards on every GCE VM, for one) share the vendor id.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"}
+
+# Variables that describe a TPU slice to libtpu: whoever set one of them means it, so leave them be.
+_SLICE_VARS = ("TPU_ACCELERATOR_TYPE", "TPU_HOST_BOUNDS", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
+               "TPU_PROCESS_BOUNDS", "TPU_CHIPS_PER_PROCESS_BOUNDS", "JAX_FORCE_TPU_INIT")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def tpu_attached() -> bool:
+    """Whether this machine may have a TPU: a TPU PCI device, or the device nodes TPU drivers create.
+
+    Errs towards yes (an accel or VFIO node of other hardware counts): a wrong yes only leaves the
+    probe's noise, a wrong no would mis-describe a real slice to libtpu.
+    """
+    # /dev/accel* for TPU v2-v4, /dev/vfio/<group> for v5e onwards (and other VFIO passthrough).
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return True
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        if _read(vendor) == _GOOGLE_PCI_VENDOR and _read(os.path.join(os.path.dirname(vendor), "device")) in _TPU_PCI_DEVICES:
+            return True
+    return False
+
+
+def quiet_tpu_probe() -> bool:
+    """Describes a lone host to libtpu when no TPU is attached; returns whether it did.
+
+    Costs a few file reads; must run before JAX loads libtpu (called below, at import).
+    """
+    if any(v in os.environ for v in _SLICE_VARS) or tpu_attached():
+        return False
+    os.environ["TPU_HOST_BOUNDS"] = "1,1,1"
+    os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
+    return True
+
 
 # Before any lima_jax module imports JAX: without a TPU, keep libtpu's probe off stderr.
 quiet_tpu_probe()

@@ -51,7 +51,7 @@ class ModelConfig:
     # KV cache: compile time flat in depth, at some cost per step on a CPU (see bench/decode.py).
     decode_scan: bool = False
     remat: str = "none"  # none | full | save_dots (keep matmul outputs) | save_attention (keep q, k, v, attention out)
-    attention: str = "auto"  # training's kernel: auto | xla | splash (TPU) | cudnn (GPU); see train/fused_attention.py
+    attention: str = "auto"  # training's kernel: auto | xla | splash (TPU) | cudnn (GPU); see kernels/fused_attention.py
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; norms, softmax and logits stay in float32
     init_std: float = 0.02

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, NoReturn
 
 from absl import app, flags, logging
 
-from lima_jax.errors import LimaError, run_main
+from lima_jax.errors import LimaError, run_main, say  # noqa: F401 - say: where the commands import it from
 
 flags.DEFINE_bool("verbose", False, "print tracebacks with errors")
 
@@ -99,13 +99,6 @@ def describe_flag_error(message: str) -> str:
         if re.search(r"(config|key|field|type|override|flag)", line, re.I):
             return line
     return lines[-1] if lines else str(message)
-
-
-def say(message: str) -> None:
-    """A line for the user, from process 0 only (logs are quiet unless --verbosity=0)."""
-    jax = sys.modules.get("jax")  # a command that never imported JAX is a single process
-    if jax is None or jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

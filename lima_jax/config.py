@@ -187,7 +187,7 @@ def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> 
     reads its model from `init_checkpoint` (`--config=auto`) is first filled from it, for `platform`
     (default: JAX's backend), and says so."""
     if needs_checkpoint(config):
-        from lima_jax.cli import say
+        from lima_jax.errors import say
 
         say(f"--config=auto: {from_checkpoint(config, platform)}")
     m = config.model
@@ -218,7 +218,7 @@ def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> 
 
 def _validate_attention(config: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:
     """The attention kernel's name, and an explicit kernel's shape and dtype limits, before compiling."""
-    from lima_jax.train.fused_attention import ATTENTION_IMPLS, unsupported
+    from lima_jax.kernels.fused_attention import ATTENTION_IMPLS, unsupported
 
     m = config.model
     impl = m.get("attention", "auto")

@@ -26,13 +26,11 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lima_jax.architecture import REMAT_POLICIES, ModelConfig
+from lima_jax.kernels import fused_attention
+from lima_jax.kernels.fused_attention import ATTENTION_SAVED
 from lima_jax.sharding import constrain, tree_shardings
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
-# What `remat=save_attention` keeps per layer: the rotated q, k, v and the attention output (and the
-# splash kernel's log-sum-exp), so the backward pass recomputes only norms, the MLP and the output
-# projection, never the attention itself.
-ATTENTION_SAVED = ("attention_qkv", "attention")
 # The logit of a padding id: its probability is exactly 0, and unlike -inf it stays finite through
 # temperature, repetition penalty and a cross-entropy's 0 * log p.
 PADDING_LOGIT = -1e30
@@ -348,8 +346,6 @@ class Block(nnx.Module):
         dt, cfg = q.dtype, self.cfg
         impl = "xla"
         if cfg.attention != "xla":
-            from lima_jax.train import fused_attention
-
             impl = fused_attention.resolve(cfg.attention, q.shape[1], cfg.resolved_head_dim, cfg.dtype)
         if impl == "xla":
             slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)

@@ -31,9 +31,9 @@ import ml_collections
 from lima_jax.ablate.plan import Arm, Choice, arms, check_required, prepare_data, train_config, workdir_of
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging, selection
-from lima_jax.evaluate.formats import read_prompts
+from lima_jax.evaluate.formats import read_prompts, read_responses
 from lima_jax.evaluate.prompts import LIKERT_LINE
-from lima_jax.evaluate.responses import Record, ResponseSink, generate_answers, read_responses, text_hash
+from lima_jax.evaluate.responses import Record, ResponseSink, generate_answers, text_hash
 from lima_jax.evaluate.scores import judge_likert, score_key
 from lima_jax.inference.sampler import SamplingParams
 from lima_jax.storage.paths import Path, write_atomically

@@ -34,8 +34,7 @@ import numpy as np
 from tqdm import tqdm
 from flax import nnx
 
-from lima_jax.cli import say
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, say
 from lima_jax.flops import best_seconds
 from lima_jax.weights.hf import config_to_hf
 from lima_jax.architecture import ModelConfig, param_count

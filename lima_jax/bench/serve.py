@@ -30,8 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lima_jax.cli import say
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, say
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -37,10 +37,9 @@ import numpy as np
 
 from lima_jax import flops, sharding
 from lima_jax.bench import SHAPES, TORCH_ATTENTION, decode as bench_decode
-from lima_jax.cli import say
+from lima_jax.errors import LimaError, say
 from lima_jax.config import model_config, override_keys, set_key, validate
 from lima_jax.data.batches import BATCH_SCHEMA
-from lima_jax.errors import LimaError
 from lima_jax.architecture import ModelConfig, param_count
 from lima_jax.train import optimizer as optim
 from lima_jax.train.state import batch_shardings, init_state, jit_train_step

@@ -15,7 +15,7 @@ from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging
 from lima_jax.evaluate.ratings import judge_absolute
-from lima_jax.evaluate.responses import read_responses
+from lima_jax.evaluate.formats import read_responses
 
 _RESPONSES = flags.DEFINE_string("responses", None, "the response file to rate (JSONL: id, prompt, output, generator)")
 _QUESTIONS = flags.DEFINE_string("mt_bench_questions", None, "MT-Bench's question.jsonl, when response files are "

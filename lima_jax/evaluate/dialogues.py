@@ -25,8 +25,8 @@ from lima_jax.evaluate import prompts
 from lima_jax.evaluate.judges import Judge
 from lima_jax.evaluate.judging import JudgmentCache, RunStats
 from lima_jax.evaluate.ratings import judge_absolute
-from lima_jax.evaluate.responses import (Question, Record, ResponseSink, digest, generate_answers, read_responses,
-                                         text_hash)
+from lima_jax.evaluate.responses import Question, Record, ResponseSink, digest, generate_answers, text_hash
+from lima_jax.evaluate.formats import read_responses
 from lima_jax.storage.paths import Path, user_path
 
 

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 from lima_jax.data.records import BadLine, check_appendable, json_object, read_conversations, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.responses import (Question, Record, ResponseSink, Sink, append_records, check_generator, digest,
-                                         file_head, first_object, make_record, prompt_id, questions_from_prompts)
+                                         file_head, first_object, make_record, prompt_id, questions_from_prompts,
+                                         read_response_jsonl)
 from lima_jax.storage.paths import Path, write_atomically
 
 FORMATS = ("responses", "alpaca_eval", "mt_bench")
@@ -254,3 +255,15 @@ def make_sink(output_format: str, output: Path, name: str, fresh: bool = False) 
     if output_format not in sinks:
         raise LimaError(f"--output_format={output_format}: one of {', '.join(FORMATS)}")
     return sinks[output_format](output, name, fresh)
+
+
+def read_responses(path: str | os.PathLike, mt_bench_questions: str | None = None) -> dict[str, Record]:
+    """Any response file into {id: record}, in file order: this project's JSONL, AlpacaEval's model
+    outputs (a JSON list), or MT-Bench answers given the questions they answer."""
+    name = os.fspath(path)
+    head = file_head(name)
+    if head.startswith(b"["):
+        return read_alpaca_eval_responses(name)
+    if mt_bench_questions and "choices" in first_object(head):
+        return read_mt_bench_responses(name, mt_bench_questions)
+    return read_response_jsonl(name)

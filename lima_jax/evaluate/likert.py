@@ -17,7 +17,7 @@ from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging
 from lima_jax.evaluate.prompts import LIKERT_LINE
-from lima_jax.evaluate.responses import read_responses
+from lima_jax.evaluate.formats import read_responses
 from lima_jax.evaluate.scores import judge_likert
 
 _RESPONSES = flags.DEFINE_string("responses", None, "the response file to score (JSONL: id, prompt, output, generator)")

@@ -15,7 +15,7 @@ from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging
 from lima_jax.evaluate.comparisons import judge_pairwise
-from lima_jax.evaluate.responses import read_responses
+from lima_jax.evaluate.formats import read_responses
 
 _OURS = flags.DEFINE_string("ours", None, "our response file (JSONL: id, prompt, output, generator)")
 _BASELINE = flags.DEFINE_string("baseline", None, "the baseline's response file, same format")

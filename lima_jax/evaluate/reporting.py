@@ -156,7 +156,8 @@ def _check_one_pair(path: str, records: list) -> None:
 def response_lengths(paths: Sequence[str]) -> dict[str, int]:
     """Output text hash -> length, from response files: lengths for caches judged before judgments
     recorded them (matched by hash, so only the very outputs that were judged count)."""
-    from lima_jax.evaluate.responses import read_responses, text_hash
+    from lima_jax.evaluate.responses import text_hash
+    from lima_jax.evaluate.formats import read_responses
 
     return {text_hash(r["output"]): len(r["output"]) for path in paths for r in read_responses(path).values()}
 

@@ -21,10 +21,9 @@ import json
 import os
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from lima_jax.cli import say
+from lima_jax.errors import LimaError, say
 from lima_jax.inference import hosts
 from lima_jax.data.records import BadLine, check_appendable, json_object, read_jsonl, repair_tail
-from lima_jax.errors import LimaError
 from lima_jax.storage.paths import Appender, Path, PathLike, write_atomically
 
 Record = dict[str, Any]
@@ -97,18 +96,10 @@ def _parse(text: str, default_generator: str) -> Record:
     return make_record(prompt, obj["output"], generator, rid)
 
 
-def read_responses(path: str | os.PathLike, mt_bench_questions: str | None = None) -> dict[str, Record]:
-    """Reads a response file into {id: record}, in file order; a bad line raises `file:line: why`.
-    AlpacaEval's model outputs (a JSON list) are read too, and MT-Bench answers given the questions
-    they answer (`lima_jax.evaluate.formats`)."""
+def read_response_jsonl(path: str | os.PathLike) -> dict[str, Record]:
+    """Reads a JSONL response file into {id: record}, in file order; a bad line raises `file:line: why`.
+    `formats.read_responses` reads the other tools' files too."""
     name = os.fspath(path)
-    head = file_head(name)
-    if head.startswith(b"[") or (mt_bench_questions and "choices" in first_object(head)):
-        from lima_jax.evaluate import formats  # imports this module
-
-        if head.startswith(b"["):
-            return formats.read_alpaca_eval_responses(name)
-        return formats.read_mt_bench_responses(name, mt_bench_questions)
     default_generator = Path(name).stem
     records: dict[str, Record] = {}
     first_line: dict[str, int] = {}
@@ -190,7 +181,7 @@ class ResponseSink:
         repair_tail(self.output)
         if not self.output.read_text(encoding="utf-8").strip():
             return {}
-        records = read_responses(self.output)
+        records = read_response_jsonl(self.output)
         check_generator(os.fspath(self.output), (r["generator"] for r in records.values()), self.name, "responses")
         return {rid: r["output"] for rid, r in records.items()}
 

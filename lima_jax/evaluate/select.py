@@ -25,7 +25,7 @@ from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_fl
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import judging
 from lima_jax.evaluate.prompts import LIKERT_LINE
-from lima_jax.evaluate.responses import read_responses
+from lima_jax.evaluate.formats import read_responses
 from lima_jax.inference.sampling import SamplingParams
 from lima_jax.storage.paths import user_path
 

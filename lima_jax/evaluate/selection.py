@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lima_jax.data.records import read_conversations
-from lima_jax.cli import say
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, say
 from lima_jax.evaluate.comparisons import judge_pairwise
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.reporting import LIKERT_AXIS, fit_titles, has_width, new_figure, save_png
-from lima_jax.evaluate.responses import generate_responses, generation_settings, read_responses
+from lima_jax.evaluate.responses import generate_responses, generation_settings
+from lima_jax.evaluate.formats import read_responses
 from lima_jax.evaluate.scores import judge_likert, likert_score
 from lima_jax.inference.generator import Generator, prompt_turns
 from lima_jax.storage.paths import Path

@@ -20,7 +20,7 @@ from lima_jax.config import trained_model_config, validate
 from lima_jax.errors import LimaError
 from lima_jax.architecture import param_count
 from lima_jax.sharding import make_mesh
-from lima_jax.train import fused_attention
+from lima_jax.kernels import fused_attention
 from lima_jax.train import optimizer as optim
 from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step
 

@@ -21,8 +21,7 @@ import uuid
 
 import jax
 
-from lima_jax.cli import say
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, say
 from lima_jax.storage.paths import Path, is_cloud, write_atomically
 
 LOCK_FILE = "lock"

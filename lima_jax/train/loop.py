@@ -23,10 +23,9 @@ import numpy as np
 import optax
 
 from lima_jax import flops, sharding
-from lima_jax.cli import say
+from lima_jax.errors import LimaError, say
 from lima_jax.config import adds_eot, flatten, trained_model_config, validate
 from lima_jax.data import pipeline
-from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, param_shardings
 from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
 from lima_jax.train import optimizer as optim

@@ -13,7 +13,7 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate import dialogue_report
 from lima_jax.evaluate.dialogues import TranscriptSink, parse_checkpoints, play, rate, read_dialogues, unplayed
 from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.responses import read_responses
+from lima_jax.evaluate.formats import read_responses
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import SamplingParams
 from lima_jax.storage.paths import Path

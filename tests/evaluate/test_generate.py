@@ -9,7 +9,8 @@ from lima_jax.weights.convert import convert
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.responses import generate_responses, generation_settings, settings_path
-from lima_jax.evaluate.responses import prompt_id, read_responses
+from lima_jax.evaluate.responses import prompt_id
+from lima_jax.evaluate.formats import read_responses
 from lima_jax.model import ModelConfig
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import SamplingParams

@@ -14,7 +14,8 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate import prompts
 from lima_jax.evaluate import reporting as report
 from lima_jax.evaluate.judging import JudgmentCache, make_judge
-from lima_jax.evaluate.responses import make_record, prompt_id, read_responses, write_responses
+from lima_jax.evaluate.responses import make_record, prompt_id, write_responses
+from lima_jax.evaluate.formats import read_responses
 from lima_jax.evaluate.scores import judge_likert, likert_score, mean_interval, results_from_records
 from support.judges import Reply, Request, ScriptedServer
 from support.commands import call_command

@@ -12,7 +12,8 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate.judges import OpenAIJudge
 from lima_jax.evaluate.judging import JudgmentCache
 from lima_jax.evaluate.comparisons import judge_pairwise, results_from_records
-from lima_jax.evaluate.responses import make_record, read_responses, write_responses
+from lima_jax.evaluate.responses import make_record, write_responses
+from lima_jax.evaluate.formats import read_responses
 from support.commands import call_command
 from support.judges import Reply, Request, ScriptedServer, fast_judge
 

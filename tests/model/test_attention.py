@@ -18,7 +18,7 @@ from lima_jax import sharding
 from lima_jax.config import load_config
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, attention, model_from_params
-from lima_jax.train import fused_attention
+from lima_jax.kernels import fused_attention
 from support.markers import needs_libtpu
 from support.models import forward, random_model, random_tokens, tiny
 
@@ -97,7 +97,7 @@ def test_splash_compiles_for_a_tpu_slice_as_one_kernel_per_devices_rows_and_head
         import jax, jax.numpy as jnp
         from jax.sharding import NamedSharding, PartitionSpec as P
         from lima_jax import sharding
-        from lima_jax.train import fused_attention
+        from lima_jax.kernels import fused_attention
         mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2}, topology_devices("v5p-8")[1])
         def run(q, k, v, seg):
             with sharding.activation_mesh(mesh):

@@ -21,8 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lima_jax.errors import LimaError
-from lima_jax.model import ATTENTION_SAVED
 from lima_jax.sharding import active_mesh, spec
+
+# What `remat=save_attention` keeps per layer: the rotated q, k, v and the attention output (and the
+# splash kernel's log-sum-exp), so the backward pass recomputes only norms, the MLP and the output
+# projection, never the attention itself.
+ATTENTION_SAVED = ("attention_qkv", "attention")
 
 ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn")
 SPLASH_MULTIPLE = 128  # splash tiles the sequence and the head dim by 128 lanes
