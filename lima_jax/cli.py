@@ -190,10 +190,14 @@ class DistributedFlags:
     distributed: flags.FlagHolder
 
     @property
+    def _explicit(self) -> bool:
+        """Whether the flags name the other processes (else a cluster manager may)."""
+        return bool(self.coordinator_address.value or self.distributed.value)
+
+    @property
     def joins_others(self) -> bool:
         """Whether `start` will join other processes (known before JAX is imported)."""
-        explicit = bool(self.coordinator_address.value or self.distributed.value)
-        return explicit or (self.distributed.value is None and launched_on_cluster())
+        return self._explicit or (self.distributed.value is None and launched_on_cluster())
 
     def start(self, *, shutdown_timeout_s: int | None = None) -> bool:
         """Joins the other processes, if there are any (and only then imports JAX); whether it did.
@@ -201,11 +205,10 @@ class DistributedFlags:
         default, 300 s, when None)."""
         if not self.joins_others:
             return False
-        explicit = bool(self.coordinator_address.value or self.distributed.value)
         from lima_jax import sharding
 
         given = (self.coordinator_address.value, self.num_processes.value, self.process_id.value)
-        sharding.initialize_distributed(*(given if explicit else (None, None, None)), shutdown_timeout_s=shutdown_timeout_s)
+        sharding.initialize_distributed(*(given if self._explicit else (None, None, None)), shutdown_timeout_s=shutdown_timeout_s)
         return True
 
 

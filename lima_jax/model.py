@@ -344,9 +344,7 @@ class Block(nnx.Module):
         """Training's attention within each segment of the rows (slot = position in the row), by
         `model.attention`'s implementation, projected back to (B, T, D)."""
         dt, cfg = q.dtype, self.cfg
-        impl = "xla"
-        if cfg.attention != "xla":
-            impl = fused_attention.resolve(cfg.attention, q.shape[1], cfg.resolved_head_dim, cfg.dtype)
+        impl = fused_attention.resolve(cfg.attention, q.shape[1], cfg.resolved_head_dim, cfg.dtype)
         if impl == "xla":
             slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
             out = attention(q, k.astype(dt), v.astype(dt), segment_ids, segment_ids, slots)

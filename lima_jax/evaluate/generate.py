@@ -79,9 +79,8 @@ def main(argv: list[str]) -> None:
     from lima_jax.weights import checkpoint
 
     _DISTRIBUTED.start()
-    # The output is checked before the checkpoint is read (its kind, its generator), then before it is loaded (the
-    # checkpoint and sampling it was generated with); generation reads it again.
-    hosts.from_process_0(lambda: len(sink.answered(questions)))
+    # The output is checked before the checkpoint is loaded (its kind and generator, then the checkpoint and
+    # sampling it was generated with); generation reads it again.
     step = checkpoint.resolve(_CHECKPOINT.value)  # once: a newer step of a run is not mixed in
     sink = RecordedSink(sink, generation_settings(step, params, _SAMPLING.seed.value))
     hosts.from_process_0(lambda: len(sink.answered(questions)))

@@ -210,14 +210,16 @@ def generation_settings(checkpoint: PathLike, params: Any, seed: int) -> dict[st
             "max_new_tokens": params.max_new_tokens, "seed": seed}
 
 
+OUTPUT_REMEDY = "name another --output (or pass --overwrite to replace it)"  # how a refused output is fixed
+
+
 class RecordedSink:
     """A sink whose output records its generation settings (`settings_path`): an output recorded with
     other settings is refused rather than continued; one from before the record is continued, said once,
     and recorded. The record is written after the first answers are added (an --overwrite removes the
     old one first), so an interrupted run leaves at worst an output without a record, never a wrong one."""
 
-    def __init__(self, sink: Any, settings: dict[str, Any],
-                 remedy: str = "name another --output (or pass --overwrite to replace it)"):
+    def __init__(self, sink: Any, settings: dict[str, Any], remedy: str = OUTPUT_REMEDY):
         self.sink, self.settings, self.remedy = sink, settings, remedy
         self.output, self.record = sink.output, settings_path(sink.output)
         self.recorded = self.told = False
@@ -316,11 +318,11 @@ def generate_answers(generator: Any, questions: Sequence[Question], sink: Sink, 
 def generate_responses(generator: Any, prompts: list[list[str]], output: Path, name: str,
                        params, seed: int, batch_size: int,
                        progress: Callable[[str], None] = lambda line: None, settings: dict[str, Any] | None = None,
-                       remedy: str | None = None) -> int:
+                       remedy: str = OUTPUT_REMEDY) -> int:
     """Answers the prompts the response file `output` lacks (`generate_answers` over single asks); with
     `settings` (`generation_settings`), only if the file was generated with them (`RecordedSink`, whose
     refusal ends with `remedy`)."""
     sink = ResponseSink(output, name)
     if settings is not None:
-        sink = RecordedSink(sink, settings, **({"remedy": remedy} if remedy else {}))
+        sink = RecordedSink(sink, settings, remedy)
     return generate_answers(generator, questions_from_prompts(prompts), sink, params, seed, batch_size, progress)

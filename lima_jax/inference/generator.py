@@ -54,8 +54,8 @@ class Generator:
 
     def __call__(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[int]]:
         for p in prompts:  # the sampler refuses these too; here the line can quote the prompt
-            if why := past_context(len(p), self.model.cfg.max_len, f"the prompt {self.quote(p)}"):
-                raise LimaError(why)
+            if past_context(len(p), self.model.cfg.max_len):
+                raise LimaError(past_context(len(p), self.model.cfg.max_len, f"the prompt {self.quote(p)}"))
         self._warn_if_longer_than_trained(prompts)
         return generate(self.model, prompts, params, stop_ids=self.stop_ids, seed=seed, mesh=self.mesh)
 

@@ -176,8 +176,9 @@ def loads(data: bytes) -> Any:
         body = json.loads(data, parse_constant=refuse, parse_float=finite)
     except ValueError as e:  # not JSON, not UTF-8, or an integer past Python's 4,300 digits
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
-    try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    try:  # a lone surrogate can only come from a \u escape: UTF-8 bytes cannot encode one
+        if b"\\u" in data:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
         raise ApiError(400, f"the request body holds a lone surrogate ({e.object[e.start:e.end]!r}) in a string: "
                        "that is not text") from None

@@ -88,7 +88,7 @@ class Engine:
         self._later = [w for w in self.widths if w not in now]
         programs = [(rows, width) for width in now for rows in self.batch_sizes]
         with tqdm(programs, desc="serve: compiling", unit="program", leave=False,
-                  total=len(programs) * self.programs_per_shape) as bar:
+                  total=len(programs) * len(self._variants)) as bar:
             for rows, width in programs:
                 self._compile(rows, width, bar)
         self.compiled = compiled_programs()
@@ -97,17 +97,17 @@ class Engine:
             f"widths) in {time.perf_counter() - start:.1f}s{later}")
 
     @property
-    def programs_per_shape(self) -> int:
-        return 2 * (2 if self.max_logprobs is not None else 1)  # greedy and sampling, with log-probabilities or not
+    def _variants(self) -> list[tuple[float, bool]]:
+        """The programs of one (batch size, width): greedy and sampling, with log-probabilities or not."""
+        return [(t, lp) for t in (0.0, 0.7) for lp in ((False, True) if self.max_logprobs is not None else (False,))]
 
     def _compile(self, rows: int, width: int, bar=None) -> None:
         prompt = [self.generator.stop_ids[0]]
-        for temperature in (0.0, 0.7):
-            for logprobs in (False, True) if self.max_logprobs is not None else (False,):
-                self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
-                            width, logprobs).advance(1)
-                if bar is not None:
-                    bar.update(1)
+        for temperature, logprobs in self._variants:
+            self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
+                        width, logprobs).advance(1)
+            if bar is not None:
+                bar.update(1)
 
     def _compile_next_width(self) -> None:
         """The next width left for later, every batch size: run while nothing is waiting."""
