@@ -237,6 +237,22 @@ def residual_dropout(x: jax.Array, rate: jax.Array, key: jax.Array | None) -> ja
     return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
 
 
+def project(spec: str, x: jax.Array, weight: nnx.Variable | jax.Array | object, key: jax.Array | None = None) -> jax.Array:
+    """x contracted with a weight by the einsum `spec` (weight last): a plain array, cast to x's dtype,
+    or a structured weight that applies itself, given `key` for its dropout (in training, a frozen base
+    wearing a LoRA adapter or stored quantized: `lima_jax.lora`)."""
+    if isinstance(weight, nnx.Variable):
+        weight = weight.get_value()
+    if hasattr(weight, "project"):
+        return weight.project(spec, x, key)
+    return jnp.einsum(spec, x, weight.astype(x.dtype))
+
+
+def _adapter_keys(key: jax.Array | None, first: int, n: int) -> list[jax.Array | None]:
+    """One key per projection, numbered q k v o gate up down (0-6): each adapter draws its own mask."""
+    return [None if key is None else jax.random.fold_in(key, first + i) for i in range(n)]
+
+
 class Block(nnx.Module):
     """One decoder layer. Built with `stack=(L,)` it holds the parameters of all L layers stacked;
     `Llama` then runs it one layer slice at a time under `lax.scan`."""
@@ -270,13 +286,14 @@ class Block(nnx.Module):
     ) -> jax.Array:
         """Training: one layer on x (B, T, D), each token attending to the earlier tokens of its own
         segment, with residual dropout when a key is given."""
-        attn_key = mlp_key = None
+        attn_key = mlp_key = adapter_key = None
         if dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
-        q, k, v = (checkpoint_name(a, ATTENTION_SAVED[0]) for a in self._qkv_rotated(x, positions))
-        out = self._self_attention(q, k, v, segment_ids)
+            adapter_key = jax.random.fold_in(dropout_key, 2)  # a LoRA adapter's own dropout (`lima_jax.lora`)
+        q, k, v = (checkpoint_name(a, ATTENTION_SAVED[0]) for a in self._qkv_rotated(x, positions, adapter_key))
+        out = self._self_attention(q, k, v, segment_ids, adapter_key)
         x = x + residual_dropout(out, dropout_rate, attn_key)
-        x = x + residual_dropout(self._mlp(x), dropout_rate, mlp_key)
+        x = x + residual_dropout(self._mlp(x, adapter_key), dropout_rate, mlp_key)
         return constrain(x, ACTIVATION_AXES)
 
     def decode(
@@ -318,9 +335,10 @@ class Block(nnx.Module):
         x = x + self._mlp(x)
         return constrain(x, ACTIVATION_AXES), (k_cache, v_cache)
 
-    def project_qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def project_qkv(self, h: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q (B, T, H, Dh), k and v (B, T, K, Dh) from the normed input."""
-        return self.add_qkv_bias(tuple(jnp.einsum("btd,dhk->bthk", h, w[...].astype(h.dtype)) for w in (self.wq, self.wk, self.wv)))
+        weights, keys = (self.wq, self.wk, self.wv), _adapter_keys(key, 0, 3)
+        return self.add_qkv_bias(tuple(project("btd,dhk->bthk", h, w, k) for w, k in zip(weights, keys)))
 
     def add_qkv_bias(self, qkv: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q, k, v plus their biases, for the architectures that have them (`cfg.qkv_bias`)."""
@@ -328,19 +346,21 @@ class Block(nnx.Module):
             return qkv
         return tuple(y + b[...].astype(y.dtype) for y, b in zip(qkv, (self.bq, self.bk, self.bv)))
 
-    def project_gate_up(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def project_gate_up(self, h: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """The MLP's gate and up projections (B, T, F) from the normed input."""
-        return tuple(jnp.einsum("btd,df->btf", h, w[...].astype(h.dtype)) for w in (self.w_gate, self.w_up))
+        return tuple(project("btd,df->btf", h, w, k) for w, k in zip((self.w_gate, self.w_up), _adapter_keys(key, 4, 2)))
 
-    def _qkv_rotated(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _qkv_rotated(
+        self, x: jax.Array, positions: jax.Array, key: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q (B, T, H, Dh) and the keys (B, K, T, Dh) and values (B, K, Dh, T) in the cache's layout."""
         cfg = self.cfg
-        q, k, v = self.project_qkv(rms_norm(x, self.attn_norm[...], cfg.norm_eps))
+        q, k, v = self.project_qkv(rms_norm(x, self.attn_norm[...], cfg.norm_eps), key)
         inv_freq = rope_frequencies(cfg)
         q, k = rotary(q, positions, inv_freq), rotary(k, positions, inv_freq)
         return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
 
-    def _self_attention(self, q, k, v, segment_ids) -> jax.Array:
+    def _self_attention(self, q, k, v, segment_ids, key: jax.Array | None = None) -> jax.Array:
         """Training's attention within each segment of the rows (slot = position in the row), by
         `model.attention`'s implementation, projected back to (B, T, D)."""
         dt, cfg = q.dtype, self.cfg
@@ -350,16 +370,16 @@ class Block(nnx.Module):
             out = attention(q, k.astype(dt), v.astype(dt), segment_ids, segment_ids, slots)
         else:  # the kernels take keys and values (B, T, K, Dh), as projected
             out = fused_attention.attend(impl, q, k.astype(dt).transpose(0, 2, 1, 3), v.astype(dt).transpose(0, 3, 1, 2), segment_ids)
-        return self._project_out(checkpoint_name(out, ATTENTION_SAVED[1]))
+        return self._project_out(checkpoint_name(out, ATTENTION_SAVED[1]), key)
 
-    def _project_out(self, out: jax.Array) -> jax.Array:
+    def _project_out(self, out: jax.Array, key: jax.Array | None = None) -> jax.Array:
         """The attention output (B, T, H, Dh) projected back to the model dim (B, T, D)."""
-        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(out.dtype))
+        out = project("bthk,hkd->btd", out, self.wo, *_adapter_keys(key, 3, 1))
         return out + self.bo[...].astype(out.dtype) if self.cfg.out_bias else out
 
-    def _mlp(self, x: jax.Array) -> jax.Array:
-        gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps))
-        return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down[...].astype(x.dtype))
+    def _mlp(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps), key)
+        return project("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down, *_adapter_keys(key, 6, 1))
 
 
 def _remat(fn, policy: str):

@@ -101,6 +101,14 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
     c.checkpoint.async_save = True
     c.checkpoint.params_dtype = ""  # "" as trained; bfloat16 halves fp32 steps (the latest also keeps them exact)
 
+    # LoRA (rank 0: every weight trains): adapters on a frozen base, `lima_jax.lora`.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0  # the update is scaled by alpha / rank
+    c.lora.dropout = 0.0  # on each adapter's input (PEFT's lora_dropout); LIMA's residual dropout applies as ever
+    c.lora.targets = "q,k,v,o,gate,up,down"
+    c.lora.base_dtype = ""  # float32 | bfloat16 | int8 | nf4 (QLoRA); empty: as the base checkpoint stores it
+
     c.log_every = 1
     c.peak_tflops = 0.0  # per device, for MFU; 0 looks it up by device kind (measured on CPU)
     return c

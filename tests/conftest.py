@@ -70,6 +70,21 @@ def small_run(tmp_path_factory):
     return folder / "run"
 
 
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """A random 'pretrained' model with the tiny architecture and the demo tokenizer's 512 pieces (no EOT
+    yet), converted from transformers as `convert` does: a base to fine-tune (in full or with LoRA)."""
+    from support.hf_reference import random_hf_model
+
+    from lima_jax.config import load_config, model_config
+    from lima_jax.data import demo_dir
+    from lima_jax.weights.convert import convert
+
+    root = tmp_path_factory.mktemp("pretrained")
+    random_hf_model(model_config(load_config("tiny"))).save_pretrained(root / "hf")
+    return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+
+
 @pytest.fixture
 def no_compilation_cache():
     """The session's persistent cache off for one test: one that times compiles must compile, not load."""

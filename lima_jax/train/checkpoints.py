@@ -17,7 +17,7 @@ from lima_jax.errors import RunFailure, say
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, user_path
 from lima_jax.weights import checksums
-from lima_jax.weights.checkpoint import STEPS_DIR, model_record, root_cause, saved_checksums
+from lima_jax.weights.checkpoint import LORA, STEPS_DIR, model_record, root_cause, saved_checksums
 
 
 ITEMS = ("params", "model", "run")  # what each step must hold (`checksums` too, unless saved before them)
@@ -60,7 +60,9 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, params: Any, opt_state: Any, cfg: ModelConfig, run: dict[str, Any]) -> None:
+    def save(self, step: int, params: Any, opt_state: Any, cfg: ModelConfig, run: dict[str, Any],
+             lora: dict[str, Any] | None = None) -> None:
+        """`params` are the trained ones: a LoRA run's adapters, with `lora` (their record: spec, base) saved beside."""
         trees = {"params": params, OPT_STATE: opt_state}
         if self._params_dtype:
             stored = jax.tree.map(lambda a: a.astype(self._params_dtype), params)
@@ -70,6 +72,7 @@ class RunCheckpoints:
             **{item: ocp.args.StandardSave(tree) for item, tree in trees.items()},
             model=ocp.args.JsonSave(model_record(cfg)),
             run=ocp.args.JsonSave(run),
+            **({} if lora is None else {LORA: ocp.args.JsonSave(lora)}),
             checksums=ocp.args.JsonSave({item: checksums.of(tree) for item, tree in trees.items()}),
         )
         self.wait()  # the save in flight fails here, under its own step

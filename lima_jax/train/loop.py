@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -26,16 +27,20 @@ from lima_jax import flops, sharding
 from lima_jax.errors import LimaError, say
 from lima_jax.config import adds_eot, flatten, trained_model_config, validate
 from lima_jax.data import pipeline
-from lima_jax.model import ModelConfig, param_shardings
+from lima_jax.lora import base as lora_base, spec as lora_spec
+from lima_jax.lora.spec import LoraSpec
+from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train.lock import WorkdirLock
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE, MetricsWriter, logged_loss
-from lima_jax.train.state import abstract_state, init_state, jit_eval_step, jit_train_step, state_from_params
+from lima_jax.train.state import (abstract_state, init_adapters, init_state, jit_eval_step, jit_train_step, shardings_of,
+                                  state_from_params)
 from lima_jax.train.step import TrainState
 from lima_jax.recipe import check_architecture, check_platform
 from lima_jax.weights import checkpoint
+from lima_jax.weights.checkpoint import LORA, read_json_item
 
 
 PARAMS_DTYPES = ("", "float32", "bfloat16")  # what a step's `params` may be stored in ("": as trained)
@@ -79,36 +84,15 @@ def check_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig) -> Mod
     return base
 
 
-def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -> dict:
-    """The init checkpoint's parameters, sharded, laid out for the trained vocabulary: its rows past
-    the tokenizer's ids are dropped; a new EOT gets an embedding row and output column initialised to
-    the mean of the tokenizer's rows, unless the checkpoint is a fine-tune of this very vocabulary
-    (ids + EOT), which keeps its own; padding rows are zero."""
+def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh, keep_dtype: bool = False) -> tuple[dict, int]:
+    """The init checkpoint's parameters, sharded, laid out for the trained vocabulary (`checkpoint.load_resized`),
+    and how many of its rows were kept: its rows past the tokenizer's ids are dropped; a new EOT gets an
+    embedding row and output column initialised to the mean of the tokenizer's rows, unless the checkpoint
+    is a fine-tune of this very vocabulary (ids + EOT), which keeps its own."""
     base = check_pretrained(config, cfg)
     pieces = cfg.used_vocab_size - int(adds_eot(config))
-    stored = cfg.replace(vocab_size=base.vocab_size, vocab_padding=base.vocab_padding)
-    _, params = checkpoint.load_params(config.init_checkpoint, stored, param_shardings(stored, mesh))
-    if stored == cfg:
-        return params
     kept = cfg.used_vocab_size if base.used_vocab_size == cfg.used_vocab_size else pieces
-
-    def resize(rows: jax.Array, axis: int) -> jax.Array:
-        """`rows` along `axis`: the stored ones in use, EOT as their mean if new, zero padding."""
-        rows = jax.lax.slice_in_dim(rows, 0, kept, axis=axis)
-        if kept < cfg.used_vocab_size:
-            rows = jnp.concatenate([rows, rows.mean(axis, keepdims=True)], axis=axis)
-        pad = [(0, 0)] * rows.ndim
-        pad[axis] = (0, cfg.vocab_padding)
-        return jnp.pad(rows, pad)
-
-    def grow(params):
-        params = dict(params)
-        params["embed"] = resize(params["embed"], 0)
-        if "lm_head" in params:
-            params["lm_head"] = resize(params["lm_head"], 1)
-        return params
-
-    return jax.jit(grow, out_shardings=param_shardings(cfg, mesh))(params)
+    return checkpoint.load_resized(config.init_checkpoint, base, cfg, kept, mesh, keep_dtype), kept
 
 
 def tokenizer_for(config: ml_collections.ConfigDict) -> Path | None:
@@ -325,13 +309,38 @@ def _global_batch(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(target, v) for k, v in arrays.items()}
 
 
-def fresh_optimizer_state(params: Any, optimizer: optax.GradientTransformation, cfg: ModelConfig, mesh, step: int) -> Any:
+def fresh_optimizer_state(params: Any, optimizer: optax.GradientTransformation, cfg: ModelConfig, mesh, step: int,
+                          lora: LoraSpec | None = None) -> Any:
     """A new optimizer state for `params` whose learning-rate schedule stands at `step`: a resume from a
     step without one (its moments start over, as at step 0; the schedule must not)."""
-    opt_state = state_from_params(params, optimizer, cfg, mesh).opt_state
+    opt_state = state_from_params(params, optimizer, cfg, mesh, lora).opt_state
     is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)  # noqa: E731
     at_step = lambda s: s._replace(count=jax.device_put(jnp.asarray(step, s.count.dtype), s.count.sharding))  # noqa: E731
     return jax.tree.map(lambda s: at_step(s) if is_schedule(s) else s, opt_state, is_leaf=is_schedule)
+
+
+def _with_frozen(step, frozen):
+    """A LoRA run's jitted step with its frozen base bound as the last argument."""
+    return lambda *args: step(*args, frozen)
+
+
+def check_same_base(step: Path, lora_record: dict) -> None:
+    """A LoRA run resumes only on the base its adapters were trained on."""
+    saved = read_json_item(step / LORA) if (step / LORA).is_dir() else None
+    if saved is None:
+        raise LimaError(f"checkpoint {step} holds no LoRA adapters but this run trains them; use a new --config.workdir")
+    if saved["base_fingerprint"] != lora_record["base_fingerprint"]:
+        raise LimaError(f"config key init_checkpoint: {lora_record['base']} holds other weights (fingerprint "
+                        f"{lora_record['base_fingerprint']}) than the base this run's adapters were trained on "
+                        f"({saved['base']}, fingerprint {saved['base_fingerprint']}); restore it or use a new --config.workdir")
+
+
+def describe_lora(lora: LoraSpec, adapters: Any, frozen: Any) -> str:
+    """What a LoRA run trains and holds, for its start-up line."""
+    rows = f" and {lora.new_rows} added token row{'s' * (lora.new_rows != 1)}" if lora.new_rows else ""
+    return (f"LoRA rank {lora.rank} (alpha {lora.alpha:g}, dropout {lora.dropout:g}) on {','.join(lora.targets)}{rows}: "
+            f"{sum(a.size for a in jax.tree.leaves(adapters)):,} trained parameters; the frozen base holds "
+            f"{lora_base.nbytes(frozen) / 2**20:,.1f} MiB ({lora.base_dtype or 'as stored'})")
 
 
 class Diverged(Exception):
@@ -349,6 +358,7 @@ def train(config: ml_collections.ConfigDict) -> dict:
 def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> dict:
     validate(config)
     check_training_config(config)
+    lora = lora_spec.from_config(config)
     check_platform(config, jax.default_backend())
     workdir = user_path(config.workdir)
     if jax.process_index() == 0:  # a missing bucket or a denied write: one line now, not at the first checkpoint
@@ -384,20 +394,32 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save,
                            params_dtype=config.checkpoint.params_dtype)
     opened.callback(ckpts.close)  # waits for a save in flight
-    abstract = abstract_state(cfg, optimizer, mesh)
+    frozen = lora_record = None
+    if lora is not None:  # the base first: which rows the adapters train depends on it
+        base_params, kept = load_pretrained(config, cfg, mesh, keep_dtype=True)
+        lora = dataclasses.replace(lora, rows=(kept, cfg.used_vocab_size))
+        frozen = jax.jit(functools.partial(lora_base.frozen, base_dtype=lora.base_dtype))(base_params)
+        del base_params
+        lora_record = {"spec": lora.record(), "base": str(checkpoint.resolve(config.init_checkpoint)),
+                       "base_fingerprint": checkpoint.fingerprint(config.init_checkpoint)}
+    abstract = abstract_state(cfg, optimizer, mesh, lora)
     resumed = ckpts.restore_latest(abstract.params, abstract.opt_state)
     start = resumed[0] if resumed else 0
     if resumed:
         params, opt_state = resumed[1:]
+        if lora is not None:
+            check_same_base(ckpts.directory / str(start), lora_record)
         if opt_state is None:
-            opt_state = fresh_optimizer_state(params, optimizer, cfg, mesh, start)
+            opt_state = fresh_optimizer_state(params, optimizer, cfg, mesh, start, lora)
             say(f"warning: checkpoint step {start} holds no optimizer state (only the latest step keeps one): resuming "
                 f"from its parameters with fresh AdamW moments, the learning-rate schedule at step {start}; the run "
                 "will not match an uninterrupted one exactly")
         state = TrainState(jnp.asarray(start, jnp.int32), params, opt_state)
         say(f"resumed {workdir} at step {start} of {total}")
+    elif lora is not None:
+        state = state_from_params(init_adapters(cfg, lora, mesh, config.seed, frozen), optimizer, cfg, mesh, lora)
     elif config.init_checkpoint:
-        state = state_from_params(load_pretrained(config, cfg, mesh), optimizer, cfg, mesh)
+        state = state_from_params(load_pretrained(config, cfg, mesh)[0], optimizer, cfg, mesh)
     else:
         state = init_state(cfg, optimizer, mesh, config.seed)
     if start >= total:  # before anything is compiled or written: the rerun reports the run it finds
@@ -406,8 +428,13 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     if jax.process_index() == 0:
         data.tokenizer.save(workdir)
 
-    train_step = jit_train_step(config, cfg, optimizer, schedule, mesh)
-    eval_step = jit_eval_step(cfg, mesh)
+    if lora is not None:
+        say(describe_lora(lora, state.params, frozen))
+    frozen_shardings = None if frozen is None else shardings_of(frozen)
+    train_step = jit_train_step(config, cfg, optimizer, schedule, mesh, lora, frozen_shardings)
+    eval_step = jit_eval_step(cfg, mesh, lora, frozen_shardings)
+    if frozen is not None:  # a LoRA run's steps take the frozen base too
+        train_step, eval_step = _with_frozen(train_step, frozen), _with_frozen(eval_step, frozen)
     flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len)
     peak = flops.peak_tflops(jax.devices()[0], config.peak_tflops)[0] * 1e12 * jax.device_count()
     epoch_ends = {steps: i + 1 for i, steps in enumerate(batcher.epoch_end_steps())}  # steps done -> epoch
@@ -420,7 +447,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     def save(steps_done: int) -> None:
         writer.sync()  # the records up to here first: a resume from this step keeps them
         run = dict(run_meta, epoch=batcher.epoch_progress(steps_done))
-        ckpts.save(steps_done, state.params, state.opt_state, cfg, run)
+        ckpts.save(steps_done, state.params, state.opt_state, cfg, run, lora=lora_record)
 
     def log(pending, tick: float) -> dict:
         return _log(writer, pending, batcher, tick, flops_per_token, peak)

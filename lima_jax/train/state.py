@@ -16,16 +16,31 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lima_jax import sharding
+from lima_jax.lora import adapters
+from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import Llama, ModelConfig, abstract_model, param_shardings
 from lima_jax.data.batches import BATCH_SCHEMA
 from lima_jax.train.step import TrainState, eval_step, train_step
 
 
-def state_shardings(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def trained_abstract(cfg: ModelConfig, lora: LoraSpec | None = None) -> Any:
+    """The shapes of what the optimizer trains: every parameter, or (a LoRA run) the adapters."""
+    if lora is None:
+        return nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
+    return adapters.abstract(cfg, lora)
+
+
+def trained_shardings(cfg: ModelConfig, mesh: Mesh, lora: LoraSpec | None = None) -> Any:
+    if lora is None:
+        return param_shardings(cfg, mesh)
+    return sharding.tree_shardings(adapters.axes(cfg, lora), adapters.abstract(cfg, lora), mesh)
+
+
+def state_shardings(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    lora: LoraSpec | None = None) -> TrainState:
     """Optimizer moments follow their parameters' shardings; counters are replicated."""
-    params = param_shardings(cfg, mesh)
-    abstract_params = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    params = trained_shardings(cfg, mesh, lora)
+    abstract_opt = jax.eval_shape(optimizer.init, trained_abstract(cfg, lora))
     replicated = NamedSharding(mesh, P())
     opt = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, params, transform_non_params=lambda _: replicated)
     # tree_map_params visits only parameter-shaped leaves with the second tree; map the rest here.
@@ -33,12 +48,13 @@ def state_shardings(cfg: ModelConfig, optimizer: optax.GradientTransformation, m
     return TrainState(step=replicated, params=params, opt_state=opt)
 
 
-def abstract_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def abstract_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                   lora: LoraSpec | None = None) -> TrainState:
     """ShapeDtypeStructs with shardings: what a restore or an AOT compile needs, nothing allocated."""
-    params = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
+    params = trained_abstract(cfg, lora)
     shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(optimizer.init, params))
     return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_shardings(cfg, optimizer, mesh)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_shardings(cfg, optimizer, mesh, lora)
     )
 
 
@@ -52,11 +68,24 @@ def init_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: 
     return jax.jit(init, out_shardings=state_shardings(cfg, optimizer, mesh))()
 
 
-def state_from_params(params: Any, optimizer: optax.GradientTransformation, cfg: ModelConfig, mesh: Mesh) -> TrainState:
-    """A state at step 0 around given (already sharded) parameters, e.g. a pretrained checkpoint."""
-    shardings = state_shardings(cfg, optimizer, mesh)
+def state_from_params(params: Any, optimizer: optax.GradientTransformation, cfg: ModelConfig, mesh: Mesh,
+                      lora: LoraSpec | None = None) -> TrainState:
+    """A state at step 0 around given (already sharded) parameters, e.g. a pretrained checkpoint, or
+    fresh adapters."""
+    shardings = state_shardings(cfg, optimizer, mesh, lora)
     init = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), out_shardings=shardings)
     return init(params)
+
+
+def init_adapters(cfg: ModelConfig, lora: LoraSpec, mesh: Mesh, seed: int, frozen: Any) -> Any:
+    """Fresh LoRA adapters on `frozen` (the base as the run holds it), created in their shards."""
+    init = functools.partial(adapters.init, cfg, lora, jax.random.key(seed))
+    return jax.jit(init, out_shardings=trained_shardings(cfg, mesh, lora))(frozen)
+
+
+def shardings_of(tree: Any) -> Any:
+    """Each leaf's sharding (arrays, or ShapeDtypeStructs that carry one)."""
+    return jax.tree.map(lambda a: a.sharding, tree)
 
 
 def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
@@ -76,32 +105,42 @@ def jit_train_step(
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     mesh: Mesh,
+    lora: LoraSpec | None = None,
+    frozen_shardings: Any = None,
 ):
-    """The train step compiled with explicit shardings; the state is donated (updated in place)."""
+    """The train step compiled with explicit shardings; the state is donated (updated in place). A LoRA
+    run's step takes the frozen base as a third argument: `step(state, batch, frozen)`."""
     graphdef = nnx.graphdef(abstract_model(cfg))
+    wear = None if lora is None else functools.partial(adapters.wear, spec=lora)
     step = functools.partial(
-        train_step, graphdef=graphdef, optimizer=optimizer, schedule=schedule, seed=config.seed, grad_accum=config.grad_accum
+        train_step, graphdef=graphdef, optimizer=optimizer, schedule=schedule, seed=config.seed, grad_accum=config.grad_accum,
+        wear=wear,
     )
-    shardings = state_shardings(cfg, optimizer, mesh)
+    shardings = state_shardings(cfg, optimizer, mesh, lora)
     replicated = NamedSharding(mesh, P())
 
-    def run(state, batch):
+    def run(state, batch, *frozen):
         with sharding.activation_mesh(mesh):
-            return step(state, batch)
+            return step(state, batch, *frozen)
 
     return jax.jit(
         run,
-        in_shardings=(shardings, batch_shardings(mesh)),
+        in_shardings=(shardings, batch_shardings(mesh)) + (() if lora is None else (frozen_shardings,)),
         out_shardings=(shardings, replicated),
         donate_argnums=0,
     )
 
 
-def jit_eval_step(cfg: ModelConfig, mesh: Mesh):
+def jit_eval_step(cfg: ModelConfig, mesh: Mesh, lora: LoraSpec | None = None, frozen_shardings: Any = None):
+    """Dev-loss sums for `(params, batch)`, or a LoRA run's `(adapters, batch, frozen)`."""
     graphdef = nnx.graphdef(abstract_model(cfg))
 
-    def run(params, batch):
+    def run(params, batch, *frozen):
+        if lora is not None:
+            params = adapters.wear(params, frozen[0], lora)
         with sharding.activation_mesh(mesh):
             return eval_step(params, batch, graphdef=graphdef)
 
-    return jax.jit(run, in_shardings=(param_shardings(cfg, mesh), batch_shardings(mesh)), out_shardings=NamedSharding(mesh, P()))
+    extra = () if lora is None else (frozen_shardings,)
+    return jax.jit(run, in_shardings=(trained_shardings(cfg, mesh, lora), batch_shardings(mesh)) + extra,
+                   out_shardings=NamedSharding(mesh, P()))

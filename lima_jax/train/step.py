@@ -7,7 +7,7 @@ state needs no RNG and a resumed run draws the same masks.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,19 +36,27 @@ def _microbatches(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+Wear = Callable[[Any, Any], Any]  # (trained params, frozen params) -> the model's parameter tree
+
+
 def train_step(
     state: TrainState,
     batch: dict,
+    frozen: Any = None,
     *,
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     seed: int,
     grad_accum: int,
+    wear: Wear | None = None,
 ) -> tuple[TrainState, dict]:
+    """One optimizer step on `state.params`. With `wear` (a LoRA run), those are the adapters, and the
+    model runs on `wear(adapters, frozen)`: the frozen base is an input, never differentiated."""
     step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    model_params = (lambda p: p) if wear is None else (lambda p: wear(p, frozen))
     # Differentiates the loss sum; the target count rides along as aux.
-    grad_fn = jax.value_and_grad(lambda p, mb, key: token_losses(graphdef, p, mb, key), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p, mb, key: token_losses(graphdef, model_params(p), mb, key), has_aux=True)
 
     if grad_accum == 1:
         # No accumulation: a zeroed gradient buffer and a length-1 scan would cost a write and a

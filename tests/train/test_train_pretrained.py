@@ -1,24 +1,13 @@
 """Fine-tuning from a converted pretrained checkpoint: the EOT row is added, shapes are checked."""
 import numpy as np
 import pytest
-from support.hf_reference import random_hf_model
 
 from lima_jax import sharding
 from lima_jax.weights import checkpoint
-from lima_jax.config import load_config, model_config, trained_model_config
-from lima_jax.weights.convert import convert
+from lima_jax.config import load_config, trained_model_config
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
 from lima_jax.train.loop import load_pretrained, train
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A random 'pretrained' model with the tiny architecture and the demo tokenizer's 512 pieces."""
-    root = tmp_path_factory.mktemp("pretrained")
-    cfg = model_config(load_config("tiny"))  # vocab 512: the tokenizer's pieces, no EOT yet
-    random_hf_model(cfg).save_pretrained(root / "hf")
-    return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
 
 
 def _config(tmp_path, ckpt, **overrides):
@@ -32,7 +21,8 @@ def test_eot_row_is_the_mean_of_the_pretrained_rows_and_padding_is_zero(pretrain
     cfg = trained_model_config(config, 512)  # 512 pieces + EOT, padded to 640 rows
     assert (cfg.vocab_size, cfg.vocab_padding) == (640, 127)
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-    params = load_pretrained(config, cfg, mesh)
+    params, kept = load_pretrained(config, cfg, mesh)
+    assert kept == 512
     _, base = checkpoint.load_params(pretrained)
     embed, head = np.asarray(params["embed"]), np.asarray(params["lm_head"])
     assert embed.shape == (640, 64) and head.shape == (64, 640)
@@ -53,7 +43,8 @@ def test_fine_tunes_from_the_checkpoint_with_its_tokenizer(pretrained, tmp_path)
     # A fine-tuned checkpoint (pieces + EOT, padded) starts a second run with its own EOT row.
     again = _config(tmp_path / "again", config.workdir, **{"data.manual_dir": str(demo_dir())})
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-    params = load_pretrained(again, trained_model_config(again, 512), mesh)
+    params, kept = load_pretrained(again, trained_model_config(again, 512), mesh)
+    assert kept == 513  # its own EOT row kept
     np.testing.assert_array_equal(np.asarray(params["embed"]), np.asarray(tuned["embed"]))
 
 

@@ -1,0 +1,1 @@
+"""LoRA and QLoRA: low-rank adapters on a frozen, optionally quantized base."""
