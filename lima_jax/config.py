@@ -235,5 +235,9 @@ def _validate_optim(o: ml_collections.ConfigDict, need: Callable[[bool, str, str
     for key in ("b1", "b2"):
         need(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")
     need(math.isfinite(o.eps) and o.eps > 0, "optim.eps", f"must be finite and > 0, got {o.eps}")
+    narrow = o.get("narrow_params", "master")
+    need(narrow in ("master", "stochastic", "nearest"), "optim.narrow_params", f"must be master, stochastic or nearest, got {narrow!r}")
+    moments = o.get("moments_dtype", "")
+    need(moments in ("", "float32", "bfloat16"), "optim.moments_dtype", f"must be float32, bfloat16 or empty, got {moments!r}")
     for key in ("weight_decay", "grad_clip"):
         need(math.isfinite(o[key]) and o[key] >= 0, f"optim.{key}", f"must be finite and >= 0, got {o[key]}")

@@ -92,6 +92,11 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.1
     c.optim.grad_clip = 0.0  # 0 turns clipping off
+    # A lean full fine-tune: model.param_dtype=bfloat16 halves the parameters. Rounded to nearest, most of
+    # LIMA's 1e-5 updates would vanish, so they reach bf16 parameters through a float32 master copy (master),
+    # or by stochastic rounding (stochastic: no copy); nearest rounds as is. moments_dtype=bfloat16 halves AdamW's.
+    c.optim.narrow_params = "master"
+    c.optim.moments_dtype = ""  # "" as the parameters it steps (float32 with master weights) | float32 | bfloat16
 
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # -1 takes the rest
 

@@ -389,7 +389,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     write_run_files(resolved, data.fingerprint, workdir)
     write_dev_set(data.dev_records, workdir)
 
-    optimizer = optim.make_optimizer(config.optim, total)
+    optimizer = optim.make_optimizer(config.optim, total, "float32" if lora else cfg.param_dtype)  # adapters: float32
     schedule = optim.learning_rate(config.optim, total)
     ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save,
                            params_dtype=config.checkpoint.params_dtype)

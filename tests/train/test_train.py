@@ -157,11 +157,15 @@ def test_checkpoint_saved_on_8_devices_restores_on_1(small_run):
     np.testing.assert_array_equal(np.asarray(params["embed"]), np.asarray(p1["embed"]))
 
 
-@pytest.mark.parametrize("data", [pytest.param(200, id="slice"), pytest.param(None, id="demo", marks=pytest.mark.slow)])
-def test_sigterm_then_restart_ends_with_the_same_metrics(data, tmp_path):
+LEAN = {"model.param_dtype": "bfloat16", "optim.moments_dtype": "bfloat16"}  # bf16 weights, fp32 master copy
+
+
+@pytest.mark.parametrize("data, lean", [pytest.param(200, {}, id="slice"), pytest.param(200, LEAN, id="lean"),
+                                        pytest.param(None, {}, id="demo", marks=pytest.mark.slow)])
+def test_sigterm_then_restart_ends_with_the_same_metrics(data, lean, tmp_path):
     """Two epochs, stopped mid-epoch 1 and resumed: 200 demo conversations (48 steps) here, the whole demo
-    (200 steps) in the slow tier."""
-    overrides = {"num_epochs": 2}
+    (200 steps) in the slow tier; a lean full fine-tune resumes from its float32 master copy exactly too."""
+    overrides = {"num_epochs": 2, **lean}
     if data is not None:
         folder = data_dir(tmp_path / "data", demo_records()[:data])
         overrides |= {"data.manual_dir": str(folder), "data.tokenizer": str(demo_dir() / "tokenizer.model")}
@@ -216,6 +220,8 @@ def test_bad_records_stop_before_compiling_with_file_and_line(tmp_path):
         ({"data.train_on": "prompts"}, "config key data.train_on"),
         ({"init_checkpoint": "/nonexistent/ckpt"}, "checkpoint /nonexistent/ckpt: no such file"),
         ({"checkpoint.params_dtype": "int8"}, "config key checkpoint.params_dtype: 'int8' is not one of '', float32, bfloat16"),
+        ({"optim.narrow_params": "kahan"}, "config key optim.narrow_params: must be master, stochastic or nearest"),
+        ({"optim.moments_dtype": "int8"}, "config key optim.moments_dtype: must be float32, bfloat16 or empty"),
     ],
 )
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, message):
