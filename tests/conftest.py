@@ -85,6 +85,21 @@ def pretrained(tmp_path_factory):
     return convert(root / "hf", root / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
 
 
+@pytest.fixture(scope="session")
+def lora_run(pretrained, tmp_path_factory):
+    """A finished SMALL LoRA run's workdir: rank 4 on every projection of `pretrained`, LIMA's new EOT (id
+    512) added to its 512 pieces and trained with the adapters (tests/lora, tests/weights' exports)."""
+    from support.training import small_config
+
+    from lima_jax.data import demo_dir
+    from lima_jax.train.loop import train
+
+    config = small_config(tmp_path_factory.mktemp("lora"), init_checkpoint=str(pretrained),
+                          **{"data.tokenizer": str(demo_dir() / "tokenizer.model"), "lora.rank": 4})
+    train(config)
+    return config.workdir
+
+
 @pytest.fixture
 def no_compilation_cache():
     """The session's persistent cache off for one test: one that times compiles must compile, not load."""

@@ -20,7 +20,8 @@ from lima_jax.data import pipeline
 from lima_jax.errors import LimaError
 from lima_jax.storage.paths import Path, check_writable, is_cloud, user_path
 from lima_jax.train.aot import compile_report, topology_devices
-from lima_jax.train.loop import check_batch_fits_mesh, check_pretrained, check_same_inputs, check_same_run, check_training_config, tokenizer_for
+from lima_jax.train.init_weights import check_pretrained
+from lima_jax.train.loop import check_batch_fits_mesh, check_same_inputs, check_same_run, check_training_config, tokenizer_for
 
 
 def check_workdir(workdir: Path) -> None:

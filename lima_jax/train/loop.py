@@ -8,8 +8,6 @@ saves and exits cleanly.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import json
 import math
 import signal
@@ -25,22 +23,22 @@ import optax
 
 from lima_jax import flops, sharding
 from lima_jax.errors import LimaError, say
-from lima_jax.config import adds_eot, flatten, trained_model_config, validate
+from lima_jax.config import flatten, trained_model_config, validate
 from lima_jax.data import pipeline
-from lima_jax.lora import base as lora_base, spec as lora_spec
+from lima_jax.lora import spec as lora_spec
 from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train.lock import WorkdirLock
+from lima_jax.train.init_weights import check_same_base, describe_lora, load_frozen_base, load_pretrained
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE, MetricsWriter, logged_loss
 from lima_jax.train.state import (abstract_state, init_adapters, init_state, jit_eval_step, jit_train_step, shardings_of,
                                   state_from_params)
 from lima_jax.train.step import TrainState
-from lima_jax.recipe import check_architecture, check_platform
+from lima_jax.recipe import check_platform
 from lima_jax.weights import checkpoint
-from lima_jax.weights.checkpoint import LORA, read_json_item
 
 
 PARAMS_DTYPES = ("", "float32", "bfloat16")  # what a step's `params` may be stored in ("": as trained)
@@ -67,32 +65,6 @@ def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh, process_count
         raise LimaError(f"config key batch_size: {config.batch_size} does not divide over the data axes (data*fsdp = {dp})")
     per_step = dp * config.grad_accum
     return per_step // math.gcd(per_step, jax.process_count() if process_count is None else process_count)
-
-
-def check_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig) -> ModelConfig:
-    """The init checkpoint's model config, once its architecture and vocabulary are known to fit the
-    model `cfg` trains (read from its metadata: no array is loaded)."""
-    base = checkpoint.load_model_config(config.init_checkpoint)
-    check_architecture(dataclasses.asdict(cfg), base, config.init_checkpoint)
-    pieces = cfg.used_vocab_size - int(adds_eot(config))  # the tokenizer's ids
-    if base.used_vocab_size < pieces:  # more rows is normal: many models pad their embeddings
-        raise LimaError(
-            f"config key data.tokenizer: the tokenizer has {pieces} ids but {config.init_checkpoint} has "
-            f"{base.used_vocab_size} embedding rows"
-        )
-    checkpoint.check_stored_shapes(config.init_checkpoint, base)
-    return base
-
-
-def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh, keep_dtype: bool = False) -> tuple[dict, int]:
-    """The init checkpoint's parameters, sharded, laid out for the trained vocabulary (`checkpoint.load_resized`),
-    and how many of its rows were kept: its rows past the tokenizer's ids are dropped; a new EOT gets an
-    embedding row and output column initialised to the mean of the tokenizer's rows, unless the checkpoint
-    is a fine-tune of this very vocabulary (ids + EOT), which keeps its own."""
-    base = check_pretrained(config, cfg)
-    pieces = cfg.used_vocab_size - int(adds_eot(config))
-    kept = cfg.used_vocab_size if base.used_vocab_size == cfg.used_vocab_size else pieces
-    return checkpoint.load_resized(config.init_checkpoint, base, cfg, kept, mesh, keep_dtype), kept
 
 
 def tokenizer_for(config: ml_collections.ConfigDict) -> Path | None:
@@ -324,25 +296,6 @@ def _with_frozen(step, frozen):
     return lambda *args: step(*args, frozen)
 
 
-def check_same_base(step: Path, lora_record: dict) -> None:
-    """A LoRA run resumes only on the base its adapters were trained on."""
-    saved = read_json_item(step / LORA) if (step / LORA).is_dir() else None
-    if saved is None:
-        raise LimaError(f"checkpoint {step} holds no LoRA adapters but this run trains them; use a new --config.workdir")
-    if saved["base_fingerprint"] != lora_record["base_fingerprint"]:
-        raise LimaError(f"config key init_checkpoint: {lora_record['base']} holds other weights (fingerprint "
-                        f"{lora_record['base_fingerprint']}) than the base this run's adapters were trained on "
-                        f"({saved['base']}, fingerprint {saved['base_fingerprint']}); restore it or use a new --config.workdir")
-
-
-def describe_lora(lora: LoraSpec, adapters: Any, frozen: Any) -> str:
-    """What a LoRA run trains and holds, for its start-up line."""
-    rows = f" and {lora.new_rows} added token row{'s' * (lora.new_rows != 1)}" if lora.new_rows else ""
-    return (f"LoRA rank {lora.rank} (alpha {lora.alpha:g}, dropout {lora.dropout:g}) on {','.join(lora.targets)}{rows}: "
-            f"{sum(a.size for a in jax.tree.leaves(adapters)):,} trained parameters; the frozen base holds "
-            f"{lora_base.nbytes(frozen) / 2**20:,.1f} MiB ({lora.base_dtype or 'as stored'})")
-
-
 class Diverged(Exception):
     """A step whose loss or gradient norm is not finite: its state must never be saved."""
 
@@ -396,12 +349,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     opened.callback(ckpts.close)  # waits for a save in flight
     frozen = lora_record = None
     if lora is not None:  # the base first: which rows the adapters train depends on it
-        base_params, kept = load_pretrained(config, cfg, mesh, keep_dtype=True)
-        lora = dataclasses.replace(lora, rows=(kept, cfg.used_vocab_size))
-        frozen = jax.jit(functools.partial(lora_base.frozen, base_dtype=lora.base_dtype))(base_params)
-        del base_params
-        lora_record = {"spec": lora.record(), "base": str(checkpoint.resolve(config.init_checkpoint)),
-                       "base_fingerprint": checkpoint.fingerprint(config.init_checkpoint)}
+        lora, frozen, lora_record = load_frozen_base(config, cfg, mesh, lora)
     abstract = abstract_state(cfg, optimizer, mesh, lora)
     resumed = ckpts.restore_latest(abstract.params, abstract.opt_state)
     start = resumed[0] if resumed else 0

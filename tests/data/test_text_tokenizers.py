@@ -224,14 +224,14 @@ def test_a_tokenizer_with_more_ids_than_the_checkpoints_rows_stops_in_one_line(p
 def test_a_padded_checkpoint_keeps_the_tokenizers_rows_and_a_new_eot_takes_the_next_as_their_mean(
         pretrained_hf, hf_folder, tmp_path, eot):
     from lima_jax import sharding
-    from lima_jax.train.loop import load_pretrained
+    from lima_jax.train.init_weights import load_pretrained
     from lima_jax.weights import checkpoint
 
     n = len(transformers.AutoTokenizer.from_pretrained(str(hf_folder)))
     config = two_step_config(tmp_path, init_checkpoint=str(pretrained_hf[512]), **{"data.eot": eot})
     cfg = trained_model_config(config, n)
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-    params = load_pretrained(config, cfg, mesh)
+    params, _ = load_pretrained(config, cfg, mesh)
     _, base = checkpoint.load_params(pretrained_hf[512])
     embed, stored = np.asarray(params["embed"]), np.asarray(base["embed"])
     assert embed.shape == (cfg.vocab_size, 64) and cfg.used_vocab_size == n + (0 if eot else 1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from support.commands import run_command
-from support.training import checkpoint_steps, data_dir, demo_records, kill_9_after, read_metrics, small_config, train_args
+from support.training import checkpoint_steps, data_dir, demo_records, kill_9_after, read_metrics, train_args
 
 from lima_jax import sharding
 from lima_jax.config import load_config, trained_model_config
@@ -20,7 +20,7 @@ from lima_jax.errors import LimaError
 from lima_jax.lora import adapters, base as lora_base
 from lima_jax.lora.spec import from_config
 from lima_jax.model import abstract_model
-from lima_jax.train.loop import load_pretrained, train
+from lima_jax.train.init_weights import load_pretrained
 from lima_jax.weights import checkpoint
 
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 512, (2, 16)), jnp.int32)
@@ -56,13 +56,6 @@ def test_step_zero_is_the_base_and_the_merged_weights_are_what_the_adapters_appl
     worn, merged = _logits(cfg, adapters.wear(trained, frozen, spec)), _logits(cfg, adapters.merge(trained, frozen, spec))
     assert np.abs(worn - _logits(cfg, adapters.merge(fresh, frozen, spec))).max() > 0.1  # the adapters do change it
     np.testing.assert_allclose(worn, merged, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def lora_run(pretrained, tmp_path_factory):
-    config = small_config(tmp_path_factory.mktemp("lora"), **lora_overrides(pretrained))
-    train(config)
-    return config.workdir
 
 
 def test_a_lora_run_trains_the_adapters_only_and_reads_back_as_the_merged_model(pretrained, lora_run, small_run):

@@ -7,7 +7,8 @@ from lima_jax.weights import checkpoint
 from lima_jax.config import load_config, trained_model_config
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
-from lima_jax.train.loop import load_pretrained, train
+from lima_jax.train.init_weights import load_pretrained
+from lima_jax.train.loop import train
 
 
 def _config(tmp_path, ckpt, **overrides):
