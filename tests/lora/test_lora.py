@@ -8,9 +8,11 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import openai
 import pytest
 from flax import nnx
 from support.commands import run_command
+from support.serving import start_server, stop_server, wait_until_healthy
 from support.training import checkpoint_steps, data_dir, demo_records, kill_9_after, read_metrics, train_args
 
 from lima_jax import sharding
@@ -107,10 +109,21 @@ def test_lora_config_errors_name_the_key(pretrained, tmp_path):
     assert spec(**lora_overrides(pretrained, **{"lora.targets": "down, q"})).targets == ("q", "down")
 
 
-def test_sample_takes_a_lora_run_as_it_takes_a_full_one(lora_run):
-    sampled = run_command("sample", f"--checkpoint={lora_run}", "--prompt=Hello", "--max_new_tokens=8", "--seed=0")
-    assert sampled.returncode == 0, sampled.stderr[-2000:]
-    assert sampled.stdout.strip()
+def test_sample_and_serve_take_a_lora_run_as_they_take_a_full_one(lora_run, tmp_path):
+    """The server (its own process, warming up) and `sample` greedy on the same run give the same answer."""
+    with open(tmp_path / "server.log", "w+") as log:
+        server, url = start_server(lora_run, log, "--max_len=96", "--batch_sizes=1", "--chunk_steps=4")
+        try:
+            sampled = run_command("sample", f"--checkpoint={lora_run}", "--prompt=Hello", "--max_new_tokens=8",
+                                  "--temperature=0")
+            assert sampled.returncode == 0, sampled.stderr[-2000:]
+            wait_until_healthy(server, url, log)
+            client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+            answer = client.chat.completions.create(model="run", messages=[{"role": "user", "content": "Hello"}],
+                                                    max_tokens=8, temperature=0)
+        finally:
+            stop_server(server)
+    assert answer.choices[0].message.content == sampled.stdout.strip() != ""
 
 
 @pytest.mark.slow
