@@ -5,12 +5,26 @@ Face or GGUF (for llama.cpp and Ollama).
     python -m lima_jax.convert --input=ckpt/llama-65b --output_format=hf --output=hf/llama-65b
     python -m lima_jax.convert --input=llama-2-7b.Q4_K_M.gguf --output=ckpt/llama-2-7b
     python -m lima_jax.convert --input=runs/lima-7b --output_format=gguf --dtype=float16 --output=lima-7b.gguf
+    python -m lima_jax.convert --input=runs/lima-7b-lora --output_format=peft --output=lima-7b-lora
 
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
 shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
 their stored dtype unless `--dtype` says otherwise. A fine-tuned run exported to Hugging Face keeps
 its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). The work is
 `lima_jax.weights.convert.convert`.
+
+A LoRA run (`--config.lora.rank`) exports two ways. `hf` and `gguf` write the merged model: the
+adapters merged into the base the run trained against (a QLoRA run's int8/NF4 base dequantized).
+`peft` writes the adapters alone (adapter_config.json, adapter_model.safetensors) with the run's
+tokenizer; `peft` puts them on the base's Hugging Face export at full precision, as QLoRA users
+do (a QLoRA run's logits then differ slightly from ours). LIMA's new EOT row travels as PEFT's
+`trainable_token_indices`, so the base first grows to the tokenizer:
+
+    tokenizer = AutoTokenizer.from_pretrained("lima-7b-lora")
+    model = AutoModelForCausalLM.from_pretrained("hf/llama-7b")  # the base's --output_format=hf export
+    model.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(model, "lima-7b-lora")
+    # generate(..., generation_config=GenerationConfig.from_pretrained("lima-7b-lora")) stops at EOT
 """
 from __future__ import annotations
 
@@ -21,13 +35,14 @@ from lima_jax.config import define_config_flag, model_config, validate
 from lima_jax.errors import LimaError
 
 INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "gguf", "orbax")
-OUTPUT_FORMATS = ("orbax", "hf", "gguf")
+OUTPUT_FORMATS = ("orbax", "hf", "gguf", "peft")
 
 _INPUT = flags.DEFINE_string("input", None, "a Hugging Face folder, a Meta folder, a llama2.c .bin, a .gguf file, or a lima_jax checkpoint")
 _INPUT_FORMAT = flags.DEFINE_enum("input_format", "auto", INPUT_FORMATS, "the input's format; auto detects it")
 _OUTPUT = flags.DEFINE_string("output", None, "where to write; an existing path is never overwritten unless --overwrite")
 _OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "orbax", OUTPUT_FORMATS,
-                                   "a lima_jax (Orbax) checkpoint, a Hugging Face folder, or one GGUF file (F32/F16/BF16)")
+                                   "a lima_jax (Orbax) checkpoint, a Hugging Face folder, one GGUF file (F32/F16/BF16), "
+                                   "or a LoRA run's adapters for peft")
 _CONFIG = define_config_flag("config", None)
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "the tokenizer to keep with the output: a tokenizer.model, a tokenizer.json or its folder (found beside the input by default)")
 _DTYPE = flags.DEFINE_enum("dtype", "keep", ("keep", "float32", "bfloat16", "float16"), "the dtype of the written tensors")

@@ -4,7 +4,9 @@ Face or GGUF (the library behind `python -m lima_jax.convert`).
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
 shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
 their stored dtype unless `--dtype` says otherwise. A fine-tuned run exported to Hugging Face keeps
-its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). Outputs may go to
+its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). A LoRA run exports
+as the merged model (hf, gguf: its adapters merged into the base it trained against, a QLoRA base
+dequantized) or as its adapters alone for `peft` (`weights/peft.py`). Outputs may go to
 `gs://`; of the inputs, a lima_jax checkpoint may be there (the other formats are memory-mapped from local files).
 """
 from __future__ import annotations
@@ -17,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lima_jax.data.tokenizer import of_model
+from lima_jax.data.tokenizer import ChatTokenizer, of_model
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, check_writable, is_cloud, user_path
-from lima_jax.weights import checkpoint, gguf, hf, llama2c, meta
+from lima_jax.weights import checkpoint, gguf, hf, llama2c, meta, peft
 from lima_jax.weights.names import params_from_hf
-from lima_jax.weights.output import CHECKPOINT_FILES, HF_FILES, check_not_input, replace_export
+from lima_jax.weights.output import CHECKPOINT_FILES, HF_FILES, PEFT_FILES, check_not_input, replace_export
 
 
 def detect_format(path: Path) -> str:
@@ -94,6 +96,9 @@ def convert(
     fmt = detect_format(src) if input_format == "auto" else input_format
     if output_format == "orbax" and fmt == "orbax":
         raise LimaError("the input is already a lima_jax checkpoint; pass --output_format=hf or gguf to export it")
+    if output_format == "peft" and not (fmt == "orbax" and checkpoint.is_adapter(checkpoint.resolve(src))):
+        raise LimaError(f"--input {src}: not a LoRA run or step (it holds a full model); --output_format=peft exports "
+                        "a LoRA run's adapters: pass --output_format=hf or gguf")
     if fmt != "orbax" and is_cloud(src):
         raise LimaError(f"--input {src}: {fmt} weights are memory-mapped from local files; copy them to this machine first")
     with tempfile.TemporaryDirectory() as scratch:
@@ -101,13 +106,18 @@ def convert(
         if tokenizer is not None and not Path(tokenizer).exists():
             raise LimaError(f"--tokenizer {tokenizer}: no such file or folder")
 
+        if output_format == "peft":  # the adapters alone: the base's weights are not read
+            step = checkpoint.resolve(src)
+            chat, eot_id = _chat(tokenizer, checkpoint.load_model_config(step), checkpoint.run_info(step))
+            return replace_export(out, lambda folder: peft.write(folder, step, tokenizer=chat, eot_id=eot_id, dtype=dtype),
+                                  PEFT_FILES)
         cfg, params = read_weights(src, fmt, imposed)
         if dtype != "keep":
             params = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), params)
         logging.info("read %s (%s): %d layers, dim %d, vocab %d", src, fmt, cfg.num_layers, cfg.dim, cfg.vocab_size)
         run = checkpoint.run_info(src) if fmt == "orbax" else {}  # a fine-tuned run's EOT and chat format
         if output_format == "hf":
-            chat, eot_id = of_model(tokenizer, cfg.used_vocab_size, run) if tokenizer is not None else (None, run.get("eot_id"))
+            chat, eot_id = _chat(tokenizer, cfg, run)
             return replace_export(out, lambda folder: hf.write(folder, params, cfg, tokenizer=chat, eot_id=eot_id,
                                                                max_shard_bytes=max_shard_bytes, overwrite=True), HF_FILES)
         if output_format == "gguf":  # one file, written beside and renamed over the old one
@@ -115,3 +125,8 @@ def convert(
                               chat_format=run.get("chat_format", "lima"), overwrite=overwrite)
         return replace_export(out, lambda folder: checkpoint.save(folder, params, cfg, tokenizer=tokenizer, overwrite=True),
                               CHECKPOINT_FILES)
+
+
+def _chat(tokenizer: Path | None, cfg: ModelConfig, run: dict) -> tuple[ChatTokenizer | None, int | None]:
+    """The tokenizer as the model used it (None without one) and the model's EOT id."""
+    return of_model(tokenizer, cfg.used_vocab_size, run) if tokenizer is not None else (None, run.get("eot_id"))

@@ -86,7 +86,9 @@ def _to_ours(key: str, w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     return w.T  # w_gate, w_up (D, F); w_down (F, D)
 
 
-def _to_hf(key: str, w: np.ndarray) -> np.ndarray:
+def layer_to_hf(key: str, w: np.ndarray) -> np.ndarray:
+    """One layer's tensor (our key) in Hugging Face's layout: matrices (out, in), the contracted
+    dimensions of ours flattened into `in` and the rest into `out` (a LoRA pair converts the same way)."""
     if key in ("attn_norm", "mlp_norm", "bo"):
         return w
     if key in ("bq", "bk", "bv"):
@@ -166,7 +168,7 @@ def params_to_hf(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, np.nda
     yield "model.embed_tokens.weight", np.asarray(params["embed"])[:used]
     for i in range(cfg.num_layers):
         for suffix, key in layer_tensors(cfg).items():
-            yield f"model.layers.{i}.{suffix}", _to_hf(key, np.asarray(params["layers"][key][i]))
+            yield f"model.layers.{i}.{suffix}", layer_to_hf(key, np.asarray(params["layers"][key][i]))
     yield "model.norm.weight", np.asarray(params["norm"])
     if not cfg.tie_embeddings:
         yield "lm_head.weight", np.ascontiguousarray(np.asarray(params["lm_head"])[:, :used].T)

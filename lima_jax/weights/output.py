@@ -14,6 +14,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "chat_template.jinja", "tokenizer.tiktoken")
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
             "model.safetensors.index.json", "shard-*.safetensors.tmp", *TOKENIZER_FILES)
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "generation_config.json", *TOKENIZER_FILES)
 CHECKPOINT_FILES = ("params", "model", "checksums", "_CHECKPOINT_METADATA", *TOKENIZER_FILES)
 
 
