@@ -203,15 +203,21 @@ def load_params(
     target = jax.tree.map(
         lambda a, s, d: jax.ShapeDtypeStruct(a.shape, d if keep_dtype else a.dtype, sharding=s), target, shardings, stored
     )
+    return cfg, _restore_params(path, target, "parameters do not match the model config")
+
+
+def _restore_params(path: Path, target: Any, mismatch: str) -> Any:
+    """The `params` item read onto `target` (ShapeDtypeStructs with shardings) and checked against its saved
+    checksums; a tree that does not fit is `mismatch` in one line, and so is an unreadable tensor file."""
     record = (saved_checksums(path) or {}).get(PARAMS)
     with ocp.StandardCheckpointer() as ckptr:
         try:
             params = ckptr.restore(path / PARAMS, checksums.read_as(target, record))
         except (ValueError, KeyError) as e:
-            raise LimaError(f"checkpoint {path}: parameters do not match the model config ({str(e).splitlines()[0]})") from None
+            raise LimaError(f"checkpoint {path}: {mismatch} ({str(e).splitlines()[0]})") from None
         except Exception as e:  # noqa: BLE001 - Orbax wraps TensorStore's errors (a truncated file) in a bare Exception
             raise LimaError(f"checkpoint {path}: cannot read its parameters ({root_cause(e)})") from None
-    return cfg, checksums.checked(params, target, record, f"checkpoint {path}")
+    return checksums.checked(params, target, record, f"checkpoint {path}")
 
 
 def tokenizer_path(path: str | os.PathLike) -> Path | None:
@@ -279,13 +285,7 @@ def load_adapters(step: Path, cfg: ModelConfig, spec: LoraSpec) -> dict:
     """The step's adapters on this process's first device, checked against their saved checksums."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), lora_adapters.abstract(cfg, spec))
-    saved = (saved_checksums(step) or {}).get(PARAMS)
-    with ocp.StandardCheckpointer() as ckptr:
-        try:
-            restored = ckptr.restore(step / PARAMS, checksums.read_as(target, saved))
-        except (ValueError, KeyError) as e:
-            raise LimaError(f"checkpoint {step}: its adapters do not match its lora record ({str(e).splitlines()[0]})") from None
-    return checksums.checked(restored, target, saved, f"checkpoint {step}")
+    return _restore_params(step, target, "its adapters do not match its lora record")
 
 
 def _merged(step: Path, cfg: ModelConfig, shardings: Any, keep_dtype: bool = False) -> dict:
