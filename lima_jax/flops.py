@@ -25,13 +25,15 @@ PEAK_TFLOPS = {
 }
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, frozen: bool = False) -> float:
     """PaLM's model FLOPs (appendix B): 6 per matmul parameter per token (forward + backward), plus
     causal-free attention scores and values, 12 * layers * heads * head_dim * seq_len. The input
     embedding is a gather, not a matmul: its V*D parameters are left out (the output projection is
-    a matmul and counts), unless it is tied to the output head."""
+    a matmul and counts), unless it is tied to the output head. With the weights `frozen` (a LoRA run),
+    the backward pass computes no weight gradients: 4 per parameter (the adapters' own are left out)."""
     gathered = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim
-    return 6.0 * (param_count(cfg) - gathered) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * seq_len
+    per_parameter = 4.0 if frozen else 6.0
+    return per_parameter * (param_count(cfg) - gathered) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * seq_len
 
 
 MATMUL_SIZES = (1024, 1536, 2048)  # square fp32 matmuls; the best of them is a CPU's "peak"

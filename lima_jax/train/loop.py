@@ -383,7 +383,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     eval_step = jit_eval_step(cfg, mesh, lora, frozen_shardings)
     if frozen is not None:  # a LoRA run's steps take the frozen base too
         train_step, eval_step = _with_frozen(train_step, frozen), _with_frozen(eval_step, frozen)
-    flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len)
+    flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len, frozen=lora is not None)
     peak = flops.peak_tflops(jax.devices()[0], config.peak_tflops)[0] * 1e12 * jax.device_count()
     epoch_ends = {steps: i + 1 for i, steps in enumerate(batcher.epoch_end_steps())}  # steps done -> epoch
     writer = MetricsWriter(workdir, resume_step=start, total_steps=total, enabled=jax.process_index() == 0)

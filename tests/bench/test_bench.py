@@ -133,6 +133,8 @@ def test_flops_count_the_output_projection_not_the_input_gather():
     attention = 12 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * SEQ
     assert flops.train_flops_per_token(tied, SEQ) == 6 * param_count(tied) + attention
     assert flops.train_flops_per_token(cfg, SEQ) == 6 * (param_count(cfg) - cfg.vocab_size * cfg.dim) + attention
+    # LoRA: frozen weights get no gradient, so their backward pass is half the usual 4 FLOPs.
+    assert flops.train_flops_per_token(cfg, SEQ, frozen=True) == 4 * (param_count(cfg) - cfg.vocab_size * cfg.dim) + attention
 
 
 def test_paired_rounds_interleave_steps_and_probes():
