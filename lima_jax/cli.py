@@ -10,6 +10,7 @@ commands stay fast.
 JAX in `main`, once its input is checked, so help and bad input answer in well under a second.
 A bad flag or config override prints one line naming it and exits 2 before any work; a LimaError
 from the run does the same; any other failure exits 1. `--verbose` adds the traceback.
+`--compilation_cache` (every command) says where JAX keeps compiled programs: `lima_jax.compile_cache`.
 """
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ from typing import Any, Callable, Iterator, NoReturn
 
 from absl import app, flags, logging
 
+from lima_jax import compile_cache
 from lima_jax.errors import LimaError, run_main, say  # noqa: F401 - say: where the commands import it from
 
 flags.DEFINE_bool("verbose", False, "print tracebacks with errors")
+flags.DEFINE_string("compilation_cache", None, "where JAX keeps compiled programs for the next run, or `off` (default: "
+                    "$JAX_COMPILATION_CACHE_DIR, a pod run's WORKDIR/compilation_cache, else ~/.cache/lima_jax/jax)")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -49,6 +53,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         for logger in (logging.get_absl_logger(), std_logging.getLogger("asyncio")):  # asyncio: "Task exception was never retrieved"
             logger.addFilter(_failures_raised_later)
         sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
+    compile_cache.use(flags.FLAGS.compilation_cache)  # before the command imports JAX
     return rest
 
 

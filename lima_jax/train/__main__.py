@@ -19,6 +19,7 @@ import json
 
 from absl import flags
 
+from lima_jax import compile_cache
 from lima_jax.cli import define_distributed_flags, no_arguments, run
 from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
@@ -38,7 +39,8 @@ def main(argv: list[str]) -> None:
 
     from lima_jax.train.loop import train
 
-    _DISTRIBUTED.start()
+    if _DISTRIBUTED.start():  # a pod: a slice restarted on fresh machines finds the compiled step in the workdir
+        compile_cache.use_run_dir(_CONFIG.value.workdir)
     last = train(_CONFIG.value)
     if jax.process_index() == 0:  # finished or preempted: the last line says which
         print(json.dumps({"status": last["status"], "final_step": last.get("step"), "loss": last.get("loss")}, allow_nan=False))
