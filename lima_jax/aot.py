@@ -7,6 +7,11 @@ config's `model.vocab_size`, LLaMA's 32,000) plus EOT (none when `data.eot` reus
 to `model.vocab_multiple` rows; the
 JSON names the vocabulary, mesh, batch, grad_accum and remat it compiled.
 
+A LoRA run's step (`--config.lora.rank=16 --config.lora.base_dtype=nf4`) compiles with its frozen base
+as an argument, built from shapes alone (no checkpoint is read): the JSON adds the trained parameters
+and the frozen base's bytes per chip. `--topology=v5p-2` is one chip (95 GiB; slice names count two
+TensorCores per v4/v5p chip), the nearest stand-in for one 80 GB GPU.
+
 No TPU is needed: libtpu describes the slice's devices and XLA compiles the step exactly as the slice
 would (`lima_jax.train.aot`). Prints one JSON object (per-chip bytes against the chip's HBM, compile
 seconds, XLA's cost analysis) and exits 1 when the step does not fit.
@@ -20,7 +25,7 @@ from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
 
 _CONFIG = define_config_flag("config", None)
-_TOPOLOGY = flags.DEFINE_string("topology", "v4-8", "a TPU slice, e.g. v4-128, v5p-256, v5litepod-64, v6e-16")
+_TOPOLOGY = flags.DEFINE_string("topology", "v4-8", "a TPU slice, e.g. v4-128, v5p-256, v5litepod-64, v6e-16, v5p-2 (one chip)")
 _STEPS = flags.DEFINE_integer("total_steps", 1000, "run length, for the learning-rate schedule only")
 
 

@@ -4,8 +4,11 @@ per block of 64 and the rest (embeddings, norms) in bfloat16. The adapters train
 reader of the run rebuilds it the same way, so merged weights are the ones the adapters saw."""
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lima_jax.lora import quantize
 
@@ -27,3 +30,21 @@ def frozen(params: dict, base_dtype: str) -> dict:
 def nbytes(tree: dict) -> int:
     """The bytes a (frozen or trainable) tree holds."""
     return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
+def shardings(frozen_tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Where each leaf of `frozen_tree` (arrays or shapes) lives: a cast leaf where its parameter does; a
+    quantized matrix's codes and scales split over `fsdp` on the block axis when it divides (contiguous
+    blocks: the weight's first axis cut in pieces, gathered per layer as FSDP gathers a weight), else
+    replicated."""
+    fsdp = mesh.shape["fsdp"]
+
+    def place(leaf: Any, where: NamedSharding) -> Any:
+        if not isinstance(leaf, quantize.Quantized):
+            return where
+        lead = leaf.codes.ndim - 2  # the stacked layer axis
+        axis = "fsdp" if leaf.scales.shape[-1] % fsdp == 0 else None
+        return quantize.Quantized(NamedSharding(mesh, P(*[None] * lead, axis, None)),
+                                  NamedSharding(mesh, P(*[None] * lead, axis)), leaf.kind, leaf.shape)
+
+    return jax.tree.map(place, frozen_tree, param_shardings, is_leaf=lambda x: isinstance(x, quantize.Quantized))

@@ -79,6 +79,8 @@ def quantize(w: jax.Array, kind: str, lead: int = 1) -> Quantized:
 
 @functools.partial(jax.jit, static_argnames=("kind", "lead"))
 def _quantize(w: jax.Array, kind: str, lead: int) -> tuple[jax.Array, jax.Array]:
+    if lead:  # one weight at a time: a whole stack at once took float32 copies of every layer (54 GiB for 7B)
+        return jax.lax.map(lambda one: _quantize(one, kind, lead - 1), w)
     flat = w.astype(jnp.float32).reshape(*w.shape[:lead], -1)
     flat = jnp.pad(flat, [(0, 0)] * lead + [(0, -flat.shape[-1] % BLOCK)])
     blocks = flat.reshape(*flat.shape[:-1], -1, BLOCK)

@@ -61,6 +61,15 @@ class LoraSpec:
 
 def from_config(config: Any) -> LoraSpec | None:
     """The run's LoraSpec, or None for a full fine-tune; a bad key is a LimaError naming it."""
+    spec = from_keys(config)
+    if spec is not None and not config.init_checkpoint:
+        raise LimaError("config key lora.rank: LoRA adapts a pretrained base; pass --config.init_checkpoint=CKPT")
+    return spec
+
+
+def from_keys(config: Any) -> LoraSpec | None:
+    """The `lora.*` keys checked, without the base they adapt (the AOT compile needs only its shapes);
+    `rows` is left for the caller, who knows the base's vocabulary."""
     lora = config.get("lora")
     if lora is None or lora.rank == 0:
         return None
@@ -77,7 +86,5 @@ def from_config(config: Any) -> LoraSpec | None:
     if lora.base_dtype not in BASE_DTYPES:
         raise LimaError(f"config key lora.base_dtype: {lora.base_dtype!r} is not one of {', '.join(BASE_DTYPES[1:])} "
                         "(or empty: as the base stores it)")
-    if not config.init_checkpoint:
-        raise LimaError("config key lora.rank: LoRA adapts a pretrained base; pass --config.init_checkpoint=CKPT")
     return LoraSpec(int(lora.rank), float(lora.alpha), float(lora.dropout), tuple(t for t in TARGETS if t in named),
                     lora.base_dtype)

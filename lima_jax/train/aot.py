@@ -8,21 +8,30 @@ analysis) and exits 1 when the step does not fit.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
 import os
 import sys
 import time
+from typing import Any
 
 import jax
+from flax import nnx
+from jax.sharding import Mesh
 
 from lima_jax import flops
-from lima_jax.config import trained_model_config, validate
+from lima_jax.config import adds_eot, trained_model_config, validate
 from lima_jax.errors import LimaError
 from lima_jax.architecture import param_count
 from lima_jax.sharding import make_mesh
 from lima_jax.kernels import fused_attention
+from lima_jax.lora import base as lora_base, spec as lora_spec
+from lima_jax.lora.spec import LoraSpec
+from lima_jax.model import ModelConfig, abstract_model, param_shardings
 from lima_jax.train import optimizer as optim
-from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step
+from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step, shardings_of
 
 # Per generation: HBM per chip (GiB), TensorCores per chip as counted in slice names, and whether
 # the chips form a 3-D torus (v4, v5p) or a 2-D grid (v5e, v6e).
@@ -36,7 +45,7 @@ CHIPS = {
 
 
 # Chip grids of the standard slice shapes: 3-D tori (v4, v5p) and 2-D grids (v5e, v6e).
-GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+GRID_3D = {1: "1x1x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
            512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
 GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
@@ -95,11 +104,15 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % (dp * config.grad_accum):
         raise LimaError(f"config key batch_size: {rows} rows do not divide over data*fsdp={dp} x grad_accum={config.grad_accum}")
-    optimizer = optim.make_optimizer(config.optim, total_steps)
+    lora = aot_lora(config, cfg)
+    # As training builds it: adapters are float32; bf16 parameters are stepped as `optim.narrow_params` says.
+    optimizer = optim.make_optimizer(config.optim, total_steps, "float32" if lora else cfg.param_dtype)
     schedule = optim.learning_rate(config.optim, total_steps)
-    step = jit_train_step(config, cfg, optimizer, schedule, mesh)
+    frozen = None if lora is None else abstract_frozen(cfg, lora, mesh)
+    step = jit_train_step(config, cfg, optimizer, schedule, mesh, lora, None if frozen is None else shardings_of(frozen))
+    state = abstract_state(cfg, optimizer, mesh, lora)
     start = time.perf_counter()
-    lowered = step.lower(abstract_state(cfg, optimizer, mesh), abstract_batch(rows, config.data.max_len, mesh))
+    lowered = step.lower(state, abstract_batch(rows, config.data.max_len, mesh), *(() if frozen is None else (frozen,)))
     hbm = CHIPS[generation][0] * 2**30
     summary = {
         "config": config.name,
@@ -115,6 +128,8 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
         "batch": [rows, config.data.max_len],
         "grad_accum": config.grad_accum,
         "params": param_count(cfg),
+        "trained_params": sum(a.size for a in jax.tree.leaves(state.params)),
+        "lora": None if lora is None else lora_summary(lora, cfg),
         "hbm_bytes": hbm,
     }
     try:
@@ -139,7 +154,8 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len)
     return {
         **summary,
-        "per_chip_bytes": {"argument": argument, "output": output, "alias": alias, "temp": temp, "total": total},
+        "per_chip_bytes": {"argument": argument, "output": output, "alias": alias, "temp": temp, "total": total,
+                           "trained_state": chip_bytes(state), **({} if frozen is None else {"frozen_base": chip_bytes(frozen)})},
         "hbm_fraction": round(total / hbm, 4),
         "fits": total <= hbm,
         "compile_s": round(compile_s, 2),
@@ -147,6 +163,34 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
         "model_tflops_per_step": round(flops_per_token * tokens / 1e12, 1),
         "peak_tflops_per_chip": flops.published_peak_tflops(devices[0].device_kind),
     }
+
+
+def aot_lora(config, cfg: ModelConfig) -> LoraSpec | None:
+    """The run's LoraSpec from its `lora.*` keys; no base is read, so the rows trained are those of a base
+    without LIMA's EOT (the tokenizer's ids + EOT), as `lima_jax.train` finds them for a pretrained base."""
+    spec = lora_spec.from_keys(config)
+    if spec is None:
+        return None
+    return dataclasses.replace(spec, rows=(cfg.used_vocab_size - int(adds_eot(config)), cfg.used_vocab_size))
+
+
+def abstract_frozen(cfg: ModelConfig, lora: LoraSpec, mesh: Mesh) -> Any:
+    """The frozen base's shapes, with shardings, as the run holds it (`lora.base_dtype`), nothing allocated:
+    a base stored as the config's `model.param_dtype` when `lora.base_dtype` is empty."""
+    params = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
+    frozen = jax.eval_shape(functools.partial(lora_base.frozen, base_dtype=lora.base_dtype), params)
+    where = lora_base.shardings(frozen, param_shardings(cfg, mesh), mesh)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), frozen, where)
+
+
+def chip_bytes(tree: Any) -> int:
+    """Bytes of one device's shards of `tree` (ShapeDtypeStructs with shardings; the largest shard)."""
+    return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
+def lora_summary(lora: LoraSpec, cfg: ModelConfig) -> dict:
+    return {"rank": lora.rank, "alpha": lora.alpha, "targets": ",".join(lora.targets), "rows": list(lora.rows),
+            "base_dtype": lora.base_dtype or f"{cfg.param_dtype} (as stored: model.param_dtype assumed)"}
 
 
 def compile_offline() -> None:
