@@ -13,12 +13,13 @@ import sys
 
 from absl import flags
 
-from lima_jax.cli import check_exists, define_sampling_flags, no_arguments, run
+from lima_jax.cli import check_exists, define_dtype_flag, define_sampling_flags, no_arguments, run
 from lima_jax.errors import LimaError
 from lima_jax.inference.sampling import SamplingParams
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _SAMPLING = define_sampling_flags()
+_DTYPE = define_dtype_flag()
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> None:
     from lima_jax.inference.chat import chat, decoded_lines
     from lima_jax.inference.generator import Generator
 
-    generator = Generator(_CHECKPOINT.value)
+    generator = Generator(_CHECKPOINT.value, dtype=_DTYPE.value)
     if generator.eot_id is None:
         raise LimaError(f"{_CHECKPOINT.value} was not fine-tuned with LIMA's end-of-turn token: chat needs a fine-tuned model")
 

@@ -184,6 +184,13 @@ def define_mesh_flag() -> flags.FlagHolder:
                                "(one size may be -1: the rest of the devices); empty: one device")
 
 
+def define_dtype_flag() -> flags.FlagHolder:
+    """`--dtype` of the commands that load a model to generate (`inference.generator.in_dtype` reads it)."""
+    return flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"], "the weights, the KV cache and the "
+                             "compute in this dtype (logits, softmax and sampling stay float32); auto: as the "
+                             "checkpoint (or --config) says")
+
+
 @dataclasses.dataclass(frozen=True)
 class DistributedFlags:
     """JAX's multi-controller runtime as flags (train, sample, evaluate.generate, evaluate.select): every

@@ -23,8 +23,8 @@ import json
 
 from absl import flags
 
-from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments,
-                          run, stdout_for_results)
+from lima_jax.cli import (check_exists, define_distributed_flags, define_dtype_flag, define_mesh_flag, define_sampling_flags,
+                          no_arguments, run, stdout_for_results)
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
 from lima_jax.inference.hosts import is_writer
@@ -36,6 +36,7 @@ _PROMPT = flags.DEFINE_string("prompt", None, "a user message")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "JSONL, one conversation per line (LIMA or OpenAI messages format)")
 _SAMPLING = define_sampling_flags()
 _MESH = define_mesh_flag()
+_DTYPE = define_dtype_flag()
 _DISTRIBUTED = define_distributed_flags()
 _PRINT_IDS = flags.DEFINE_bool("print_ids", False, "print the generated token ids, space-separated, one line per prompt")
 
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> None:
         conversations = [prompt_turns(r["conversations"]) for r in records]
     with stdout_for_results():  # stdout: the answers alone
         _DISTRIBUTED.start()
-        generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
+        generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value), _DTYPE.value)
         if prompts is None:
             prompts = [generator.encode(turns) for turns in conversations]
         outputs = generator(prompts, params, _SAMPLING.seed.value)

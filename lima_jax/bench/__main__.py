@@ -2,7 +2,7 @@
 side with PyTorch (`transformers`); prints one JSON line.
 
     python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
-    python -m lima_jax.bench --config=tiny --shape=ci --mode=decode
+    python -m lima_jax.bench --config=tiny --shape=ci --mode=decode [--dtype=bfloat16]
     python -m lima_jax.bench --config=tiny --shape=ci --mode=serve     # or --checkpoint=CKPT
 
 What each mode measures and how: `lima_jax.bench.train`, `lima_jax.bench.decode`, `lima_jax.bench.serve`.
@@ -15,7 +15,7 @@ import sys
 from absl import flags
 
 from lima_jax.bench import SHAPES, TORCH_ATTENTION
-from lima_jax.cli import no_arguments, run
+from lima_jax.cli import define_dtype_flag, no_arguments, run
 from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
 
@@ -37,6 +37,7 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "decode: tokens generated 
 _DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "16"], "decode: batch sizes (the first is the roofline's)")
 _COMPILE_LAYERS = flags.DEFINE_list("compile_layers", ["8", "80"], "decode: depths whose decode compile time is measured "
                                     "(tiny width); the record gives the last over the first")
+_DTYPE = define_dtype_flag()
 _REPEATS = flags.DEFINE_integer("repeats", 3, "decode: timed rounds (each framework); figures are medians")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "serve: the checkpoint to serve (default: a random model of --config)")
 _CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "4", "16"], "serve: concurrent clients, one round each")
@@ -47,6 +48,8 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if _CONFIG.value is None and not (_MODE.value == "serve" and _CHECKPOINT.value):
         raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
+    if _DTYPE.value != "auto" and _MODE.value != "decode":
+        raise LimaError("--dtype is for --mode=decode (training computes in --config.model.dtype)")
     import jax  # after the flags are checked: --help and bad flags answer at once
 
     from lima_jax.bench.train import apply_shape, bench, decode_bench, explicit_overrides, parse_batches
@@ -54,6 +57,8 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is not None:
         apply_shape(config, _SHAPE.value, explicit_overrides(sys.argv))
+        if _DTYPE.value != "auto":  # both frameworks hold and compute the model in it
+            config.model.dtype = config.model.param_dtype = _DTYPE.value
     common = {"compare_torch": _COMPARE_TORCH.value, "seed": _SEED.value, "shape": _SHAPE.value}
     if _MODE.value == "serve":
         from lima_jax.bench.serve import serve_bench_record

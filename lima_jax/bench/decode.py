@@ -20,6 +20,11 @@ alternation, and each figure is a median:
   (every parameter but the input embedding, which is only gathered), over the memory bandwidth
   measured in this run (a jitted sum over a buffer far larger than any cache). 1.0 would mean
   every step streams the weights at that bandwidth.
+
+With `--dtype=bfloat16` both frameworks hold the weights (and their KV caches) in bf16 and compute in
+it; the roofline counts 2 bytes a weight. On XLA:CPU a product of bf16 operands accumulated in float32
+reads the bf16 weights as they lie from 2 rows up, but at 1 row XLA converts each weight to float32
+every step, so batch 1 gains nothing there (see `inference.layout`).
 """
 from __future__ import annotations
 
@@ -97,7 +102,7 @@ class JaxDecoder:
 
 
 class TorchDecoder:
-    """`transformers.LlamaForCausalLM.generate` with our weights, fp32, one thread per core."""
+    """`transformers.LlamaForCausalLM.generate` with our weights, in our compute dtype, one thread per core."""
 
     def __init__(self, cfg: ModelConfig, params: dict, threads: int):
         import torch
@@ -105,9 +110,10 @@ class TorchDecoder:
 
         self.torch = torch
         torch.set_num_threads(threads)
-        hf = transformers.LlamaConfig(**{**config_to_hf(cfg, "float32"), "pad_token_id": 0})
-        self.model = transformers.LlamaForCausalLM(hf).to(torch.float32).eval()
-        state = {name: torch.from_numpy(np.array(w, np.float32)) for name, w in params_to_hf(params, cfg)}
+        dtype = getattr(torch, cfg.dtype)
+        hf = transformers.LlamaConfig(**{**config_to_hf(cfg, cfg.dtype), "pad_token_id": 0})
+        self.model = transformers.LlamaForCausalLM(hf).to(dtype).eval()
+        state = {name: torch.from_numpy(np.array(w, np.float32)).to(dtype) for name, w in params_to_hf(params, cfg)}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if not m.endswith("rotary_emb.inv_freq")]:
             raise LimaError(f"bench: transformers rejected the converted weights (missing {missing}, unexpected {unexpected})")

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments,
-                          run, say)
+from lima_jax.cli import (check_exists, define_distributed_flags, define_dtype_flag, define_mesh_flag, define_sampling_flags,
+                          no_arguments, run, say)
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.formats import FORMATS, make_sink, read_prompts
 from lima_jax.evaluate.responses import RecordedSink, generate_answers, generation_settings
@@ -54,6 +54,7 @@ _GENERATOR = flags.DEFINE_string("generator", None, "the system's name in the re
 _BATCH = flags.DEFINE_integer("batch_size", 8, "prompts sampled together")
 _SAMPLING = define_sampling_flags()
 _MESH = define_mesh_flag()
+_DTYPE = define_dtype_flag()
 _DISTRIBUTED = define_distributed_flags()
 
 
@@ -82,10 +83,13 @@ def main(argv: list[str]) -> None:
     # The output is checked before the checkpoint is loaded (its kind and generator, then the checkpoint and
     # sampling it was generated with); generation reads it again.
     step = checkpoint.resolve(_CHECKPOINT.value)  # once: a newer step of a run is not mixed in
-    sink = RecordedSink(sink, generation_settings(step, params, _SAMPLING.seed.value))
+    settings = generation_settings(step, params, _SAMPLING.seed.value)
+    if _DTYPE.value != "auto":  # recorded only when given: the records written before it still match
+        settings["dtype"] = _DTYPE.value
+    sink = RecordedSink(sink, settings)
     hosts.from_process_0(lambda: len(sink.answered(questions)))
     say(f"{len(questions)} {kind} from {_PROMPTS.value}")
-    generator = Generator(str(step), parse_mesh(_MESH.value))
+    generator = Generator(str(step), parse_mesh(_MESH.value), _DTYPE.value)
     count = generate_answers(generator, questions, sink, params, _SAMPLING.seed.value, _BATCH.value, progress=say)
     say(f"wrote {count} new responses to {_OUTPUT.value}")
 

@@ -5,6 +5,10 @@ its stop tokens; and the small parsers the sampling commands share.
 complete step). Text prompts use LIMA's chat format (BOS, each utterance followed by EOT) when the
 model was fine-tuned with EOT, the chat template saved with a converted instruct model (with a
 generation prompt; it stops at the template's end of turn), and plain text after BOS for a base model.
+
+`dtype` "bfloat16" holds the weights and the KV cache in bf16 (half of float32's bytes) and computes
+in it, while norms, the attention softmax, the logits and sampling stay float32 (`model.py`);
+"float32" holds and computes everything in float32; "auto" does as the checkpoint's config says.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from lima_jax.errors import LimaError, say
 from lima_jax.data.tokenizer import of_model
 from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate, past_context
+from lima_jax.architecture import ModelConfig
 from lima_jax.model import Llama, model_from_params, param_shardings
 from lima_jax.weights import checkpoint
 
@@ -22,10 +27,10 @@ from lima_jax.weights import checkpoint
 class Generator:
     """A loaded checkpoint with its tokenizer and stop tokens, ready to answer conversations."""
 
-    def __init__(self, path: str, mesh: jax.sharding.Mesh | None = None):
+    def __init__(self, path: str, mesh: jax.sharding.Mesh | None = None, dtype: str = "auto"):
         path = checkpoint.resolve(path)  # once: a run's newer step appearing meanwhile is not mixed in
         self.path = path  # the step directory read: what a cache of this model's outputs names
-        cfg = checkpoint.load_model_config(path)
+        cfg = in_dtype(checkpoint.load_model_config(path), dtype)
         shardings = param_shardings(cfg, mesh) if mesh is not None else None
         cfg, params = checkpoint.load_params(path, cfg, shardings)
         self.mesh = mesh
@@ -70,6 +75,16 @@ class Generator:
         if long:
             say(f"warning: {len(long)} of {len(prompts)} prompts are longer than the {self.trained_len} tokens "
                 f"{self.path} was trained on (the longest has {max(long)}); answers to them may degrade")
+
+
+DTYPES = ("auto", "float32", "bfloat16")  # "auto": the checkpoint's own
+
+
+def in_dtype(cfg: ModelConfig, dtype: str) -> ModelConfig:
+    """`cfg` holding its weights (and so its KV cache) and computing in `dtype` (one of DTYPES)."""
+    if dtype not in DTYPES:
+        raise LimaError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return cfg if dtype == "auto" else cfg.replace(dtype=dtype, param_dtype=dtype)
 
 
 def parse_mesh(text: str) -> jax.sharding.Mesh | None:

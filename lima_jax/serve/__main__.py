@@ -22,13 +22,14 @@ import os
 
 from absl import flags
 
-from lima_jax.cli import define_mesh_flag, no_arguments, run, say
+from lima_jax.cli import define_dtype_flag, define_mesh_flag, no_arguments, run, say
 from lima_jax.errors import LimaError
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "the address to bind (0.0.0.0: every interface)")
 _PORT = flags.DEFINE_integer("port", 8000, "the port to listen on")
 _MESH = define_mesh_flag()
+_DTYPE = define_dtype_flag()
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "the model's name in the API (default: the checkpoint folder's "
                                   "name; requests may also name --checkpoint as given)")
 _API_KEY_ENV = flags.DEFINE_string("api_key_env", None, "an environment variable holding the key clients must send "
@@ -93,7 +94,7 @@ def main(argv: list[str]) -> None:
 
     if jax.process_count() > 1:
         raise LimaError("serve runs in one process (--mesh over its own devices); a multi-host slice is not supported yet")
-    generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value))
+    generator = Generator(_CHECKPOINT.value, parse_mesh(_MESH.value), _DTYPE.value)
     if generator.tokenizer is None:
         raise LimaError(f"{_CHECKPOINT.value} has no tokenizer: the server needs one (convert with --tokenizer)")
     context = _served_context(generator.model.cfg, sizes[-1])
