@@ -151,7 +151,7 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     tokens = rows * config.data.max_len
-    flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len)
+    flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len, frozen=lora is not None)
     return {
         **summary,
         "per_chip_bytes": {"argument": argument, "output": output, "alias": alias, "temp": temp, "total": total,
