@@ -127,11 +127,12 @@ def test_sample_and_serve_take_a_lora_run_as_they_take_a_full_one(lora_run, tmp_
 
 
 @pytest.mark.slow
-def test_a_killed_qlora_run_resumes_to_the_uninterrupted_losses_and_samples(pretrained, tmp_path):
-    """Two QLoRA (nf4) runs of 12 steps, one killed (-9) after 4 checkpoints and resumed: the same losses.
+@pytest.mark.parametrize("base_dtype", ["", "nf4"], ids=["lora", "qlora"])
+def test_a_killed_lora_run_resumes_to_the_uninterrupted_losses_and_samples(pretrained, tmp_path, base_dtype):
+    """Two LoRA runs of 12 steps, one killed (-9) after 4 checkpoints and resumed: the same losses.
     Slow (40-80 s): three training processes, which is what a kill and a resume are."""
     data = data_dir(tmp_path / "data", demo_records()[:48], dev=demo_records()[48:56])
-    flags = [f"--config.{k}={v}" for k, v in lora_overrides(pretrained, **{"lora.base_dtype": "nf4"}).items()]
+    flags = [f"--config.{k}={v}" for k, v in lora_overrides(pretrained, **{"lora.base_dtype": base_dtype}).items()]
     args = lambda workdir: train_args(workdir, f"--config.data.manual_dir={data}", "--config.num_epochs=2",  # noqa: E731
                                       "--config.checkpoint.every_steps=1", *flags)
     for workdir in (tmp_path / "whole", tmp_path / "killed"):
@@ -140,7 +141,8 @@ def test_a_killed_qlora_run_resumes_to_the_uninterrupted_losses_and_samples(pret
             assert 4 <= len(checkpoint_steps(workdir)) < 12
         done = run_command("train", *args(workdir))
         assert done.returncode == 0, done.stderr[-2000:]
-    assert "on q,k,v,o,gate,up,down and 1 added token row" in done.stderr and "MiB (nf4)" in done.stderr
+    assert "on q,k,v,o,gate,up,down and 1 added token row" in done.stderr
+    assert f"MiB ({base_dtype or 'as stored'})" in done.stderr
     losses = {w: {r["step"]: r["loss"] for r in read_metrics(tmp_path / w) if "loss" in r} for w in ("whole", "killed")}
     assert sorted(losses["killed"]) == list(range(1, 13))
     assert losses["killed"] == losses["whole"]
