@@ -9,6 +9,9 @@ each step a training run saves under `<workdir>/checkpoints/<step>/` have this s
 everything that reads weights takes any of: a converted checkpoint, one step, or a run's workdir (its latest
 complete step; Orbax writes a step under a temporary name and renames it when complete, or on
 Cloud Storage marks it with a commit file). Every path may be local or `gs://`.
+
+A LoRA run's step holds its adapters as `params` and a `lora` item (the LoraSpec, the base's path and
+fingerprint); `load_params` reads it as the base, rebuilt as the run held it, with the adapters merged.
 """
 from __future__ import annotations
 
