@@ -40,6 +40,7 @@ LONGEST_FIRST = (
     "train/test_aot.py",            # the same, through lima_jax.aot
     "model/test_model.py",
     "bench/test_bench.py",
+    "bench/test_device_check.py",  # the device check's CPU subset: every part compiles its own programs
     "inference/test_sample_hosts.py",
     "commands/test_readme_run.py",
     "serve/test_serve.py",

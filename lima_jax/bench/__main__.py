@@ -4,12 +4,15 @@ side with PyTorch (`transformers`); prints one JSON line.
     python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
     python -m lima_jax.bench --config=tiny --shape=ci --mode=decode [--dtype=bfloat16]
     python -m lima_jax.bench --config=tiny --shape=ci --mode=serve     # or --checkpoint=CKPT
+    python -m lima_jax.bench --mode=device    # all of them and the attention kernels' numerics, at its own shapes
 
-What each mode measures and how: `lima_jax.bench.train`, `lima_jax.bench.decode`, `lima_jax.bench.serve`.
+What each mode measures and how: `lima_jax.bench.train`, `lima_jax.bench.decode`, `lima_jax.bench.serve`,
+`lima_jax.bench.device`.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import flags
@@ -19,10 +22,12 @@ from lima_jax.cli import define_dtype_flag, no_arguments, run
 from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
 
-MODES = ("train", "decode", "serve")
+MODES = ("train", "decode", "serve", "device")
 _CONFIG = define_config_flag("config", None)
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "train: the train step's throughput and MFU; decode: the sampler's "
-                          "tokens/s, TTFT and roofline; serve: the server's requests/s, tokens/s and latency")
+                          "tokens/s, TTFT and roofline; serve: the server's requests/s, tokens/s and latency; device: a one-call "
+                          "accelerator check (attention numerics, full and LoRA train steps, decode, serve) at its own "
+                          "shapes, under 8 minutes")
 _SHAPE = flags.DEFINE_enum("shape", "none", list(SHAPES), "model overrides for a named shape (ci: dim 512, 8 layers, vocab 32000, no dropout); --config.* flags win")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "tokens per row")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "rows per step")
@@ -46,7 +51,10 @@ _REQUESTS = flags.DEFINE_integer("requests", 4, "serve: timed requests per clien
 
 def main(argv: list[str]) -> None:
     no_arguments(argv)
-    if _CONFIG.value is None and not (_MODE.value == "serve" and _CHECKPOINT.value):
+    if _MODE.value == "device":
+        if _CONFIG.value is not None or _CHECKPOINT.value:
+            raise LimaError("--mode=device picks its own model (lima_jax/bench/device.py): drop --config and --checkpoint")
+    elif _CONFIG.value is None and not (_MODE.value == "serve" and _CHECKPOINT.value):
         raise LimaError("--config is required, e.g. --config=tiny --shape=ci")
     if _DTYPE.value != "auto" and _MODE.value != "decode":
         raise LimaError("--dtype is for --mode=decode (training computes in --config.model.dtype)")
@@ -60,7 +68,11 @@ def main(argv: list[str]) -> None:
         if _DTYPE.value != "auto":  # both frameworks hold and compute the model in it
             config.model.dtype = config.model.param_dtype = _DTYPE.value
     common = {"compare_torch": _COMPARE_TORCH.value, "seed": _SEED.value, "shape": _SHAPE.value}
-    if _MODE.value == "serve":
+    if _MODE.value == "device":
+        from lima_jax.bench.device import device_check
+
+        record = device_check(seed=_SEED.value)
+    elif _MODE.value == "serve":
         from lima_jax.bench.serve import serve_bench_record
 
         record = serve_bench_record(config, _CHECKPOINT.value, _SHAPE.value,
@@ -76,6 +88,9 @@ def main(argv: list[str]) -> None:
                        warmup=_WARMUP.value, torch_attention=_TORCH_ATTENTION.value, **common)
     if jax.process_index() == 0:
         print(json.dumps(record), flush=True)
+    if record.get("failed"):  # the device check: its report is out; a part left running must not hold the exit
+        sys.stderr.flush()
+        os._exit(1)
 
 
 if __name__ == "__main__":

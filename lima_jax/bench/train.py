@@ -5,7 +5,8 @@ side with PyTorch (`transformers`).
     python -m lima_jax.bench --config=tiny --shape=ci --mode=decode      # see lima_jax/bench/decode.py
 
 Runs `state.jit_train_step` (the step `lima_jax.train` runs: AdamW, dropout as configured, state
-donated) on one device with random tokens, every weight 1, one segment per row and no packing, and
+donated; with `--config.lora.rank` a LoRA run's, on a random frozen base) on one device with random
+tokens, every weight 1, one segment per row and no packing, and
 prints one JSON line: tokens per second, achieved model TFLOP/s (`flops.train_flops_per_token`,
 PaLM's count: the input embedding is a gather, not a matmul), MFU, compile and step seconds, CPU
 seconds per token (every thread of the process) beside the wall time, and a `noise` section.
@@ -34,6 +35,8 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
 
 from lima_jax import flops, sharding
 from lima_jax.bench import SHAPES, TORCH_ATTENTION, decode as bench_decode
@@ -42,7 +45,12 @@ from lima_jax.config import model_config, override_keys, set_key, validate
 from lima_jax.data.batches import BATCH_SCHEMA
 from lima_jax.architecture import ModelConfig, param_count
 from lima_jax.train import optimizer as optim
-from lima_jax.train.state import batch_shardings, init_state, jit_train_step
+from lima_jax.lora import base as lora_base
+from lima_jax.lora.spec import LoraSpec
+from lima_jax.model import Llama
+from lima_jax.train.aot import abstract_frozen, aot_lora
+from lima_jax.train.state import (batch_shardings, init_adapters, init_state, jit_train_step, shardings_of,
+                                  state_from_params)
 from lima_jax.weights.hf import config_to_hf
 
 
@@ -74,27 +82,44 @@ def random_batch(cfg: ModelConfig, batch_size: int, seq_len: int, seed: int) -> 
     return {k: batch[k].astype(dtype) for k, dtype in BATCH_SCHEMA.items()}
 
 
+def random_frozen_base(cfg: ModelConfig, lora: LoraSpec, mesh: Mesh, seed: int) -> dict:
+    """A LoRA run's frozen base initialised at random, held and placed as a run holds a pretrained one."""
+    where = shardings_of(abstract_frozen(cfg, lora, mesh))
+    init = jax.jit(lambda: lora_base.frozen(nnx.to_pure_dict(nnx.state(Llama(cfg, rngs=nnx.Rngs(seed)))), lora.base_dtype),
+                   out_shardings=where)
+    return init()
+
+
 class JaxBench:
-    """The project's train step on one device, compiled ahead so compile time is its own number."""
+    """The project's train step on one device, compiled ahead so compile time is its own number. With
+    `config.lora.rank` > 0 it is a LoRA run's step: adapters on a frozen base initialised at random (built
+    as `aot` shapes it, with real arrays), the base held as `lora.base_dtype` says."""
 
     def __init__(self, config: ml_collections.ConfigDict, cfg: ModelConfig, batch: dict, total_steps: int):
         device = jax.devices()[0]
         self.mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, [device])
-        optimizer = optim.make_optimizer(config.optim, total_steps)
+        self.lora = aot_lora(config, cfg)
+        optimizer = optim.make_optimizer(config.optim, total_steps, "float32" if self.lora else cfg.param_dtype)
         schedule = optim.learning_rate(config.optim, total_steps)
-        step = jit_train_step(config, cfg, optimizer, schedule, self.mesh)
-        self.state = init_state(cfg, optimizer, self.mesh, config.seed)
+        self.frozen: tuple = ()
+        if self.lora is None:
+            self.state = init_state(cfg, optimizer, self.mesh, config.seed)
+        else:
+            self.frozen = (random_frozen_base(cfg, self.lora, self.mesh, config.seed),)
+            adapters = init_adapters(cfg, self.lora, self.mesh, config.seed, self.frozen[0])
+            self.state = state_from_params(adapters, optimizer, cfg, self.mesh, self.lora)
+        step = jit_train_step(config, cfg, optimizer, schedule, self.mesh, self.lora, shardings_of(self.frozen[0]) if self.frozen else None)
         shardings = batch_shardings(self.mesh)
         self.batch = {k: jax.device_put(v, shardings[k]) for k, v in batch.items()}
-        jax.block_until_ready((self.state, self.batch))
+        jax.block_until_ready((self.state, self.batch, self.frozen))
         start = time.perf_counter()
-        self.step_fn = step.lower(self.state, self.batch).compile()
+        self.step_fn = step.lower(self.state, self.batch, *self.frozen).compile()
         self.compile_s = time.perf_counter() - start
         self.loss = float("nan")
 
     def step(self) -> float:
         start = time.perf_counter()
-        self.state, metrics = self.step_fn(self.state, self.batch)
+        self.state, metrics = self.step_fn(self.state, self.batch, *self.frozen)
         jax.block_until_ready((self.state, metrics))
         seconds = time.perf_counter() - start
         self.loss = float(metrics["loss"])
@@ -257,7 +282,10 @@ def bench(
     if torch_attention not in TORCH_ATTENTION:
         raise LimaError(f"--torch_attention {torch_attention!r}: expected one of {', '.join(TORCH_ATTENTION)}")
     device = jax.devices()[0]
-    compare_torch = resolve_compare_torch(compare_torch, device)
+    lora = config.get("lora") is not None and config.lora.rank > 0
+    if lora and compare_torch:
+        raise LimaError("--compare_torch times a full fine-tune: leave it off with config key lora.rank > 0")
+    compare_torch = False if lora else resolve_compare_torch(compare_torch, device)
     load_before = os.getloadavg()
 
     cfg = model_config(config)
@@ -296,7 +324,7 @@ def bench(
         peak_source = f"measured fp32 matmul ({probe.size}^3), median of {len(peaks)} probes between the rounds"
     else:
         peak, peak_source = fixed
-    flops_per_token = flops.train_flops_per_token(cfg, seq_len)
+    flops_per_token = flops.train_flops_per_token(cfg, seq_len, frozen=ours.lora is not None)
     timing = _timing_fields("", samples[0], tokens_per_step)
     timing["train_tokens_per_s"] = timing.pop("tokens_per_s")
     tflops = flops_per_token * timing["train_tokens_per_s"] / 1e12
@@ -311,6 +339,8 @@ def bench(
         "scan_layers": cfg.scan_layers,
         "residual_dropout": cfg.residual_dropout,
         "grad_accum": config.grad_accum,
+        "lora_rank": 0 if ours.lora is None else ours.lora.rank,
+        "trained_params": sum(a.size for a in jax.tree.leaves(ours.state.params)),
         "steps": steps,
         "warmup": warmup,
         "compile_s": _sig(ours.compile_s, 4),
