@@ -16,12 +16,18 @@ class RunFailure(Exception):
 
 
 def run_main(main: Callable[[list[str]], None], argv: list[str], verbose: bool) -> NoReturn:
-    """Runs `main`; a LimaError becomes one line on stderr and exit 2, any other failure exit 1.
+    """Runs `main`; a LimaError becomes one line on stderr and exit 2, any other failure exit 1, Ctrl-C
+    (where the command has no handler of its own) exit 130, as shells expect of SIGINT.
 
     The traceback is printed only with `--verbose`.
     """
     try:
         main(argv)
+    except KeyboardInterrupt:
+        if verbose:
+            traceback.print_exc()
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
     except LimaError as e:
         if verbose:
             traceback.print_exc()
