@@ -10,7 +10,7 @@ commands stay fast.
 JAX in `main`, once its input is checked, so help and bad input answer in well under a second.
 A bad flag or config override prints one line naming it and exits 2 before any work; a LimaError
 from the run does the same; any other failure exits 1. `--verbose` adds the traceback.
-`--compilation_cache` (every command) says where JAX keeps compiled programs: `lima_jax.compile_cache`.
+`--compilation_cache` (every command) says where JAX keeps compiled programs: `lima_jax.storage.compile_cache`.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, NoReturn
 
 from absl import app, flags, logging
 
-from lima_jax import compile_cache
+from lima_jax.storage import compile_cache
 from lima_jax.errors import LimaError, run_main, say  # noqa: F401 - say: where the commands import it from
 
 flags.DEFINE_bool("verbose", False, "print tracebacks with errors")

@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache is on for every command (lima_jax.compile_cache): per user by
+"""JAX's persistent compilation cache is on for every command (lima_jax.storage.compile_cache): per user by
 default, where `--compilation_cache` or `JAX_COMPILATION_CACHE_DIR` says, off with `--compilation_cache=off`,
 and a folder that cannot be written costs one warning line, never the command.
 
@@ -77,8 +77,8 @@ def test_a_cache_folder_that_cannot_be_written_is_one_warning_and_the_command_ru
 
 
 def _decided(env: dict[str, str], code: str) -> str:
-    """What lima_jax.compile_cache sets, in a process that never imports JAX."""
-    r = subprocess.run([sys.executable, "-c", "import os, sys\nfrom lima_jax import compile_cache\n" + code
+    """What lima_jax.storage.compile_cache sets, in a process that never imports JAX."""
+    r = subprocess.run([sys.executable, "-c", "import os, sys\nfrom lima_jax.storage import compile_cache\n" + code
                         + "\nprint(os.environ.get('JAX_COMPILATION_CACHE_DIR'), 'jax' in sys.modules)"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -105,7 +105,7 @@ def test_a_cache_in_a_bucket_is_written_there(ckpt, tmp_path, emulator):
 
 def test_a_folder_chosen_after_jax_was_imported_is_the_one_written(tmp_path):
     """A pod's train command joins the other processes (importing JAX) before it points the cache at its workdir."""
-    code = ("import jax, jax.numpy as jnp\nfrom lima_jax import compile_cache\ncompile_cache.use_run_dir(%r)\n"
+    code = ("import jax, jax.numpy as jnp\nfrom lima_jax.storage import compile_cache\ncompile_cache.use_run_dir(%r)\n"
             "jax.jit(lambda x: x * 2 + 1)(jnp.ones(3)).block_until_ready()" % str(tmp_path / "run"))
     r = subprocess.run([sys.executable, "-c", code], env=_environment(tmp_path), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
