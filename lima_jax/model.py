@@ -338,7 +338,7 @@ class Block(nnx.Module):
     def project_qkv(self, h: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q (B, T, H, Dh), k and v (B, T, K, Dh) from the normed input."""
         weights, keys = (self.wq, self.wk, self.wv), _adapter_keys(key, 0, 3)
-        return self.add_qkv_bias(tuple(project("btd,dhk->bthk", h, w, k) for w, k in zip(weights, keys)))
+        return self.add_qkv_bias(tuple(self._project("btd,dhk->bthk", h, w, k) for w, k in zip(weights, keys)))
 
     def add_qkv_bias(self, qkv: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q, k, v plus their biases, for the architectures that have them (`cfg.qkv_bias`)."""
@@ -348,7 +348,7 @@ class Block(nnx.Module):
 
     def project_gate_up(self, h: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """The MLP's gate and up projections (B, T, F) from the normed input."""
-        return tuple(project("btd,df->btf", h, w, k) for w, k in zip((self.w_gate, self.w_up), _adapter_keys(key, 4, 2)))
+        return tuple(self._project("btd,df->btf", h, w, k) for w, k in zip((self.w_gate, self.w_up), _adapter_keys(key, 4, 2)))
 
     def _qkv_rotated(
         self, x: jax.Array, positions: jax.Array, key: jax.Array | None = None
@@ -374,12 +374,16 @@ class Block(nnx.Module):
 
     def _project_out(self, out: jax.Array, key: jax.Array | None = None) -> jax.Array:
         """The attention output (B, T, H, Dh) projected back to the model dim (B, T, D)."""
-        out = project("bthk,hkd->btd", out, self.wo, *_adapter_keys(key, 3, 1))
+        out = self._project("bthk,hkd->btd", out, self.wo, *_adapter_keys(key, 3, 1))
         return out + self.bo[...].astype(out.dtype) if self.cfg.out_bias else out
 
     def _mlp(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
         gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps), key)
-        return project("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down, *_adapter_keys(key, 6, 1))
+        return self._project("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down, *_adapter_keys(key, 6, 1))
+
+    def _project(self, spec: str, x: jax.Array, weight: nnx.Variable, key: jax.Array | None = None) -> jax.Array:
+        """Every weight product of the layer: `project`'s (the decoding layout, `inference.layout`, computes its own)."""
+        return project(spec, x, weight, key)
 
 
 def _remat(fn, policy: str):

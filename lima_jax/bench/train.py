@@ -50,7 +50,7 @@ from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import Llama
 from lima_jax.train.aot import abstract_frozen, aot_lora
 from lima_jax.train.state import (batch_shardings, init_adapters, init_state, jit_train_step, shardings_of,
-                                  state_from_params)
+                                  state_from_params, trained_dtype)
 from lima_jax.weights.hf import config_to_hf
 
 
@@ -99,7 +99,7 @@ class JaxBench:
         device = jax.devices()[0]
         self.mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, [device])
         self.lora = aot_lora(config, cfg)
-        optimizer = optim.make_optimizer(config.optim, total_steps, "float32" if self.lora else cfg.param_dtype)
+        optimizer = optim.make_optimizer(config.optim, total_steps, trained_dtype(cfg, self.lora))
         schedule = optim.learning_rate(config.optim, total_steps)
         self.frozen: tuple = ()
         if self.lora is None:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lima_jax.model import Block, KVCache, Llama, rms_norm, whole_sequences
+from lima_jax.model import Block, KVCache, Llama, whole_sequences
 
 
 class FusedBlock(Block):
@@ -33,28 +33,19 @@ class FusedBlock(Block):
     def project_qkv(self, h: jax.Array, key: None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         cfg = self.cfg
         heads, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-        q, k, v = jnp.split(_dot("btd,dn->btn", h, self.wqkv), [heads * dh, (heads + kv) * dh], axis=-1)
+        q, k, v = jnp.split(self._project("btd,dn->btn", h, self.wqkv), [heads * dh, (heads + kv) * dh], axis=-1)
         b, t = h.shape[:2]
         return self.add_qkv_bias((q.reshape(b, t, heads, dh), k.reshape(b, t, kv, dh), v.reshape(b, t, kv, dh)))
 
     def project_gate_up(self, h: jax.Array, key: None = None) -> tuple[jax.Array, jax.Array]:
-        return tuple(jnp.split(_dot("btd,df->btf", h, self.w_gate_up), 2, axis=-1))
+        return tuple(jnp.split(self._project("btd,df->btf", h, self.w_gate_up), 2, axis=-1))
 
-    def _project_out(self, out: jax.Array, key: None = None) -> jax.Array:
-        out = _dot("bthk,hkd->btd", out, self.wo)
-        return out + self.bo[...].astype(out.dtype) if self.cfg.out_bias else out
-
-    def _mlp(self, x: jax.Array, key: None = None) -> jax.Array:
-        gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps))
-        return _dot("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down)
-
-
-def _dot(spec: str, x: jax.Array, w: nnx.Param) -> jax.Array:
-    """x times a weight, accumulated in float32 and cast back to x's dtype: what bf16 x bf16 -> bf16
-    computes on an accelerator. XLA:CPU runs a bf16 x bf16 -> f32 product as it lies, but converts
-    both operands of a bf16 -> bf16 one to f32 first (a copy of every weight, every step); float32
-    weights compute exactly as before."""
-    return jnp.einsum(spec, x, w[...].astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+    def _project(self, spec: str, x: jax.Array, weight: nnx.Param, key: None = None) -> jax.Array:
+        """x times a weight, accumulated in float32 and cast back to x's dtype: what bf16 x bf16 -> bf16
+        computes on an accelerator. XLA:CPU runs a bf16 x bf16 -> f32 product as it lies, but converts
+        both operands of a bf16 -> bf16 one to f32 first (a copy of every weight, every step); float32
+        weights compute exactly as before."""
+        return jnp.einsum(spec, x, weight[...].astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
 
 
 class DecodingLlama(Llama):

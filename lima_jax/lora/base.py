@@ -4,6 +4,7 @@ per block of 64 and the rest (embeddings, norms) in bfloat16. The adapters train
 reader of the run rebuilds it the same way, so merged weights are the ones the adapters saw."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lima_jax.lora import quantize
+from lima_jax.model import ModelConfig, param_shardings
 
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
@@ -32,11 +34,11 @@ def nbytes(tree: dict) -> int:
     return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
 
-def shardings(frozen_tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
-    """Where each leaf of `frozen_tree` (arrays or shapes) lives: a cast leaf where its parameter does; a
-    quantized matrix's codes and scales split over `fsdp` on the block axis when it divides (contiguous
-    blocks: the weight's first axis cut in pieces, gathered per layer as FSDP gathers a weight), else
-    replicated."""
+def placement(params: Any, base_dtype: str, cfg: ModelConfig, mesh: Mesh) -> Any:
+    """Where each leaf of `frozen(params, base_dtype)` lives on `mesh` (`params`: arrays or shapes): a cast
+    leaf where its parameter does; a quantized matrix's codes and scales split over `fsdp` on the block axis
+    when it divides (contiguous blocks: the weight's first axis cut in pieces, gathered per layer as FSDP
+    gathers a weight), else replicated. The trainer and `aot` place the base alike."""
     fsdp = mesh.shape["fsdp"]
 
     def place(leaf: Any, where: NamedSharding) -> Any:
@@ -47,4 +49,5 @@ def shardings(frozen_tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
         return quantize.Quantized(NamedSharding(mesh, P(*[None] * lead, axis, None)),
                                   NamedSharding(mesh, P(*[None] * lead, axis)), leaf.kind, leaf.shape)
 
-    return jax.tree.map(place, frozen_tree, param_shardings, is_leaf=lambda x: isinstance(x, quantize.Quantized))
+    held = jax.eval_shape(functools.partial(frozen, base_dtype=base_dtype), params)
+    return jax.tree.map(place, held, param_shardings(cfg, mesh), is_leaf=lambda x: isinstance(x, quantize.Quantized))

@@ -29,9 +29,9 @@ from lima_jax.sharding import make_mesh
 from lima_jax.kernels import fused_attention
 from lima_jax.lora import base as lora_base, spec as lora_spec
 from lima_jax.lora.spec import LoraSpec
-from lima_jax.model import ModelConfig, abstract_model, param_shardings
+from lima_jax.model import ModelConfig, abstract_model
 from lima_jax.train import optimizer as optim
-from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step, shardings_of
+from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step, shardings_of, trained_dtype
 
 # Per generation: HBM per chip (GiB), TensorCores per chip as counted in slice names, and whether
 # the chips form a 3-D torus (v4, v5p) or a 2-D grid (v5e, v6e).
@@ -105,8 +105,8 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     if rows % (dp * config.grad_accum):
         raise LimaError(f"config key batch_size: {rows} rows do not divide over data*fsdp={dp} x grad_accum={config.grad_accum}")
     lora = aot_lora(config, cfg)
-    # As training builds it: adapters are float32; bf16 parameters are stepped as `optim.narrow_params` says.
-    optimizer = optim.make_optimizer(config.optim, total_steps, "float32" if lora else cfg.param_dtype)
+    # As training builds it (`trained_dtype`).
+    optimizer = optim.make_optimizer(config.optim, total_steps, trained_dtype(cfg, lora))
     schedule = optim.learning_rate(config.optim, total_steps)
     frozen = None if lora is None else abstract_frozen(cfg, lora, mesh)
     step = jit_train_step(config, cfg, optimizer, schedule, mesh, lora, None if frozen is None else shardings_of(frozen))
@@ -179,7 +179,7 @@ def abstract_frozen(cfg: ModelConfig, lora: LoraSpec, mesh: Mesh) -> Any:
     a base stored as the config's `model.param_dtype` when `lora.base_dtype` is empty."""
     params = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
     frozen = jax.eval_shape(functools.partial(lora_base.frozen, base_dtype=lora.base_dtype), params)
-    where = lora_base.shardings(frozen, param_shardings(cfg, mesh), mesh)
+    where = lora_base.placement(params, lora.base_dtype, cfg, mesh)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), frozen, where)
 
 

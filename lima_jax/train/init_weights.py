@@ -13,7 +13,7 @@ from lima_jax.config import adds_eot
 from lima_jax.errors import LimaError
 from lima_jax.lora import base as lora_base
 from lima_jax.lora.spec import LoraSpec
-from lima_jax.model import ModelConfig, param_shardings
+from lima_jax.model import ModelConfig
 from lima_jax.recipe import check_architecture
 from lima_jax.storage.paths import Path
 from lima_jax.weights import checkpoint
@@ -51,9 +51,8 @@ def load_frozen_base(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh, 
     spec, the base's resolved path and fingerprint)."""
     params, kept = load_pretrained(config, cfg, mesh, keep_dtype=True)
     lora = dataclasses.replace(lora, rows=(kept, cfg.used_vocab_size))
-    hold = functools.partial(lora_base.frozen, base_dtype=lora.base_dtype)
-    where = lora_base.shardings(jax.eval_shape(hold, params), param_shardings(cfg, mesh), mesh)  # as `aot` measures it
-    frozen = jax.jit(hold, out_shardings=where)(params)
+    where = lora_base.placement(params, lora.base_dtype, cfg, mesh)
+    frozen = jax.jit(functools.partial(lora_base.frozen, base_dtype=lora.base_dtype), out_shardings=where)(params)
     record = {"spec": lora.record(), "base": str(checkpoint.resolve(config.init_checkpoint)),
               "base_fingerprint": checkpoint.fingerprint(config.init_checkpoint)}
     return lora, frozen, record

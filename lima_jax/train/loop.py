@@ -35,7 +35,7 @@ from lima_jax.train.lock import WorkdirLock
 from lima_jax.train.init_weights import check_same_base, describe_lora, load_frozen_base, load_pretrained
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE, MetricsWriter, logged_loss
 from lima_jax.train.state import (abstract_state, init_adapters, init_state, jit_eval_step, jit_train_step, shardings_of,
-                                  state_from_params)
+                                  state_from_params, trained_dtype)
 from lima_jax.train.step import TrainState
 from lima_jax.recipe import check_platform
 from lima_jax.weights import checkpoint
@@ -342,7 +342,7 @@ def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> d
     write_run_files(resolved, data.fingerprint, workdir)
     write_dev_set(data.dev_records, workdir)
 
-    optimizer = optim.make_optimizer(config.optim, total, "float32" if lora else cfg.param_dtype)  # adapters: float32
+    optimizer = optim.make_optimizer(config.optim, total, trained_dtype(cfg, lora))
     schedule = optim.learning_rate(config.optim, total)
     ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save,
                            params_dtype=config.checkpoint.params_dtype)

@@ -30,6 +30,12 @@ def trained_abstract(cfg: ModelConfig, lora: LoraSpec | None = None) -> Any:
     return adapters.abstract(cfg, lora)
 
 
+def trained_dtype(cfg: ModelConfig, lora: LoraSpec | None = None) -> str:
+    """The dtype of what the optimizer steps: LoRA's adapters are float32; otherwise the parameters' (bf16
+    ones are stepped as `optim.narrow_params` says)."""
+    return "float32" if lora is not None else cfg.param_dtype
+
+
 def trained_shardings(cfg: ModelConfig, mesh: Mesh, lora: LoraSpec | None = None) -> Any:
     if lora is None:
         return param_shardings(cfg, mesh)
