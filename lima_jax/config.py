@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections.config_flags import config_flags as _cf
 
 from lima_jax.errors import LimaError
-from lima_jax.architecture import DTYPES, FAMILIES, REMAT_POLICIES, ROPE_SCALINGS, ModelConfig
+from lima_jax.model.config import DTYPES, FAMILIES, REMAT_POLICIES, ROPE_SCALINGS, ModelConfig
 from lima_jax.recipe import from_checkpoint, needs_checkpoint
 from lima_jax.recipe import lima_config  # noqa: F401 - config files written before recipe.py import it from here
 

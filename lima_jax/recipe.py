@@ -20,7 +20,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from lima_jax.errors import LimaError
-from lima_jax.architecture import ModelConfig, param_count
+from lima_jax.model import ModelConfig, param_count
 
 # The model keys that make a checkpoint's weights mean what they mean: a config and the checkpoint it
 # starts from must agree on every one.

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lima_jax.architecture import ModelConfig
+from lima_jax.model import ModelConfig
 from lima_jax.config import model_config
 from lima_jax.errors import say
 from lima_jax.kernels import fused_attention

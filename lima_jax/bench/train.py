@@ -38,12 +38,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lima_jax import flops, sharding
+from lima_jax import sharding
+from lima_jax.model import flops
 from lima_jax.bench import SHAPES, TORCH_ATTENTION, decode as bench_decode
 from lima_jax.errors import LimaError, say
 from lima_jax.config import model_config, override_keys, set_key, validate
 from lima_jax.data.batches import BATCH_SCHEMA
-from lima_jax.architecture import ModelConfig, param_count
+from lima_jax.model import ModelConfig, param_count
 from lima_jax.train import optimizer as optim
 from lima_jax.lora import base as lora_base
 from lima_jax.lora.spec import LoraSpec

@@ -19,7 +19,7 @@ from lima_jax.errors import LimaError, say
 from lima_jax.data.tokenizer import of_model
 from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate, past_context
-from lima_jax.architecture import ModelConfig
+from lima_jax.model import ModelConfig
 from lima_jax.model import Llama, model_from_params, param_shardings
 from lima_jax.weights import checkpoint
 

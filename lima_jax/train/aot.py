@@ -21,10 +21,10 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lima_jax import flops
+from lima_jax.model import flops
 from lima_jax.config import adds_eot, trained_model_config, validate
 from lima_jax.errors import LimaError
-from lima_jax.architecture import param_count
+from lima_jax.model import param_count
 from lima_jax.sharding import make_mesh
 from lima_jax.kernels import fused_attention
 from lima_jax.lora import base as lora_base, spec as lora_spec

@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from lima_jax import flops, sharding
+from lima_jax import sharding
+from lima_jax.model import flops
 from lima_jax.errors import LimaError, say
 from lima_jax.config import flatten, trained_model_config, validate
 from lima_jax.data import pipeline

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from lima_jax import flops
+from lima_jax.model import flops
 from lima_jax.bench import train as bench
 from lima_jax.config import load_config, model_config
-from lima_jax.architecture import param_count
+from lima_jax.model import param_count
 from lima_jax.errors import LimaError
 from support.commands import call_command
 

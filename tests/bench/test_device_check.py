@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from lima_jax import flops
-from lima_jax.architecture import param_count
+from lima_jax.model import flops
+from lima_jax.model import param_count
 from lima_jax.bench import device
 from lima_jax.config import model_config, validate
 from lima_jax.kernels import fused_attention

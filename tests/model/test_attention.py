@@ -17,7 +17,8 @@ from flax import nnx
 from lima_jax import sharding
 from lima_jax.config import load_config
 from lima_jax.errors import LimaError
-from lima_jax.model import ModelConfig, attention, model_from_params
+from lima_jax.model import ModelConfig, model_from_params
+from lima_jax.model.llama import attention
 from lima_jax.kernels import fused_attention
 from support.markers import needs_libtpu
 from support.models import forward, random_model, random_tokens, tiny

@@ -9,7 +9,7 @@ from support.markers import needs_libtpu
 from lima_jax.config import load_config, model_config
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
-from lima_jax.architecture import param_count
+from lima_jax.model import param_count
 from lima_jax.recipe import recipe_for_size
 from lima_jax.weights.convert import convert
 from support.commands import call_command, run_command

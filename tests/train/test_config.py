@@ -4,7 +4,7 @@ import pytest
 
 from lima_jax.config import available_configs, load_config, model_config, trained_model_config
 from lima_jax.errors import LimaError
-from lima_jax.architecture import param_count
+from lima_jax.model import param_count
 from support.commands import call_command
 
 # (dim, ffn, layers, heads, kv heads, vocab, norm eps, rope theta, batch, top dropout)

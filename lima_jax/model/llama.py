@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from lima_jax.architecture import REMAT_POLICIES, ModelConfig
+from lima_jax.model.config import REMAT_POLICIES, ModelConfig
 from lima_jax.kernels import fused_attention
 from lima_jax.kernels.fused_attention import ATTENTION_SAVED
 from lima_jax.sharding import constrain, tree_shardings

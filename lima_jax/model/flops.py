@@ -8,7 +8,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lima_jax.architecture import ModelConfig, param_count
+from lima_jax.model.config import ModelConfig, param_count
 
 # Dense bf16 peak TFLOP/s per device (a TPU chip, a GPU), by jax's device_kind.
 PEAK_TFLOPS = {
