@@ -218,7 +218,7 @@ def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> 
 
 def _validate_attention(config: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:
     """The attention kernel's name, and an explicit kernel's shape and dtype limits, before compiling."""
-    from lima_jax.kernels.fused_attention import ATTENTION_IMPLS, unsupported
+    from lima_jax.model.config import ATTENTION_IMPLS, unsupported
 
     m = config.model
     impl = m.get("attention", "auto")

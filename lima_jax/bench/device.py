@@ -36,7 +36,7 @@ from flax import nnx
 from lima_jax.model import ModelConfig
 from lima_jax.config import model_config
 from lima_jax.errors import say
-from lima_jax.kernels import fused_attention
+from lima_jax.model import attention
 from lima_jax.model import Llama, abstract_model
 from lima_jax.recipe import lima_config
 
@@ -123,7 +123,7 @@ def attention_numerics(impls: Sequence[str], cfg: ModelConfig = NUMERICS_MODEL, 
     ref_logits, ref_grads = _logits_and_grads(cfg.replace(attention="xla"), params, batch)
     out: dict[str, Any] = {"rows": rows, "seq_len": seq_len, "head_dim": cfg.resolved_head_dim, "dtype": cfg.dtype}
     for impl in impls:
-        problem = fused_attention.unsupported(impl, seq_len, cfg.resolved_head_dim, cfg.dtype)
+        problem = attention.unsupported(impl, seq_len, cfg.resolved_head_dim, cfg.dtype)
         if problem:
             out[impl] = {"skipped": problem}
             continue

@@ -15,6 +15,11 @@ REMAT_POLICIES = ("none", "full", "save_dots", "save_attention")
 DTYPES = ("float32", "bfloat16", "float16")
 ROPE_SCALINGS = ("none", "llama3")
 FAMILIES = ("llama", "mistral", "qwen2")  # Hugging Face model_type values
+# Training's attention kernels (`attention.py` runs them) and the shapes each takes.
+ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn")
+SPLASH_MULTIPLE = 128  # splash tiles the sequence and the head dim by 128 lanes
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +56,7 @@ class ModelConfig:
     # KV cache: compile time flat in depth, at some cost per step on a CPU (see bench/decode.py).
     decode_scan: bool = False
     remat: str = "none"  # none | full | save_dots (keep matmul outputs) | save_attention (keep q, k, v, attention out)
-    attention: str = "auto"  # training's kernel: auto | xla | splash (TPU) | cudnn (GPU); see kernels/fused_attention.py
+    attention: str = "auto"  # training's kernel: auto | xla | splash (TPU) | cudnn (GPU); see attention.py
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; norms, softmax and logits stay in float32
     init_std: float = 0.02
@@ -88,3 +93,14 @@ def param_count(cfg: ModelConfig) -> int:
     per_layer += (q_dim + 2 * kv_dim) * cfg.qkv_bias + d * cfg.out_bias
     heads = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
     return cfg.num_layers * per_layer + heads + d
+
+
+def unsupported(impl: str, seq_len: int, head_dim: int, dtype: str) -> str | None:
+    """Why attention kernel `impl` cannot run these shapes (one line), or None when it can."""
+    if impl == "splash" and (seq_len % SPLASH_MULTIPLE or head_dim % SPLASH_MULTIPLE):
+        return (f"model.attention=splash needs the sequence length and head dim to be multiples of "
+                f"{SPLASH_MULTIPLE}, got {seq_len} and {head_dim}")
+    if impl == "cudnn" and (dtype not in CUDNN_DTYPES or head_dim > CUDNN_MAX_HEAD_DIM or head_dim % 8):
+        return (f"model.attention=cudnn needs model.dtype in {', '.join(CUDNN_DTYPES)} and a head dim that is a "
+                f"multiple of 8 up to {CUDNN_MAX_HEAD_DIM}, got {dtype} and {head_dim}")
+    return None

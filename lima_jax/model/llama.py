@@ -25,9 +25,8 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from lima_jax.model.attention import ATTENTION_SAVED, attention, cached_attention, self_attention
 from lima_jax.model.config import REMAT_POLICIES, ModelConfig
-from lima_jax.kernels import fused_attention
-from lima_jax.kernels.fused_attention import ATTENTION_SAVED
 from lima_jax.sharding import constrain, tree_shardings
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
@@ -118,104 +117,6 @@ def rotary(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Arra
     x32 = x.astype(jnp.float32)
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     return (x32 * cos + rotated * sin).astype(x.dtype)
-
-
-def attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    q_segments: jax.Array,
-    kv_segments: jax.Array,
-    q_slots: jax.Array,
-) -> jax.Array:
-    """Causal, segment-aware grouped-query attention.
-
-    q (B, T, H, Dh); k (B, K, S, Dh); v (B, K, Dh, S), as a KVCache holds them; q_segments (B, T);
-    kv_segments (B, S); q_slots (B, T) is each query's slot, and key slot j is visible when
-    j <= that slot and the segments match.
-    """
-    b, t, h, dh = q.shape
-    kv_heads, slots = k.shape[1], k.shape[2]
-    kv_slots = jnp.arange(slots, dtype=jnp.int32)
-    visible = (q_segments[:, :, None] == kv_segments[:, None, :]) & (
-        kv_slots[None, None, :] <= q_slots[:, :, None]
-    )
-    return _masked_attention(q.reshape(b, t, kv_heads, h // kv_heads, dh), k, v, visible).reshape(b, t, h, dh)
-
-
-def _masked_scores(q: jax.Array, k: jax.Array, visible: jax.Array) -> jax.Array:
-    """Scaled scores (B, K, G, T, S) in float32, the invisible ones at the lowest float."""
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * (1.0 / np.sqrt(q.shape[-1]))
-    return jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
-
-
-@jax.custom_vjp
-def _masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(Dh), over the visible slots) v: q (B, T, K, G, Dh), k (B, K, S, Dh),
-    v (B, K, Dh, S), visible (B, T, S) -> (B, T, K, G, Dh).
-
-    Its gradient is written out as FlashAttention's (without the tiling): the backward pass keeps
-    each row's log-sum-exp, not the (B, K, G, T, S) probabilities autodiff would save, recomputes
-    them from the scores, and takes the softmax's gradient as p * (dp - rowsum(dO * O)). On XLA:CPU
-    autodiff's form fused that row sum with the dO v^T product into one slow kernel; this one is
-    about 8% faster a train step at the bench shape, and saves a (T, S) buffer per head and layer."""
-    return _masked_attention_fwd(q, k, v, visible)[0]
-
-
-def _masked_attention_fwd(q, k, v, visible):
-    scores = _masked_scores(q, k, visible)
-    top = jnp.max(scores, axis=-1, keepdims=True)
-    exp = jnp.exp(scores - top)
-    total = jnp.sum(exp, axis=-1, keepdims=True)
-    out = jnp.einsum("bkgts,bkds->btkgd", (exp / total).astype(v.dtype), v)
-    log_sum_exp = checkpoint_name((top + jnp.log(total))[..., 0], ATTENTION_SAVED[1])  # (B, K, G, T)
-    return out, (q, k, v, visible, out, log_sum_exp)
-
-
-def _masked_attention_bwd(residuals, d_out):
-    q, k, v, visible, out, log_sum_exp = residuals
-    probs = jnp.exp(_masked_scores(q, k, visible) - log_sum_exp[..., None])
-    d_v = jnp.einsum("bkgts,btkgd->bkds", probs.astype(d_out.dtype), d_out)
-    d_probs = jnp.einsum("btkgd,bkds->bkgts", d_out, v, preferred_element_type=jnp.float32)
-    row = jnp.einsum("btkgd,btkgd->bkgt", d_out.astype(jnp.float32), out.astype(jnp.float32))
-    d_scores = (probs * (d_probs - row[..., None]) * (1.0 / np.sqrt(q.shape[-1]))).astype(q.dtype)
-    d_q = jnp.einsum("bkgts,bksd->btkgd", d_scores, k)
-    d_k = jnp.einsum("bkgts,btkgd->bksd", d_scores, q)
-    return d_q, d_k, d_v, None
-
-
-_masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
-
-
-def cached_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    k_cache: jax.Array,
-    v_cache: jax.Array,
-    q_segments: jax.Array,
-    cache_segments: jax.Array,
-    index: jax.Array,
-) -> jax.Array:
-    """`attention` of T new tokens to the cache's slots before `index` and, causally, to each other,
-    reading the cache as it was before their keys and values are written into it.
-
-    q (B, T, H, Dh); the new keys k (B, K, T, Dh) and values v (B, K, Dh, T); the cache's k_cache
-    (B, K, S, Dh), v_cache (B, K, Dh, S) and cache_segments (B, S) hold the earlier slots. The same
-    scores as `attention` over the written cache, but no read of the written cache: the cache
-    update is then the last use of its buffer, which XLA can do in place. `Block.decode` takes it
-    for one-token steps only; a prompt reads the written cache once, scoring T x S, not T x (S + T)."""
-    b, t, h, dh = q.shape
-    kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
-    q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-    earlier = (q_segments[:, :, None] == cache_segments[:, None, :]) & (jnp.arange(slots, dtype=jnp.int32) < index)
-    causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
-    among_new = (q_segments[:, :, None] == q_segments[:, None, :]) & causal
-    scores = jnp.concatenate([_masked_scores(q, k_cache, earlier), _masked_scores(q, k, among_new)], axis=-1)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # (B, K, G, T, S + T)
-    spec = "bkgts,bkds->btkgd"
-    out = jnp.einsum(spec, probs[..., :slots], v_cache) + jnp.einsum(spec, probs[..., slots:], v)
-    return out.reshape(b, t, h, dh)
 
 
 def whole_sequences(tokens: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -361,15 +262,8 @@ class Block(nnx.Module):
         return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
 
     def _self_attention(self, q, k, v, segment_ids, key: jax.Array | None = None) -> jax.Array:
-        """Training's attention within each segment of the rows (slot = position in the row), by
-        `model.attention`'s implementation, projected back to (B, T, D)."""
-        dt, cfg = q.dtype, self.cfg
-        impl = fused_attention.resolve(cfg.attention, q.shape[1], cfg.resolved_head_dim, cfg.dtype)
-        if impl == "xla":
-            slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
-            out = attention(q, k.astype(dt), v.astype(dt), segment_ids, segment_ids, slots)
-        else:  # the kernels take keys and values (B, T, K, Dh), as projected
-            out = fused_attention.attend(impl, q, k.astype(dt).transpose(0, 2, 1, 3), v.astype(dt).transpose(0, 3, 1, 2), segment_ids)
+        """Training's attention within each segment of the rows, projected back to (B, T, D)."""
+        out = self_attention(self.cfg, q, k.astype(q.dtype), v.astype(q.dtype), segment_ids)
         return self._project_out(checkpoint_name(out, ATTENTION_SAVED[1]), key)
 
     def _project_out(self, out: jax.Array, key: jax.Array | None = None) -> jax.Array:

@@ -26,7 +26,7 @@ from lima_jax.config import adds_eot, trained_model_config, validate
 from lima_jax.errors import LimaError
 from lima_jax.model import param_count
 from lima_jax.sharding import make_mesh
-from lima_jax.kernels import fused_attention
+from lima_jax.model import attention
 from lima_jax.lora import base as lora_base, spec as lora_spec
 from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig, abstract_model
@@ -120,8 +120,8 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
         "chips": len(devices),
         "mesh": dict(mesh.shape),
         "remat": cfg.remat,
-        "attention": fused_attention.resolve(cfg.attention, config.data.max_len, cfg.resolved_head_dim, cfg.dtype,
-                                             where=devices[0].platform),
+        "attention": attention.resolve(cfg.attention, config.data.max_len, cfg.resolved_head_dim, cfg.dtype,
+                                       where=devices[0].platform),
         "vocab_size": cfg.vocab_size,  # embedding rows: the tokenizer's pieces + EOT + padding
         "vocab_padding": cfg.vocab_padding,
         "tokenizer": tokenizer,

@@ -10,7 +10,7 @@ from lima_jax.model import flops
 from lima_jax.model import param_count
 from lima_jax.bench import device
 from lima_jax.config import model_config, validate
-from lima_jax.kernels import fused_attention
+from lima_jax.model import attention
 from lima_jax.lora import spec as lora_spec
 from support.commands import USER_ENVIRONMENT, last_json, run_command, succeeded
 
@@ -95,10 +95,10 @@ def test_the_accelerator_plan_is_a_1b_model_the_fused_kernels_take():
     assert 1.0e9 < param_count(cfg) < 1.2e9
     assert lora_spec.from_keys(config).rank == device.LORA_RANK
     plan, numerics = device.ACCELERATOR, device.NUMERICS_MODEL
-    assert fused_attention.resolve("auto", plan.seq_len, cfg.resolved_head_dim, cfg.dtype, where="gpu") == "cudnn"
-    assert fused_attention.resolve("auto", plan.seq_len, cfg.resolved_head_dim, cfg.dtype, where="tpu") == "splash"
+    assert attention.resolve("auto", plan.seq_len, cfg.resolved_head_dim, cfg.dtype, where="gpu") == "cudnn"
+    assert attention.resolve("auto", plan.seq_len, cfg.resolved_head_dim, cfg.dtype, where="tpu") == "splash"
     for impl in ("cudnn", "splash"):
-        assert fused_attention.unsupported(impl, 512, numerics.resolved_head_dim, numerics.dtype) is None
+        assert attention.unsupported(impl, 512, numerics.resolved_head_dim, numerics.dtype) is None
     assert sum(plan.budgets.values()) <= plan.total_s < 8 * 60
 
 

@@ -346,7 +346,7 @@ def test_decode_steps_write_the_kv_cache_in_place(model):
 
 
 def test_cache_attention_equals_attention_over_the_written_cache():
-    from lima_jax.model.llama import attention, cached_attention
+    from lima_jax.model.attention import attention, cached_attention
 
     b, t, h, kv, dh, s = 2, 3, 4, 2, 8, 10
     normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731 (numpy: no compiles)

@@ -18,8 +18,7 @@ from lima_jax import sharding
 from lima_jax.config import load_config
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, model_from_params
-from lima_jax.model.llama import attention
-from lima_jax.kernels import fused_attention
+from lima_jax.model.attention import attend, attention, dot_product, resolve, splash
 from support.markers import needs_libtpu
 from support.models import forward, random_model, random_tokens, tiny
 
@@ -58,12 +57,12 @@ def test_splash_matches_xla_on_packed_rows_with_grouped_query_heads_forward_and_
     q, k, v = qkv(2, 384, 2, 1, 128)
     seg = packed_segments(2, 384)
     expected = xla_attention(q, k, v, seg)
-    got = jax.jit(fused_attention.splash)(q, k, v, seg)
+    got = jax.jit(splash)(q, k, v, seg)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5)
     # Sanity of the reference: the same rows unpacked give different outputs.
     assert float(jnp.abs(xla_attention(q, k, v, jnp.ones_like(seg)) - expected).max()) > 0.1
 
-    grads = jax.jit(jax.grad(weighted_sum(lambda q, k, v: fused_attention.splash(q, k, v, seg)), argnums=(0, 1, 2)))(q, k, v)
+    grads = jax.jit(jax.grad(weighted_sum(lambda q, k, v: splash(q, k, v, seg)), argnums=(0, 1, 2)))(q, k, v)
     expected_grads = jax.grad(weighted_sum(lambda q, k, v: xla_attention(q, k, v, seg)), argnums=(0, 1, 2))(q, k, v)
     for name, g, e in zip("qkv", grads, expected_grads):
         np.testing.assert_allclose(g, e, atol=1e-4, rtol=1e-4, err_msg=f"d/d{name}")
@@ -98,11 +97,11 @@ def test_splash_compiles_for_a_tpu_slice_as_one_kernel_per_devices_rows_and_head
         import jax, jax.numpy as jnp
         from jax.sharding import NamedSharding, PartitionSpec as P
         from lima_jax import sharding
-        from lima_jax.kernels import fused_attention
+        from lima_jax.model.attention import splash
         mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2}, topology_devices("v5p-8")[1])
         def run(q, k, v, seg):
             with sharding.activation_mesh(mesh):
-                return fused_attention.splash(q, k, v, seg)
+                return splash(q, k, v, seg)
         rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, P("fsdp")))
         kv = rows((4, 256, 2, 128), jnp.bfloat16)
         hlo = jax.jit(run).lower(rows((4, 256, 4, 128), jnp.bfloat16), kv, kv, rows((4, 256), jnp.int32)).compile().as_text()
@@ -120,7 +119,7 @@ def test_the_cudnn_paths_mask_and_layout_give_xla_attention():
     checks the segment mask, causality, GQA and the (B, T, N, H) layout everywhere)."""
     q, k, v = qkv(2, 64, 4, 2, 16)
     seg = packed_segments(2, 64)
-    got = fused_attention.dot_product(q, k, v, seg, implementation="xla")
+    got = dot_product(q, k, v, seg, implementation="xla")
     np.testing.assert_allclose(got, xla_attention(q, k, v, seg), atol=2e-5)
 
 
@@ -128,12 +127,12 @@ def test_the_cudnn_paths_mask_and_layout_give_xla_attention():
 def test_cudnn_matches_xla_in_bfloat16():
     q, k, v = qkv(2, 256, 8, 2, 128, dtype=jnp.bfloat16)
     seg = packed_segments(2, 256)
-    got = jax.jit(lambda q, k, v: fused_attention.attend("cudnn", q, k, v, seg))(q, k, v)
+    got = jax.jit(lambda q, k, v: attend("cudnn", q, k, v, seg))(q, k, v)
     np.testing.assert_allclose(np.float32(got), np.float32(xla_attention(q, k, v, seg)), atol=2e-2)
 
 
 def test_auto_picks_the_platforms_kernel_where_its_limits_are_met():
-    pick = fused_attention.resolve
+    pick = resolve
     assert pick("auto", 2048, 128, "bfloat16", where="tpu") == "splash"
     assert pick("auto", 2048, 128, "bfloat16", where="gpu") == "cudnn"
     assert pick("auto", 2048, 128, "bfloat16", where="cpu") == "xla"
