@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lima_jax.model.llama import Block, KVCache, Llama, whole_sequences
+from lima_jax.model.kv_cache import KVCache
+from lima_jax.model.llama import Block, Llama, whole_sequences
 
 
 class FusedBlock(Block):

@@ -1,7 +1,12 @@
 """The model layer: the LLaMA network and what it is built from. It imports no stage.
 
   config.py         ModelConfig (no JAX): the architecture, its validation, its parameter count
-  llama.py          the network: Block (one layer, stacked for lax.scan) and Llama
+  layers.py         RMSNorm, rotary embeddings, residual dropout, `project` (the hook LoRA plugs into)
+  attention.py      causal, segment-aware attention: the XLA path and training's kernels (splash, cudnn)
+  kv_cache.py       KVCache, what decoding writes keys and values into
+  llama.py          the network: Block (one layer; all of them stacked, run under lax.scan) and Llama
+  params.py         the parameters as data: abstract shapes, logical axes, shardings, a model from arrays
+  flops.py          model FLOPs per token and device peaks, for MFU
 
 Importing this package loads no JAX: configs read `ModelConfig` from here before a command pays for
 JAX, so the network's names load their module on first use (PEP 562's module `__getattr__`).
@@ -15,17 +20,16 @@ from lima_jax.model.config import ModelConfig, param_count
 
 # The network's public names, each with the module that defines it.
 _DEFINED_IN = {
-    "Block": "llama",
-    "KVCache": "llama",
     "Llama": "llama",
-    "abstract_model": "llama",
-    "dropout_rates": "llama",
-    "logical_axes": "llama",
-    "model_from_params": "llama",
-    "param_shardings": "llama",
-    "project": "llama",
-    "rope_frequencies": "llama",
-    "rotary": "llama",
+    "KVCache": "kv_cache",
+    "dropout_rates": "layers",
+    "project": "layers",
+    "rope_frequencies": "layers",
+    "rotary": "layers",
+    "abstract_model": "params",
+    "logical_axes": "params",
+    "model_from_params": "params",
+    "param_shardings": "params",
 }
 
 __all__ = ["ModelConfig", "param_count", *_DEFINED_IN]

@@ -17,17 +17,16 @@ before it is added back, at a rate rising linearly from 0.0 at the bottom layer 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lima_jax.model.attention import ATTENTION_SAVED, attention, cached_attention, self_attention
 from lima_jax.model.config import REMAT_POLICIES, ModelConfig
-from lima_jax.sharding import constrain, tree_shardings
+from lima_jax.model.kv_cache import KVCache
+from lima_jax.model.layers import dropout_rates, project, residual_dropout, rms_norm, rope_frequencies, rotary
+from lima_jax.sharding import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
 # The logit of a padding id: its probability is exactly 0, and unlike -inf it stays finite through
@@ -35,88 +34,9 @@ ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logi
 PADDING_LOGIT = -1e30
 
 
-def dropout_rates(num_layers: int, top_rate: float) -> np.ndarray:
-    """LIMA's residual dropout schedule: 0.0 at the bottom layer, `top_rate` at the top, linear."""
-    return np.linspace(0.0, top_rate, num_layers, dtype=np.float32)
-
-
-class KVCache(NamedTuple):
-    """Keys and values of every layer for `S` slots, with each slot's segment id.
-
-    Slot `j` holds the token written at step `j`; segment id 0 marks padding and empty slots, so a
-    real token (segment >= 1) never attends to them. `index` is the next slot to write. Each layer
-    has its own arrays (a step updates them in place, never slicing a stacked cache). Keys are laid
-    out (B, K, S, Dh) and values (B, K, Dh, S): both attention products then contract their minor
-    dimension, and XLA reads the cache as it lies instead of transposing a copy every step.
-    """
-
-    k: tuple[jax.Array, ...] | jax.Array  # L arrays (B, K, S, Dh); one (L, B, K, S, Dh) if cfg.decode_scan
-    v: tuple[jax.Array, ...] | jax.Array  # L arrays (B, K, Dh, S); one (L, B, K, Dh, S) if cfg.decode_scan
-    segment_ids: jax.Array  # (B, S) int32
-    index: jax.Array  # () int32
-
-    K_AXES = ("batch", "kv_heads", "length", "head_dim")  # logical names, as for parameters
-    V_AXES = ("batch", "kv_heads", "head_dim", "length")
-
-    @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
-        kv, dh, dtype = cfg.num_kv_heads, cfg.resolved_head_dim, jnp.dtype(cfg.dtype)
-
-        def layers(shape, names):
-            if cfg.decode_scan:
-                return constrain(jnp.zeros((cfg.num_layers, *shape), dtype), ("layers", *names))
-            return tuple(constrain(jnp.zeros(shape, dtype), names) for _ in range(cfg.num_layers))
-
-        return cls(
-            k=layers((batch, kv, max_len, dh), cls.K_AXES),
-            v=layers((batch, kv, dh, max_len), cls.V_AXES),
-            segment_ids=constrain(jnp.zeros((batch, max_len), jnp.int32), ("batch", "length")),
-            index=jnp.zeros((), jnp.int32),
-        )
-
-    @property
-    def max_len(self) -> int:
-        return self.k[0].shape[-2]
-
-
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
     # eager_sharding=False: the names are metadata here; placement on a mesh happens in sharding.py.
     return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
-
-
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm computed in float32, as Hugging Face's LlamaRMSNorm does, cast back to x's dtype."""
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (scale.astype(x.dtype) * normed.astype(x.dtype)).astype(x.dtype)
-
-
-def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
-    """The rotary inverse frequencies (Dh/2,) in float32, as Hugging Face computes them; with
-    `rope_scaling="llama3"`, Llama 3.1's: long wavelengths divided by `rope_factor`, short ones kept,
-    and the band between them interpolated smoothly."""
-    dh = cfg.resolved_head_dim
-    inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, dh, 2, dtype=np.float32) / np.float32(dh)))).astype(np.float32)
-    if cfg.rope_scaling == "none":
-        return inv_freq
-    factor, low, high, old_len = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_len
-    wavelen = 2 * np.pi / inv_freq
-    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
-    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-    return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled).astype(np.float32)
-
-
-def rotary(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotary embedding in the "rotate-half" layout: x (B, T, heads, Dh), positions (B, T),
-    inv_freq (Dh/2,) from `rope_frequencies`."""
-    half = x.shape[-1] // 2
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, Dh/2)
-    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
-    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
-    x32 = x.astype(jnp.float32)
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
 def whole_sequences(tokens: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -127,26 +47,6 @@ def whole_sequences(tokens: jax.Array, positions: jax.Array | None, segment_ids:
     if segment_ids is None:
         segment_ids = jnp.ones((b, t), jnp.int32)
     return positions, segment_ids
-
-
-def residual_dropout(x: jax.Array, rate: jax.Array, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout with a traced rate (it differs per layer); a no-op without a key."""
-    if key is None:
-        return x
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(key, keep, x.shape)
-    return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
-
-
-def project(spec: str, x: jax.Array, weight: nnx.Variable | jax.Array | object, key: jax.Array | None = None) -> jax.Array:
-    """x contracted with a weight by the einsum `spec` (weight last): a plain array, cast to x's dtype,
-    or a structured weight that applies itself, given `key` for its dropout (in training, a frozen base
-    wearing a LoRA adapter or stored quantized: `lima_jax.lora`)."""
-    if isinstance(weight, nnx.Variable):
-        weight = weight.get_value()
-    if hasattr(weight, "project"):
-        return weight.project(spec, x, key)
-    return jnp.einsum(spec, x, weight.astype(x.dtype))
 
 
 def _adapter_keys(key: jax.Array | None, first: int, n: int) -> list[jax.Array | None]:
@@ -393,40 +293,3 @@ class Llama(nnx.Module):
             used = jnp.arange(self.cfg.vocab_size) < self.cfg.used_vocab_size
             logits = jnp.where(used, logits, PADDING_LOGIT)
         return constrain(logits, ("batch", "length", "vocab"))
-
-
-def abstract_model(cfg: ModelConfig) -> Llama:
-    """The model with shapes and dtypes only: nothing allocated (for AOT compiles and restores)."""
-    return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
-
-
-def logical_axes(cfg: ModelConfig) -> dict:
-    """Each parameter's logical axis names, e.g. {'embed': ('vocab', 'embed'), ...}."""
-    specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(abstract_model(cfg))))
-    return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-
-
-def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> dict:
-    """Each parameter's NamedSharding on `mesh`, by the rules table (`sharding.py`)."""
-    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
-    return tree_shardings(logical_axes(cfg), abstract, mesh)
-
-
-def model_from_params(cfg: ModelConfig, params: dict) -> Llama:
-    """A model holding `params`, a nested dict shaped like `nnx.state(model).to_pure_dict()`,
-    cast to `cfg.param_dtype`. A missing, extra or misshapen tensor is named in a LimaError."""
-    from lima_jax.errors import LimaError
-
-    graphdef, state = nnx.split(abstract_model(cfg))
-    expected = dict(jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0])
-    given = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-    for path in expected.keys() | given.keys():
-        name = jax.tree_util.keystr(path, simple=True, separator=".")
-        if path not in given:
-            raise LimaError(f"parameter {name}: missing")
-        if path not in expected:
-            raise LimaError(f"parameter {name}: not part of this model")
-        if tuple(given[path].shape) != tuple(expected[path].shape):
-            raise LimaError(f"parameter {name}: expected shape {tuple(expected[path].shape)}, found {tuple(given[path].shape)}")
-    nnx.replace_by_pure_dict(state, jax.tree.map(lambda p: jnp.asarray(p, cfg.param_dtype), params))
-    return nnx.merge(graphdef, state)

@@ -1,0 +1,72 @@
+"""The layers' arithmetic, as functions of arrays: RMSNorm, rotary embeddings, LIMA's residual dropout,
+and `project`, every weight product's one hook (a LoRA adapter or a quantized weight applies itself
+there).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lima_jax.model.config import ModelConfig
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in float32, as Hugging Face's LlamaRMSNorm does, cast back to x's dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (scale.astype(x.dtype) * normed.astype(x.dtype)).astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """The rotary inverse frequencies (Dh/2,) in float32, as Hugging Face computes them; with
+    `rope_scaling="llama3"`, Llama 3.1's: long wavelengths divided by `rope_factor`, short ones kept,
+    and the band between them interpolated smoothly."""
+    dh = cfg.resolved_head_dim
+    inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, dh, 2, dtype=np.float32) / np.float32(dh)))).astype(np.float32)
+    if cfg.rope_scaling == "none":
+        return inv_freq
+    factor, low, high, old_len = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_len
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled).astype(np.float32)
+
+
+def rotary(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotary embedding in the "rotate-half" layout: x (B, T, heads, Dh), positions (B, T),
+    inv_freq (Dh/2,) from `rope_frequencies`."""
+    half = x.shape[-1] // 2
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, Dh/2)
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def dropout_rates(num_layers: int, top_rate: float) -> np.ndarray:
+    """LIMA's residual dropout schedule: 0.0 at the bottom layer, `top_rate` at the top, linear."""
+    return np.linspace(0.0, top_rate, num_layers, dtype=np.float32)
+
+
+def residual_dropout(x: jax.Array, rate: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout with a traced rate (it differs per layer); a no-op without a key."""
+    if key is None:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+def project(spec: str, x: jax.Array, weight: nnx.Variable | jax.Array | object, key: jax.Array | None = None) -> jax.Array:
+    """x contracted with a weight by the einsum `spec` (weight last): a plain array, cast to x's dtype,
+    or a structured weight that applies itself, given `key` for its dropout (in training, a frozen base
+    wearing a LoRA adapter or stored quantized: `lima_jax.lora`)."""
+    if isinstance(weight, nnx.Variable):
+        weight = weight.get_value()
+    if hasattr(weight, "project"):
+        return weight.project(spec, x, key)
+    return jnp.einsum(spec, x, weight.astype(x.dtype))
