@@ -24,7 +24,7 @@ alternation, and each figure is a median:
 With `--dtype=bfloat16` both frameworks hold the weights (and their KV caches) in bf16 and compute in
 it; the roofline counts 2 bytes a weight. On XLA:CPU a product of bf16 operands accumulated in float32
 reads the bf16 weights as they lie from 2 rows up, but at 1 row XLA converts each weight to float32
-every step, so batch 1 gains nothing there (see `inference.layout`).
+every step, so batch 1 gains nothing there (see `model.decode_layout`).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from lima_jax.model.flops import best_seconds
 from lima_jax.weights.hf import config_to_hf
 from lima_jax.model import ModelConfig, param_count
 from lima_jax.model import Llama
-from lima_jax.inference.layout import for_decoding
+from lima_jax.model.decode_layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate
 from lima_jax.weights.names import params_to_hf
 

@@ -7,7 +7,7 @@ model was fine-tuned with EOT, the chat template saved with a converted instruct
 generation prompt; it stops at the template's end of turn), and plain text after BOS for a base model.
 
 `dtype` "bfloat16" holds the weights and the KV cache in bf16 (half of float32's bytes) and computes
-in it, while norms, the attention softmax, the logits and sampling stay float32 (`model.py`);
+in it, while norms, the attention softmax, the logits and sampling stay float32 (`lima_jax.model`);
 "float32" holds and computes everything in float32; "auto" does as the checkpoint's config says.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax
 from lima_jax import sharding
 from lima_jax.errors import LimaError, say
 from lima_jax.data.tokenizer import of_model
-from lima_jax.inference.layout import for_decoding
+from lima_jax.model.decode_layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate, past_context
 from lima_jax.model import ModelConfig
 from lima_jax.model import Llama, model_from_params, param_shardings

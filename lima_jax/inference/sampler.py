@@ -20,7 +20,7 @@ the KV cache is placed by the same rules (rows over data/fsdp, KV heads over ten
 activations are constrained as in training. The mesh may span several processes (every host of a
 slice runs the same command with the same prompts): the prompts enter as global arrays replicated
 over the mesh and the generated tokens leave replicated, so every process reads the whole answer.
-Models meant for decoding hold their layers unstacked (`inference.layout.for_decoding`): on a CPU
+Models meant for decoding hold their layers unstacked (`model.decode_layout.for_decoding`): on a CPU
 that is what lets a step read the weights without copying them.
 """
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The LLaMA decoder in Flax NNX: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+"""The LLaMA decoder in Flax NNX: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU
+(the arithmetic in `layers.py` and `attention.py`, assembled here into layers and the model).
 
 Shapes: B batch, T query tokens, S key slots, D model dim, H query heads, K key/value heads,
 Dh head dim, F hidden MLP dim, V vocabulary, L layers.
@@ -9,7 +10,7 @@ leading `layers` axis and run with `lax.scan`, so compile time does not grow wit
 
 Each layer and the model have two method paths: `__call__` trains (whole sequences, dropout) and
 `decode` runs new tokens against a KV cache. How weights are held for fast decoding on a given device
-is not the model's business: `lima_jax.inference.layout` lays a trained model out for that.
+is not the network's business: `decode_layout.py` lays a trained model out for that.
 
 Residual dropout follows LIMA: each residual branch (attention output, MLP output) is dropped out
 before it is added back, at a rate rising linearly from 0.0 at the bottom layer to
@@ -176,7 +177,7 @@ class Block(nnx.Module):
         return self._project("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down, *_adapter_keys(key, 6, 1))
 
     def _project(self, spec: str, x: jax.Array, weight: nnx.Variable, key: jax.Array | None = None) -> jax.Array:
-        """Every weight product of the layer: `project`'s (the decoding layout, `inference.layout`, computes its own)."""
+        """Every weight product of the layer: `project`'s (the decoding layout, `decode_layout.py`, computes its own)."""
         return project(spec, x, weight, key)
 
 
@@ -276,7 +277,7 @@ class Llama(nnx.Module):
 
     def decode_blocks(self) -> list[Block]:
         """The layers one at a time, for decoding: slices of the stacked parameters. (The inference
-        layout, `lima_jax.inference.layout`, holds them as separate arrays instead.)"""
+        layout, `decode_layout.py`, holds them as separate arrays instead.)"""
         graphdef, stacked = nnx.split(self.layers)
         return [nnx.merge(graphdef, jax.tree.map(lambda a: a[i], stacked)) for i in range(self.cfg.num_layers)]
 

@@ -14,7 +14,7 @@ from lima_jax.weights import checkpoint
 from lima_jax import sharding
 from lima_jax.model import KVCache, Llama, ModelConfig, param_shardings
 from lima_jax.inference.generator import parse_mesh
-from lima_jax.inference.layout import for_decoding
+from lima_jax.model.decode_layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, bucket, first_argmax, generate, nucleus, repetition_penalty
 from support.models import converted_checkpoint, forward
 from support.commands import call_command, run_command

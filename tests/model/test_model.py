@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import lima_jax.model.llama as model_lib
-from lima_jax.inference.layout import for_decoding
+from lima_jax.model.decode_layout import for_decoding
 from lima_jax.model import KVCache, Llama, ModelConfig, abstract_model, dropout_rates, model_from_params
 from support.models import forward, random_model, random_params, random_tokens, tiny
 

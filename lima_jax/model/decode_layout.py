@@ -1,11 +1,13 @@
 """The model laid out for decoding: the training model's weights, held the way a decode step reads them.
 
-Training keeps the layers stacked along a `layers` axis (one `lax.scan`, compile time flat in depth).
-A decode step runs the layers unrolled, and slicing a stacked weight copies it every step on XLA:CPU;
-so `for_decoding` gives every layer arrays of its own. On one device it also fuses each layer's q/k/v
-projections into one matrix and gate/up into another: a step then runs fewer, wider matrix-vector
-products, and on a CPU each small one pays a fixed cost. (Under tensor parallelism fused columns would
-not split by head, so a mesh keeps them apart.) Neither changes what the model computes.
+This is where decoding's speed choices for a given device live (most of them for XLA:CPU); the network
+(`llama.py`) makes none. Training keeps the layers stacked along a `layers` axis (one `lax.scan`,
+compile time flat in depth). A decode step runs the layers unrolled, and slicing a stacked weight
+copies it every step on XLA:CPU; so `for_decoding` gives every layer arrays of its own. On one device
+it also fuses each layer's q/k/v projections into one matrix and gate/up into another: a step then
+runs fewer, wider matrix-vector products, and on a CPU each small one pays a fixed cost. (Under tensor
+parallelism fused columns would not split by head, so a mesh keeps them apart.) Neither changes what
+the model computes.
 """
 from __future__ import annotations
 
