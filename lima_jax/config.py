@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections.config_flags import config_flags as _cf
 
 from lima_jax.errors import LimaError
-from lima_jax.model.config import DTYPES, FAMILIES, REMAT_POLICIES, ROPE_SCALINGS, ModelConfig
+from lima_jax.model import ModelConfig
 from lima_jax.recipe import from_checkpoint, needs_checkpoint
 from lima_jax.recipe import lima_config  # noqa: F401 - config files written before recipe.py import it from here
 
@@ -190,42 +190,16 @@ def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> 
         from lima_jax.errors import say
 
         say(f"--config=auto: {from_checkpoint(config, platform)}")
-    m = config.model
 
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
             raise LimaError(f"config key {key}: {why}")
 
-    for key in ("dim", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size", "max_len"):
-        need(m[key] > 0, f"model.{key}", f"must be positive, got {m[key]}")
-    need(m.get("vocab_multiple", 1) > 0, "model.vocab_multiple", f"must be positive, got {m.get('vocab_multiple')}")
-    need(m.head_dim >= 0, "model.head_dim", f"must be >= 0 (0 means dim / num_heads), got {m.head_dim}")
-    need(m.head_dim > 0 or m.dim % m.num_heads == 0, "model.dim", f"{m.dim} is not divisible by model.num_heads={m.num_heads}")
-    need(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", f"{m.num_kv_heads} does not divide model.num_heads={m.num_heads}")
-    need((m.head_dim or m.dim // m.num_heads) % 2 == 0, "model.head_dim", "rotary embeddings need an even head dim")
-    need(0.0 <= m.residual_dropout < 1.0, "model.residual_dropout", f"must be in [0, 1), got {m.residual_dropout}")
-    _validate_attention(config, need)
-    need(m.remat in REMAT_POLICIES, "model.remat", f"must be one of {', '.join(REMAT_POLICIES)}, got {m.remat!r}")
-    for key in ("dtype", "param_dtype"):
-        need(m[key] in DTYPES, f"model.{key}", f"must be one of {', '.join(DTYPES)}, got {m[key]!r}")
-    need(m.rope_theta > 0, "model.rope_theta", f"must be positive, got {m.rope_theta}")
-    need(m.norm_eps > 0, "model.norm_eps", f"must be positive, got {m.norm_eps}")
-    need(m.rope_scaling in ROPE_SCALINGS, "model.rope_scaling", f"must be one of {', '.join(ROPE_SCALINGS)}, got {m.rope_scaling!r}")
-    need(m.family in FAMILIES, "model.family", f"must be one of {', '.join(FAMILIES)}, got {m.family!r}")
+    model_config(config).validate(seq_len=config.data.max_len if "data" in config else None)
+    vocab_multiple = config.model.get("vocab_multiple", 1)
+    need(vocab_multiple > 0, "model.vocab_multiple", f"must be positive, got {vocab_multiple}")
     if "optim" in config:
         _validate_optim(config.optim, need)
-
-
-def _validate_attention(config: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:
-    """The attention kernel's name, and an explicit kernel's shape and dtype limits, before compiling."""
-    from lima_jax.model.config import ATTENTION_IMPLS, unsupported
-
-    m = config.model
-    impl = m.get("attention", "auto")
-    need(impl in ATTENTION_IMPLS, "model.attention", f"must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
-    seq_len = config.data.max_len if "data" in config else m.max_len
-    problem = unsupported(impl, seq_len, m.head_dim or m.dim // m.num_heads, m.dtype)
-    need(problem is None, "model.attention", (problem or "").removeprefix(f"model.attention={impl} "))
 
 
 def _validate_optim(o: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:

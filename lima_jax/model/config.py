@@ -1,7 +1,8 @@
-"""The model's architecture as data: `ModelConfig` and the counts that follow from it alone.
+"""The model's architecture as data: `ModelConfig`, the rules its values obey, and the counts that
+follow from it alone.
 
 It imports no JAX, so configs (`configs/*.py`, `lima_jax.recipe`) load and are checked before a
-command pays for JAX; `lima_jax.model` builds the network from it.
+command pays for JAX; `llama.py` builds the network from it.
 """
 from __future__ import annotations
 
@@ -75,6 +76,34 @@ class ModelConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def validate(self, seq_len: int | None = None) -> None:
+        """Checks the values that the type system cannot: a LimaError naming the first bad key
+        (`config key model.KEY: why`). `seq_len` is the length training runs the attention kernel
+        at (default `max_len`)."""
+
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise LimaError(f"config key model.{key}: {why}")
+
+        for key in ("dim", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size", "max_len"):
+            need(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
+        need(self.head_dim >= 0, "head_dim", f"must be >= 0 (0 means dim / num_heads), got {self.head_dim}")
+        need(self.head_dim > 0 or self.dim % self.num_heads == 0, "dim", f"{self.dim} is not divisible by model.num_heads={self.num_heads}")
+        need(self.num_heads % self.num_kv_heads == 0, "num_kv_heads", f"{self.num_kv_heads} does not divide model.num_heads={self.num_heads}")
+        need(self.resolved_head_dim % 2 == 0, "head_dim", "rotary embeddings need an even head dim")
+        need(0.0 <= self.residual_dropout < 1.0, "residual_dropout", f"must be in [0, 1), got {self.residual_dropout}")
+        impl = self.attention
+        need(impl in ATTENTION_IMPLS, "attention", f"must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
+        problem = unsupported(impl, self.max_len if seq_len is None else seq_len, self.resolved_head_dim, self.dtype)
+        need(problem is None, "attention", (problem or "").removeprefix(f"model.attention={impl} "))
+        need(self.remat in REMAT_POLICIES, "remat", f"must be one of {', '.join(REMAT_POLICIES)}, got {self.remat!r}")
+        for key in ("dtype", "param_dtype"):
+            need(getattr(self, key) in DTYPES, key, f"must be one of {', '.join(DTYPES)}, got {getattr(self, key)!r}")
+        need(self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
+        need(self.norm_eps > 0, "norm_eps", f"must be positive, got {self.norm_eps}")
+        need(self.rope_scaling in ROPE_SCALINGS, "rope_scaling", f"must be one of {', '.join(ROPE_SCALINGS)}, got {self.rope_scaling!r}")
+        need(self.family in FAMILIES, "family", f"must be one of {', '.join(FAMILIES)}, got {self.family!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
