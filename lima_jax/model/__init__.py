@@ -6,6 +6,7 @@
   kv_cache.py       KVCache, what decoding writes keys and values into
   llama.py          the network: Block (one layer; all of them stacked, run under lax.scan) and Llama
   params.py         the parameters as data: abstract shapes, logical axes, shardings, a model from arrays
+  decode_layout.py  the trained model held for fast decoding (per-layer arrays, fused projections)
   flops.py          model FLOPs per token and device peaks, for MFU
 
 Importing this package loads no JAX: configs read `ModelConfig` from here before a command pays for
