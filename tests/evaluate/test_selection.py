@@ -2,15 +2,15 @@
 from support.charts import check_png
 from support.judges import Reply, ScriptedServer
 
-from lima_jax.evaluate.responses import make_record, write_responses
+from lima_jax.evaluate.answers.records import make_record, write_responses
 
 
 def test_likert_per_epoch_table_and_figure_9_plot(tmp_path):
     """The library on constructed epochs: each epoch's dev answers scored by a scripted server, one
     cache per epoch, and a rerun asks nothing."""
     from lima_jax.evaluate import selection
-    from lima_jax.evaluate.judging import make_judge, with_answer_format
-    from lima_jax.evaluate.prompts import LIKERT_LINE
+    from lima_jax.evaluate.judge.factory import make_judge, with_answer_format
+    from lima_jax.evaluate.judge.prompts import LIKERT_LINE
     from lima_jax.storage.paths import user_path
 
     out = user_path(str(tmp_path))
