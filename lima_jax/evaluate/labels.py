@@ -12,6 +12,7 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate.answers.records import prompt_id
 from lima_jax.evaluate.stats import OUTCOME_SCORE
 
+
 @dataclasses.dataclass(frozen=True)
 class HumanLabel:
     prompt_id: str

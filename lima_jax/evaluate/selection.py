@@ -37,6 +37,7 @@ from lima_jax.weights import checkpoint
 if TYPE_CHECKING:
     from jax.sharding import Mesh
 
+
 def epoch_checkpoints(workdir: Path) -> list[dict[str, Any]]:
     """Each epoch's dev loss record joined with its checkpoint step, in epoch order."""
     metrics = workdir / METRICS_FILE

@@ -109,6 +109,7 @@ def distribution(name: str, labels: dict[str, str], categories: tuple[str, ...],
     return Distribution(name, categories, {c: kept.count(c) for c in categories},
                         bootstrap_intervals(kept, categories, samples, seed), len(labels) - len(kept), sorted(judges))
 
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
 

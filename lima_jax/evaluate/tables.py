@@ -17,6 +17,7 @@ from lima_jax.storage.paths import Path, PathLike, user_path, write_atomically
 
 REPORT_FILES = ("report.md", "report.json", "pairwise.png", "absolute.png", "likert.png")
 
+
 def _likert_markdown(arms: Sequence[LikertScore], samples: int, seed: int) -> list[str]:
     judges = sorted({j for a in arms for j in a.judges})
     lines = [f"## Likert helpfulness, 1-6 (judge: {', '.join(judges)})", "",

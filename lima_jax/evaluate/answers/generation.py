@@ -17,6 +17,7 @@ from lima_jax.evaluate.answers.records import (Record, digest, make_record, pars
 from lima_jax.inference import hosts
 from lima_jax.storage.paths import Appender, Path, PathLike, write_atomically
 
+
 @dataclasses.dataclass
 class Question:
     """What a model is asked: `asks`, user turns asked in order, each after the model's own answer to

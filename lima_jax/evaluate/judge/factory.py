@@ -11,6 +11,7 @@ from lima_jax.evaluate.judge.openai import OpenAIJudge
 from lima_jax.evaluate.judge.prompts import VERDICT_LINE, AnswerFormat
 from lima_jax.evaluate.judge.protocol import Judge
 
+
 def make_judge(*, judge_checkpoint: str | None, judge_url: str | None, judge_model: str | None, workers: int = 1,
                answer: AnswerFormat = VERDICT_LINE, **client: Any) -> Judge:
     """A local-checkpoint judge or an OpenAI-compatible one (`client`: OpenAIJudge's keyword arguments)

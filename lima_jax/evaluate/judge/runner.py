@@ -15,6 +15,7 @@ from lima_jax.evaluate.answers.records import text_hash
 from lima_jax.evaluate.judge.cache import Judgment, JudgmentCache, judgment_key, outcome, succeeded
 from lima_jax.evaluate.judge.protocol import Judge, JudgeFailure
 
+
 @dataclasses.dataclass
 class Task:
     key: str

@@ -34,6 +34,7 @@ WITHIN = 3  # interactions
 SCORE = {rating: i for i, rating in enumerate(RATINGS)}  # Fail 0, Pass 1, Excellent 2
 CHART = "dialogue_ratings.png"
 
+
 @dataclasses.dataclass
 class Dialogue(Question):
     """A scripted dialogue: `asks` are its user turns."""
