@@ -119,11 +119,7 @@ def choose_checkpoint(arm: Arm, choice: Choice, judge_factory: Callable[[], Any]
                             f"(checkpoint={_choice_text(choice)})")
         if choice.kind == "likert":
             rows = _likert_rows(arm, rows, judge_factory(), params, seed)
-            best = max(rows, key=lambda r: (r["likert_mean"] if r["likert_mean"] is not None else -1.0, -r["epoch"]))
-        elif choice.kind == "dev_loss":
-            best = min(rows, key=lambda r: (r["dev_loss"], r["epoch"]))
-        else:
-            best = rows[0]
+        best = selection.best_epoch(rows, choice.kind)
         chosen = {"step": best["step"], "epoch": best["epoch"], "path": str(best["checkpoint"]),
                   "dev_loss": best["dev_loss"], **({"likert_mean": best["likert_mean"]} if "likert_mean" in best else {})}
     chosen["choice"] = _choice_text(choice)

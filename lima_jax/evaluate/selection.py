@@ -147,6 +147,17 @@ def judge_all_epochs(rows: list[dict[str, Any]], prompts: list[list[str]], out_d
         likert_epochs(rows, with_answer_format(judge, LIKERT_LINE), opened["likert"], out_dir)
 
 
+def best_epoch(rows: list[dict[str, Any]], by: str) -> dict[str, Any]:
+    """The ablation's checkpoint choice among epoch rows: the highest Likert mean (`by="likert"`, an
+    epoch with nothing scored last), the lowest dev loss (`"dev_loss"`), else the first row; a tie goes
+    to the earlier epoch."""
+    if by == "likert":
+        return max(rows, key=lambda r: (r["likert_mean"] if r["likert_mean"] is not None else -1.0, -r["epoch"]))
+    if by == "dev_loss":
+        return min(rows, key=lambda r: (r["dev_loss"], r["epoch"]))
+    return rows[0]
+
+
 def write_table(rows, path: Path) -> str:
     judged, scored = "win_pct" in rows[0], "likert_n" in rows[0]
     head = "| epoch | step | dev loss | dev perplexity |" + (" win % | tie % | loss % | failed |" if judged else "")
