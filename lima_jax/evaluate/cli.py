@@ -130,6 +130,7 @@ def parse_checkpoints(given: list[str]) -> list[tuple[str, str]]:
 
 
 def parse_epochs(spec: str) -> tuple[int, int]:
+    """`--epochs=LO-HI` (or one epoch) as (LO, HI); every epoch when empty."""
     if not spec:
         return 0, 10**9
     lo, _, hi = spec.partition("-")
