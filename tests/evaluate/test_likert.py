@@ -184,7 +184,7 @@ def test_report_adds_the_likert_arms_to_markdown_json_and_a_chart(tmp_path):
                                                        for i, s in enumerate("4433332")])
     failed = write_cache(tmp_path / "failed.jsonl", [judgment("x", None)])
     arms = likert_arms(parse_pairwise_flag(f"Filtered SE={filtered},{wikihow},Broken={failed}",
-                                                         "likert"), samples=500, seed=0)
+                                       "likert"), samples=500, seed=0)
     text = write_report(str(tmp_path / "out"), [], None, samples=500, seed=0, likert_scores=arms)
     got = json.loads((tmp_path / "out" / "report.json").read_text())["likert"]
     assert [(a["name"], a["mean"], a["n"], a["failures"]) for a in got] == [
