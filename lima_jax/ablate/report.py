@@ -1,5 +1,5 @@
 """The ablation's report: per arm, its data (source, SHA-256, examples drawn), its chosen checkpoint and its
-mean Likert score with a 95% interval (`evaluate.scores`: a bootstrap over prompts, each prompt with its K
+mean Likert score with a 95% interval (`evaluate.stats`: a bootstrap over prompts, each prompt with its K
 samples), as `report/report.md`, `report/report.json` and `report/likert.png` (LIMA's Figure 5: one bar
 per arm); a grid whose arms differ in size also gets `report/quantity.png` (Figure 6: the score against
 the number of training examples, on a log scale).
@@ -18,9 +18,9 @@ import numpy as np
 from lima_jax.ablate.plan import DRAW_FILE, arms, workdir_of
 from lima_jax.ablate.runner import LIKERT_FILE, judge_name, read_state
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.reporting import LIKERT_AXIS, fit_titles, has_width, likert_chart, new_figure, save_png
-from lima_jax.evaluate.scores import LikertScore, likert_score
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.charts import LIKERT_AXIS, fit_titles, has_width, likert_chart, new_figure, save_png
+from lima_jax.evaluate.protocols.likert import LikertScore, likert_score
 from lima_jax.storage.paths import Path, write_atomically
 
 REPORT_DIR = "report"

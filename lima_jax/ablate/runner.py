@@ -30,11 +30,15 @@ import ml_collections
 
 from lima_jax.ablate.plan import Arm, Choice, arms, check_required, prepare_data, train_config, workdir_of
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging, selection
-from lima_jax.evaluate.formats import read_prompts, read_responses
-from lima_jax.evaluate.prompts import LIKERT_LINE
-from lima_jax.evaluate.responses import Record, ResponseSink, generate_answers, text_hash
-from lima_jax.evaluate.scores import judge_likert, score_key
+from lima_jax.evaluate import selection
+from lima_jax.evaluate.answers.formats import read_prompts, read_responses
+from lima_jax.evaluate.answers.generation import ResponseSink, generate_answers
+from lima_jax.evaluate.answers.records import Record, text_hash
+from lima_jax.evaluate.judge import factory as judge_factory
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.judge.runner import check_max_failures, stop_message
+from lima_jax.evaluate.judge.prompts import LIKERT_LINE
+from lima_jax.evaluate.protocols.likert import judge_likert, score_key
 from lima_jax.inference.sampler import SamplingParams
 from lima_jax.storage.paths import Path, write_atomically
 from lima_jax.weights import checkpoint
@@ -115,11 +119,7 @@ def choose_checkpoint(arm: Arm, choice: Choice, judge_factory: Callable[[], Any]
                             f"(checkpoint={_choice_text(choice)})")
         if choice.kind == "likert":
             rows = _likert_rows(arm, rows, judge_factory(), params, seed)
-            best = max(rows, key=lambda r: (r["likert_mean"] if r["likert_mean"] is not None else -1.0, -r["epoch"]))
-        elif choice.kind == "dev_loss":
-            best = min(rows, key=lambda r: (r["dev_loss"], r["epoch"]))
-        else:
-            best = rows[0]
+        best = selection.best_epoch(rows, choice.kind)
         chosen = {"step": best["step"], "epoch": best["epoch"], "path": str(best["checkpoint"]),
                   "dev_loss": best["dev_loss"], **({"likert_mean": best["likert_mean"]} if "likert_mean" in best else {})}
     chosen["choice"] = _choice_text(choice)
@@ -212,9 +212,10 @@ def judge_checkpoint(judge: ml_collections.ConfigDict, chosen: dict[str, dict[st
 
 def make_judge(judge: ml_collections.ConfigDict, chosen: dict[str, dict[str, Any]] | None = None):
     target = judge_checkpoint(judge, chosen or {})
-    return judging.make_judge(judge_checkpoint=target, judge_url=judge.url or None, judge_model=judge.model or None,
-                              workers=judge.workers, answer=LIKERT_LINE, api_key_env=judge.api_key_env,
-                              timeout_s=judge.timeout_s, max_retries=judge.max_retries)
+    return judge_factory.make_judge(judge_checkpoint=target, judge_url=judge.url or None,
+                                    judge_model=judge.model or None, workers=judge.workers, answer=LIKERT_LINE,
+                                    api_key_env=judge.api_key_env, timeout_s=judge.timeout_s,
+                                    max_retries=judge.max_retries)
 
 
 def _check_judge(grid: ml_collections.ConfigDict, choice: Choice) -> None:
@@ -260,13 +261,13 @@ def run_grid(grid: ml_collections.ConfigDict, say: Callable[[str], None] = print
                                                     params, grid.seed, grid.generation_batch_size)
     name = judge_name(grid.judge, chosen)
     responses = {arm.name: read_responses(arm.dir / RESPONSES_FILE) for arm in all_arms}
-    caches = {arm.name: judging.JudgmentCache(arm.dir / LIKERT_FILE) for arm in all_arms}
+    caches = {arm.name: JudgmentCache(arm.dir / LIKERT_FILE) for arm in all_arms}
     pending = [a.name for a in all_arms
                if any(not caches[a.name].done(score_key(name, rid, text_hash(r["output"])))
                       for rid, r in responses[a.name].items())]
     if pending:
         judge = make_judge(grid.judge, chosen)
-        max_failures = judging.check_max_failures(grid.judge.max_failures)
+        max_failures = check_max_failures(grid.judge.max_failures)
         for arm in all_arms:
             if arm.name in pending:
                 result = judge_likert(responses[arm.name], judge, caches[arm.name], workers=grid.judge.workers,
@@ -275,5 +276,5 @@ def run_grid(grid: ml_collections.ConfigDict, say: Callable[[str], None] = print
                 say(f"arm {arm.name}: {result.stats.asked} judgments asked; mean {result.summary['mean']} over "
                     f"{result.summary['scored']} scored, {result.summary['failed']} failed")
                 if result.stats.stopped:
-                    raise LimaError(judging.stop_message(result.stats, max_failures or 0))
+                    raise LimaError(stop_message(result.stats, max_failures or 0))
     return work

@@ -1,5 +1,5 @@
 r"""Absolute rating, as in LIMA's analysis: is each response Fail, Pass or Excellent?
-(`lima_jax.evaluate.ratings`)
+(`lima_jax.evaluate.protocols.absolute`)
 
     python -m lima_jax.evaluate.absolute --responses=lima.jsonl \
         --judge_url=https://api.openai.com/v1 --judge_model=gpt-4 --cache=absolute_judgments.jsonl
@@ -13,14 +13,14 @@ from absl import flags
 
 from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging
-from lima_jax.evaluate.ratings import judge_absolute
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.answers.formats import read_responses
+from lima_jax.evaluate.cli import define_judge_flags, finish
+from lima_jax.evaluate.protocols.absolute import judge_absolute
 
 _RESPONSES = flags.DEFINE_string("responses", None, "the response file to rate (JSONL: id, prompt, output, generator)")
 _QUESTIONS = flags.DEFINE_string("mt_bench_questions", None, "MT-Bench's question.jsonl, when response files are "
                                  "MT-Bench answers (which hold no question text)")
-_JUDGE = judging.define_judge_flags()
+_JUDGE = define_judge_flags()
 
 
 def main(argv: list[str]) -> None:
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     responses = read_responses(_RESPONSES.value, _QUESTIONS.value)
     max_failures = _JUDGE.max_failures()
     result = judge_absolute(responses, judge, _JUDGE.cache(), workers=_JUDGE.workers.value, max_failures=max_failures)
-    judging.finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", "responses", max_failures)
+    finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", "responses", max_failures)
 
 
 if __name__ == "__main__":

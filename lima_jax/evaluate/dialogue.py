@@ -8,7 +8,7 @@ so far, and the Figure-7 distribution per checkpoint.
     (or --checkpoints=zero-shot=runs/lima-65b,dialogue=runs/lima-65b-dialogue; NAME= is optional:
      the checkpoint's folder name by default)
 
-The dialogues file: JSONL, `{"id": ..., "turns": [user turns]}` a line (`lima_jax.evaluate.dialogues`).
+The dialogues file: JSONL, `{"id": ..., "turns": [user turns]}` a line (`lima_jax.evaluate.protocols.dialogue`).
 --out_dir receives transcripts/NAME.jsonl (one line per assistant turn), judgments.jsonl (the judgment
 cache, unless --cache names another), report.md (also printed), report.json and dialogue_ratings.png.
 A rerun resumes: turns a transcript holds are not generated again (a checkpoint whose transcript is
@@ -23,7 +23,11 @@ from absl import flags
 
 from lima_jax.cli import define_sampling_flags, no_arguments, run, say
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging
+from lima_jax.evaluate.cli import MAX_FAILURES, define_judge_flags, parse_checkpoints
+from lima_jax.evaluate.judge.runner import stop_message
+from lima_jax.evaluate.protocols import dialogue
+from lima_jax.inference.sampling import SamplingParams
+from lima_jax.storage.paths import user_path
 
 _DIALOGUES = flags.DEFINE_string("dialogues", None, "JSONL of dialogues: {\"id\", \"turns\": [user turns]} a line")
 _CHECKPOINT = flags.DEFINE_multi_string("checkpoint", [], "[NAME=]PATH of a checkpoint, step or workdir; "
@@ -32,20 +36,16 @@ _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "the same as a comma-separat
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "transcripts, judgments and the report go here")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "dialogues played together (turn by turn)")
 _SAMPLING = define_sampling_flags()
-_JUDGE = judging.define_judge_flags()
+_JUDGE = define_judge_flags()
 
 
 def main(argv: list[str]) -> None:
     no_arguments(argv)
-    from lima_jax.evaluate import dialogue_report, dialogues
-    from lima_jax.inference.sampler import SamplingParams
-    from lima_jax.storage.paths import user_path
-
     if not _DIALOGUES.value:
         raise LimaError("--dialogues is required (JSONL: {\"id\", \"turns\": [user turns]} a line)")
     if not _OUT_DIR.value:
         raise LimaError("--out_dir is required")
-    checkpoints = dialogues.parse_checkpoints(_CHECKPOINT.value + _CHECKPOINTS.value)
+    checkpoints = parse_checkpoints(_CHECKPOINT.value + _CHECKPOINTS.value)
     if not checkpoints:
         raise LimaError("--checkpoint is required (repeat it, or use --checkpoints, to compare checkpoints)")
     if _BATCH.value < 1:
@@ -57,34 +57,18 @@ def main(argv: list[str]) -> None:
     if not _JUDGE.judge_checkpoint.value and not (_JUDGE.judge_url.value and _JUDGE.judge_model.value):
         raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
     max_failures = _JUDGE.max_failures()
-    script = dialogues.read_dialogues(_DIALOGUES.value)
+    script = dialogue.read_dialogues(_DIALOGUES.value)
     out = user_path(_OUT_DIR.value)
     (out / "transcripts").mkdir(parents=True, exist_ok=True)
-    cache = judging.open_cache(_JUDGE.holders["cache"].value or str(out / "judgments.jsonl"))
+    cache = _JUDGE.cache(default=str(out / "judgments.jsonl"))
     say(f"{len(script)} dialogues, {sum(len(d.asks) for d in script)} user turns, from {_DIALOGUES.value}")
-    for name, path in checkpoints:  # one model in memory at a time
-        transcript = out / "transcripts" / f"{name}.jsonl"
-        if not dialogues.unplayed(script, transcript, name):
-            say(f"{name}: {transcript} is complete")
-            continue
-        from lima_jax.inference.generator import Generator
-
-        generator = Generator(path)
-        if generator.eot_id is None:
-            say(f"warning: {path} was not fine-tuned with LIMA's end-of-turn token: turns are joined as plain text")
-        count = dialogues.play(generator, script, transcript, name, params, _SAMPLING.seed.value, _BATCH.value,
-                               progress=lambda line, name=name: say(f"{name}: {line}"))
-        say(f"{name}: {count} assistant turns generated into {transcript}")
-        del generator
+    dialogue.play_all(script, checkpoints, out, params, _SAMPLING.seed.value, _BATCH.value)
     judge = _JUDGE.judge()  # after generation: a local judge's weights are not in memory beside a model's
-    rated = []
-    for name, _ in checkpoints:
-        r = dialogues.rate(script, out / "transcripts" / f"{name}.jsonl", name, judge, cache,
-                           workers=_JUDGE.workers.value, max_failures=max_failures)
-        rated.append(r)
-        if r.stats.stopped:
-            raise LimaError(judging.stop_message(r.stats, max_failures))
-    report = dialogue_report.write(str(out), rated)
+    rated = dialogue.rate_all(script, [name for name, _ in checkpoints], out, judge, cache,
+                              workers=_JUDGE.workers.value, max_failures=max_failures)
+    if rated[-1].stats.stopped:
+        raise LimaError(stop_message(rated[-1].stats, max_failures, MAX_FAILURES))
+    report = dialogue.write(str(out), rated)
     print((out / "report.md").read_text(encoding="utf-8"), flush=True)
     print(json.dumps({s["name"]: {"counts": s["overall"]["counts"], "failed_within_3": s["failed_within_3"],
                                   "conversations": s["conversations"]} for s in report["checkpoints"]}), flush=True)

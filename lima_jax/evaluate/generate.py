@@ -37,9 +37,8 @@ from absl import flags
 from lima_jax.cli import (check_exists, define_distributed_flags, define_dtype_flag, define_mesh_flag, define_sampling_flags,
                           no_arguments, run, say)
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.formats import FORMATS, make_sink, read_prompts
-from lima_jax.evaluate.responses import RecordedSink, generate_answers, generation_settings
-from lima_jax.inference import hosts
+from lima_jax.evaluate.answers.formats import FORMATS, make_sink, read_prompts
+from lima_jax.evaluate.answers.generation import generate_file
 from lima_jax.inference.sampling import SamplingParams
 from lima_jax.storage.paths import check_writable, user_path
 
@@ -75,22 +74,9 @@ def main(argv: list[str]) -> None:
     if not _DISTRIBUTED.joins_others:  # with several processes only process 0 reads it, below
         sink.answered(questions)  # the output's kind and generator, before the checkpoint is even looked for
     check_exists(_CHECKPOINT.value, "checkpoint")
-    # The input is checked: now JAX.
-    from lima_jax.inference.generator import Generator, parse_mesh
-    from lima_jax.weights import checkpoint
-
     _DISTRIBUTED.start()
-    # The output is checked before the checkpoint is loaded (its kind and generator, then the checkpoint and
-    # sampling it was generated with); generation reads it again.
-    step = checkpoint.resolve(_CHECKPOINT.value)  # once: a newer step of a run is not mixed in
-    settings = generation_settings(step, params, _SAMPLING.seed.value)
-    if _DTYPE.value != "auto":  # recorded only when given: the records written before it still match
-        settings["dtype"] = _DTYPE.value
-    sink = RecordedSink(sink, settings)
-    hosts.from_process_0(lambda: len(sink.answered(questions)))
-    say(f"{len(questions)} {kind} from {_PROMPTS.value}")
-    generator = Generator(str(step), parse_mesh(_MESH.value), _DTYPE.value)
-    count = generate_answers(generator, questions, sink, params, _SAMPLING.seed.value, _BATCH.value, progress=say)
+    count = generate_file(_CHECKPOINT.value, questions, sink, params, _SAMPLING.seed.value, _BATCH.value, _MESH.value,
+                          _DTYPE.value, heading=f"{len(questions)} {kind} from {_PROMPTS.value}", progress=say)
     say(f"wrote {count} new responses to {_OUTPUT.value}")
 
 

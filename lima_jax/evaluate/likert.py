@@ -1,5 +1,5 @@
 r"""Likert helpfulness, as in LIMA's ablations: each response scored 1-6 with the paper's Appendix D
-template (`lima_jax.evaluate.scores`).
+template (`lima_jax.evaluate.protocols.likert`).
 
     python -m lima_jax.evaluate.likert --responses=lima.jsonl \
         --judge_url=https://api.openai.com/v1 --judge_model=gpt-3.5-turbo --cache=likert_judgments.jsonl
@@ -15,13 +15,13 @@ from absl import flags
 
 from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging
-from lima_jax.evaluate.prompts import LIKERT_LINE
-from lima_jax.evaluate.formats import read_responses
-from lima_jax.evaluate.scores import judge_likert
+from lima_jax.evaluate.answers.formats import read_responses
+from lima_jax.evaluate.cli import define_judge_flags, finish
+from lima_jax.evaluate.judge.prompts import LIKERT_LINE
+from lima_jax.evaluate.protocols.likert import judge_likert
 
 _RESPONSES = flags.DEFINE_string("responses", None, "the response file to score (JSONL: id, prompt, output, generator)")
-_JUDGE = judging.define_judge_flags()
+_JUDGE = define_judge_flags()
 
 
 def main(argv: list[str]) -> None:
@@ -33,8 +33,7 @@ def main(argv: list[str]) -> None:
     max_failures = _JUDGE.max_failures()
     judge = _JUDGE.judge(answer=LIKERT_LINE)
     result = judge_likert(responses, judge, cache, workers=_JUDGE.workers.value, max_failures=max_failures)
-    judging.finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", "responses",
-                   max_failures)
+    finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", "responses", max_failures)
 
 
 if __name__ == "__main__":

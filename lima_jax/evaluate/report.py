@@ -8,10 +8,10 @@ chart in the style of Figure 5), all from judgment caches.
         --likert="Filtered SE=se_filtered_likert.jsonl,wikiHow=wikihow_likert.jsonl"
 
 Writes report.md (also printed), report.json, pairwise.png, absolute.png and likert.png to --out_dir
-(`lima_jax.evaluate.reporting`); an existing report there is refused unless --overwrite. Per
+(`lima_jax.evaluate.tables`); an existing report there is refused unless --overwrite. Per
 baseline it also gives the ties told apart (the judge said neither / the orders disagreed), the
 share of prompts whose two orders agree, each side's response lengths, a length-controlled win
-rate (AlpacaEval 2's regression, `lima_jax.evaluate.audit`) and, with --human_labels, the judge's
+rate (AlpacaEval 2's regression, `lima_jax.evaluate.stats`) and, with --human_labels, the judge's
 agreement with human labels. Imports no JAX.
 """
 from __future__ import annotations
@@ -20,9 +20,12 @@ from absl import flags
 
 from lima_jax.cli import no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.audit import read_human_labels
-from lima_jax.evaluate.reporting import (absolute_distribution, check_out_dir, likert_arms, pairwise_distribution,
-                                         parse_pairwise_flag, response_lengths, write_report)
+from lima_jax.evaluate.cli import parse_pairwise_flag
+from lima_jax.evaluate.labels import read_human_labels
+from lima_jax.evaluate.protocols.absolute import absolute_distribution
+from lima_jax.evaluate.protocols.likert import likert_arms
+from lima_jax.evaluate.protocols.pairwise import pairwise_distribution, response_lengths
+from lima_jax.evaluate.tables import existing_report, write_report
 
 _PAIRWISE = flags.DEFINE_string("pairwise", None, "pairwise judgment caches, one per baseline: NAME=PATH[,NAME=PATH...]")
 _ABSOLUTE = flags.DEFINE_string("absolute", None, "an absolute-rating judgment cache")
@@ -35,7 +38,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "bootstrap seed")
 _RESPONSES = flags.DEFINE_string("responses", None, "response files whose outputs were judged, comma-separated: "
                                  "lengths for caches judged before judgments recorded them (matched by output hash)")
 _HUMAN_LABELS = flags.DEFINE_string("human_labels", None, "JSONL of human labels ({\"id\", \"baseline\", \"label\": "
-                                    "win|tie|loss}): the judge's agreement with them (lima_jax.evaluate.audit)")
+                                    "win|tie|loss}): the judge's agreement with them (lima_jax.evaluate.labels)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a report already in --out_dir (refused otherwise)")
 
 
@@ -47,7 +50,8 @@ def main(argv: list[str]) -> None:
         raise LimaError("give --pairwise=NAME=CACHE[,...], --absolute=CACHE and/or --likert=NAME=CACHE[,...]")
     if _BOOTSTRAP.value < 1:
         raise LimaError(f"--bootstrap={_BOOTSTRAP.value}: must be at least 1")
-    check_out_dir(_OUT_DIR.value, _OVERWRITE.value)  # before any work
+    if not _OVERWRITE.value and (found := existing_report(_OUT_DIR.value)) is not None:  # before any work
+        raise LimaError(f"{found} exists; pass --overwrite to replace the report")
     samples, seed, judge = _BOOTSTRAP.value, _SEED.value, _JUDGE_MODEL.value
     if _HUMAN_LABELS.value and not _PAIRWISE.value:
         raise LimaError("--human_labels needs --pairwise: the labels are scored against its verdicts")

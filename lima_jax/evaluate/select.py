@@ -15,17 +15,13 @@ process 0 alone judges them and writes `--out_dir`, while the others wait at exi
 """
 from __future__ import annotations
 
-import json
-
 from absl import flags
 
-from lima_jax.inference import hosts
 from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_flag, define_sampling_flags, no_arguments,
-                          run, say)
+                          run)
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import judging
-from lima_jax.evaluate.prompts import LIKERT_LINE
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.cli import define_judge_flags, parse_epochs
+from lima_jax.inference import hosts
 from lima_jax.inference.sampling import SamplingParams
 from lima_jax.storage.paths import user_path
 
@@ -36,7 +32,7 @@ _REFERENCE = flags.DEFINE_string("reference", None, "a fixed reference's respons
 _LIKERT = flags.DEFINE_bool("likert", False, "score each epoch's dev answers 1-6 with the Likert judge (Appendix D); "
                             "with a judge")
 _SAMPLING = define_sampling_flags()
-_JUDGE = judging.define_judge_flags()
+_JUDGE = define_judge_flags()
 _MESH = define_mesh_flag()
 _DISTRIBUTED = define_distributed_flags()
 WAIT_FOR_JUDGING_S = 24 * 3600  # the other hosts wait at exit while process 0 judges (JAX's default: 5 minutes)
@@ -47,11 +43,11 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value or not _OUT_DIR.value:
         raise LimaError("--workdir and --out_dir are required")
     check_exists(_WORKDIR.value, "--workdir")
-    # The input is checked: now JAX.
+    # The input is checked: now the library, which imports JAX (the generator).
     from lima_jax.evaluate import selection
 
     workdir, out_dir = user_path(_WORKDIR.value), user_path(_OUT_DIR.value)
-    lo, hi = selection.parse_epochs(_EPOCHS.value)
+    lo, hi = parse_epochs(_EPOCHS.value)
     rows = [r for r in selection.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
     if not rows:
         raise LimaError(f"--epochs={_EPOCHS.value}: no epoch checkpoint in that range")
@@ -66,31 +62,10 @@ def main(argv: list[str]) -> None:
     prompts = selection.dev_prompts(workdir) if judged else []
     _DISTRIBUTED.start(shutdown_timeout_s=WAIT_FOR_JUDGING_S)
     if judged:
-        from lima_jax.inference.generator import parse_mesh  # imports JAX: only to generate
-
-        mesh = parse_mesh(_MESH.value)
-        opened = {}  # process 0's judgments, read before hours of generation rather than after
-
-        def check_inputs() -> None:
-            if _REFERENCE.value:
-                opened["cache"] = judging.JudgmentCache(out_dir / "judgments.jsonl")
-                opened["reference"] = read_responses(_REFERENCE.value)
-            if _LIKERT.value:
-                opened["likert"] = selection.open_likert_caches(rows, out_dir)
-
-        hosts.from_process_0(check_inputs)
-        judge = _JUDGE.judge()  # on every process: a local judge's restore is collective
-        selection.generate_epochs(rows, prompts, out_dir, params, _SAMPLING.seed.value, mesh)
-        if hosts.is_writer() and _REFERENCE.value:
-            selection.judge_epochs(rows, opened["reference"], judge, opened["cache"], out_dir)
-        if hosts.is_writer() and _LIKERT.value:
-            selection.likert_epochs(rows, judging.with_answer_format(judge, LIKERT_LINE), opened["likert"], out_dir)
-    if not hosts.is_writer():
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    say(selection.write_table(rows, out_dir / "select.md"))
-    selection.plot(rows, out_dir / "select.png")
-    print(json.dumps([{k: v for k, v in r.items() if k != "checkpoint"} for r in rows]))
+        selection.judge_all_epochs(rows, prompts, out_dir, params, _SAMPLING.seed.value, _MESH.value, _JUDGE.judge,
+                                   _REFERENCE.value, _LIKERT.value, remedy="use another --out_dir")
+    if hosts.is_writer():
+        print(selection.write_selection(rows, out_dir))
 
 
 if __name__ == "__main__":

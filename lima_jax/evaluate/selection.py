@@ -1,35 +1,35 @@
 """Pick a checkpoint the way LIMA did: per epoch, the dev loss and the judged quality of dev answers
-(the library behind `python -m lima_jax.evaluate.select`).
+(the library behind `python -m lima_jax.evaluate.select`, and the ablation's Likert checkpoint choice).
 
-For every epoch checkpoint of the run it reports the dev loss and perplexity (from the run's
-metrics.jsonl, computed at that step during training) and, with a judge, the judged quality of that
-checkpoint's dev answers: with a fixed reference response file for the dev prompts, the win/tie/loss
-rate against the reference; with `--likert`, the mean 1-6 Likert score (`lima_jax.evaluate.scores`)
-with its 95% interval. Writes select.md and select.png (dev perplexity and the judged quality on two
-axes, LIMA's Figure 9). The paper found perplexity a poor guide (it keeps rising past the epochs that
-generate best), which the two side by side let you see.
-
-Each epoch's Likert judgments go to a cache of their own, `likert/step_N.jsonl`, so that one of them
-is also an arm for `evaluate.report --likert` (a cache holding every epoch would keep only the latest
-answer to each prompt).
+For every epoch checkpoint of the run: the dev loss and perplexity (from the run's metrics.jsonl,
+computed at that step during training) and, with a judge, the judged quality of that checkpoint's dev
+answers: the win/tie/loss rate against a fixed reference's responses, and/or the mean 1-6 Likert
+score with its 95% interval. select.md and select.png put dev perplexity and judged quality side by
+side (LIMA's Figure 9: perplexity kept rising past the epochs that generated best). Each epoch's
+Likert judgments go to a cache of their own, `likert/step_N.jsonl`, so that each is also an arm for
+`evaluate.report --likert` (one cache for every epoch would keep only the latest answer to a prompt).
 """
 from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError, say
-from lima_jax.evaluate.comparisons import judge_pairwise
-from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.reporting import LIKERT_AXIS, fit_titles, has_width, new_figure, save_png
-from lima_jax.evaluate.responses import generate_responses, generation_settings
-from lima_jax.evaluate.formats import read_responses
-from lima_jax.evaluate.scores import judge_likert, likert_score
-from lima_jax.inference.generator import Generator, prompt_turns
+from lima_jax.evaluate.answers.formats import read_responses
+from lima_jax.evaluate.answers.generation import generate_responses, generation_settings
+from lima_jax.evaluate.charts import LIKERT_AXIS, fit_titles, has_width, new_figure, save_png
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.judge.factory import with_answer_format
+from lima_jax.evaluate.judge.prompts import LIKERT_LINE
+from lima_jax.evaluate.judge.protocol import Judge
+from lima_jax.evaluate.protocols.likert import judge_likert, likert_score
+from lima_jax.evaluate.protocols.pairwise import judge_pairwise
+from lima_jax.inference import hosts
+from lima_jax.inference.generator import Generator, parse_mesh, prompt_turns
 from lima_jax.storage.paths import Path
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE
 from lima_jax.weights import checkpoint
@@ -72,28 +72,20 @@ def dev_prompts(workdir: Path) -> list[list[str]]:
     return [prompt_turns(r["conversations"]) for r in records]
 
 
-def parse_epochs(spec: str) -> tuple[int, int]:
-    if not spec:
-        return 0, 10**9
-    lo, _, hi = spec.partition("-")
-    try:
-        return int(lo), int(hi or lo)
-    except ValueError:
-        raise LimaError(f"--epochs={spec!r}: expected a range such as 5-10") from None
-
-
 def responses_file(out_dir: Path, row: dict[str, Any]) -> Path:
     return out_dir / "responses" / f"step_{row['step']}.jsonl"
 
 
-def generate_epochs(rows, dev_prompts, out_dir: Path, params, seed: int, mesh: Mesh | None = None) -> None:
+def generate_epochs(rows, dev_prompts, out_dir: Path, params, seed: int, mesh: Mesh | None = None,
+                    remedy: str = "use another output folder") -> None:
     """Each checkpoint's dev answers (resumably), as `evaluate.generate` writes them: on a mesh over
-    several processes every process takes part and process 0 writes."""
+    several processes every process takes part and process 0 writes. A file generated otherwise is
+    refused, its error ending with `remedy`."""
     for row in rows:  # a file made with other sampling is refused, not continued
         settings = generation_settings(row["checkpoint"], params, seed)
         generate_responses(Generator(str(row["checkpoint"]), mesh), dev_prompts, responses_file(out_dir, row),
                            f"epoch {row['epoch']}", params, seed, batch_size=8, settings=settings,
-                           remedy="use another --out_dir", progress=lambda line, e=row["epoch"]: say(f"epoch {e}: {line}"))
+                           remedy=remedy, progress=lambda line, e=row["epoch"]: say(f"epoch {e}: {line}"))
 
 
 def judge_epochs(rows, reference, judge, cache, out_dir: Path) -> None:
@@ -128,6 +120,42 @@ def likert_epochs(rows, judge, caches: dict[int, JudgmentCache], out_dir: Path, 
                     "likert_ci_low": round(arm.ci_low, 3) if scored else None,
                     "likert_ci_high": round(arm.ci_high, 3) if scored else None, "likert_n": arm.n if arm else 0,
                     "likert_failures": arm.failures if arm else 0, "likert_judge": judge.name})
+
+
+def judge_all_epochs(rows: list[dict[str, Any]], prompts: list[list[str]], out_dir: Path, params, seed: int,
+                     mesh: str, make_judge: Callable[[], Judge], reference: str | None, likert: bool,
+                     remedy: str) -> None:
+    """Generates each epoch's dev answers (every process takes part), then on process 0 judges them
+    against `reference` and/or scores them (Likert), adding the figures to the rows. The caches and the
+    reference are read before hours of generation rather than after."""
+    device_mesh = parse_mesh(mesh)
+    opened: dict[str, Any] = {}
+
+    def check_inputs() -> None:
+        if reference:
+            opened["cache"] = JudgmentCache(out_dir / "judgments.jsonl")
+            opened["reference"] = read_responses(reference)
+        if likert:
+            opened["likert"] = open_likert_caches(rows, out_dir)
+
+    hosts.from_process_0(check_inputs)
+    judge = make_judge()  # on every process: a local judge's restore is collective
+    generate_epochs(rows, prompts, out_dir, params, seed, device_mesh, remedy=remedy)
+    if hosts.is_writer() and reference:
+        judge_epochs(rows, opened["reference"], judge, opened["cache"], out_dir)
+    if hosts.is_writer() and likert:
+        likert_epochs(rows, with_answer_format(judge, LIKERT_LINE), opened["likert"], out_dir)
+
+
+def best_epoch(rows: list[dict[str, Any]], by: str) -> dict[str, Any]:
+    """The ablation's checkpoint choice among epoch rows: the highest Likert mean (`by="likert"`, an
+    epoch with nothing scored last), the lowest dev loss (`"dev_loss"`), else the first row; a tie goes
+    to the earlier epoch."""
+    if by == "likert":
+        return max(rows, key=lambda r: (r["likert_mean"] if r["likert_mean"] is not None else -1.0, -r["epoch"]))
+    if by == "dev_loss":
+        return min(rows, key=lambda r: (r["dev_loss"], r["epoch"]))
+    return rows[0]
 
 
 def write_table(rows, path: Path) -> str:
@@ -188,3 +216,11 @@ def chart(rows):
 
 def plot(rows, path: Path) -> None:
     save_png(chart(rows), path)
+
+
+def write_selection(rows: list[dict[str, Any]], out_dir: Path) -> str:
+    """select.md (said) and select.png in `out_dir`; returns the rows as a JSON line."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say(write_table(rows, out_dir / "select.md"))
+    plot(rows, out_dir / "select.png")
+    return json.dumps([{k: v for k, v in r.items() if k != "checkpoint"} for r in rows])

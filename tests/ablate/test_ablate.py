@@ -17,8 +17,8 @@ from support.paths import REPO
 from lima_jax.ablate import plan, report, runner
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.responses import make_record, prompt_id, write_responses
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.answers.records import make_record, prompt_id, write_responses
+from lima_jax.evaluate.answers.formats import read_responses
 from support.charts import check_png
 from support.judges import Reply, Request, ScriptedServer
 

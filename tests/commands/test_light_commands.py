@@ -72,7 +72,7 @@ def test_the_dialogue_demo_uses_shipped_files_and_runs_the_readme_makes():
 
 def test_the_shipped_dialogues_are_training_chains_and_scripts_and_make_demo_writes_them():
     from lima_jax.data.records import read_conversations
-    from lima_jax.evaluate.dialogues import read_dialogues
+    from lima_jax.evaluate.protocols.dialogue import read_dialogues
 
     path = demo_dir() / "dialogues.jsonl"
     records, _ = read_conversations(path)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lima_jax.config import load_config
-from lima_jax.evaluate.responses import make_record, write_responses
+from lima_jax.evaluate.answers.records import make_record, write_responses
 from lima_jax.data.pipeline import split_conversations
 from lima_jax.data.records import read_conversations
 from lima_jax.inference.generator import prompt_turns

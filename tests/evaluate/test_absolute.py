@@ -5,10 +5,10 @@ import json
 import re
 import threading
 
-from lima_jax.evaluate.ratings import judge_absolute, results_from_records
-from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.responses import make_record, write_responses
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.protocols.absolute import judge_absolute, results_from_records
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.answers.records import make_record, write_responses
+from lima_jax.evaluate.answers.formats import read_responses
 from support.judges import Reply, Request, ScriptedServer, fast_judge
 from support.commands import call_command
 

@@ -8,11 +8,12 @@ import math
 import pytest
 
 from lima_jax.ablate.report import quantity_chart
-from lima_jax.evaluate import dialogue_report, reporting, selection
-from lima_jax.evaluate.dialogues import Rated
-from lima_jax.evaluate.judging import RunStats
-from lima_jax.evaluate.ratings import RATINGS
-from lima_jax.evaluate.scores import LikertScore
+from lima_jax.evaluate import charts, selection, stats
+from lima_jax.evaluate.protocols import dialogue, pairwise
+from lima_jax.evaluate.protocols.dialogue import Rated
+from lima_jax.evaluate.judge.runner import RunStats
+from lima_jax.evaluate.protocols.absolute import RATINGS
+from lima_jax.evaluate.protocols.likert import LikertScore
 from support.charts import check_chart
 
 # A local judge is named after its checkpoint's absolute path: the longest subtitle a chart gets.
@@ -20,8 +21,8 @@ JUDGE = "local:/home/someone/projects/lima-jax/runs/ablations/quantity/arm_32k/c
 
 
 def _save(fig, tmp_path, name):
-    reporting.save_png(fig, tmp_path / name)
-    return check_chart(fig, tmp_path / name, reporting.CHART_DPI)
+    charts.save_png(fig, tmp_path / name)
+    return check_chart(fig, tmp_path / name, charts.CHART_DPI)
 
 
 def _arm(name, mean, low, high, n=30):
@@ -30,8 +31,8 @@ def _arm(name, mean, low, high, n=30):
 
 def _dist(name, categories, counts):
     labels = [c for c in categories for _ in range(counts[c])]
-    return reporting.Distribution(name, tuple(categories), dict(counts),
-                                  reporting.bootstrap_intervals(labels, categories, 200, 0), 0, [JUDGE])
+    return stats.Distribution(name, tuple(categories), dict(counts),
+                              stats.bootstrap_intervals(labels, categories, 200, 0), 0, [JUDGE])
 
 
 def _bar_heights_px(fig):
@@ -42,7 +43,7 @@ def _bar_heights_px(fig):
 
 def test_likert_chart_fits_its_subtitle_and_labels(tmp_path):
     arms = [_arm("base", 3.2, 2.9, 3.6), _arm("lima", 5.9, 5.6, 6.0), _arm("none", math.nan, math.nan, math.nan, 0)]
-    fig = reporting.likert_chart(arms)
+    fig = charts.likert_chart(arms)
     _save(fig, tmp_path, "likert.png")
     subtitle = fig.axes[0].get_title()
     assert JUDGE in subtitle.replace("\n", "") and "95% bootstrap intervals" in subtitle.replace("\n", " ")
@@ -53,11 +54,11 @@ def test_likert_chart_at_the_floor_shows_its_bars_and_no_zero_width_error_bars(t
     """Every judgment 1: the means sit on the scale's floor and the intervals have no width (the
     ablation's chart, with its longer title, two arms)."""
     arms = [_arm("2k", 1.0, 1.0, 1.0), _arm("4k", 1.0, 1.0, 1.0)]
-    fig = reporting.likert_chart(arms, title="quantity: helpfulness (Likert, 1-6)")
+    fig = charts.likert_chart(arms, title="quantity: helpfulness (Likert, 1-6)")
     _save(fig, tmp_path, "likert.png")
     heights = _bar_heights_px(fig)
     assert len(heights) == 2 and min(heights) >= 20  # a visible bar, not a line on the axis
-    above = reporting.likert_chart([_arm("2k", 2.0, 1.5, 2.5), _arm("4k", 1.0, 1.0, 1.0)])
+    above = charts.likert_chart([_arm("2k", 2.0, 1.5, 2.5), _arm("4k", 1.0, 1.0, 1.0)])
     above.canvas.draw()
     two, one = _bar_heights_px(above)
     assert two > one  # a higher mean draws a higher bar
@@ -81,20 +82,20 @@ def test_pairwise_charts_fit_and_draw_no_zero_width_error_bars(tmp_path):
     cats = ("win", "tie", "loss")
     plain = [_dist("gpt-4", cats, {"win": 10, "tie": 0, "loss": 0}),
              _dist("a baseline with a long name", cats, {"win": 4, "tie": 3, "loss": 5})]
-    _save(reporting.pairwise_chart(plain, "LIMA-65B"), tmp_path, "pairwise.png")
+    _save(charts.pairwise_chart(plain, "LIMA-65B"), tmp_path, "pairwise.png")
     audited = []
     for d, split in zip(plain, ({"win": 10, "tie_neither": 0, "tie_disagreed": 0, "loss": 0},
                                 {"win": 4, "tie_neither": 1, "tie_disagreed": 2, "loss": 5})):
         agreed = _dist("consistency", ("agreed", "disagreed"), {"agreed": 8, "disagreed": 2})
-        d.audit = reporting.PairAudit("ours", "base", _dist("split", reporting.SPLIT, split), agreed,
+        d.audit = pairwise.PairAudit("ours", "base", _dist("split", pairwise.SPLIT, split), agreed,
                                       {"ours": [], "baseline": []}, 0, None, None)
         audited.append(d)
-    _save(reporting.pairwise_chart(audited, "LIMA-65B"), tmp_path, "pairwise_audited.png")
+    _save(charts.pairwise_chart(audited, "LIMA-65B"), tmp_path, "pairwise_audited.png")
 
 
 def test_absolute_chart_fits(tmp_path):
     ratings = _dist("LIMA", RATINGS, {"Fail": 0, "Pass": 0, "Excellent": 12})
-    _save(reporting.absolute_chart(ratings, "LIMA-65B"), tmp_path, "absolute.png")
+    _save(charts.absolute_chart(ratings, "LIMA-65B"), tmp_path, "absolute.png")
 
 
 def test_dialogue_chart_fits(tmp_path, monkeypatch):
@@ -104,10 +105,10 @@ def test_dialogue_chart_fits(tmp_path, monkeypatch):
     mixed = {"d1": ["Excellent", "Fail", "Pass", "Fail"], "d2": ["Pass", "failed", "Excellent"]}
     rated = [Rated("zero-shot", mixed, RunStats(), JUDGE),
              Rated("30 dialogue chains", everything_excellent, RunStats(), JUDGE)]
-    saved, save_png = [], reporting.save_png
-    monkeypatch.setattr(reporting, "save_png", lambda fig, path: (saved.append(fig), save_png(fig, path)))
-    dialogue_report.write(str(tmp_path), rated, samples=50)
-    check_chart(saved[0], tmp_path / dialogue_report.CHART, reporting.CHART_DPI)
+    saved, save_png = [], charts.save_png
+    monkeypatch.setattr(charts, "save_png", lambda fig, path: (saved.append(fig), save_png(fig, path)))
+    dialogue.write(str(tmp_path), rated, samples=50)
+    check_chart(saved[0], tmp_path / dialogue.CHART, charts.CHART_DPI)
 
 
 @pytest.mark.parametrize("judged", ["likert", "pairwise", "none"])

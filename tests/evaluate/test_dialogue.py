@@ -10,10 +10,11 @@ from support.judges import Reply, Request, ScriptedServer, fast_judge
 from support.commands import call_command
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import dialogue_report
-from lima_jax.evaluate.dialogues import TranscriptSink, parse_checkpoints, play, rate, read_dialogues, unplayed
-from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.protocols import dialogue
+from lima_jax.evaluate.cli import parse_checkpoints
+from lima_jax.evaluate.protocols.dialogue import TranscriptSink, play, rate, read_dialogues, unplayed
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.answers.formats import read_responses
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import SamplingParams
 from lima_jax.storage.paths import Path
@@ -134,7 +135,7 @@ def test_each_turn_is_rated_in_context_and_the_report_counts_them(tmp_path):
                             "fails-fourth": ["Excellent", "Fail", "Excellent", "Fail"], third: ["Fail", "Excellent"]}
     assert trained.ratings["fails-fourth"] == ["Excellent", "Excellent", "Excellent", "Fail"]
 
-    report = dialogue_report.write(str(tmp_path / "out"), [zero, trained], samples=50)
+    report = dialogue.write(str(tmp_path / "out"), [zero, trained], samples=50)
     z, t = report["checkpoints"]
     assert (z["overall"]["counts"], z["failed_within_3"]) == ({"Fail": 4, "Pass": 1, "Excellent": 5}, 3)
     assert (t["overall"]["counts"], t["failed_within_3"]) == ({"Fail": 2, "Pass": 2, "Excellent": 6}, 1)
@@ -149,10 +150,10 @@ def test_each_turn_is_rated_in_context_and_the_report_counts_them(tmp_path):
 
 
 def test_fails_within_three():
-    assert dialogue_report.fails_within(["Pass", "Excellent", "Fail", "Fail"]) is True
-    assert dialogue_report.fails_within(["Pass", "Excellent", "Pass", "Fail"]) is False
-    assert dialogue_report.fails_within(["Pass", "failed", "Pass"]) is None  # an unrated turn: unknown
-    assert dialogue_report.fails_within(["Pass"]) is False
+    assert dialogue.fails_within(["Pass", "Excellent", "Fail", "Fail"]) is True
+    assert dialogue.fails_within(["Pass", "Excellent", "Pass", "Fail"]) is False
+    assert dialogue.fails_within(["Pass", "failed", "Pass"]) is None  # an unrated turn: unknown
+    assert dialogue.fails_within(["Pass"]) is False
 
 
 def test_the_command_compares_two_checkpoints_with_a_local_judge_and_resumes(judge_ckpt, tmp_path):

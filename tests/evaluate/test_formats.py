@@ -8,9 +8,11 @@ from support.commands import call_command
 from support.serving import start_server, stop_server, tiny_checkpoint, wait_until_healthy
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import formats, prompts
-from lima_jax.evaluate.responses import Question, ResponseSink, generate_answers, make_record, prompt_id, write_responses
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.answers import formats
+from lima_jax.evaluate.judge import prompts
+from lima_jax.evaluate.answers.generation import Question, ResponseSink, generate_answers
+from lima_jax.evaluate.answers.records import make_record, prompt_id, write_responses
+from lima_jax.evaluate.answers.formats import read_responses
 
 QUESTIONS = [  # as in FastChat's data/mt_bench/question.jsonl
     {"question_id": 81, "category": "writing", "turns": ["Write a travel blog post about Hawaii.",

@@ -8,9 +8,9 @@ from support.hf_reference import random_hf_model
 from lima_jax.weights.convert import convert
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.responses import generate_responses, generation_settings, settings_path
-from lima_jax.evaluate.responses import prompt_id
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.answers.generation import generate_responses, generation_settings, settings_path
+from lima_jax.evaluate.answers.records import prompt_id
+from lima_jax.evaluate.answers.formats import read_responses
 from lima_jax.model import ModelConfig
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import SamplingParams
@@ -60,7 +60,7 @@ def test_cli_writes_the_response_file(generator, tmp_path):
 
 def test_generate_refuses_an_output_that_is_not_a_response_file_and_leaves_it_whole(tmp_path):
     """`evaluate.generate --output=EXISTING` used to cut the last line of a prompts file before failing."""
-    from lima_jax.evaluate.responses import generate_responses
+    from lima_jax.evaluate.answers.generation import generate_responses
 
     output = tmp_path / "test.jsonl"
     text = '{"conversations": ["What is 2 plus 2?"]}\n{"conversations": ["Name a col'

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.judges import Judge, JudgeFailure, JudgeUnavailable, OpenAIJudge
-from lima_jax.evaluate.prompts import PAIRWISE_CHOICES
+from lima_jax.evaluate.judge.openai import OpenAIJudge
+from lima_jax.evaluate.judge.protocol import Judge, JudgeFailure, JudgeUnavailable
+from lima_jax.evaluate.judge.prompts import PAIRWISE_CHOICES
 from support.judges import Reply, Request, ScriptedServer, fast_judge
 
 

@@ -11,12 +11,16 @@ import pytest
 
 from support.paths import REPO
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import prompts
-from lima_jax.evaluate import reporting as report
-from lima_jax.evaluate.judging import JudgmentCache, make_judge
-from lima_jax.evaluate.responses import make_record, prompt_id, write_responses
-from lima_jax.evaluate.formats import read_responses
-from lima_jax.evaluate.scores import judge_likert, likert_score, mean_interval, results_from_records
+from lima_jax.evaluate.judge import prompts
+from lima_jax.evaluate.cli import parse_pairwise_flag
+from lima_jax.evaluate.protocols.likert import likert_arms
+from lima_jax.evaluate.tables import write_report
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.judge.factory import make_judge
+from lima_jax.evaluate.answers.records import make_record, prompt_id, write_responses
+from lima_jax.evaluate.answers.formats import read_responses
+from lima_jax.evaluate.protocols.likert import judge_likert, likert_score, results_from_records
+from lima_jax.evaluate.stats import mean_interval
 from support.judges import Reply, Request, ScriptedServer
 from support.commands import call_command
 from support.charts import check_png
@@ -179,9 +183,9 @@ def test_report_adds_the_likert_arms_to_markdown_json_and_a_chart(tmp_path):
     wikihow = write_cache(tmp_path / "wikihow.jsonl", [judgment(f"w{i}", s, generator="lima-7b-wikihow")
                                                        for i, s in enumerate("4433332")])
     failed = write_cache(tmp_path / "failed.jsonl", [judgment("x", None)])
-    arms = report.likert_arms(report.parse_pairwise_flag(f"Filtered SE={filtered},{wikihow},Broken={failed}",
-                                                         "likert"), samples=500, seed=0)
-    text = report.write_report(str(tmp_path / "out"), [], None, samples=500, seed=0, likert_scores=arms)
+    arms = likert_arms(parse_pairwise_flag(f"Filtered SE={filtered},{wikihow},Broken={failed}",
+                                       "likert"), samples=500, seed=0)
+    text = write_report(str(tmp_path / "out"), [], None, samples=500, seed=0, likert_scores=arms)
     got = json.loads((tmp_path / "out" / "report.json").read_text())["likert"]
     assert [(a["name"], a["mean"], a["n"], a["failures"]) for a in got] == [
         ("Filtered SE", 3.857, 7, 1), ("lima-7b-wikihow", 3.143, 7, 0), ("Broken", None, 0, 1)]
@@ -201,14 +205,14 @@ def test_report_adds_the_likert_arms_to_markdown_json_and_a_chart(tmp_path):
 def test_report_refuses_a_cache_of_two_judges_or_with_no_likert_judgment(tmp_path):
     mixed = write_cache(tmp_path / "mixed.jsonl", [judgment("a", "4"), judgment("b", "5", judge="gpt-4")])
     with pytest.raises(LimaError, match="several judges"):
-        report.likert_arms([("SE", mixed)])
-    assert report.likert_arms([("SE", mixed)], judge="gpt-4")[0].mean == 5.0
+        likert_arms([("SE", mixed)])
+    assert likert_arms([("SE", mixed)], judge="gpt-4")[0].mean == 5.0
     other = write_cache(tmp_path / "absolute.jsonl", [{"key": "k", "kind": "absolute", "prompt_id": "p",
                                                          "judge": "j", "verdict": "Pass"}])
     with pytest.raises(LimaError, match="no Likert judgments"):
-        report.likert_arms([("SE", other)])
+        likert_arms([("SE", other)])
     with pytest.raises(LimaError, match="--likert: .* should be NAME=PATH"):
-        report.parse_pairwise_flag("SE=", "likert")
+        parse_pairwise_flag("SE=", "likert")
 
 
 def test_report_command_with_likert_only(tmp_path):

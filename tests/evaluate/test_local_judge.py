@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.local_judge import ANSWER_PREFIX, LocalJudge
-from lima_jax.evaluate.comparisons import judge_pairwise
-from lima_jax.evaluate.prompts import pairwise_messages
-from lima_jax.evaluate.judging import make_judge
-from lima_jax.evaluate.responses import make_record, write_responses
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.judge.local import ANSWER_PREFIX, LocalJudge
+from lima_jax.evaluate.protocols.pairwise import judge_pairwise
+from lima_jax.evaluate.judge.prompts import pairwise_messages
+from lima_jax.evaluate.judge.factory import make_judge
+from lima_jax.evaluate.answers.records import make_record, write_responses
 from support.models import converted_checkpoint, forward
 
 PROMPTS = [["What is 2 plus 2?"], ["Name a color."], ["Spell cat backwards."]]
@@ -84,9 +84,9 @@ def test_a_judge_workdir_with_a_newer_step_is_a_new_judge(judge_ckpt, tmp_path):
 
 
 def test_the_likert_score_is_the_most_likely_digit_opening_the_answer(judge_ckpt, tmp_path):
-    from lima_jax.evaluate.judging import make_judge
-    from lima_jax.evaluate.prompts import LIKERT_CHOICES, LIKERT_LINE, likert_messages
-    from lima_jax.evaluate.scores import judge_likert
+    from lima_jax.evaluate.judge.factory import make_judge
+    from lima_jax.evaluate.judge.prompts import LIKERT_CHOICES, LIKERT_LINE, likert_messages
+    from lima_jax.evaluate.protocols.likert import judge_likert
 
     judge = make_judge(judge_checkpoint=str(judge_ckpt), judge_url=None, judge_model=None, answer=LIKERT_LINE)
     messages = likert_messages(PROMPTS[0], "4")
@@ -107,8 +107,8 @@ def test_the_prompt_is_run_once_and_every_choice_scored_from_its_cache(judge_ckp
     still took a full row each. Now the prompt runs once, as one row, and each choice's remaining tokens run
     against its KV cache: the scores are those of a full forward pass per choice, for choices of one token
     (letters, digits), of several, and one that is the start of another ("Pas", "Pass")."""
-    from lima_jax.evaluate import local_judge
-    from lima_jax.evaluate.prompts import ABSOLUTE_CHOICES, LIKERT_CHOICES, LIKERT_LINE, absolute_messages, likert_messages
+    from lima_jax.evaluate.judge import local as local_judge
+    from lima_jax.evaluate.judge.prompts import ABSOLUTE_CHOICES, LIKERT_CHOICES, LIKERT_LINE, absolute_messages, likert_messages
 
     judge = LocalJudge(str(judge_ckpt))
     likert = make_judge(judge_checkpoint=str(judge_ckpt), judge_url=None, judge_model=None, answer=LIKERT_LINE)
@@ -163,8 +163,8 @@ def test_a_judgment_whose_prompt_does_not_fit_the_judges_context_is_a_failure(ju
     """A prompt longer than the judge's context (1,521 tokens against max_len 512) was scored silently, past
     every position the model knows; the server refuses it with a 400. It is a failed judgment now, recorded
     with its reason, counted and reported like an unreadable verdict."""
-    from lima_jax.evaluate.prompts import LIKERT_LINE
-    from lima_jax.evaluate.scores import judge_likert
+    from lima_jax.evaluate.judge.prompts import LIKERT_LINE
+    from lima_jax.evaluate.protocols.likert import judge_likert
 
     judge = make_judge(judge_checkpoint=str(judge_ckpt), judge_url=None, judge_model=None, answer=LIKERT_LINE)
     responses = {r["id"]: r for r in (make_record(PROMPTS[0], "four", "ours"),
@@ -180,7 +180,7 @@ def test_a_judgment_whose_prompt_does_not_fit_the_judges_context_is_a_failure(ju
 
 def test_a_judging_prompt_is_padded_by_a_quarter_at_most_with_four_widths_per_doubling():
     """Rows were padded to the next power of two: a 1,100-token prompt ran as 2,048 columns."""
-    from lima_jax.evaluate.local_judge import _width
+    from lima_jax.evaluate.judge.local import _width
 
     widths = {n: _width(n, 4096) for n in range(100, 4097)}
     assert all(n <= w <= n * 1.25 for n, w in widths.items())

@@ -9,11 +9,11 @@ import threading
 import pytest
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.judges import OpenAIJudge
-from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.comparisons import judge_pairwise, results_from_records
-from lima_jax.evaluate.responses import make_record, write_responses
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.judge.openai import OpenAIJudge
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.protocols.pairwise import judge_pairwise, results_from_records
+from lima_jax.evaluate.answers.records import make_record, write_responses
+from lima_jax.evaluate.answers.formats import read_responses
 from support.commands import call_command
 from support.judges import Reply, Request, ScriptedServer, fast_judge
 
@@ -222,7 +222,7 @@ def test_pairwise_command(tmp_path):
 
 
 def test_a_judgment_cache_pointed_at_an_unrelated_one_line_file_is_refused_untouched(tmp_path):
-    from lima_jax.evaluate.judging import JudgmentCache
+    from lima_jax.evaluate.judge.cache import JudgmentCache
 
     notes = tmp_path / "notes.txt"
     notes.write_text("remember to judge epoch 5")
@@ -232,8 +232,8 @@ def test_a_judgment_cache_pointed_at_an_unrelated_one_line_file_is_refused_untou
 
 
 def test_response_files_that_answer_partly_different_prompts_warn_with_the_counts_left_out(capsys):
-    from lima_jax.evaluate.comparisons import shared_ids
-    from lima_jax.evaluate.responses import make_record
+    from lima_jax.evaluate.protocols.pairwise import shared_ids
+    from lima_jax.evaluate.answers.records import make_record
 
     ours = {r["id"]: r for r in (make_record([p], "a", "ours") for p in ("p1", "p2", "p3", "p4"))}
     baseline = {r["id"]: r for r in (make_record([p], "b", "base") for p in ("p2", "p3", "p5"))}

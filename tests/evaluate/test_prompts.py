@@ -1,7 +1,7 @@
 """The judging prompts and the strict verdict parser."""
 import pytest
 
-from lima_jax.evaluate.prompts import (ABSOLUTE_CHOICES, PAIRWISE_CHOICES, absolute_messages, pairwise_messages,
+from lima_jax.evaluate.judge.prompts import (ABSOLUTE_CHOICES, PAIRWISE_CHOICES, absolute_messages, pairwise_messages,
                                        parse_verdict)
 
 

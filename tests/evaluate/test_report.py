@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import reporting as report
-from lima_jax.evaluate.ratings import judge_absolute
-from lima_jax.evaluate.judges import Judge, JudgeFailure
-from lima_jax.evaluate.judging import JudgmentCache
-from lima_jax.evaluate.comparisons import judge_pairwise
-from lima_jax.evaluate.responses import make_record
+from lima_jax.evaluate import stats
+from lima_jax.evaluate.charts import pairwise_chart, stacked_bars
+from lima_jax.evaluate.cli import parse_pairwise_flag
+from lima_jax.evaluate.protocols.absolute import absolute_distribution
+from lima_jax.evaluate.protocols.pairwise import pairwise_distribution
+from lima_jax.evaluate.tables import markdown, write_report
+from lima_jax.evaluate.protocols.absolute import judge_absolute
+from lima_jax.evaluate.judge.protocol import Judge, JudgeFailure
+from lima_jax.evaluate.judge.cache import JudgmentCache
+from lima_jax.evaluate.protocols.pairwise import judge_pairwise
+from lima_jax.evaluate.answers.records import make_record
 from support.charts import check_png
 from support.commands import call_command
 
@@ -65,26 +70,26 @@ def test_bootstrap_contains_the_estimate_and_shrinks_with_more_data():
     small = ["win"] * 12 + ["tie"] * 5 + ["loss"] * 3
     large = small * 100
     cats = ("win", "tie", "loss")
-    a = report.bootstrap_intervals(small, cats, samples=2000, seed=0)
-    b = report.bootstrap_intervals(large, cats, seed=0)
+    a = stats.bootstrap_intervals(small, cats, samples=2000, seed=0)
+    b = stats.bootstrap_intervals(large, cats, seed=0)
     for c, share in (("win", 60.0), ("tie", 25.0), ("loss", 15.0)):
         assert a[c][0] <= share <= a[c][1] and b[c][0] <= share <= b[c][1]
         assert b[c][1] - b[c][0] < (a[c][1] - a[c][0]) / 5  # ~1/sqrt(100) of the width
     assert 30 <= a["win"][1] - a["win"][0] <= 50  # about +-21 points for 20 prompts at 60%
-    assert report.bootstrap_intervals(large, cats, seed=0) == b  # seeded: the same report every time
-    assert report.bootstrap_intervals(large, cats, seed=1) != b
-    assert all(math.isnan(v) for iv in report.bootstrap_intervals([], cats).values() for v in iv)
-    assert report.bootstrap_intervals(["tie"] * 5, cats)["tie"] == (100.0, 100.0)
+    assert stats.bootstrap_intervals(large, cats, seed=0) == b  # seeded: the same report every time
+    assert stats.bootstrap_intervals(large, cats, seed=1) != b
+    assert all(math.isnan(v) for iv in stats.bootstrap_intervals([], cats).values() for v in iv)
+    assert stats.bootstrap_intervals(["tie"] * 5, cats)["tie"] == (100.0, 100.0)
 
 
 def test_report_tables_and_charts(tmp_path):
     alpaca = pair_cache(tmp_path / "alpaca.jsonl", ["win"] * 6 + ["tie"] * 3 + ["loss"] + ["fail"])
     gpt4 = pair_cache(tmp_path / "gpt4.jsonl", ["win"] * 1 + ["tie"] * 1 + ["loss"] * 2)
     ratings = rating_cache(tmp_path / "abs.jsonl", ["Excellent"] * 5 + ["Pass"] * 4 + ["Fail"] + ["fail"] * 2)
-    comparisons = [report.pairwise_distribution(name, str(path)) for name, path in
-                   report.parse_pairwise_flag(f"Alpaca 65B={alpaca}, {gpt4}")]
-    rated = report.absolute_distribution("LIMA", str(ratings))
-    text = report.write_report(str(tmp_path / "out"), comparisons, rated, samples=500, seed=0)
+    comparisons = [pairwise_distribution(name, str(path)) for name, path in
+                   parse_pairwise_flag(f"Alpaca 65B={alpaca}, {gpt4}")]
+    rated = absolute_distribution("LIMA", str(ratings))
+    text = write_report(str(tmp_path / "out"), comparisons, rated, samples=500, seed=0)
 
     assert comparisons[1].name == "alpaca-65b"  # unnamed: the baseline's recorded generator
     md = (tmp_path / "out" / "report.md").read_text()
@@ -112,21 +117,21 @@ def test_report_tables_and_charts(tmp_path):
 
 def test_report_errors(tmp_path):
     with pytest.raises(LimaError, match="no such file"):
-        report.pairwise_distribution("x", str(tmp_path / "absent.jsonl"))
+        pairwise_distribution("x", str(tmp_path / "absent.jsonl"))
     ratings = rating_cache(tmp_path / "abs.jsonl", ["Pass"])
     with pytest.raises(LimaError, match="no pairwise judgments"):
-        report.pairwise_distribution("x", str(ratings))
+        pairwise_distribution("x", str(ratings))
     with pytest.raises(LimaError, match="NAME=PATH"):
-        report.parse_pairwise_flag("=x.jsonl")
+        parse_pairwise_flag("=x.jsonl")
     # Two judges in one cache: pick one.
     path = pair_cache(tmp_path / "p.jsonl", ["win", "loss"])
     ours = {"p0": make_record(["TAG-0 question"], "OURS 0", "lima")}
     base = {"p0": make_record(["TAG-0 question"], "BASE 0", "alpaca")}
     judge_pairwise(ours, base, TableJudge({"0": "loss"}, name="second-judge"), JudgmentCache(path), progress=False)
     with pytest.raises(LimaError, match="several judges.*--judge_model"):
-        report.pairwise_distribution("x", str(path))
-    assert report.pairwise_distribution("x", str(path), judge="table-judge").counts == {"win": 1, "tie": 0, "loss": 1}
-    assert report.pairwise_distribution("x", str(path), judge="second-judge").counts == {"win": 0, "tie": 0, "loss": 1}
+        pairwise_distribution("x", str(path))
+    assert pairwise_distribution("x", str(path), judge="table-judge").counts == {"win": 1, "tie": 0, "loss": 1}
+    assert pairwise_distribution("x", str(path), judge="second-judge").counts == {"win": 0, "tie": 0, "loss": 1}
 
 
 def test_a_cache_holding_two_baselines_is_refused(tmp_path):
@@ -138,7 +143,7 @@ def test_a_cache_holding_two_baselines_is_refused(tmp_path):
         base = {f"p{t}": make_record([f"TAG-{t} question"], f"BASE {t}", baseline) for t in tags}
         judge_pairwise(ours, base, judge, JudgmentCache(path), progress=False)
     with pytest.raises(LimaError) as e:
-        report.pairwise_distribution(None, str(path))
+        pairwise_distribution(None, str(path))
     assert str(e.value) == (f"{path} holds judgments of several pairs of generators (lima vs epoch1: 2 prompts; "
                             "lima vs epoch2: 1 prompts); judge each baseline into a --cache of its own")
 
@@ -177,7 +182,7 @@ def test_report_refuses_to_overwrite_an_existing_report_unless_told(tmp_path):
 # Auditable verdicts (issue 13 item 4): ties told apart, position consistency, lengths, the
 # length-controlled win rate, agreement with human labels, charts that say what they show.
 
-from lima_jax.evaluate import audit  # noqa: E402
+from lima_jax.evaluate.labels import read_human_labels  # noqa: E402
 
 
 class PlannedJudge:
@@ -229,7 +234,7 @@ def test_a_judge_that_only_prefers_longer_answers_has_a_length_controlled_win_ra
         p_ours = sigmoid(2.0 * math.tanh((ours_len - base_len) / sd))
         return "win" if rng.random() < p_ours else "loss"
 
-    d = report.pairwise_distribution(None, judged_lengths(tmp_path / "c.jsonl", lengths, prefers_longer), samples=400)
+    d = pairwise_distribution(None, judged_lengths(tmp_path / "c.jsonl", lengths, prefers_longer), samples=400)
     lc = d.audit.length_controlled
     assert lc.prompts == 1000
     assert 60 <= lc.win_rate <= 70  # the raw preference rewards length
@@ -240,7 +245,7 @@ def test_a_judge_that_only_prefers_longer_answers_has_a_length_controlled_win_ra
     def always_longer(tag, ours_len, base_len, rng):  # deterministic: length separates the verdicts
         return "win" if ours_len > base_len else "loss"
 
-    d = report.pairwise_distribution(None, judged_lengths(tmp_path / "d.jsonl", lengths, always_longer), samples=200)
+    d = pairwise_distribution(None, judged_lengths(tmp_path / "d.jsonl", lengths, always_longer), samples=200)
     lc = d.audit.length_controlled
     assert lc.win_rate == pytest.approx(100 * np.mean(deltas > 0)) and lc.win_rate > 70
     assert abs(lc.lc_win_rate - 50) < 10 and lc.length_coef > 10
@@ -253,7 +258,7 @@ def test_a_judge_blind_to_length_keeps_its_win_rate_when_length_is_controlled(tm
     def quality(tag, ours_len, base_len, rng):  # ours wins 7 in every 10 prompts along the length difference
         return "win" if rank[tag] % 10 < 7 else "loss"
 
-    d = report.pairwise_distribution(None, judged_lengths(tmp_path / "c.jsonl", lengths, quality), samples=200)
+    d = pairwise_distribution(None, judged_lengths(tmp_path / "c.jsonl", lengths, quality), samples=200)
     lc = d.audit.length_controlled
     assert lc.win_rate == 70.0 and abs(lc.lc_win_rate - 70) < 1 and abs(lc.length_coef) < 0.2
 
@@ -262,28 +267,28 @@ def test_the_logistic_fit_recovers_known_coefficients_and_an_intercept_only_fit_
     rng = np.random.default_rng(0)
     x = np.tanh(rng.normal(size=20000))
     y = (rng.random(20000) < 1 / (1 + np.exp(-(0.5 + 1.5 * x)))).astype(float)
-    coef = audit.logistic_fit(np.stack([np.ones_like(x), x], 1), y, np.ones((1, len(y))))[0]
+    coef = stats.logistic_fit(np.stack([np.ones_like(x), x], 1), y, np.ones((1, len(y))))[0]
     assert coef == pytest.approx([0.5, 1.5], abs=0.08)
     soft = np.array([0, 0.25, 0.5, 1, 1, 0.75])
-    (b,) = audit.logistic_fit(np.ones((6, 1)), soft, np.ones((1, 6)), ridge=0.0)[0]
+    (b,) = stats.logistic_fit(np.ones((6, 1)), soft, np.ones((1, 6)), ridge=0.0)[0]
     assert sigmoid(b) == pytest.approx(soft.mean(), abs=1e-9)
     # Equal lengths everywhere: no length term, the LC win rate is the win rate with ties half.
-    lc = audit.length_controlled_win_rate(soft, [10] * 6, [10] * 6, samples=100)
+    lc = stats.length_controlled_win_rate(soft, [10] * 6, [10] * 6, samples=100)
     assert lc.length_coef == 0 and lc.lc_win_rate == pytest.approx(lc.win_rate, abs=0.1)
     assert lc.win_rate == pytest.approx(100 * soft.mean())
 
 
 def test_ties_are_told_apart_from_orders_that_disagree(tmp_path):
     """The demo report once showed "100% tie" with no hint that all 30 were disagreements."""
-    biased = report.pairwise_distribution("biased", str(pair_cache(tmp_path / "a.jsonl", ["first"] * 30)), samples=200)
+    biased = pairwise_distribution("biased", str(pair_cache(tmp_path / "a.jsonl", ["first"] * 30)), samples=200)
     assert biased.counts == {"win": 0, "tie": 30, "loss": 0}
     assert biased.audit.split.counts == {"win": 0, "tie_neither": 0, "tie_disagreed": 30, "loss": 0}
     assert biased.audit.consistency.counts == {"agreed": 0, "disagreed": 30}
-    mixed = report.pairwise_distribution("mixed", str(pair_cache(
+    mixed = pairwise_distribution("mixed", str(pair_cache(
         tmp_path / "b.jsonl", ["win"] * 4 + ["tie"] * 3 + ["first"] * 2 + ["loss"] + ["fail"])), samples=200)
     assert mixed.audit.split.counts == {"win": 4, "tie_neither": 3, "tie_disagreed": 2, "loss": 1}
     assert mixed.audit.consistency.pct("agreed") == 80.0 and mixed.audit.consistency.total == 10
-    md = report.markdown([biased, mixed], None, "LIMA", 200, 0)
+    md = markdown([biased, mixed], None, "LIMA", 200, 0)
     assert "| biased | 0.0% [0.0, 0.0] (0) | 100.0% [100.0, 100.0] (30) | 0.0% [0.0, 0.0] (0/30) |" in md
     assert "| mixed | 30.0% [" in md and "] (3) | 20.0% [" in md and "] (2) | 80.0% [" in md and "] (8/10) |" in md
     j = mixed.to_json()
@@ -299,7 +304,7 @@ def test_ties_are_told_apart_from_orders_that_disagree(tmp_path):
 
 
 def test_tie_discounted_accuracy_scores_as_lima_does():
-    assert [audit.tie_discounted(a, b) for a, b in [("win", "win"), ("tie", "tie"), ("win", "tie"), ("tie", "loss"),
+    assert [stats.tie_discounted(a, b) for a, b in [("win", "win"), ("tie", "tie"), ("win", "tie"), ("tie", "loss"),
                                                     ("win", "loss")]] == [1.0, 1.0, 0.5, 0.5, 0.0]
 
 
@@ -311,9 +316,9 @@ def write_labels(path, rows) -> str:
 def test_agreement_with_human_labels(tmp_path):
     cache = pair_cache(tmp_path / "a.jsonl", ["win", "win", "tie", "loss", "first", "fail"])
     # The judge: p0 win, p1 win, p2 tie, p3 loss, p4 tie (orders disagree), p5 no verdict.
-    from lima_jax.evaluate.responses import prompt_id
+    from lima_jax.evaluate.answers.records import prompt_id
 
-    labels = audit.read_human_labels(write_labels(tmp_path / "labels.jsonl", [
+    labels = read_human_labels(write_labels(tmp_path / "labels.jsonl", [
         {"id": "p0", "baseline": "alpaca-65b", "label": "win"},  # 1
         {"id": "p1", "baseline": "alpaca-65b", "label": "loss"},  # 0
         {"id": "p2", "baseline": "alpaca-65b", "label": "win", "annotator": "ann1"},  # 0.5
@@ -324,21 +329,21 @@ def test_agreement_with_human_labels(tmp_path):
         {"id": "p0", "baseline": "gpt-4", "label": "loss"},  # another baseline: not scored here
     ]))
     assert prompt_id(["TAG-0 question"]) != "p0"  # the ids are the response files' own, as in the cache
-    d = report.pairwise_distribution(None, str(cache), samples=300, labels=labels)
+    d = pairwise_distribution(None, str(cache), samples=300, labels=labels)
     h = d.audit.human
     assert (h.labels, h.prompts, h.same, h.half, h.unjudged) == (6, 5, 3, 2, 1)
     assert h.agreement == pytest.approx(100 * 4 / 6)
     assert h.ci[0] < h.agreement < h.ci[1]
-    md = report.markdown([d], None, "LIMA", 300, 0, human_labels="labels.jsonl")
+    md = markdown([d], None, "LIMA", 300, 0, human_labels="labels.jsonl")
     assert "### Agreement with human labels (labels.jsonl)" in md
     assert "| alpaca-65b | 6 | 5 | 66.7% [" in md and "] | 3 | 2 | 1 |" in md
     assert d.to_json()["human_agreement"]["agreement"] == 66.67
 
 
 def test_human_labels_may_be_keyed_by_prompt_and_bad_lines_are_named(tmp_path):
-    from lima_jax.evaluate.responses import prompt_id
+    from lima_jax.evaluate.answers.records import prompt_id
 
-    good = audit.read_human_labels(write_labels(tmp_path / "ok.jsonl", [
+    good = read_human_labels(write_labels(tmp_path / "ok.jsonl", [
         {"prompt": ["Hi", "Hello", "Why?"], "baseline": "b", "label": "loss"}]))
     assert good[0].prompt_id == prompt_id(["Hi", "Hello", "Why?"]) and good[0].label == "loss"
     bad = tmp_path / "bad.jsonl"
@@ -350,18 +355,18 @@ def test_human_labels_may_be_keyed_by_prompt_and_bad_lines_are_named(tmp_path):
          r"bad.jsonl:2: prompt 'p0' vs 'b' is already labelled on line 1"),
     ]:
         with pytest.raises(LimaError, match=message):
-            audit.read_human_labels(write_labels(bad, rows))
+            read_human_labels(write_labels(bad, rows))
     cache = pair_cache(tmp_path / "a.jsonl", ["win"])
-    wrong_ours = audit.read_human_labels(write_labels(bad, [{"id": "p0", "baseline": "alpaca-65b", "label": "win",
+    wrong_ours = read_human_labels(write_labels(bad, [{"id": "p0", "baseline": "alpaca-65b", "label": "win",
                                                              "ours": "other"}]))
     with pytest.raises(LimaError, match="bad.jsonl:1: labels 'other' vs 'alpaca-65b', but the cache judged 'lima'"):
-        report.pairwise_distribution(None, str(cache), labels=wrong_ours)
+        pairwise_distribution(None, str(cache), labels=wrong_ours)
 
 
 def test_every_chart_has_a_title_the_judge_n_and_95_percent_intervals(tmp_path):
-    comparisons = [report.pairwise_distribution(name, str(pair_cache(tmp_path / f"{name}.jsonl", plan)), samples=200)
+    comparisons = [pairwise_distribution(name, str(pair_cache(tmp_path / f"{name}.jsonl", plan)), samples=200)
                    for name, plan in (("A", ["win"] * 6 + ["first"] * 2 + ["loss"] * 2), ("B", ["tie", "loss"]))]
-    fig = report.pairwise_chart(comparisons, "LIMA")
+    fig = pairwise_chart(comparisons, "LIMA")
     ax = fig.axes[0]
     assert fig._suptitle.get_text() == "Pairwise preference: LIMA vs each baseline"
     assert ax.get_title().startswith("judge: table-judge · error bars: 95% bootstrap intervals of 'LIMA wins' and "
@@ -376,9 +381,9 @@ def test_every_chart_has_a_title_the_judge_n_and_95_percent_intervals(tmp_path):
     assert (round(100 - a_loss[1], 1), round(100 - a_loss[0], 1)) in spans  # its loss share, at the loss edge
     assert comparisons[1].intervals["win"] == (0.0, 0.0)
     assert len(spans) == 3  # B never wins: a zero-wide interval draws no bar (its caps would be a stray tick)
-    rated = report.absolute_distribution(
+    rated = absolute_distribution(
         "LIMA", str(rating_cache(tmp_path / "abs.jsonl", ["Pass", "Fail", "Excellent"])))
-    fig = report.stacked_bars([rated], ("Fail", "Pass", "Excellent"), ("r", "y", "g"), "%", "Absolute rating of LIMA")
+    fig = stacked_bars([rated], ("Fail", "Pass", "Excellent"), ("r", "y", "g"), "%", "Absolute rating of LIMA")
     assert fig._suptitle.get_text() == "Absolute rating of LIMA" and "judge: table-judge" in fig.axes[0].get_title()
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["LIMA\n(n=3)"]
 
@@ -398,7 +403,7 @@ def test_report_command_with_human_labels_and_response_files_for_a_cache_without
     assert "| Alpaca 65B | 0 | n/a | n/a | n/a |" in r.stdout  # no lengths: no LC win rate
     assert "Lengths unknown for 5 judged prompts" in r.stdout
     assert "| alpaca-65b |" not in r.stdout and "| Alpaca 65B | 2 | 2 | 75.0% [" in r.stdout  # 1 and 0.5
-    from lima_jax.evaluate.responses import write_responses
+    from lima_jax.evaluate.answers.records import write_responses
 
     write_responses(tmp_path / "ours.jsonl", [make_record([f"TAG-{i} question"], f"OURS {i}", "lima", f"p{i}")
                                               for i in range(5)])

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.responses import make_record, prompt_id, write_responses
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.answers.records import make_record, prompt_id, write_responses
+from lima_jax.evaluate.answers.formats import read_responses
 
 
 def test_round_trip_and_stable_ids(tmp_path):

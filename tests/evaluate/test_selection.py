@@ -2,15 +2,15 @@
 from support.charts import check_png
 from support.judges import Reply, ScriptedServer
 
-from lima_jax.evaluate.responses import make_record, write_responses
+from lima_jax.evaluate.answers.records import make_record, write_responses
 
 
 def test_likert_per_epoch_table_and_figure_9_plot(tmp_path):
     """The library on constructed epochs: each epoch's dev answers scored by a scripted server, one
     cache per epoch, and a rerun asks nothing."""
     from lima_jax.evaluate import selection
-    from lima_jax.evaluate.judging import make_judge, with_answer_format
-    from lima_jax.evaluate.prompts import LIKERT_LINE
+    from lima_jax.evaluate.judge.factory import make_judge, with_answer_format
+    from lima_jax.evaluate.judge.prompts import LIKERT_LINE
     from lima_jax.storage.paths import user_path
 
     out = user_path(str(tmp_path))
@@ -46,3 +46,14 @@ def test_likert_per_epoch_table_and_figure_9_plot(tmp_path):
     assert f"| 2 | 20 | 1.2000 | 4.00 | 5.33 [{second['likert_ci_low']:.2f}, {second['likert_ci_high']:.2f}] | 3 | 0 |" in table
     selection.plot(rows, out / "select.png")
     check_png(tmp_path / "select.png")
+
+
+def test_the_ablations_choice_takes_the_best_epoch_and_the_earlier_of_a_tie():
+    from lima_jax.evaluate import selection
+
+    rows = [{"epoch": 1, "dev_loss": 2.0, "likert_mean": 4.0}, {"epoch": 2, "dev_loss": 1.5, "likert_mean": None},
+            {"epoch": 3, "dev_loss": 1.5, "likert_mean": 4.0}, {"epoch": 4, "dev_loss": 1.7, "likert_mean": 3.5}]
+    assert selection.best_epoch(rows, "likert")["epoch"] == 1  # 4.0 twice: the earlier; nothing scored: last
+    assert selection.best_epoch(rows, "dev_loss")["epoch"] == 2
+    assert selection.best_epoch(rows, "epoch")["epoch"] == 1  # a fixed epoch: the one row its range kept
+    assert selection.best_epoch([dict(rows[1])], "likert")["epoch"] == 2

@@ -13,9 +13,9 @@ import tempfile
 
 import pytest
 
-from lima_jax.evaluate.responses import make_record, prompt_id
+from lima_jax.evaluate.answers.records import make_record, prompt_id
 
-from lima_jax.evaluate.formats import read_responses
+from lima_jax.evaluate.answers.formats import read_responses
 from support.commands import call_command
 
 MESH = "--mesh=fsdp=4,tensor=2"  # fsdp crosses the two processes: each holds half of every weight

@@ -17,7 +17,7 @@ from safetensors.numpy import load
 from support.commands import call_command
 from support.paths import STORIES260K
 from lima_jax.data import demo_dir
-from lima_jax.evaluate.responses import prompt_id
+from lima_jax.evaluate.answers.records import prompt_id
 from lima_jax.weights.convert import read_weights
 from lima_jax.weights.hf import config_to_hf
 from lima_jax.weights.names import params_to_hf

@@ -9,7 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from lima_jax.evaluate.judges import OpenAIJudge
+from lima_jax.evaluate.judge.openai import OpenAIJudge
 
 
 @dataclasses.dataclass

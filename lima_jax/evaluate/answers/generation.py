@@ -1,119 +1,21 @@
-"""The response file that generation writes and judging reads, and the generation that writes it.
-
-JSONL, one object per line:
-
-    {"id": "9c1d...", "prompt": ["a user turn", ...], "output": "the model's answer", "generator": "lima-65b"}
-
-`prompt` holds the conversation up to and including the last user turn (an odd number of turns,
-user first). `id` is optional on input: without one it is `prompt_id(prompt)`, a hash of the turns,
-so two systems answering the same prompts pair up by id with no shared bookkeeping. `generator`
-is optional too (default: the file's name without its suffix).
-
-Beside the file generation writes, `<file>.generation.json` records what its answers were generated
-with (the checkpoint, its step, the sampling and the seed), so that a run with other ones does not
-continue it; judging never reads it.
+"""Generation into an answer file: the questions asked (a follow-up after the model's own answer), the
+sinks that write each file format, resuming what a file lacks, and the record of what its answers were
+generated with (`<file>.generation.json`, beside it, so that a run with another checkpoint or other
+sampling does not continue it; judging never reads it).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+from lima_jax.data.records import check_appendable, repair_tail
 from lima_jax.errors import LimaError, say
+from lima_jax.evaluate.answers.records import (Record, digest, make_record, parse_record, prompt_id,
+                                               read_response_jsonl)
 from lima_jax.inference import hosts
-from lima_jax.data.records import BadLine, check_appendable, json_object, read_jsonl, repair_tail
 from lima_jax.storage.paths import Appender, Path, PathLike, write_atomically
-
-Record = dict[str, Any]
-
-
-def digest(value: Any) -> str:
-    blob = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-def prompt_id(turns: Sequence[str]) -> str:
-    """A stable id for a prompt: the same turns give the same id in every file and on every run."""
-    return digest(list(turns))
-
-
-def text_hash(text: str) -> str:
-    """Identifies an output in judgment keys, so a regenerated answer is judged again."""
-    return digest(text)
-
-
-def make_record(prompt: Sequence[str], output: str, generator: str, id: str | None = None) -> Record:
-    turns = list(prompt)
-    return {"id": id or prompt_id(turns), "prompt": turns, "output": output, "generator": generator}
-
-
-def file_head(path: str) -> bytes:
-    """The start of the file's text after any blank space (empty for no file): enough to tell formats apart."""
-    p = Path(path)
-    if not p.is_file():
-        return b""
-    with p.open("rb") as f:
-        return f.read(65536).lstrip()
-
-
-def first_object(head: bytes) -> dict:
-    """The JSON object on the first line of `head`, or {} when there is none."""
-    try:
-        value = json.loads(head.split(b"\n", 1)[0].decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def write_responses(path: PathLike, records: Iterable[Record]) -> None:
-    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-
-
-def _parse(text: str, default_generator: str) -> Record:
-    obj = json_object(text)
-    if "question_id" in obj and "choices" in obj and "prompt" not in obj:
-        raise BadLine("an MT-Bench answer, which holds no question text: pass --mt_bench_questions=question.jsonl")
-    for field in ("prompt", "output"):
-        if field not in obj:
-            raise BadLine(f"missing {field!r}")
-    prompt = obj["prompt"]
-    if isinstance(prompt, str):  # a single user turn, written as a plain string
-        prompt = [prompt]
-    if not isinstance(prompt, list) or not prompt or not all(isinstance(t, str) for t in prompt):
-        raise BadLine("'prompt' must be a non-empty list of strings (the turns)")
-    if len(prompt) % 2 == 0:
-        raise BadLine(f"'prompt' has {len(prompt)} turns; it must end with a user turn (an odd number)")
-    if not isinstance(obj["output"], str):
-        raise BadLine("'output' must be a string")
-    rid = obj.get("id")
-    if rid is not None and (not isinstance(rid, str) or not rid):
-        raise BadLine("'id' must be a non-empty string")
-    generator = obj.get("generator", default_generator)
-    if not isinstance(generator, str):
-        raise BadLine("'generator' must be a string")
-    return make_record(prompt, obj["output"], generator, rid)
-
-
-def read_response_jsonl(path: str | os.PathLike) -> dict[str, Record]:
-    """Reads a JSONL response file into {id: record}, in file order; a bad line raises `file:line: why`.
-    `formats.read_responses` reads the other tools' files too."""
-    name = os.fspath(path)
-    default_generator = Path(name).stem
-    records: dict[str, Record] = {}
-    first_line: dict[str, int] = {}
-    parsed, _ = read_jsonl(name, lambda text: _parse(text, default_generator))
-    for lineno, record in parsed:
-        rid = record["id"]
-        if rid in records:  # two answers to one prompt cannot be paired with another file
-            raise LimaError(f"{name}:{lineno}: id {rid!r} already appears on line {first_line[rid]}")
-        records[rid] = record
-        first_line[rid] = lineno
-    if not records:
-        raise LimaError(f"{name}: no responses")
-    return records
-
 
 
 @dataclasses.dataclass
@@ -177,7 +79,7 @@ class ResponseSink:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if self.fresh or not self.output.exists():
             return {}
-        check_appendable(self.output, lambda text: _parse(text, self.name), "a response file")
+        check_appendable(self.output, lambda text: parse_record(text, self.name), "a response file")
         repair_tail(self.output)
         if not self.output.read_text(encoding="utf-8").strip():
             return {}
@@ -326,3 +228,26 @@ def generate_responses(generator: Any, prompts: list[list[str]], output: Path, n
     if settings is not None:
         sink = RecordedSink(sink, settings, remedy)
     return generate_answers(generator, questions_from_prompts(prompts), sink, params, seed, batch_size, progress)
+
+
+def generate_file(checkpoint: str, questions: Sequence[Question], sink: Sink, params: Any, seed: int,
+                  batch_size: int, mesh: str = "", dtype: str = "auto", heading: str = "",
+                  progress: Callable[[str], None] = lambda line: None) -> int:
+    """`evaluate.generate` once its inputs are checked: answers what the sink's file lacks with the
+    checkpoint (its resolved step, once: a newer step of a run is not mixed in), refusing a file
+    generated with another checkpoint or other sampling; `heading` is said before the model loads.
+    Returns how many answers were generated now."""
+    # JAX, only now: the command has checked its input (and read the output) without it.
+    from lima_jax.inference.generator import Generator, parse_mesh
+    from lima_jax.weights import checkpoint as checkpoints
+
+    step = checkpoints.resolve(checkpoint)
+    settings = generation_settings(step, params, seed)
+    if dtype != "auto":  # recorded only when given: the records written before it still match
+        settings["dtype"] = dtype
+    sink = RecordedSink(sink, settings)
+    hosts.from_process_0(lambda: len(sink.answered(questions)))
+    if heading:
+        progress(heading)
+    generator = Generator(str(step), parse_mesh(mesh), dtype)
+    return generate_answers(generator, questions, sink, params, seed, batch_size, progress=progress)

@@ -13,7 +13,7 @@ import dataclasses
 import re
 from typing import Callable, Sequence
 
-Messages = list[dict[str, str]]
+from lima_jax.evaluate.judge.protocol import Messages
 
 PAIRWISE_CHOICES = ("A", "B", "C")
 ABSOLUTE_CHOICES = ("Fail", "Pass", "Excellent")
@@ -193,7 +193,7 @@ def parse_likert(text: str | None, choices: Sequence[str] = LIKERT_CHOICES) -> s
 class AnswerFormat:
     """How a judge's answer names its choice: `parse` reads a sampled answer (None: unreadable);
     a log-probability judge scores each choice as the continuation of `prefix` at the start of
-    its answer (`lima_jax.evaluate.local_judge`)."""
+    its answer (`lima_jax.evaluate.judge.local`)."""
 
     parse: Callable[[str | None, Sequence[str]], str | None]
     prefix: str

@@ -1,12 +1,7 @@
-"""Judges: what answers a judging prompt with one of a few choices.
-
-`Judge` is the protocol the judging commands use. `OpenAIJudge` implements it over any
-OpenAI-compatible chat-completions service (a hosted GPT-4-class model, or a local vLLM server)
-using urllib, so judging needs no extra dependency. A judge built on a local checkpoint (reading
-the log-probabilities of the answer letters) plugs in by implementing the same two members.
-
-A judge never turns a failure into a verdict: when it cannot get a readable answer it raises
-JudgeFailure, which the commands record as a failure (not a tie) and retry on the next run.
+"""`OpenAIJudge`: the `Judge` protocol over any OpenAI-compatible chat-completions service (a hosted
+GPT-4-class model, or a local vLLM server), using urllib, so judging needs no extra dependency.
+Timeouts, connection errors, 429, 5xx and unreadable answers are retried with capped exponential
+backoff; a bad key, URL or model stops the run (`JudgeUnavailable`).
 """
 from __future__ import annotations
 
@@ -21,42 +16,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Sequence
 
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.prompts import parse_verdict
+from lima_jax.evaluate.judge.prompts import parse_verdict
+from lima_jax.evaluate.judge.protocol import JudgeFailure, JudgeUnavailable, Messages
 
-Messages = list[dict[str, str]]
 Parser = Callable[[str, Sequence[str]], "str | None"]
-
-
-class JudgeFailure(Exception):
-    """No verdict for one judging prompt; `raw` is the judge's last output (or error body), if any."""
-
-    def __init__(self, message: str, raw: str | None = None):
-        super().__init__(message)
-        self.raw = raw
-
-
-class JudgeUnavailable(LimaError):
-    """The judge cannot answer any prompt (bad key, URL or model): the run stops instead of
-    recording the same failure for every prompt."""
-
-
-@runtime_checkable
-class Judge(Protocol):
-    # Recorded in every judgment and part of its cache key: a different judge is asked afresh.
-    name: str
-
-    def verdict(self, prompt_messages: Messages, choices: Sequence[str]) -> tuple[str, str]:
-        """Answers a judging prompt (chat messages, from `prompts`) with one of `choices`.
-
-        Returns (the choice, spelled exactly as in `choices`; the raw judge output, kept in the
-        cache for auditing). Raises JudgeFailure when no choice could be had; never guesses.
-        The prompts ask for a last line `Verdict: X`, so a judge that reads log-probabilities can
-        score each choice as the continuation of "Verdict: " after the assistant turn starts.
-        """
-        ...
 
 
 class _Retryable(Exception):
@@ -118,7 +84,7 @@ class OpenAIJudge:
         if not base_url or urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
             raise LimaError(f"judge URL {base_url!r} is not an http(s) URL (e.g. https://api.openai.com/v1)")
         if not model:
-            raise LimaError("the judge model is required (e.g. --judge_model=gpt-4)")
+            raise LimaError("the judge model is required (e.g. gpt-4)")
         if max_retries < 0 or timeout_s <= 0 or backoff_s < 0 or max_backoff_s < 0:
             raise LimaError("judge retries, timeout and backoff must not be negative (timeout above 0)")
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -184,7 +150,8 @@ class OpenAIJudge:
                 raise _Retryable(f"HTTP {e.code}: {_short(detail)}", raw=detail,
                                  retry_after=_retry_after(e.headers.get("Retry-After") if e.headers else None)) from None
             if e.code in (401, 403, 404):
-                hint = f" (is ${self.api_key_env} set?)" if e.code in (401, 403) else " (check --judge_url and --judge_model)"
+                hint = (f" (is ${self.api_key_env} set?)" if e.code in (401, 403)
+                        else f" (check the URL and the model, {self.model!r})")
                 raise JudgeUnavailable(f"judge {self.url} answered HTTP {e.code}: {_short(detail, 200)}{hint}") from None
             # Other 4xx (e.g. a prompt over the context length) concern this prompt only; asking
             # again would get the same answer.

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lima_jax.evaluate.judges import JudgeFailure, Messages
-from lima_jax.evaluate.prompts import VERDICT_LINE
+from lima_jax.evaluate.judge.prompts import VERDICT_LINE
+from lima_jax.evaluate.judge.protocol import JudgeFailure, Messages
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import MIN_BUCKET, bucket
 from lima_jax.model import KVCache

@@ -21,9 +21,10 @@ from typing import Any, Sequence
 
 from lima_jax.data.records import BadLine, check_appendable, json_object, read_conversations, read_jsonl, repair_tail
 from lima_jax.errors import LimaError
-from lima_jax.evaluate.responses import (Question, Record, ResponseSink, Sink, append_records, check_generator, digest,
-                                         file_head, first_object, make_record, prompt_id, questions_from_prompts,
-                                         read_response_jsonl)
+from lima_jax.evaluate.answers.generation import (Question, ResponseSink, Sink, append_records, check_generator,
+                                                  questions_from_prompts)
+from lima_jax.evaluate.answers.records import (Record, digest, file_head, first_object, make_record, prompt_id,
+                                               read_response_jsonl)
 from lima_jax.storage.paths import Path, write_atomically
 
 FORMATS = ("responses", "alpaca_eval", "mt_bench")
@@ -253,7 +254,7 @@ class MtBenchSink:
 def make_sink(output_format: str, output: Path, name: str, fresh: bool = False) -> Sink:
     sinks = {"responses": ResponseSink, "alpaca_eval": AlpacaEvalSink, "mt_bench": MtBenchSink}
     if output_format not in sinks:
-        raise LimaError(f"--output_format={output_format}: one of {', '.join(FORMATS)}")
+        raise LimaError(f"output format {output_format!r}: one of {', '.join(FORMATS)}")
     return sinks[output_format](output, name, fresh)
 
 
