@@ -10,7 +10,7 @@ from typing import Any
 from lima_jax.data.records import BadLine, json_object, read_jsonl
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.answers.records import prompt_id
-from lima_jax.evaluate.stats import OUTCOME_SCORE
+from lima_jax.evaluate.protocols.results import OUTCOME_SCORE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from lima_jax.evaluate.labels import HumanLabel
+from lima_jax.evaluate.labels import HumanLabel
+from lima_jax.evaluate.protocols.results import OUTCOME_SCORE
 
 Interval = tuple[float, float]
 
-OUTCOME_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # from our side
 LENGTH_UNIT = "characters"  # as AlpacaEval's `str.len()`, so the figures compare across tools
 RIDGE = 0.01  # L2 penalty on the logistic coefficients: a N(0, 10^2) prior, negligible unless the data separate
 

@@ -23,7 +23,7 @@ from lima_jax.evaluate.judge.cache import (Judgment, JudgmentCache, Reading, jud
 from lima_jax.evaluate.judge.protocol import Judge
 from lima_jax.evaluate.judge.runner import Task, run_tasks
 from lima_jax.evaluate.labels import HumanLabel
-from lima_jax.evaluate.protocols.results import Judged, check_one_judge, summarize
+from lima_jax.evaluate.protocols.results import OUTCOME_SCORE, Judged, check_one_judge, summarize
 from lima_jax.storage.paths import Path
 
 ORDERS = ("ours_first", "baseline_first")  # ours is response A, then response B
@@ -203,7 +203,7 @@ def pair_audit(chosen: Mapping[str, Mapping[str, dict | None]], ours: str, basel
             continue
         ours_len.append(mine)
         base_len.append(theirs)
-        preference.append(statistics.fmean(stats.OUTCOME_SCORE[order_outcome(o, orders[o]["verdict"])]
+        preference.append(statistics.fmean(OUTCOME_SCORE[order_outcome(o, orders[o]["verdict"])]
                                            for o in ORDERS))
     consistency = {pid: "agreed" if label != "tie_disagreed" else "disagreed" for pid, label in split.items()}
     lc = None

@@ -10,6 +10,8 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate.judge.protocol import Judge
 from lima_jax.evaluate.judge.runner import RunStats
 
+OUTCOME_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # a pairwise outcome (or human label), from our side
+
 
 @dataclasses.dataclass
 class Judged:
