@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
     if len(given) != 1:
         raise LimaError("give exactly one of --prompt_ids, --prompt, --prompt_file")
     params = SamplingParams(**_SAMPLING.values())
-    params.check()
+    _SAMPLING.check(params)
     records = read_conversations(_PROMPT_FILE.value)[0] if _PROMPT_FILE.value is not None else None
     check_exists(_CHECKPOINT.value, "checkpoint")
     # The input is checked: now JAX.

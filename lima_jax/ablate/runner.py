@@ -67,7 +67,7 @@ class ArmWork:
 
 def sampling_params(grid: ml_collections.ConfigDict) -> SamplingParams:
     params = SamplingParams(**grid.sampling.to_dict())
-    params.check()
+    params.check({name: f"--{name}" for name in grid.sampling.to_dict()})  # as the sampling commands name them
     return params
 
 

@@ -152,9 +152,9 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
         max_new_tokens=max_tokens or room,
     )
     try:
-        params.check()
-    except LimaError as e:  # the sampler's message names the command-line flag
-        raise ApiError(400, str(e).replace("--max_new_tokens", "max_tokens").replace("--", "")) from None
+        params.check({"max_new_tokens": "max_tokens"})  # named as the request names them
+    except LimaError as e:
+        raise ApiError(400, str(e)) from None
     stop = _get(body, "stop", (str, list), [])
     stop = [stop] if isinstance(stop, str) else stop
     if not all(isinstance(s, str) and s for s in stop):

@@ -134,7 +134,7 @@ def test_a_non_finite_sampling_knob_is_one_line_naming_it(knob):
 
     for value in (math.nan, math.inf, -math.inf):
         with pytest.raises(LimaError, match=rf"^--{knob} must be a finite number, got {value}$"):
-            SamplingParams(**{knob: value}).check()
+            SamplingParams(**{knob: value}).check({knob: f"--{knob}"})  # named as the commands name their flags
 
 
 @pytest.mark.parametrize("command, args", [
