@@ -2,30 +2,10 @@
 
     python -m lima_jax.bench --mode=decode --config=tiny --shape=ci
 
-Both frameworks decode greedily from the same weights (ours converted to a
-`transformers.LlamaForCausalLM`), from random prompts of `prompt_len` tokens, for a fixed number of
-new tokens (no stop token fires). Each framework is timed generating N tokens and generating 1, in
-alternation, and each figure is a median:
-
-- `ttft_s`: time to first token at batch 1 (a whole `generate` call for one token: prefill, the
-  first sample; ours also runs the one decode step its loop ends with);
-- `decode_tokens_per_s_bB`: B*(N-1) / (time for N tokens - time for 1), the rate of the decode
-  steps alone, prefill excluded;
-- `lima_sampling_tokens_per_s_bB`: the same rate sampling with LIMA's settings (nucleus p 0.9,
-  temperature 0.7, repetition penalty 1.2; transformers applies its penalty to the prompt too);
-- `decode_compile_s`: seconds to trace and compile greedy decoding (the first `generate` call less a
-  second one) for a model of the CI shape's depth and one 10x deeper, at tiny width (dim 64, vocab
-  256) so only the depth costs; the decode step runs its layers unrolled, so this grows with depth;
-- `roofline_fraction`: batch-1 decode steps per second times the bytes of weights one step reads
-  (every parameter but the input embedding, which is only gathered), over the memory bandwidth
-  measured in this run (a jitted sum over a buffer far larger than any cache). 1.0 would mean
-  every step streams the weights at that bandwidth.
-
-With `--dtype=bfloat16` both frameworks hold the weights (and their KV caches) in bf16 and compute in
-it; the roofline counts 2 bytes a weight. On XLA:CPU a product of bf16 operands accumulated in float32
-reads the bf16 weights as they lie from 2 rows up, but at 1 row XLA converts each weight to float32
-every step, so batch 1 gains nothing there (see `inference.layout`).
-"""
+Both frameworks decode greedily from the same weights and random prompts for a fixed number of new
+tokens; each is timed generating N tokens and generating 1, in alternation, so the decode rate leaves
+the prefill out. The roofline divides the bytes of weights a step reads by a memory bandwidth measured
+in the same run. The record's keys are described in docs/bench.md."""
 from __future__ import annotations
 
 import dataclasses

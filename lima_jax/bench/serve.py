@@ -3,21 +3,10 @@
     python -m lima_jax.bench --mode=serve --config=tiny --shape=ci
     python -m lima_jax.bench --mode=serve --checkpoint=CKPT
 
-The server (`lima_jax.serve`: the engine and the Starlette app under uvicorn) runs on 127.0.0.1 in
-this process, serving `--checkpoint` or, without one, a random model of the config saved with the demo
-tokenizer. For each concurrency c, c client threads each send `requests` non-streaming
-`/v1/completions` requests one after another: a random prompt of `prompt_len` token ids, `new_tokens`
-to generate, LIMA's sampling (the fields left out), a seed of its own. A random model rarely emits
-its stop token, so answers run to `new_tokens`; `output_tokens_per_s` counts what the server
-reports in `usage`. Before the timed requests, one untimed round at that concurrency.
-
-- `requests_per_s_cC`: requests answered / wall time from the first request sent to the last answer;
-- `output_tokens_per_s_cC`: completion tokens / that wall time;
-- `latency_p50_s_cC`, `latency_p95_s_cC`: a request's time from sending to its whole answer;
-- `rows_per_batch_cC`: how many requests the engine decoded together, on average;
-- `sampler_tokens_per_s_bB`: the sampler alone (`generate`, no server) on B of the same requests at
-  once, measured in the same run, and `serve_over_sampler_c1` / `_c16`: what the server keeps of it.
-"""
+The server runs on 127.0.0.1 in this process (a random model of the config when no checkpoint is
+given); for each concurrency, that many client threads send requests one after another, after one
+untimed round. The sampler alone is timed on the same requests in the same run, so the record says
+what the server keeps of it on a machine whose speed drifts. The keys are described in docs/bench.md."""
 from __future__ import annotations
 
 import json

@@ -3,23 +3,9 @@
     python -m lima_jax.bench.step_timing            # 2 processes x 4 simulated CPU devices
     python -m lima_jax.bench.step_timing 1 8        # 1 process x 8
 
-Runs the real `train()` in two processes on one host (the tiny model, one epoch, no dropout) and
-records, in each process, when every train step is dispatched and (from a watcher thread that
-blocks on the step's metrics) when it finishes. A loop that keeps the device busy dispatches step
-k+1 before step k has finished; one that waits for the device dispatches it only afterwards, and the
-device idles while the host prepares the next batch. Prints one JSON line per process with medians
-over the steady-state steps (epoch ends, whose dev loss and save wait on purpose, are left out).
-
-The loop before issue 9 item 5, for comparison:
-
-    git archive 2dd6e70 lima_jax configs | tar -x -C /tmp/pod-before
-    PYTHONPATH=/tmp/pod-before python lima_jax/bench/step_timing.py   # this file, that code
-
-On XLA:CPU with simulated devices the dispatch call itself returns only about when the previous step
-ends (the runtime's few threads are still running it: `median_dispatch_return_after_previous_finished_ms`
-is near 0 even for one process), so the step interval barely moves here; what the loop adds on top,
-the preemption check, is what changes. On TPU and GPU dispatch returns at once.
-"""
+Runs the real `train()` in several processes on one host and records when each step is dispatched
+and when it finishes: a loop that keeps the device busy dispatches step k+1 before step k has
+finished. Prints one JSON line per process; docs/bench.md says what its medians mean."""
 from __future__ import annotations
 
 import json

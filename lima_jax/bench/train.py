@@ -1,29 +1,12 @@
-"""Training throughput and MFU of the real train step, and decode speed of the sampler, each side by
-side with PyTorch (`transformers`).
+"""Training throughput and MFU of the real train step, side by side with PyTorch (`transformers`).
 
     python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
-    python -m lima_jax.bench --config=tiny --shape=ci --mode=decode      # see lima_jax/bench/decode.py
 
-Runs `state.jit_train_step` (the step `lima_jax.train` runs: AdamW, dropout as configured, state
-donated; with `--config.lora.rank` a LoRA run's, on a random frozen base) on one device with random
-tokens, every weight 1, one segment per row and no packing, and
-prints one JSON line: tokens per second, achieved model TFLOP/s (`flops.train_flops_per_token`,
-PaLM's count: the input embedding is a gather, not a matmul), MFU, compile and step seconds, CPU
-seconds per token (every thread of the process) beside the wall time, and a `noise` section.
-
-The timed steps run in `--steps` rounds. With `--compare_torch` (default on a CPU, when torch and
-transformers import) each round runs one step of ours and one of `transformers.LlamaForCausalLM`
-at the same shapes (fp32, AdamW with the config's hyperparameters, the faster of eager and sdpa
-attention unless `--torch_attention` picks one, loss.backward + optimizer.step, one torch thread
-per core), in alternating order; `speedup_vs_torch` is the median of the rounds' ratios, with their
-quartiles and range. On a shared host the wall clock drifts by 2x within minutes: the per-round
-ratio cancels the drift the two steps share, the spread says how much was left.
-
-The peak MFU is quoted against is the config's `peak_tflops` when set, the published figure on a
-TPU/GPU, and on a CPU an fp32 matmul (the fastest of sizes 1024-2048) measured before every round
-and after the last: the median of those, so the peak sees the same machine as the steps it divides
-("fraction of what this machine's matmuls reach").
-"""
+Times the step `lima_jax.train` runs on one device with random tokens, in rounds that alternate one
+step of ours with one of `transformers.LlamaForCausalLM`: on a shared host the wall clock drifts, and
+each round's ratio cancels the drift the two steps share. On a CPU the peak MFU divides by is an fp32
+matmul measured between the rounds, so it sees the same machine as the steps. The record's keys are
+described in docs/bench.md."""
 from __future__ import annotations
 
 import math
