@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 
 from lima_jax.curate import sampling
 from lima_jax.curate.report import Report
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, namer
 from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
 
 SOURCES = ("stackexchange", "stackexchange_dialogues", "wikihow", "reddit")
@@ -41,8 +41,8 @@ class Options:
     subreddit: str = "writingprompts"
 
     def check(self, names: Mapping[str, str] | None = None) -> None:
-        """Refuses a bad option, named as `_namer` names it."""
-        name = _namer(names)
+        """Refuses a bad option, named as `errors.namer` names it."""
+        name = namer(names)
         if not self.source:
             raise LimaError(f"{name('source')} is required ({', '.join(SOURCES)})")
         if self.source not in SOURCES:
@@ -64,20 +64,15 @@ class Options:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items() if k != "overwrite"}
 
 
-def _namer(names: Mapping[str, str] | None) -> Callable[[str], str]:
-    """What the caller calls each option: `names[field]` (a command its flag), else the field's name."""
-    return lambda field: (names or {}).get(field, field)
-
-
 def report_path(output: Path) -> Path:
     return output.with_name(output.name + ".report.json")
 
 
 def curate(opts: Options, say: Callable[[str], None] = print, names: Mapping[str, str] | None = None) -> Report:
     """Runs the curation `opts` asks for; writes the output and its report; returns the report. Errors
-    name an option as `_namer(names)` does."""
+    name an option as `namer(names)` does."""
     opts.check(names)
-    output, name = user_path(opts.output), _namer(names)
+    output, name = user_path(opts.output), namer(names)
     for path in (output, report_path(output)):
         if path.exists() and not opts.overwrite:
             raise LimaError(f"{name('output')}: {path} already exists; choose a new path (or pass {name('overwrite')})")

@@ -5,7 +5,7 @@ import dataclasses
 import math
 from typing import Mapping
 
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, namer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,11 +16,8 @@ class SamplingParams:
     max_new_tokens: int = 2048
 
     def check(self, names: Mapping[str, str] | None = None) -> None:
-        """Refuses a knob out of range, calling it what the caller calls it: `names[field]` (a command's
-        flag, a request's field), else the field's own name."""
-        def name(field: str) -> str:
-            return (names or {}).get(field, field)
-
+        """Refuses a knob out of range, named as `errors.namer(names)` names it."""
+        name = namer(names)
         for field in ("temperature", "top_p", "repetition_penalty"):  # NaN passes every comparison below
             if not math.isfinite(getattr(self, field)):
                 raise LimaError(f"{name(field)} must be a finite number, got {getattr(self, field)}")
