@@ -57,6 +57,7 @@ def main(argv: list[str]) -> None:
         dtype=_DTYPE.value,
         max_shard_bytes=parse_size(_MAX_SHARD.value),
         overwrite=_OVERWRITE.value,
+        names={name: f"--{name}" for name in ("input", "output", "overwrite", "input_format", "output_format", "tokenizer", "dtype")},
     )
     print(f"wrote {out}")
 

@@ -72,7 +72,7 @@ def save(
     and then without deleting anything (`weights/output.py` clears a previous export's own files)."""
     path = user_path(path)  # Orbax wants absolute paths
     if path.exists() and not overwrite:
-        raise LimaError(f"{path} already exists; choose a new output path (or pass --overwrite)")
+        raise LimaError(f"{path} already exists; choose a new output path (or pass overwrite=True)")
     with _checkpointer() as ckptr:
         ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_record(cfg)),
                                             checksums=ocp.args.JsonSave({PARAMS: checksums.of(params)})))
