@@ -11,31 +11,32 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 import numpy as np
 
 from lima_jax.config import config_dirs, flatten, load_config, set_key, validate
 from lima_jax.data.records import json_object, parse_record
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, namer
 from lima_jax.storage.paths import Path, user_path, write_atomically
 
 DRAW_FILE = "draw.json"
 CHOICES = ("last", "epoch", "dev_loss", "likert")
 
 
-def resolve_grid_path(spec: str) -> str:
-    """`quality` -> configs/ablations/quality.py; a path (with an optional `:arg`) is kept."""
+def resolve_grid_path(spec: str, names: Mapping[str, str] | None = None) -> str:
+    """`quality` -> configs/ablations/quality.py; a path (with an optional `:arg`) is kept. An error names
+    the grid as `errors.namer(names)` does."""
     name, sep, arg = spec.partition(":")
     if name.endswith(".py") or "/" in name:
         if not Path(name).is_file():
-            raise LimaError(f"--grid: no such grid file {name}")
+            raise LimaError(f"{namer(names)('grid')}: no such grid file {name}")
         return spec
     for d in config_dirs():
         if (d / "ablations" / f"{name}.py").is_file():
             return str(d / "ablations" / f"{name}.py") + sep + arg
-    raise LimaError(f"--grid: unknown grid {name!r} (configs/ablations/{name}.py)")
+    raise LimaError(f"{namer(names)('grid')}: unknown grid {name!r} (configs/ablations/{name}.py)")
 
 
 def load_grid(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
