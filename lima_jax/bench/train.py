@@ -280,8 +280,7 @@ def bench(
     theirs, attention_probe = _warmed_torch(config, cfg, batch, total_steps, torch_attention, warmup) if compare_torch else (None, {})
 
     samples, peaks = paired_rounds([ours.step] + ([theirs.step] if theirs else []), steps, probe)
-    peak, peak_source = (statistics.median(peaks), f"measured fp32 matmul ({probe.size}^3), median of {len(peaks)} "
-                         "probes between the rounds") if probe is not None else fixed
+    peak, peak_source = _peak(fixed, probe, peaks)
     flops_per_token = flops.train_flops_per_token(cfg, seq_len, frozen=ours.lora is not None)
     record: dict[str, Any] = {
         **model_fields(config, cfg, device, shape),
@@ -306,6 +305,13 @@ def bench(
     if not all(math.isfinite(v) for v in (record["loss"], record.get("torch_loss", 0.0))):
         say("bench: warning: a non-finite loss")
     return record
+
+
+def _peak(fixed: tuple[float, str] | None, probe: Any, peaks: list[float]) -> tuple[float, str]:
+    """The TFLOP/s MFU divides by, and where it comes from: the probes' median when there was a probe."""
+    if probe is None:
+        return fixed
+    return statistics.median(peaks), f"measured fp32 matmul ({probe.size}^3), median of {len(peaks)} probes between the rounds"
 
 
 def _noise(samples: list[list[tuple[float, float]]], peaks: list[float], peak: float,
