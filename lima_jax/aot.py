@@ -2,20 +2,12 @@
 
     python -m lima_jax.aot --config=65b --topology=v4-128 [--config.data.tokenizer=tokenizer.model]
 
-The model compiled is the one training builds: the tokenizer's pieces (`data.tokenizer`, else the
-config's `model.vocab_size`, LLaMA's 32,000) plus EOT (none when `data.eot` reuses a token), padded
-to `model.vocab_multiple` rows; the
-JSON names the vocabulary, mesh, batch, grad_accum and remat it compiled.
-
-A LoRA run's step (`--config.lora.rank=16 --config.lora.base_dtype=nf4`) compiles with its frozen base
-as an argument, built from shapes alone (no checkpoint is read): the JSON adds the trained parameters
-and the frozen base's bytes per chip. `--topology=v5p-2` is one chip (95 GiB; slice names count two
-TensorCores per v4/v5p chip), the nearest stand-in for one 80 GB GPU.
-
 No TPU is needed: libtpu describes the slice's devices and XLA compiles the step exactly as the slice
-would (`lima_jax.train.aot`). Prints one JSON object (per-chip bytes against the chip's HBM, compile
-seconds, XLA's cost analysis) and exits 1 when the step does not fit.
-"""
+would (`lima_jax.train.aot`). The model compiled is the one training builds (the tokenizer's pieces
+plus EOT, padded to `model.vocab_multiple`); a LoRA run's step compiles with its frozen base built from
+shapes alone. `--topology=v5p-2` is one chip, the nearest stand-in for one 80 GB GPU. Prints one JSON
+object (per-chip bytes against the chip's HBM, compile seconds, XLA's cost analysis, the vocabulary,
+mesh, batch and remat compiled) and exits 1 when the step does not fit."""
 from __future__ import annotations
 
 from absl import flags

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
     if not _CHECKPOINT.value:
         raise LimaError("--checkpoint is required")
     params = SamplingParams(**_SAMPLING.values())
-    params.check()
+    _SAMPLING.check(params)
     check_exists(_CHECKPOINT.value, "checkpoint")
     # The input is checked: now JAX.
     from lima_jax.inference.chat import chat, decoded_lines

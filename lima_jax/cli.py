@@ -167,6 +167,10 @@ class SamplingFlags:
         """The sampler's keyword arguments (`inference.sampling.SamplingParams`), without the seed."""
         return {f.name: getattr(self, f.name).value for f in dataclasses.fields(self) if f.name != "seed"}
 
+    def check(self, params: Any) -> None:
+        """`params.check()` (an `inference.sampling.SamplingParams`), its error naming the flag (`--top_p`)."""
+        params.check({name: f"--{name}" for name in self.values()})
+
 
 def define_sampling_flags() -> SamplingFlags:
     return SamplingFlags(

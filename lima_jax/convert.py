@@ -8,24 +8,10 @@ Face or GGUF (for llama.cpp and Ollama).
     python -m lima_jax.convert --input=runs/lima-7b-lora --output_format=peft --output=lima-7b-lora
 
 The architecture comes from the input (config.json, params.json, the .bin header) and its tensor
-shapes; `--config=NAME` imposes one instead (then every shape is checked against it). Tensors keep
-their stored dtype unless `--dtype` says otherwise. A fine-tuned run exported to Hugging Face keeps
-its end-of-turn token, LIMA's chat template and stops at EOT (`weights/hf_chat.py`). The work is
-`lima_jax.weights.convert.convert`.
-
-A LoRA run (`--config.lora.rank`) exports two ways. `hf` and `gguf` write the merged model: the
-adapters merged into the base the run trained against (a QLoRA run's int8/NF4 base dequantized).
-`peft` writes the adapters alone (adapter_config.json, adapter_model.safetensors) with the run's
-tokenizer; `peft` puts them on the base's Hugging Face export at full precision, as QLoRA users
-do (a QLoRA run's logits then differ slightly from ours). LIMA's new EOT row travels as PEFT's
-`trainable_token_indices`, so the base first grows to the tokenizer:
-
-    tokenizer = AutoTokenizer.from_pretrained("lima-7b-lora")
-    model = AutoModelForCausalLM.from_pretrained("hf/llama-7b")  # the base's --output_format=hf export
-    model.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(model, "lima-7b-lora")
-    # generate(..., generation_config=GenerationConfig.from_pretrained("lima-7b-lora")) stops at EOT
-"""
+shapes, unless `--config=NAME` imposes one; tensors keep their stored dtype unless `--dtype` says
+otherwise. A LoRA run exports merged (`hf`, `gguf`) or as PEFT adapters (`peft`). The work is
+`lima_jax.weights.convert.convert`; the README's "Weights in and out" and "One accelerator" say what
+each format holds and how transformers and PEFT load it."""
 from __future__ import annotations
 
 from absl import flags
@@ -71,6 +57,7 @@ def main(argv: list[str]) -> None:
         dtype=_DTYPE.value,
         max_shard_bytes=parse_size(_MAX_SHARD.value),
         overwrite=_OVERWRITE.value,
+        names={name: f"--{name}" for name in ("input", "output", "overwrite", "input_format", "output_format", "tokenizer", "dtype")},
     )
     print(f"wrote {out}")
 

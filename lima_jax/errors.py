@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Callable, NoReturn
+from typing import Callable, Mapping, NoReturn
 
 
 class LimaError(Exception):
     """A problem with the user's input (file, key, tensor), told in one line."""
+
+
+def namer(names: Mapping[str, str] | None) -> Callable[[str], str]:
+    """How an error names an argument: as the caller calls it, `names[argument]` (a command its flag, the
+    server a request's field), else by the argument's own name. So libraries name no flags."""
+    return lambda argument: (names or {}).get(argument, argument)
 
 
 class RunFailure(Exception):

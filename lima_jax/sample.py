@@ -6,17 +6,10 @@ repetition penalty 1.2).
     python -m lima_jax.sample --checkpoint=CKPT --prompt_ids=1,2,3 --temperature=0 \
         --max_new_tokens=20 --print_ids                                          # token for token
 
-`--mesh=fsdp=4,tensor=2` lays the weights and the KV cache over the devices by the training rules
-(default: one device). On a slice every host runs the same line, as for training (TPU pods and
-SLURM are detected; `--coordinator_address=host:port --num_processes=N --process_id=I` elsewhere):
-`--mesh` is then the mesh over all hosts' devices, every host reads the same prompts, and process 0
-alone prints the answers.
-
-`--checkpoint` takes a converted checkpoint, one saved step, or a run's workdir (its latest
-complete step). Text prompts use LIMA's chat format (BOS, each utterance followed by EOT) when the
-model was fine-tuned with EOT, and plain text after BOS for a base model. `--prompt_ids` are fed as
-given. Each sequence stops at EOT or EOS.
-"""
+`--checkpoint` takes a converted checkpoint, one saved step, or a run's workdir. Text prompts use
+LIMA's chat format when the model was fine-tuned with EOT, plain text after BOS otherwise; each
+sequence stops at EOT or EOS. `--mesh=fsdp=4,tensor=2` lays the weights and the KV cache over the
+devices by the training rules; on a slice every host runs the same line and process 0 prints."""
 from __future__ import annotations
 
 import json
@@ -49,7 +42,7 @@ def main(argv: list[str]) -> None:
     if len(given) != 1:
         raise LimaError("give exactly one of --prompt_ids, --prompt, --prompt_file")
     params = SamplingParams(**_SAMPLING.values())
-    params.check()
+    _SAMPLING.check(params)
     records = read_conversations(_PROMPT_FILE.value)[0] if _PROMPT_FILE.value is not None else None
     check_exists(_CHECKPOINT.value, "checkpoint")
     # The input is checked: now JAX.

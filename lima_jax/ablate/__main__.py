@@ -24,7 +24,7 @@ from lima_jax.config import define_config_flag
 from lima_jax.errors import LimaError
 
 _GRID = define_config_flag("grid", None, "an ablation grid: configs/ablations/NAME.py or NAME; override keys with "
-                           "--grid.a.b=value", resolve=resolve_grid_path)
+                           "--grid.a.b=value", resolve=lambda spec: resolve_grid_path(spec, {"grid": "--grid"}))
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "rewrite the report from what the arms hold; run nothing")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap_samples", 1000, "resamples for each arm's 95% interval")
 

@@ -1,66 +1,42 @@
 """An ablation grid: the file that defines it, its arms, and each arm's training data drawn with provenance.
 
-A grid file (`configs/ablations/NAME.py`) defines `get_config()` returning an `ml_collections.ConfigDict`:
-
-    name                 the ablation's name (report titles)
-    base                 the model config every arm trains (`7b`, `tiny`, or a .py path)
-    train                that config, whole, with the grid's changes (init_checkpoint, data.tokenizer, ...);
-                         its workdir, data.manual_dir and data.dev_file are set per arm
-    workdir              where the arms' runs, samples, judgments and the report go
-    seed                 seeds each arm's draw and the sampling (sample k = 1..K of a prompt uses seed + k - 1)
-    test_prompts         the prompts each arm answers (LIMA's test.jsonl)
-    num_test_prompts     the first N of them (0: all)
-    samples_per_prompt   K answers per prompt (the paper: 5)
-    checkpoint           which checkpoint answers: `last`, `epoch:N`, `dev_loss[:LO-HI]`, `likert[:LO-HI]`
-    generation_batch_size, sampling.{temperature, top_p, repetition_penalty, max_new_tokens}
-    judge                the Likert judge: `checkpoint` (a path, or `arm:NAME` for that arm's chosen
-                         checkpoint) or `url` + `model`; api_key_env, workers, max_retries, timeout_s, max_failures
-    arms.NAME            {data: a JSONL of conversations (or a folder with train.jsonl), size: examples to
-                         train on (0: all but the dev set)}
-
-Every value can be overridden on the command line (`--grid.train.init_checkpoint=/ckpt/llama-7b`,
-`--grid.train.mesh.fsdp=8`).
-Arms appear in the report in the order of their names (so `se_02k` < `se_04k` < ... < `se_32k`).
-
-The draw. An arm's data is one seeded permutation of its source file: the dev set is its last
-`data.dev_size` examples and the training set its first `size` ones. Arms drawing from the same file
-with the same seed therefore share the dev set, and a smaller draw is part of every larger one (the
-quantity arms are nested, so a larger arm only adds examples). The arm's folder keeps the drawn
-`train.jsonl` and `dev.jsonl` (the source's lines, verbatim, so each record's `meta` provenance
-survives) and `draw.json`: the source's path and SHA-256, the seed, and each drawn example's line in the
-source with its id (its `meta.url` where curation recorded one).
-"""
+A grid file (`configs/ablations/NAME.py`) returns a ConfigDict: the base config every arm trains, the
+arms' data and sizes, the test prompts, the sampling, the checkpoint choice and the judge; every key
+can be overridden with `--grid.KEY=VALUE`. An arm's data is one seeded permutation of its source file
+(dev set last, training set first), so arms drawing from one file share their dev set and the quantity
+arms are nested. The keys and the draw's files are described in docs/ablation.md."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 import numpy as np
 
 from lima_jax.config import config_dirs, flatten, load_config, set_key, validate
 from lima_jax.data.records import json_object, parse_record
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, namer
 from lima_jax.storage.paths import Path, user_path, write_atomically
 
 DRAW_FILE = "draw.json"
 CHOICES = ("last", "epoch", "dev_loss", "likert")
 
 
-def resolve_grid_path(spec: str) -> str:
-    """`quality` -> configs/ablations/quality.py; a path (with an optional `:arg`) is kept."""
+def resolve_grid_path(spec: str, names: Mapping[str, str] | None = None) -> str:
+    """`quality` -> configs/ablations/quality.py; a path (with an optional `:arg`) is kept. An error names
+    the grid as `errors.namer(names)` does."""
     name, sep, arg = spec.partition(":")
     if name.endswith(".py") or "/" in name:
         if not Path(name).is_file():
-            raise LimaError(f"--grid: no such grid file {name}")
+            raise LimaError(f"{namer(names)('grid')}: no such grid file {name}")
         return spec
     for d in config_dirs():
         if (d / "ablations" / f"{name}.py").is_file():
             return str(d / "ablations" / f"{name}.py") + sep + arg
-    raise LimaError(f"--grid: unknown grid {name!r} (configs/ablations/{name}.py)")
+    raise LimaError(f"{namer(names)('grid')}: unknown grid {name!r} (configs/ablations/{name}.py)")
 
 
 def load_grid(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:

@@ -3,23 +3,9 @@ test prompt generated; then every arm's samples scored 1-6 by the Likert judge.
 
 The stages call the libraries of `train` and `evaluate` in this process (not their commands as
 subprocesses): the arms share one JAX runtime, so the tiny grid compiles its step and sampler once,
-and a bad grid value is a one-line error before the first arm trains.
-
-Nothing is done twice. Per arm, under `<grid workdir>/<arm>/`:
-- `data/`: the drawn `train.jsonl`, `dev.jsonl` and `draw.json` (`plan.prepare_data`), kept on a rerun;
-- `run/`: the training run; `arm.json` records that it finished, and a rerun does not start it again
-  (an interrupted one resumes from its last checkpoint, as `python -m lima_jax.train` does);
-- `arm.json` also keeps the chosen checkpoint (`select/` holds the dev answers and Likert scores of
-  `likert:` choices);
-- `samples/sample_K.jsonl`: sample K (1-based) of every prompt, sampled with seed + K - 1 (so sample 1
-  is what `evaluate.generate --seed=SEED` gives), continued where it stopped;
-- `responses.jsonl`: the K samples together, ids `<prompt id>#K` (a response file every judging
-  command and `evaluate.report` reads);
-- `likert.jsonl`: the judgments, a cache: a rerun asks only what it lacks, and loads no local judge
-  when nothing is lacking.
-Samples are never passed off as another setting's: a rerun whose checkpoint choice, sampling settings
-or seed differ from those the arm's samples were drawn with (kept in arm.json) stops in one line.
-"""
+and a bad grid value is a one-line error before the first arm trains. Nothing is done twice: each
+stage's output under `<grid workdir>/<arm>/` is kept and continued on a rerun, and samples drawn with
+other settings are refused (docs/ablation.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -71,7 +57,7 @@ class ArmWork:
 
 def sampling_params(grid: ml_collections.ConfigDict) -> SamplingParams:
     params = SamplingParams(**grid.sampling.to_dict())
-    params.check()
+    params.check({name: f"--{name}" for name in grid.sampling.to_dict()})  # as the sampling commands name them
     return params
 
 

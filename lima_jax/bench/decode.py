@@ -2,30 +2,10 @@
 
     python -m lima_jax.bench --mode=decode --config=tiny --shape=ci
 
-Both frameworks decode greedily from the same weights (ours converted to a
-`transformers.LlamaForCausalLM`), from random prompts of `prompt_len` tokens, for a fixed number of
-new tokens (no stop token fires). Each framework is timed generating N tokens and generating 1, in
-alternation, and each figure is a median:
-
-- `ttft_s`: time to first token at batch 1 (a whole `generate` call for one token: prefill, the
-  first sample; ours also runs the one decode step its loop ends with);
-- `decode_tokens_per_s_bB`: B*(N-1) / (time for N tokens - time for 1), the rate of the decode
-  steps alone, prefill excluded;
-- `lima_sampling_tokens_per_s_bB`: the same rate sampling with LIMA's settings (nucleus p 0.9,
-  temperature 0.7, repetition penalty 1.2; transformers applies its penalty to the prompt too);
-- `decode_compile_s`: seconds to trace and compile greedy decoding (the first `generate` call less a
-  second one) for a model of the CI shape's depth and one 10x deeper, at tiny width (dim 64, vocab
-  256) so only the depth costs; the decode step runs its layers unrolled, so this grows with depth;
-- `roofline_fraction`: batch-1 decode steps per second times the bytes of weights one step reads
-  (every parameter but the input embedding, which is only gathered), over the memory bandwidth
-  measured in this run (a jitted sum over a buffer far larger than any cache). 1.0 would mean
-  every step streams the weights at that bandwidth.
-
-With `--dtype=bfloat16` both frameworks hold the weights (and their KV caches) in bf16 and compute in
-it; the roofline counts 2 bytes a weight. On XLA:CPU a product of bf16 operands accumulated in float32
-reads the bf16 weights as they lie from 2 rows up, but at 1 row XLA converts each weight to float32
-every step, so batch 1 gains nothing there (see `model.decode_layout`).
-"""
+Both frameworks decode greedily from the same weights and random prompts for a fixed number of new
+tokens; each is timed generating N tokens and generating 1, in alternation, so the decode rate leaves
+the prefill out. The roofline divides the bytes of weights a step reads by a memory bandwidth measured
+in the same run. The record's keys are described in docs/bench.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -40,11 +20,11 @@ from tqdm import tqdm
 from flax import nnx
 
 from lima_jax.errors import LimaError, say
-from lima_jax.model.flops import best_seconds
+from lima_jax.flops import best_seconds
 from lima_jax.weights.hf import config_to_hf
-from lima_jax.model import ModelConfig, param_count
+from lima_jax.architecture import ModelConfig, param_count
 from lima_jax.model import Llama
-from lima_jax.model.decode_layout import for_decoding
+from lima_jax.inference.layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate
 from lima_jax.weights.names import params_to_hf
 
@@ -174,27 +154,9 @@ def bench_decode(
     ours = JaxDecoder(model)
     runners: list[tuple[str, Callable]] = [("ours", ours)] + ([("torch", theirs)] if theirs else [])
     prompts = {b: random_prompts(cfg, b, prompt_len, seed + b) for b in batches}
-
     cases = [(b, n, lima) for b in batches for n, lima in ((new_tokens, False), (1, False), (new_tokens, True))]
-    start = time.perf_counter()
-    with tqdm(total=len(cases) * len(runners), desc="bench: compiling", unit="program", leave=False) as bar:
-        for b, n, lima in cases:  # compiles each program once, and warms torch up
-            for _, run in runners:
-                run(prompts[b], n, lima)
-                bar.update(1)
-    say(f"bench: compiled and warmed up in {time.perf_counter() - start:.1f}s")
-
-    times = {name: {case: [] for case in cases} for name, _ in runners}
-    outputs: dict[str, list[list[int]]] = {}
-    with tqdm(total=repeats * len(cases) * len(runners), desc="bench: timing", unit="run") as bar:
-        for _ in range(repeats):  # alternating, so every figure sees the same machine
-            for b, n, lima in cases:
-                for name, run in runners:
-                    seconds, out = run(prompts[b], n, lima)
-                    times[name][(b, n, lima)].append(seconds)
-                    if (b, n, lima) == (batches[0], new_tokens, False):
-                        outputs[name] = out
-                    bar.update(1)
+    _warm_up(runners, cases, prompts)
+    times, outputs = _timed(runners, cases, prompts, repeats, compared=(batches[0], new_tokens, False))
     bandwidth = measured_bandwidth()
     bytes_per_step = weight_bytes_per_step(cfg)
 
@@ -216,19 +178,58 @@ def bench_decode(
     if len(batches) > 1:
         record[f"b{batches[-1]}_over_b{b0}"] = mine[f"b{batches[-1]}"] / mine[f"b{b0}"]
     if compile_layers:
-        decode_compile_seconds(cfg, 1)  # untimed: whatever a first generate compiles besides the model
-        seconds = {n: decode_compile_seconds(cfg, n) for n in compile_layers}
-        record["decode_compile_s"] = {str(n): s for n, s in seconds.items()}
-        first, last = compile_layers[0], compile_layers[-1]
-        record[f"decode_compile_{last}_over_{first}_layers"] = seconds[last] / max(seconds[first], 1e-9)
+        record.update(_compile_fields(cfg, compile_layers))
     if theirs is not None:
-        torch_rates = _rates(times["torch"], batches, new_tokens)
-        record["torch_ttft_s"] = torch_rates["ttft_s"]
-        for b in batches:
-            record[f"torch_decode_tokens_per_s_b{b}"] = torch_rates[f"b{b}"]
-            record[f"decode_speedup_vs_torch_b{b}"] = mine[f"b{b}"] / torch_rates[f"b{b}"]
-            record[f"torch_lima_sampling_tokens_per_s_b{b}"] = torch_rates[f"lima_b{b}"]
-            record[f"lima_sampling_speedup_vs_torch_b{b}"] = mine[f"lima_b{b}"] / torch_rates[f"lima_b{b}"]
-        # Greedy tokens agree until two logits tie within float error (random weights tie often).
-        record["greedy_prefix_matching_torch"] = min(_matching_prefix(a, b) for a, b in zip(outputs["ours"], outputs["torch"]))
+        record.update(_torch_fields(mine, _rates(times["torch"], batches, new_tokens), batches, outputs))
+    return record
+
+
+def _warm_up(runners: list[tuple[str, Callable]], cases: list[tuple[int, int, bool]], prompts: dict) -> None:
+    """Runs every case once: compiles each of our programs, and warms torch up."""
+    start = time.perf_counter()
+    with tqdm(total=len(cases) * len(runners), desc="bench: compiling", unit="program", leave=False) as bar:
+        for b, n, lima in cases:
+            for _, run in runners:
+                run(prompts[b], n, lima)
+                bar.update(1)
+    say(f"bench: compiled and warmed up in {time.perf_counter() - start:.1f}s")
+
+
+def _timed(runners: list[tuple[str, Callable]], cases: list[tuple[int, int, bool]], prompts: dict, repeats: int,
+           compared: tuple[int, int, bool]) -> tuple[dict, dict[str, list[list[int]]]]:
+    """Each runner's seconds per case and repeat, and its tokens of the `compared` case."""
+    times = {name: {case: [] for case in cases} for name, _ in runners}
+    outputs: dict[str, list[list[int]]] = {}
+    with tqdm(total=repeats * len(cases) * len(runners), desc="bench: timing", unit="run") as bar:
+        for _ in range(repeats):  # alternating, so every figure sees the same machine
+            for b, n, lima in cases:
+                for name, run in runners:
+                    seconds, out = run(prompts[b], n, lima)
+                    times[name][(b, n, lima)].append(seconds)
+                    if (b, n, lima) == compared:
+                        outputs[name] = out
+                    bar.update(1)
+    return times, outputs
+
+
+def _compile_fields(cfg: ModelConfig, compile_layers: Sequence[int]) -> dict[str, Any]:
+    """Seconds to compile greedy decoding at each depth, and the last depth's over the first's."""
+    decode_compile_seconds(cfg, 1)  # untimed: whatever a first generate compiles besides the model
+    seconds = {n: decode_compile_seconds(cfg, n) for n in compile_layers}
+    first, last = compile_layers[0], compile_layers[-1]
+    return {"decode_compile_s": {str(n): s for n, s in seconds.items()},
+            f"decode_compile_{last}_over_{first}_layers": seconds[last] / max(seconds[first], 1e-9)}
+
+
+def _torch_fields(mine: dict[str, float], torch_rates: dict[str, float], batches: Sequence[int],
+                  outputs: dict[str, list[list[int]]]) -> dict[str, Any]:
+    """transformers' rates, our speedup over them, and how many greedy tokens agree."""
+    record: dict[str, Any] = {"torch_ttft_s": torch_rates["ttft_s"]}
+    for b in batches:
+        record[f"torch_decode_tokens_per_s_b{b}"] = torch_rates[f"b{b}"]
+        record[f"decode_speedup_vs_torch_b{b}"] = mine[f"b{b}"] / torch_rates[f"b{b}"]
+        record[f"torch_lima_sampling_tokens_per_s_b{b}"] = torch_rates[f"lima_b{b}"]
+        record[f"lima_sampling_speedup_vs_torch_b{b}"] = mine[f"lima_b{b}"] / torch_rates[f"lima_b{b}"]
+    # Greedy tokens agree until two logits tie within float error (random weights tie often).
+    record["greedy_prefix_matching_torch"] = min(_matching_prefix(a, b) for a, b in zip(outputs["ours"], outputs["torch"]))
     return record

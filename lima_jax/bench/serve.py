@@ -3,21 +3,10 @@
     python -m lima_jax.bench --mode=serve --config=tiny --shape=ci
     python -m lima_jax.bench --mode=serve --checkpoint=CKPT
 
-The server (`lima_jax.serve`: the engine and the Starlette app under uvicorn) runs on 127.0.0.1 in
-this process, serving `--checkpoint` or, without one, a random model of the config saved with the demo
-tokenizer. For each concurrency c, c client threads each send `requests` non-streaming
-`/v1/completions` requests one after another: a random prompt of `prompt_len` token ids, `new_tokens`
-to generate, LIMA's sampling (the fields left out), a seed of its own. A random model rarely emits
-its stop token, so answers run to `new_tokens`; `output_tokens_per_s` counts what the server
-reports in `usage`. Before the timed requests, one untimed round at that concurrency.
-
-- `requests_per_s_cC`: requests answered / wall time from the first request sent to the last answer;
-- `output_tokens_per_s_cC`: completion tokens / that wall time;
-- `latency_p50_s_cC`, `latency_p95_s_cC`: a request's time from sending to its whole answer;
-- `rows_per_batch_cC`: how many requests the engine decoded together, on average;
-- `sampler_tokens_per_s_bB`: the sampler alone (`generate`, no server) on B of the same requests at
-  once, measured in the same run, and `serve_over_sampler_c1` / `_c16`: what the server keeps of it.
-"""
+The server runs on 127.0.0.1 in this process (a random model of the config when no checkpoint is
+given); for each concurrency, that many client threads send requests one after another, after one
+untimed round. The sampler alone is timed on the same requests in the same run, so the record says
+what the server keeps of it on a machine whose speed drifts. The keys are described in docs/bench.md."""
 from __future__ import annotations
 
 import json
@@ -31,6 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lima_jax.errors import LimaError, say
+
+BATCH_SIZES = (1, 4, 16)  # the engine's: one client, a few, many
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -90,13 +81,7 @@ def bench_serve(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Serves `checkpoint` on a free port of 127.0.0.1 and times clients against it; the record's keys."""
-    import socket
-
     from lima_jax.inference.generator import Generator
-    from lima_jax.inference.sampler import SamplingParams
-    from lima_jax.serve.app import make_app
-    from lima_jax.serve.connections import serve_in_thread, server_config
-    from lima_jax.serve.batching import Engine, prompt_widths
     from lima_jax.serve.protocol import Limits
 
     if not concurrency or min(concurrency) < 1 or requests < 1 or prompt_len < 1 or new_tokens < 1:
@@ -108,53 +93,82 @@ def bench_serve(
     context = generator.model.cfg.max_len
     if prompt_len + new_tokens > context:
         raise LimaError(f"--prompt_len + --new_tokens = {prompt_len + new_tokens} exceeds the model's context {context}")
-    sizes = (1, 4, 16)
-    width = next(w for w in prompt_widths(context) if w >= prompt_len)  # the one prompt width the bench uses
-    engine = Engine(generator, batch_sizes=sizes, widths=[width], max_tokens=new_tokens, max_logprobs=None)
-    start = time.perf_counter()
-    engine.warm_up()
-    compile_s, warm = time.perf_counter() - start, engine.compiled
+    engine, compile_s, warm = _warmed_engine(generator, prompt_len, new_tokens)
     engine.start()
-    limits = Limits(model="bench", context=context, max_tokens=new_tokens, max_n=sizes[-1], max_logprobs=None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = serve_in_thread(server_config(make_app(generator, engine, limits), "127.0.0.1", port))
-    url = f"http://127.0.0.1:{port}/v1/completions"
+    limits = Limits(model="bench", context=context, max_tokens=new_tokens, max_n=BATCH_SIZES[-1], max_logprobs=None)
+    server, url = _served(generator, engine, limits)
     rng = np.random.default_rng(seed)
     vocab = min(generator.model.cfg.used_vocab_size, generator.tokenizer.vocab_size)
     record: dict[str, Any] = {"mode": "serve", "prompt_len": prompt_len, "new_tokens": new_tokens,
-                              "requests_per_client": requests, "batch_sizes": list(sizes),
+                              "requests_per_client": requests, "batch_sizes": list(BATCH_SIZES),
                               "compile_s": round(compile_s, 2)}
     try:
         for c in concurrency:
             prompts = rng.integers(3, vocab, (c * (requests + 1), prompt_len)).tolist()
-            _round(url, "bench", prompts[:c], c, new_tokens, seed)  # untimed: the clients' first round
-            batches = engine.stats["batches"]
-            wall, latencies, tokens = _round(url, "bench", prompts[c:], c, new_tokens, seed)
-            record.update({
-                f"requests_per_s_c{c}": round(len(latencies) / wall, 3),
-                f"output_tokens_per_s_c{c}": round(tokens / wall, 1),
-                f"latency_p50_s_c{c}": round(statistics.median(latencies), 3),
-                f"latency_p95_s_c{c}": round(_percentile(latencies, 95), 3),
-                f"rows_per_batch_c{c}": round(len(latencies) / max(1, engine.stats["batches"] - batches), 2),
-            })
+            record.update(_clients_fields(url, engine, prompts, c, new_tokens, seed))
             say(f"bench: {c} concurrent clients: {record[f'requests_per_s_c{c}']} requests/s, "
                 f"{record[f'output_tokens_per_s_c{c}']} output tokens/s")
     finally:
         server.should_exit = True
         engine.stop()
     record["compiled_after_warm_up"] = engine.compiled - warm
-    params = SamplingParams(max_new_tokens=new_tokens)
     for b in (1, 16):  # the same work without the server, for scale on a machine whose speed drifts
-        prompts = rng.integers(3, vocab, (b, prompt_len)).tolist()
-        generator(prompts, params, seed)  # compiles
-        start = time.perf_counter()
-        tokens = sum(len(t) for t in generator(prompts, params, seed))
-        record[f"sampler_tokens_per_s_b{b}"] = round(tokens / (time.perf_counter() - start), 1)
+        record[f"sampler_tokens_per_s_b{b}"] = _sampler_rate(generator, rng.integers(3, vocab, (b, prompt_len)).tolist(),
+                                                             new_tokens, seed)
         if b in concurrency:
             record[f"serve_over_sampler_c{b}"] = round(record[f"output_tokens_per_s_c{b}"] / record[f"sampler_tokens_per_s_b{b}"], 3)
     return record
+
+
+def _warmed_engine(generator: Any, prompt_len: int, new_tokens: int) -> tuple[Any, float, int]:
+    """The engine at the one prompt width the bench uses, warmed up: with its compile seconds and the
+    programs it compiled."""
+    from lima_jax.serve.batching import Engine, prompt_widths
+
+    width = next(w for w in prompt_widths(generator.model.cfg.max_len) if w >= prompt_len)
+    engine = Engine(generator, batch_sizes=BATCH_SIZES, widths=[width], max_tokens=new_tokens, max_logprobs=None)
+    start = time.perf_counter()
+    engine.warm_up()
+    return engine, time.perf_counter() - start, engine.compiled
+
+
+def _served(generator: Any, engine: Any, limits: Any) -> tuple[Any, str]:
+    """The app under uvicorn on a free port of 127.0.0.1, and its completions URL."""
+    import socket
+
+    from lima_jax.serve.app import make_app
+    from lima_jax.serve.connections import serve_in_thread, server_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve_in_thread(server_config(make_app(generator, engine, limits), "127.0.0.1", port))
+    return server, f"http://127.0.0.1:{port}/v1/completions"
+
+
+def _clients_fields(url: str, engine: Any, prompts: list[list[int]], c: int, new_tokens: int, seed: int) -> dict[str, Any]:
+    """`c` clients: an untimed round on the first `c` prompts, then the timed requests on the rest."""
+    _round(url, "bench", prompts[:c], c, new_tokens, seed)  # untimed: the clients' first round
+    batches = engine.stats["batches"]
+    wall, latencies, tokens = _round(url, "bench", prompts[c:], c, new_tokens, seed)
+    return {
+        f"requests_per_s_c{c}": round(len(latencies) / wall, 3),
+        f"output_tokens_per_s_c{c}": round(tokens / wall, 1),
+        f"latency_p50_s_c{c}": round(statistics.median(latencies), 3),
+        f"latency_p95_s_c{c}": round(_percentile(latencies, 95), 3),
+        f"rows_per_batch_c{c}": round(len(latencies) / max(1, engine.stats["batches"] - batches), 2),
+    }
+
+
+def _sampler_rate(generator: Any, prompts: list[list[int]], new_tokens: int, seed: int) -> float:
+    """Tokens per second of `generate` on `prompts` at once (compiled first, untimed)."""
+    from lima_jax.inference.sampler import SamplingParams
+
+    params = SamplingParams(max_new_tokens=new_tokens)
+    generator(prompts, params, seed)  # compiles
+    start = time.perf_counter()
+    tokens = sum(len(t) for t in generator(prompts, params, seed))
+    return round(tokens / (time.perf_counter() - start), 1)
 
 
 def random_checkpoint(cfg, seed: int, directory: str) -> str:

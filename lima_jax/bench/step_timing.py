@@ -3,23 +3,9 @@
     python -m lima_jax.bench.step_timing            # 2 processes x 4 simulated CPU devices
     python -m lima_jax.bench.step_timing 1 8        # 1 process x 8
 
-Runs the real `train()` in two processes on one host (the tiny model, one epoch, no dropout) and
-records, in each process, when every train step is dispatched and (from a watcher thread that
-blocks on the step's metrics) when it finishes. A loop that keeps the device busy dispatches step
-k+1 before step k has finished; one that waits for the device dispatches it only afterwards, and the
-device idles while the host prepares the next batch. Prints one JSON line per process with medians
-over the steady-state steps (epoch ends, whose dev loss and save wait on purpose, are left out).
-
-The loop before issue 9 item 5, for comparison:
-
-    git archive 2dd6e70 lima_jax configs | tar -x -C /tmp/pod-before
-    PYTHONPATH=/tmp/pod-before python lima_jax/bench/step_timing.py   # this file, that code
-
-On XLA:CPU with simulated devices the dispatch call itself returns only about when the previous step
-ends (the runtime's few threads are still running it: `median_dispatch_return_after_previous_finished_ms`
-is near 0 even for one process), so the step interval barely moves here; what the loop adds on top,
-the preemption check, is what changes. On TPU and GPU dispatch returns at once.
-"""
+Runs the real `train()` in several processes on one host and records when each step is dispatched
+and when it finishes: a loop that keeps the device busy dispatches step k+1 before step k has
+finished. Prints one JSON line per process; docs/bench.md says what its medians mean."""
 from __future__ import annotations
 
 import json
@@ -66,81 +52,92 @@ def launch(num_processes: int = 2, devices_per_process: int = 4) -> None:
 
 
 def worker(workdir: str, coordinator: str, num_processes: int, process_id: int) -> None:
-    import jax
-    import numpy as np
-
     from lima_jax import sharding
     from lima_jax.config import load_config
     from lima_jax.train import loop
 
     sharding.initialize_distributed(coordinator, num_processes, process_id)
-    dispatched: list[tuple[float, float]] = []
-    finished: list[float] = []
-    check_seconds: list[float] = []
-    pending: queue.Queue = queue.Queue()
-
-    def watch() -> None:  # blocks on each step's metrics in turn: its finishing time, off the main thread
-        while (metrics := pending.get()) is not None:
-            jax.block_until_ready(metrics)
-            finished.append(time.perf_counter())
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    jit_train_step = loop.jit_train_step
-
-    def timed_jit_train_step(*args, **kwargs):
-        step = jit_train_step(*args, **kwargs)
-
-        def run(state, batch):
-            t0 = time.perf_counter()
-            state, metrics = step(state, batch)
-            dispatched.append((t0, time.perf_counter()))
-            pending.put(metrics)
-            return state, metrics
-
-        return run
-
-    reached = loop.Preemption.reached
-
-    def timed_reached(self, step):
-        t0 = time.perf_counter()
-        try:
-            return reached(self, step)
-        finally:
-            check_seconds.append(time.perf_counter() - t0)
-
-    loop.jit_train_step = timed_jit_train_step
-    loop.Preemption.reached = timed_reached
+    timings = _Timings()
+    timings.patch(loop)
     config = load_config("tiny", {**OVERRIDES, "workdir": workdir})
     t_start = time.perf_counter()
     loop.train(config)
     wall = time.perf_counter() - t_start
-    pending.put(None)
-    watcher.join()
+    timings.pending.put(None)
+    timings.watcher.join()
+    print(json.dumps({"process": process_id, **timings.summary(), "wall_s": round(wall, 1)}))
 
-    n = len(dispatched)
-    epoch_end = n - 1  # one epoch: the last step is followed by the dev loss and the save
-    steady = [k for k in range(STEADY_SKIP, n - 1) if k + 1 != epoch_end]
-    start = np.array([d[0] for d in dispatched])
-    end = np.array([d[1] for d in dispatched])
-    done = np.array(finished)
-    ahead = [start[k + 1] < done[k] for k in steady]  # step k+1 dispatched while step k still ran
-    idle = [max(0.0, start[k + 1] - done[k]) for k in steady]  # the device's idle gap, at most
 
-    def ms(values) -> float:
-        return round(1e3 * float(np.median(values)), 3)
+class _Timings:
+    """When each train step was dispatched (the call's start and return), when it finished (a watcher
+    thread blocks on its metrics, off the main thread), and how long each preemption check took."""
 
-    print(json.dumps({
-        "process": process_id,
-        "steady_steps": len(steady),
-        "dispatched_before_previous_finished": f"{sum(ahead)}/{len(steady)}",
-        "median_preemption_check_ms": ms(np.array(check_seconds[-n:])[steady]),  # the in-loop checks
-        "median_device_idle_between_steps_ms": ms(idle),
-        "median_dispatch_call_ms": ms((end - start)[steady]),
-        "median_dispatch_return_after_previous_finished_ms": ms([end[k + 1] - done[k] for k in steady]),
-        "median_step_interval_ms": ms(np.diff(start)[steady]),
-        "wall_s": round(wall, 1),
-    }))
+    def __init__(self):
+        self.dispatched: list[tuple[float, float]] = []
+        self.finished: list[float] = []
+        self.check_seconds: list[float] = []
+        self.pending: queue.Queue = queue.Queue()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.watcher.start()
+
+    def _watch(self) -> None:
+        import jax
+
+        while (metrics := self.pending.get()) is not None:
+            jax.block_until_ready(metrics)
+            self.finished.append(time.perf_counter())
+
+    def patch(self, loop) -> None:
+        """Wraps the loop's train step and preemption check to record their times."""
+        jit_train_step, reached = loop.jit_train_step, loop.Preemption.reached
+
+        def timed_jit_train_step(*args, **kwargs):
+            step = jit_train_step(*args, **kwargs)
+
+            def run(state, batch):
+                t0 = time.perf_counter()
+                state, metrics = step(state, batch)
+                self.dispatched.append((t0, time.perf_counter()))
+                self.pending.put(metrics)
+                return state, metrics
+
+            return run
+
+        def timed_reached(preemption, step):
+            t0 = time.perf_counter()
+            try:
+                return reached(preemption, step)
+            finally:
+                self.check_seconds.append(time.perf_counter() - t0)
+
+        loop.jit_train_step = timed_jit_train_step
+        loop.Preemption.reached = timed_reached
+
+    def summary(self) -> dict:
+        """Medians over the steady-state steps (past the warm-up, the epoch's end left out)."""
+        import numpy as np
+
+        n = len(self.dispatched)
+        epoch_end = n - 1  # one epoch: the last step is followed by the dev loss and the save
+        steady = [k for k in range(STEADY_SKIP, n - 1) if k + 1 != epoch_end]
+        start = np.array([d[0] for d in self.dispatched])
+        end = np.array([d[1] for d in self.dispatched])
+        done = np.array(self.finished)
+        ahead = [start[k + 1] < done[k] for k in steady]  # step k+1 dispatched while step k still ran
+        idle = [max(0.0, start[k + 1] - done[k]) for k in steady]  # the device's idle gap, at most
+
+        def ms(values) -> float:
+            return round(1e3 * float(np.median(values)), 3)
+
+        return {
+            "steady_steps": len(steady),
+            "dispatched_before_previous_finished": f"{sum(ahead)}/{len(steady)}",
+            "median_preemption_check_ms": ms(np.array(self.check_seconds[-n:])[steady]),  # the in-loop checks
+            "median_device_idle_between_steps_ms": ms(idle),
+            "median_dispatch_call_ms": ms((end - start)[steady]),
+            "median_dispatch_return_after_previous_finished_ms": ms([end[k + 1] - done[k] for k in steady]),
+            "median_step_interval_ms": ms(np.diff(start)[steady]),
+        }
 
 
 if __name__ == "__main__":

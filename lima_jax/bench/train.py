@@ -1,29 +1,12 @@
-"""Training throughput and MFU of the real train step, and decode speed of the sampler, each side by
-side with PyTorch (`transformers`).
+"""Training throughput and MFU of the real train step, side by side with PyTorch (`transformers`).
 
     python -m lima_jax.bench --config=tiny --shape=ci --seq_len=512 --batch_size=4
-    python -m lima_jax.bench --config=tiny --shape=ci --mode=decode      # see lima_jax/bench/decode.py
 
-Runs `state.jit_train_step` (the step `lima_jax.train` runs: AdamW, dropout as configured, state
-donated; with `--config.lora.rank` a LoRA run's, on a random frozen base) on one device with random
-tokens, every weight 1, one segment per row and no packing, and
-prints one JSON line: tokens per second, achieved model TFLOP/s (`flops.train_flops_per_token`,
-PaLM's count: the input embedding is a gather, not a matmul), MFU, compile and step seconds, CPU
-seconds per token (every thread of the process) beside the wall time, and a `noise` section.
-
-The timed steps run in `--steps` rounds. With `--compare_torch` (default on a CPU, when torch and
-transformers import) each round runs one step of ours and one of `transformers.LlamaForCausalLM`
-at the same shapes (fp32, AdamW with the config's hyperparameters, the faster of eager and sdpa
-attention unless `--torch_attention` picks one, loss.backward + optimizer.step, one torch thread
-per core), in alternating order; `speedup_vs_torch` is the median of the rounds' ratios, with their
-quartiles and range. On a shared host the wall clock drifts by 2x within minutes: the per-round
-ratio cancels the drift the two steps share, the spread says how much was left.
-
-The peak MFU is quoted against is the config's `peak_tflops` when set, the published figure on a
-TPU/GPU, and on a CPU an fp32 matmul (the fastest of sizes 1024-2048) measured before every round
-and after the last: the median of those, so the peak sees the same machine as the steps it divides
-("fraction of what this machine's matmuls reach").
-"""
+Times the step `lima_jax.train` runs on one device with random tokens, in rounds that alternate one
+step of ours with one of `transformers.LlamaForCausalLM`: on a shared host the wall clock drifts, and
+each round's ratio cancels the drift the two steps share. On a CPU the peak MFU divides by is an fp32
+matmul measured between the rounds, so it sees the same machine as the steps. The record's keys are
+described in docs/bench.md."""
 from __future__ import annotations
 
 import math
@@ -276,12 +259,7 @@ def bench(
 ) -> dict:
     """Benchmarks the train step (and torch's) in `steps` paired rounds; returns the JSON record."""
     validate(config)
-    if seq_len <= 0 or batch_size <= 0 or steps <= 0 or warmup < 0:
-        raise LimaError(f"--seq_len, --batch_size and --steps must be positive, --warmup >= 0 (got {seq_len}, {batch_size}, {steps}, {warmup})")
-    if config.grad_accum < 1 or batch_size % config.grad_accum:
-        raise LimaError(f"config key grad_accum: {config.grad_accum} does not divide --batch_size={batch_size}")
-    if torch_attention not in TORCH_ATTENTION:
-        raise LimaError(f"--torch_attention {torch_attention!r}: expected one of {', '.join(TORCH_ATTENTION)}")
+    _check_args(config, seq_len, batch_size, steps, warmup, torch_attention)
     device = jax.devices()[0]
     lora = config.get("lora") is not None and config.lora.rank > 0
     if lora and compare_torch:
@@ -293,7 +271,6 @@ def bench(
     batch = random_batch(cfg, batch_size, seq_len, seed)
     total_steps = warmup + steps + (2 if compare_torch else 0) + 1
     tokens_per_step = batch_size * seq_len
-
     fixed = flops.fixed_peak_tflops(device, config.peak_tflops)
     probe = None if fixed else flops.fastest_matmul_probe()
     ours = JaxBench(config, cfg, batch, total_steps)
@@ -301,98 +278,139 @@ def bench(
     first_step_s = ours.step()
     for _ in range(max(warmup - 1, 0)):
         ours.step()
+    theirs, attention_probe = _warmed_torch(config, cfg, batch, total_steps, torch_attention, warmup) if compare_torch else (None, {})
 
-    runners: list[Callable[[], float]] = [ours.step]
-    attention_probe: dict[str, float] = {}
-    theirs = None
-    if compare_torch:
-        theirs = TorchBench(config, cfg, batch, total_steps, torch_attention)
-        candidates = ["eager", "sdpa"] if torch_attention == "auto" else [torch_attention]
-        for name in candidates:
-            theirs.set_attention(name)
-            for _ in range(max(warmup, 1)):
-                theirs.step()
-            if len(candidates) > 1:
-                attention_probe[name] = theirs.step()
-        if attention_probe:
-            theirs.set_attention(min(attention_probe, key=attention_probe.get))
-        runners.append(theirs.step)
-        say(f"bench: torch attention {theirs.attention} ({', '.join(f'{k} {v:.2f}s' for k, v in attention_probe.items()) or 'as asked'})")
-
-    samples, peaks = paired_rounds(runners, steps, probe)
-    if probe is not None:
-        peak = statistics.median(peaks)
-        peak_source = f"measured fp32 matmul ({probe.size}^3), median of {len(peaks)} probes between the rounds"
-    else:
-        peak, peak_source = fixed
+    samples, peaks = paired_rounds([ours.step] + ([theirs.step] if theirs else []), steps, probe)
+    peak, peak_source = _peak(fixed, probe, peaks)
     flops_per_token = flops.train_flops_per_token(cfg, seq_len, frozen=ours.lora is not None)
-    timing = _timing_fields("", samples[0], tokens_per_step)
-    timing["train_tokens_per_s"] = timing.pop("tokens_per_s")
-    tflops = flops_per_token * timing["train_tokens_per_s"] / 1e12
-    step_noise = _rel_iqr([w for w, _ in samples[0]])
     record: dict[str, Any] = {
         **model_fields(config, cfg, device, shape),
         "mode": "train",
         "seq_len": seq_len,
         "batch_size": batch_size,
         "tokens_per_step": tokens_per_step,
+        **_step_fields(config, cfg, ours),
+        "steps": steps,
+        "warmup": warmup,
+        "compile_s": _sig(ours.compile_s, 4),
+        "first_step_s": _sig(first_step_s, 4),
+        **_speed_fields(samples[0], tokens_per_step, flops_per_token, peak, peak_source),
+        "loss": _sig(ours.loss),
+    }
+    if peaks:
+        record["peak_tflops_range"] = [_sig(min(peaks)), _sig(max(peaks))]
+    if theirs is not None:
+        record.update(_torch_fields(theirs, attention_probe, samples, tokens_per_step, flops_per_token, peak))
+    record["noise"] = _noise(samples, peaks, peak, load_before)
+    record["noise_note"] = noise_note(record)
+    if not all(math.isfinite(v) for v in (record["loss"], record.get("torch_loss", 0.0))):
+        say("bench: warning: a non-finite loss")
+    return record
+
+
+def _peak(fixed: tuple[float, str] | None, probe: Any, peaks: list[float]) -> tuple[float, str]:
+    """The TFLOP/s MFU divides by, and where it comes from: the probes' median when there was a probe."""
+    if probe is None:
+        return fixed
+    return statistics.median(peaks), f"measured fp32 matmul ({probe.size}^3), median of {len(peaks)} probes between the rounds"
+
+
+def _noise(samples: list[list[tuple[float, float]]], peaks: list[float], peak: float,
+           load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """How much the step times and the peak varied, and how busy the host was before and after."""
+    noise = {"step_s_rel_iqr": _sig(_rel_iqr([w for w, _ in samples[0]]), 3),
+             "load_average_1m": [_sig(load_before[0], 3), _sig(os.getloadavg()[0], 3)], "cores": cpu_cores()}
+    if peaks:
+        noise["peak_rel_range"] = _sig((max(peaks) - min(peaks)) / peak, 3)
+    if len(samples) > 1:
+        noise["torch_step_s_rel_iqr"] = _sig(_rel_iqr([w for w, _ in samples[1]]), 3)
+    return noise
+
+
+def _check_args(config: ml_collections.ConfigDict, seq_len: int, batch_size: int, steps: int, warmup: int,
+                torch_attention: str) -> None:
+    if seq_len <= 0 or batch_size <= 0 or steps <= 0 or warmup < 0:
+        raise LimaError(f"--seq_len, --batch_size and --steps must be positive, --warmup >= 0 (got {seq_len}, {batch_size}, {steps}, {warmup})")
+    if config.grad_accum < 1 or batch_size % config.grad_accum:
+        raise LimaError(f"config key grad_accum: {config.grad_accum} does not divide --batch_size={batch_size}")
+    if torch_attention not in TORCH_ATTENTION:
+        raise LimaError(f"--torch_attention {torch_attention!r}: expected one of {', '.join(TORCH_ATTENTION)}")
+
+
+def _warmed_torch(config: ml_collections.ConfigDict, cfg: ModelConfig, batch: dict, total_steps: int,
+                  torch_attention: str, warmup: int) -> tuple[TorchBench, dict[str, float]]:
+    """torch's step, warmed up with each attention on trial ("auto": eager and sdpa, the faster kept),
+    and the trial step's seconds of each."""
+    theirs = TorchBench(config, cfg, batch, total_steps, torch_attention)
+    candidates = ["eager", "sdpa"] if torch_attention == "auto" else [torch_attention]
+    attention_probe: dict[str, float] = {}
+    for name in candidates:
+        theirs.set_attention(name)
+        for _ in range(max(warmup, 1)):
+            theirs.step()
+        if len(candidates) > 1:
+            attention_probe[name] = theirs.step()
+    if attention_probe:
+        theirs.set_attention(min(attention_probe, key=attention_probe.get))
+    say(f"bench: torch attention {theirs.attention} ({', '.join(f'{k} {v:.2f}s' for k, v in attention_probe.items()) or 'as asked'})")
+    return theirs, attention_probe
+
+
+def _step_fields(config: ml_collections.ConfigDict, cfg: ModelConfig, ours: JaxBench) -> dict[str, Any]:
+    """What the timed step computes: remat, layer scan, dropout, accumulation, LoRA and trained size."""
+    return {
         "remat": cfg.remat,
         "scan_layers": cfg.scan_layers,
         "residual_dropout": cfg.residual_dropout,
         "grad_accum": config.grad_accum,
         "lora_rank": 0 if ours.lora is None else ours.lora.rank,
         "trained_params": sum(a.size for a in jax.tree.leaves(ours.state.params)),
-        "steps": steps,
-        "warmup": warmup,
-        "compile_s": _sig(ours.compile_s, 4),
-        "first_step_s": _sig(first_step_s, 4),
+    }
+
+
+def _speed_fields(samples: list[tuple[float, float]], tokens_per_step: int, flops_per_token: float, peak: float,
+                  peak_source: str) -> dict[str, Any]:
+    """Our step's timing, tokens/s, TFLOP/s and MFU against `peak`."""
+    timing = _timing_fields("", samples, tokens_per_step)
+    timing["train_tokens_per_s"] = timing.pop("tokens_per_s")
+    tflops = flops_per_token * timing["train_tokens_per_s"] / 1e12
+    return {
         **timing,
         "flops_per_token": flops_per_token,  # PaLM's model FLOPs: the input embedding is a gather
         "tflops": _sig(tflops),
         "peak_tflops": _sig(peak),
         "peak_source": peak_source,
         "mfu": _sig(tflops / peak),
-        "loss": _sig(ours.loss),
     }
-    if peaks:
-        record["peak_tflops_range"] = [_sig(min(peaks)), _sig(max(peaks))]
-    noise = {"step_s_rel_iqr": _sig(step_noise, 3), "load_average_1m": [_sig(load_before[0], 3), _sig(os.getloadavg()[0], 3)],
-             "cores": cpu_cores()}
-    if peaks:
-        noise["peak_rel_range"] = _sig((max(peaks) - min(peaks)) / peak, 3)
-    if theirs is not None:
-        import torch
-        import transformers
 
-        theirs_timing = _timing_fields("torch_", samples[1], tokens_per_step)
-        ratios = spread([t[0] / o[0] for o, t in zip(samples[0], samples[1])])
-        cpu_ratio = statistics.median(t[1] / o[1] for o, t in zip(samples[0], samples[1]))
-        torch_tflops = flops_per_token * theirs_timing["torch_tokens_per_s"] / 1e12
-        record.update(
-            {
-                "torch_attention": theirs.attention,
-                "torch_attention_probe_s": {k: _sig(v, 4) for k, v in attention_probe.items()},
-                "torch_threads": theirs.threads,
-                **theirs_timing,
-                "torch_tflops": _sig(torch_tflops),
-                "torch_mfu": _sig(torch_tflops / peak),
-                "torch_loss": _sig(theirs.loss),
-                # Each round's torch step time over ours, then the median: robust to a machine whose speed drifts.
-                "speedup_vs_torch": _sig(ratios["median"]),
-                "speedup_vs_torch_iqr": [_sig(ratios["q1"]), _sig(ratios["q3"])],
-                "speedup_vs_torch_range": [_sig(ratios["min"]), _sig(ratios["max"])],
-                # The same in CPU seconds: what each framework's threads spent, however busy the host.
-                "cpu_speedup_vs_torch": _sig(cpu_ratio),
-                "torch_version": torch.__version__,
-                "transformers_version": transformers.__version__,
-            }
-        )
-        noise["torch_step_s_rel_iqr"] = _sig(_rel_iqr([w for w, _ in samples[1]]), 3)
-    record["noise"] = noise
-    record["noise_note"] = noise_note(record)
-    if not all(math.isfinite(v) for v in (record["loss"], record.get("torch_loss", 0.0))):
-        say("bench: warning: a non-finite loss")
-    return record
+
+def _torch_fields(theirs: TorchBench, attention_probe: dict[str, float], samples: list[list[tuple[float, float]]],
+                  tokens_per_step: int, flops_per_token: float, peak: float) -> dict[str, Any]:
+    """torch's timing and MFU, and the speedup over it: the median of the rounds' ratios."""
+    import torch
+    import transformers
+
+    theirs_timing = _timing_fields("torch_", samples[1], tokens_per_step)
+    ratios = spread([t[0] / o[0] for o, t in zip(samples[0], samples[1])])
+    cpu_ratio = statistics.median(t[1] / o[1] for o, t in zip(samples[0], samples[1]))
+    torch_tflops = flops_per_token * theirs_timing["torch_tokens_per_s"] / 1e12
+    return {
+        "torch_attention": theirs.attention,
+        "torch_attention_probe_s": {k: _sig(v, 4) for k, v in attention_probe.items()},
+        "torch_threads": theirs.threads,
+        **theirs_timing,
+        "torch_tflops": _sig(torch_tflops),
+        "torch_mfu": _sig(torch_tflops / peak),
+        "torch_loss": _sig(theirs.loss),
+        # Each round's torch step time over ours, then the median: robust to a machine whose speed drifts.
+        "speedup_vs_torch": _sig(ratios["median"]),
+        "speedup_vs_torch_iqr": [_sig(ratios["q1"]), _sig(ratios["q3"])],
+        "speedup_vs_torch_range": [_sig(ratios["min"]), _sig(ratios["max"])],
+        # The same in CPU seconds: what each framework's threads spent, however busy the host.
+        "cpu_speedup_vs_torch": _sig(cpu_ratio),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+    }
 
 
 def noise_note(record: dict[str, Any]) -> str:

@@ -43,6 +43,9 @@ _CATEGORIES = flags.DEFINE_string("categories", None, "wikiHow: a CSV/TSV of tit
 _SUBREDDIT = flags.DEFINE_enum("subreddit", "writingprompts", ["writingprompts", "askreddit"],
                                "reddit: WritingPrompts (title -> top comment, training) or AskReddit (titles only, a test set)")
 
+FLAG_NAMES = {"inputs": "--input", **{name: f"--{name}" for name in (
+    "source", "output", "filters", "num_examples", "title_ratio", "temperature", "overwrite")}}  # what errors call them
+
 
 def main(argv: list[str]) -> None:
     no_arguments(argv)
@@ -54,7 +57,7 @@ def main(argv: list[str]) -> None:
         overwrite=_OVERWRITE.value, temperature=_TEMPERATURE.value, title_ratio=_TITLE_RATIO.value,
         exchanges=_EXCHANGES.value, reference_phrases=_PHRASES.value, categories=_CATEGORIES.value,
         subreddit=_SUBREDDIT.value,
-    ), say=say)
+    ), say=say, names=FLAG_NAMES)
 
 
 if __name__ == "__main__":

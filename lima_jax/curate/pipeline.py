@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from lima_jax.curate import sampling
 from lima_jax.curate.report import Report
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, namer
 from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
 
 SOURCES = ("stackexchange", "stackexchange_dialogues", "wikihow", "reddit")
@@ -40,23 +40,25 @@ class Options:
     categories: str | None = None
     subreddit: str = "writingprompts"
 
-    def check(self) -> None:
+    def check(self, names: Mapping[str, str] | None = None) -> None:
+        """Refuses a bad option, named as `errors.namer` names it."""
+        name = namer(names)
         if not self.source:
-            raise LimaError(f"--source is required ({', '.join(SOURCES)})")
+            raise LimaError(f"{name('source')} is required ({', '.join(SOURCES)})")
         if self.source not in SOURCES:
-            raise LimaError(f"--source={self.source}: expected one of {', '.join(SOURCES)}")
+            raise LimaError(f"{name('source')}={self.source}: expected one of {', '.join(SOURCES)}")
         if not self.inputs:
-            raise LimaError("--input is required")
+            raise LimaError(f"{name('inputs')} is required")
         if not self.output:
-            raise LimaError("--output is required")
+            raise LimaError(f"{name('output')} is required")
         if self.filters not in ("paper", "none"):
-            raise LimaError(f"--filters={self.filters}: expected paper or none")
+            raise LimaError(f"{name('filters')}={self.filters}: expected paper or none")
         if self.num_examples is not None and self.num_examples < 1:
-            raise LimaError(f"--num_examples must be positive, got {self.num_examples}")
+            raise LimaError(f"{name('num_examples')} must be positive, got {self.num_examples}")
         if not 0.0 <= self.title_ratio <= 1.0:
-            raise LimaError(f"--title_ratio must be between 0 and 1, got {self.title_ratio}")
+            raise LimaError(f"{name('title_ratio')} must be between 0 and 1, got {self.title_ratio}")
         if not (self.temperature > 0 or math.isinf(self.temperature)):
-            raise LimaError(f"--temperature must be positive, got {self.temperature}")
+            raise LimaError(f"{name('temperature')} must be positive, got {self.temperature}")
 
     def settings(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items() if k != "overwrite"}
@@ -66,14 +68,15 @@ def report_path(output: Path) -> Path:
     return output.with_name(output.name + ".report.json")
 
 
-def curate(opts: Options, say: Callable[[str], None] = print) -> Report:
-    """Runs the curation `opts` asks for; writes the output and its report; returns the report."""
-    opts.check()
-    output = user_path(opts.output)
+def curate(opts: Options, say: Callable[[str], None] = print, names: Mapping[str, str] | None = None) -> Report:
+    """Runs the curation `opts` asks for; writes the output and its report; returns the report. Errors
+    name an option as `namer(names)` does."""
+    opts.check(names)
+    output, name = user_path(opts.output), namer(names)
     for path in (output, report_path(output)):
         if path.exists() and not opts.overwrite:
-            raise LimaError(f"--output: {path} already exists; choose a new path (or pass --overwrite)")
-    check_writable(output.parent, "--output")  # every input and output checked before hours of parsing
+            raise LimaError(f"{name('output')}: {path} already exists; choose a new path (or pass {name('overwrite')})")
+    check_writable(output.parent, name("output"))  # every input and output checked before hours of parsing
     if not opts.source.startswith("stackexchange"):  # (stackexchange checks its sites, folders included, the same way)
         for given in opts.inputs:
             if not user_path(given).is_file():

@@ -1,25 +1,10 @@
 """Pushshift Reddit dumps -> r/WritingPrompts training pairs or r/AskReddit test prompts (LIMA §2.1).
 
-The inputs are zstandard-compressed NDJSON files, read as streams (dumps.ndjson_lines): monthly dumps
-(`RS_2019-01.zst` submissions, `RC_2019-01.zst` comments) or per-subreddit ones
-(`WritingPrompts_submissions.zst`, `WritingPrompts_comments.zst`), in any order and mix. A line with a
-`title` is a submission (`id, title, selftext, score, subreddit, over_18, permalink, ...`), a line with
-a `link_id` a comment (`id, body, score, link_id` = `t3_<submission id>`, `parent_id`, `author`).
-Posts of other subreddits are passed over without being counted.
-
-r/WritingPrompts: the prompt is the submission's title without its tag ("[WP] You wake up..." ->
-"You wake up..."; the tag is kept in `meta`), the response its top-scored top-level comment. Rules, per
-submission (counted under the first it fails):
-  not_a_prompt  the title's tag is not one of PROMPT_TAGS (e.g. [OT] off topic, [IP] image prompts)
-  removed       the submission was deleted or removed
-  nsfw          marked over 18
-  no_response   no top-level comment that counts: AutoModerator's, stickied, deleted and removed ones
-                never do; with the paper's filters, none scoring at least 10 (the paper chose by hand
-                "among the most upvoted")
-r/AskReddit: prompt-only test records from titles with no body (self-contained questions):
-  removed, nsfw as above;  has_body  the submission has text besides its title
-Both rank by the submission's score: with --num_examples the best-scored are written.
-"""
+The inputs are zstandard-compressed NDJSON files, monthly or per subreddit, read as streams
+(dumps.ndjson_lines) in any order and mix: submissions and comments are told apart line by line. A
+WritingPrompts pair is a prompt's untagged title and its top-scored top-level comment; an AskReddit
+test prompt is a title with no body. Both rank by the submission's score. The rules are listed in
+docs/curation.md."""
 from __future__ import annotations
 
 import html

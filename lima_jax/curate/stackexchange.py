@@ -1,22 +1,9 @@
 """Stack Exchange dumps -> LIMA-style question/answer candidates (LIMA §2.1).
 
 Each site is read twice, as a stream (dumps.posts_xml): the first pass finds each question's top
-answer (the highest score; the earlier answer on a tie) among answers that can count (score >= 10
-with the paper's filters), the second keeps the questions that have one and cleans and judges those
-answers. What is held is per candidate, never per post of the file.
-
-The rules, in the order a question meets them (each removed question is counted under the first):
-  community_user           the question is by the Community user (Id -1: the dumps' fake posts);
-                           the Community user's answers never count as anyone's top answer
-  no_top_answer            no answer (with the paper's filters: none scoring at least 10)
-  answer_too_short / _long the cleaned answer has fewer than 1,200 or more than 4,096 characters
-  first_person             the answer's prose (code aside) says "I", "my", "me", ...
-  refers_to_other_answers  the answer's prose has a phrase of the reference list ("as mentioned", ...)
-  empty_prompt             the chosen prompt (title or body) is empty once cleaned
-`--filters=none` keeps every answered question's top answer, whatever its score, length or voice
-(the ablation's unfiltered arm); the Community user and empty prompts are still dropped. The prompt
-is the title for a seeded fraction of the questions (`title_ratio`) and the cleaned body for the rest.
-"""
+answer among those that can count, the second cleans and judges those answers, so what is held is per
+candidate, never per post of the file. The rules, in the order a question meets them, are listed in
+docs/curation.md."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,29 +1,9 @@
 """Stack Exchange comment chains -> multi-turn dialogues (LIMA §6's 20 chains from Stack Exchange).
 
-A dialogue is: the question (its title, a blank line, its cleaned body) -> the answer the asker
-accepted (else the top answer scoring at least 10) -> a comment by the asker under that answer -> the
-answerer's reply -> the asker's next comment -> ... Comments by anyone else are left out; consecutive
-comments by one of the two are joined into one turn; the answerer's comments before the asker's first
-are addenda, not replies, and are skipped; an asker's comment that got no reply ends the chain.
-
-The paper edited its 20 chains into the assistant's style by hand; here they can only be filtered.
-A chain is cut before its first exchange (follow-up + reply) that fails a rule, and the question is
-dropped, counted under the first rule that removed it, when no exchange is left:
-  community_user           the question is by the Community user (Id -1)
-  no_answer                no accepted answer, and none scoring at least 10 (with the paper's filters)
-  self_answer              the answer is by the asker: there is no one to talk to
-  no_follow_up             no comment by the asker under the answer that the answerer replied to
-  follow_up_not_a_question the asker's comment asks nothing (no "?"): thanks and remarks are not turns
-  reply_too_short          the reply has fewer than 40 characters ("Yes.", "Fixed.")
-  reply_first_person       the reply says "I", "my", ... (the assistant's style; the paper rewrote these)
-  refers_to_other_answers  a follow-up, a reply or the answer uses a phrase of the reference list
-  answer_too_short / _long the cleaned answer has fewer than 400 or more than 4,096 characters
-  first_person             the answer's prose says "I", "my", ... (the paper's rule for answers)
-  empty_prompt             the question has neither title nor body once cleaned
-`--filters=none` keeps every chain as it is found (the structure alone: accepted or top answer, the
-asker and the answerer alternating). Comments are cleaned by `text.comment_to_text` (@mentions and
-link addresses removed), answers and questions by `text.html_to_text`.
-"""
+A dialogue is the question, the accepted (else top) answer, then the asker's follow-up comments under
+it alternating with the answerer's replies. The paper edited its chains into the assistant's style by
+hand; here they can only be filtered: a chain is cut before its first exchange (follow-up + reply) that
+fails a rule, and the question is dropped when none is left. The rules are listed in docs/curation.md."""
 from __future__ import annotations
 
 import dataclasses

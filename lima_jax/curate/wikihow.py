@@ -1,26 +1,10 @@
 """wikiHow articles (the public WikiHow-Dataset CSVs) -> "How to X?" prompts with the article as the
 answer (LIMA §2.1).
 
-Two layouts are read, told apart by their header:
-  wikihowAll.csv  headline,title,text: one row per article; `headline` holds the bold step summaries
-                  one a line (each ending in ".,"), `text` the paragraphs after them, one a line
-                  (each after the first starting with ",")
-  wikihowSep.csv  overview,headline,text,sectionLabel,title: one row per step; `overview` is the
-                  article's introduction, `sectionLabel` its method or part
-An answer is the overview (Sep), then each section under a `## label` heading (Sep, when the article
-has more than one), its steps numbered "1. Summary. Paragraph". "This article" / "This wikiHow" become
-"The following answer"; addresses are removed (the CSVs hold no images); sections such as Tips,
-Warnings, Things You'll Need and References are pruned (PRUNED_SECTIONS).
-
-The rules, per article (each removed article is counted under the first it fails):
-  no_title        the title is empty
-  steps_unpaired  (wikihowAll) the bold lines and paragraphs differ in number, so they cannot be paired
-  no_text         nothing is left of the article once pruned
-  no_category     (with a category file) the article's title is not in it
-Sampling: with a category file (CSV or TSV, `title,category` per line), a category is drawn
-uniformly, then one of its articles (the paper: 19 categories, then an article); without one, the
-articles in a seeded random order.
-"""
+Both layouts (wikihowAll.csv, one row per article; wikihowSep.csv, one row per step) are read, told
+apart by their header. An answer is the article's steps, numbered, under its sections' headings, with
+Tips, Warnings and the like pruned. The layouts, the rules and the sampling by category are described
+in docs/curation.md."""
 from __future__ import annotations
 
 import csv

@@ -1,17 +1,12 @@
 """Tokenized examples -> fixed-shape, packed training batches, as a pure function of (seed, step).
 
-The example order is one stream: epoch e is a permutation of range(N) drawn from
-`np.random.default_rng((seed, e))`, and step s takes stream positions [s*B, (s+1)*B), so an epoch
-boundary may fall inside a step and no example is dropped there. Nothing is iterated or cached
-between steps, so a run resumed at step s sees exactly the batches it would have seen.
-
-Each host (process) takes its contiguous B/process_count share of a step and packs it, first-fit
-decreasing, into `rows_per_host` rows of `seq_len` tokens. That row count is the maximum any host
-needs at any step of the run, computed once from the lengths table, so the batch shape never
-changes and the train step compiles once. For an example (ids, mask) of n tokens a row holds
-inputs ids[:-1], targets ids[1:], weights mask[1:] and positions 0..n-2, with `segment_ids` 1, 2, ...
-per example (0 = padding) so attention and the loss never cross examples.
-"""
+The example order is one stream: epoch e is a permutation drawn from `np.random.default_rng((seed,
+e))`, and step s takes stream positions [s*B, (s+1)*B), so no example is dropped at an epoch boundary
+and a run resumed at step s sees exactly the batches it would have seen: nothing is carried between
+steps. Each host packs its contiguous share of a step, first-fit decreasing, into `rows_per_host` rows
+of `seq_len` tokens, a count computed once for the whole run so the train step compiles once. An
+example of n tokens holds inputs ids[:-1], targets ids[1:], weights mask[1:] and positions 0..n-2, with
+`segment_ids` 1, 2, ... per example (0 = padding) so attention and the loss never cross examples."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,17 +1,13 @@
 """Conversations rendered by a tokenizer's own Jinja chat template (`data.chat_format=template`).
 
-The template is rendered as transformers' `apply_chat_template` renders it (a sandboxed jinja2
-environment with the same filters and globals), and the rendered text is tokenized whole, as
-`apply_chat_template(tokenize=True)` does. Which tokens carry loss is found from the template itself,
-without knowing its markup: assistant turn i spans from the end of `render(turns[:i],
-add_generation_prompt=True)` to the end of `render(turns[:i + 1])` in the full rendering (templates
-render a conversation as the prefix of its continuations), cut after the end-of-turn token it holds,
-so that the answer and the token that stops it are trained, as transformers' `{% generation %}`
-masks mark them; tokens whose first character falls in a span are trained. Templates that break this (one that drops earlier turns' reasoning, say) fall back to
-finding the assistant's text in the rendering, and every example is checked: each span holds its
-assistant text and the end-of-turn token, and the mask is neither all zeros nor all ones, else the
-run stops in one line instead of training silently on nothing (or on everything).
-"""
+The template is rendered and tokenized whole, as transformers' `apply_chat_template(tokenize=True)`
+does. Which tokens carry loss is found from the template itself, without knowing its markup: assistant
+turn i spans from the end of `render(turns[:i], add_generation_prompt=True)` to the end of
+`render(turns[:i + 1])` (a conversation renders as the prefix of its continuations), cut after the
+end-of-turn token it holds, so the answer and the token that stops it are trained. Templates that break
+this fall back to finding the assistant's text in the rendering, and every example is checked (each span
+holds its text and the end-of-turn token; the mask is neither all zeros nor all ones), so a run never
+trains silently on nothing or on everything."""
 from __future__ import annotations
 
 import datetime

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
     if _BATCH.value < 1:
         raise LimaError(f"--batch_size must be positive, got {_BATCH.value}")
     params = SamplingParams(**_SAMPLING.values())
-    params.check()
+    _SAMPLING.check(params)
     if _JUDGE.out.value:
         raise LimaError("--out is not read here: report.json and report.md go to --out_dir")
     if not _JUDGE.judge_checkpoint.value and not (_JUDGE.judge_url.value and _JUDGE.judge_model.value):

@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
     if _BATCH.value < 1:
         raise LimaError(f"--batch_size must be positive, got {_BATCH.value}")
     params = SamplingParams(**_SAMPLING.values())
-    params.check()
+    _SAMPLING.check(params)
     questions, kind = read_prompts(_PROMPTS.value)
     output = user_path(_OUTPUT.value)
     check_writable(output.parent, "--output")  # before the checkpoint is loaded and the sampler compiled

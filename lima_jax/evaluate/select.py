@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
         raise LimaError("--likert needs a judge: --judge_url and --judge_model, or --judge_checkpoint")
     judged = bool(_REFERENCE.value or _LIKERT.value)
     params = SamplingParams(**_SAMPLING.values())
-    params.check()
+    _SAMPLING.check(params)
     prompts = selection.dev_prompts(workdir) if judged else []
     _DISTRIBUTED.start(shutdown_timeout_s=WAIT_FOR_JUDGING_S)
     if judged:

@@ -1,28 +1,15 @@
 """Compiled generation: one prefill, then a `lax.while_loop` of single-token decode steps.
 
-LIMA samples with nucleus p 0.9, temperature 0.7 and a repetition penalty of 1.2 on the tokens it has
-already generated (CTRL-style: a positive logit is divided by the penalty, a negative one multiplied),
-for at most 2048 tokens. Temperature 0 is plain greedy decoding (the argmax of the model's logits,
-with neither penalty nor nucleus), so it can be compared token for token with other implementations.
+LIMA's sampling (nucleus p 0.9, temperature 0.7, a CTRL-style repetition penalty of 1.2 on the tokens
+already generated); temperature 0 is plain greedy decoding. Prompts are left-padded to a bucketed
+length, so new prompt lengths reuse a compiled program; each row stops on its own at EOT or EOS.
+`generate` runs the whole loop in one call; `SteppedBatch` runs it a chunk of steps per call, with
+per-row knobs and budgets, for the server.
 
-Prompts are left-padded to a bucketed length (padding has segment id 0 and is never attended to,
-positions start at 0 at each prompt's first token), so new prompt lengths reuse a compiled program.
-Each row stops on its own at a stop token (EOT or EOS); the loop ends when every row has stopped.
-`generate` runs the whole loop in one call; `SteppedBatch` runs the same loop a chunk of steps per
-call, with per-row knobs and budgets, for a server that streams and drops rows between chunks.
-
-One seeding rule for every entry point (sample, evaluate.generate, chat, select): a row's randomness
-comes from the seed and its prompt's token ids alone (`prompt_seed`), never from its place in a file
-or a batch, so reordering, filtering or resuming a prompt set leaves every answer as it was.
-
-Given a mesh (the training one: data, fsdp, tensor), the parameters stay where they are laid out,
-the KV cache is placed by the same rules (rows over data/fsdp, KV heads over tensor) and the
-activations are constrained as in training. The mesh may span several processes (every host of a
-slice runs the same command with the same prompts): the prompts enter as global arrays replicated
-over the mesh and the generated tokens leave replicated, so every process reads the whole answer.
-Models meant for decoding hold their layers unstacked (`model.decode_layout.for_decoding`): on a CPU
-that is what lets a step read the weights without copying them.
-"""
+A row's randomness comes from the seed and its prompt's token ids alone (`prompt_seed`), never from its
+place in a file or a batch, so reordering, filtering or resuming a prompt set leaves every answer as it
+was. Over a mesh (of one process or several) the KV cache follows the training rules, and every process
+reads the whole answer."""
 from __future__ import annotations
 
 import contextlib

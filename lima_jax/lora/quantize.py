@@ -3,12 +3,10 @@
 QLoRA (Dettmers et al. 2023) trains low-rank adapters on a base that never changes, so the base can be kept in a
 few bits and only the adapters (and their optimizer state) stay in full precision. Each weight is flattened and cut
 into blocks of BLOCK values; a block keeps its absmax as an fp32 scale, so one outlier only costs its own block.
-- int8: symmetric codes round(w / absmax * 127); 1 + 4/64 = 1.0625 bytes per parameter.
-- nf4: the 16 NormalFloat levels (quantiles of a normal distribution, as bitsandbytes publishes them), two 4-bit
-  codes per byte; 0.5 + 4/64 = 0.5625 bytes per parameter. No double quantization: the scales stay fp32 (QLoRA's
-  8-bit scales would save another 0.06 bytes per parameter).
-The compute dtype never changes: `dense` dequantizes in fp32 and casts, right where the weight is used.
-"""
+- int8: symmetric codes round(w / absmax * 127); 1.0625 bytes per parameter.
+- nf4: the 16 NormalFloat levels (as bitsandbytes publishes them), two 4-bit codes per byte; 0.5625 bytes per
+  parameter. The scales stay fp32 (no double quantization).
+The compute dtype never changes: `dense` dequantizes in fp32 and casts, right where the weight is used."""
 from __future__ import annotations
 
 import dataclasses

@@ -4,18 +4,10 @@ MT-Bench, lm-evaluation-harness, the `openai` client) can use it.
     python -m lima_jax.serve --checkpoint=runs/tiny [--host=127.0.0.1] [--port=8000] [--mesh=fsdp=4]
 
 Then `GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completions` (streaming or not) at
-http://127.0.0.1:8000/v1. The model's name is the checkpoint folder's (`tiny` for `runs/tiny`) unless
-`--model_name` says otherwise; requests may also name `--checkpoint` as given. Absent sampling fields take LIMA's values (temperature 0.7, top_p 0.9,
-repetition_penalty 1.2); a greedy (temperature 0) or seeded answer equals `lima_jax.sample`'s for
-the same conversation and seed. `--api_key_env=NAME` requires `Authorization: Bearer $NAME`; without
-a key only requests addressed to localhost or an IP address, from no web page but a loopback one, are
-served (`serve.guards`). Slow or idle connections are closed (`serve.connections`).
-
-Every program is compiled before the port opens (those of prompts past `--background_compile_above`
-tokens right after, in the background): each batch size of `--batch_sizes` times each prompt width
-(64, 256, 1024, ... up to the served context, `--max_len`: by default the longest whose prefill fits
-this host), decoding up to `--max_tokens` new tokens. See `lima_jax.serve.batching` for how concurrent requests share a batch.
-"""
+http://127.0.0.1:8000/v1; a greedy or seeded answer equals `lima_jax.sample`'s for the same
+conversation and seed. Without `--api_key_env` only local requests are served (`serve.guards`). Every
+program is compiled before the port opens (long prompt widths right after, in the background), so no
+request waits for a compile. The README's "Serving" section lists the fields, limits and flags."""
 from __future__ import annotations
 
 import os

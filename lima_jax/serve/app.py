@@ -55,46 +55,55 @@ async def _body(http: HttpRequest, limit: int) -> bytes:
 def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: str | None = None,
              allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()) -> Starlette:
     """The app; `api_key` and the allowed hosts and origins are `guards.Guard`'s."""
-    tokenizer = generator.tokenizer
-    vocab = generator.model.cfg.used_vocab_size
+    endpoints = _Endpoints(generator, engine, limits)
+    routes = [
+        Route("/v1/models", endpoints.models, methods=["GET"]),
+        Route("/v1/chat/completions", endpoints.chat_completions, methods=["POST"]),
+        Route("/v1/completions", endpoints.text_completions, methods=["POST"]),
+        Route("/health", endpoints.health, methods=["GET"]),
+        Route("/metrics", endpoints.metrics, methods=["GET"]),
+    ]
+    guard = Middleware(Guard, key=api_key, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
+    return Starlette(routes=routes, middleware=[Middleware(OneLineErrors), guard],
+                     exception_handlers={HTTPException: _http_error})
 
-    def encode_text(text: str) -> list[int]:
-        return tokenizer.encode_plain(text)
 
-    def token_text(token: int) -> str:
-        """A token as log-probabilities name it: the text it adds, its leading space included."""
-        if token == generator.eot_id:
-            return EOT_TEXT
-        if 0 <= token < tokenizer.num_pieces:
-            return tokenizer.token_text(token)
-        return ""
+async def _http_error(_: HttpRequest, e: HTTPException) -> Response:
+    kind = "NotFoundError" if e.status_code == 404 else "invalid_request_error"
+    return error_response(ApiError(e.status_code, str(e.detail), kind=kind))
 
-    async def models(_: HttpRequest) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": limits.model, "object": "model", "created": started,
-                                                          "owned_by": "lima_jax", "max_model_len": limits.context}]})
 
-    async def health(_: HttpRequest) -> Response:
+class _Endpoints:
+    """The routes' handlers over one generator, its engine and the server's limits."""
+
+    def __init__(self, generator: Generator, engine: Engine, limits: Limits):
+        self.generator, self.engine, self.limits = generator, engine, limits
+        self.tokenizer = generator.tokenizer
+        self.vocab = generator.model.cfg.used_vocab_size
+        self.started = int(time.time())
+
+    async def models(self, _: HttpRequest) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": self.limits.model, "object": "model", "created": self.started,
+                                                          "owned_by": "lima_jax", "max_model_len": self.limits.context}]})
+
+    async def health(self, _: HttpRequest) -> Response:
         return Response(status_code=200)
 
-    async def metrics(_: HttpRequest) -> Response:
+    async def metrics(self, _: HttpRequest) -> Response:
         """Prometheus' text format, as vLLM's /metrics: how requests were batched."""
-        values = {**{f"{k}_total": v for k, v in engine.stats.items()}, "compiled_programs": engine.compiled,
-                  "waiting_sequences": engine.waiting.qsize()}
+        values = {**{f"{k}_total": v for k, v in self.engine.stats.items()}, "compiled_programs": self.engine.compiled,
+                  "waiting_sequences": self.engine.waiting.qsize()}
         return PlainTextResponse("".join(f"lima_serve_{k} {v}\n" for k, v in values.items()))
 
-    def read(data: bytes, chat: bool) -> Request:
-        """The body as the sequences to generate, or an ApiError. Run on a worker thread: parsing and
-        tokenizing a large body takes a while, and the event loop keeps serving other clients meanwhile."""
-        request = parse(loads(data), limits, generator.encode, encode_text, chat=chat)
-        for p in request.prompts:
-            bad = [t for t in p if not 0 <= t < vocab]
-            if bad:
-                raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="prompt")
-        return request
+    async def chat_completions(self, http: HttpRequest) -> Response:
+        return await self.completions(http, chat=True)
 
-    async def completions(http: HttpRequest, chat: bool) -> Response:
+    async def text_completions(self, http: HttpRequest) -> Response:
+        return await self.completions(http, chat=False)
+
+    async def completions(self, http: HttpRequest, chat: bool) -> Response:
         try:
-            request = await asyncio.to_thread(read, await _body(http, limits.max_request_bytes), chat)
+            request = await asyncio.to_thread(self.read, await _body(http, self.limits.max_request_bytes), chat)
         except ApiError as e:
             return error_response(e)
         except ClientDisconnect:  # gone before its body arrived (or closed for arriving too slowly)
@@ -107,33 +116,32 @@ def make_app(generator: Generator, engine: Engine, limits: Limits, *, api_key: s
                    request.top_logprobs)
             for i, prompt in enumerate(request.prompts) for j in range(request.n)
         ]
-        engine.submit(sequences)
-        responses = Responses(limits.model, chat, token_text)
+        self.engine.submit(sequences)
+        responses = Responses(self.limits.model, chat, self.token_text)
         if request.stream:
             return StreamingResponse(_stream(request, sequences, updates, responses), media_type="text/event-stream")
         return await _whole(http, request, sequences, updates, responses)
 
-    async def chat_completions(http: HttpRequest) -> Response:
-        return await completions(http, chat=True)
+    def read(self, data: bytes, chat: bool) -> Request:
+        """The body as the sequences to generate, or an ApiError. Run on a worker thread: parsing and
+        tokenizing a large body takes a while, and the event loop keeps serving other clients meanwhile."""
+        request = parse(loads(data), self.limits, self.generator.encode, self.encode_text, chat=chat)
+        for p in request.prompts:
+            bad = [t for t in p if not 0 <= t < self.vocab]
+            if bad:
+                raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{self.vocab - 1})", param="prompt")
+        return request
 
-    async def text_completions(http: HttpRequest) -> Response:
-        return await completions(http, chat=False)
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode_plain(text)
 
-    async def http_error(_: HttpRequest, e: HTTPException) -> Response:
-        kind = "NotFoundError" if e.status_code == 404 else "invalid_request_error"
-        return error_response(ApiError(e.status_code, str(e.detail), kind=kind))
-
-    started = int(time.time())
-    routes = [
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", text_completions, methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ]
-    guard = Middleware(Guard, key=api_key, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
-    return Starlette(routes=routes, middleware=[Middleware(OneLineErrors), guard],
-                     exception_handlers={HTTPException: http_error})
+    def token_text(self, token: int) -> str:
+        """A token as log-probabilities name it: the text it adds, its leading space included."""
+        if token == self.generator.eot_id:
+            return EOT_TEXT
+        if 0 <= token < self.tokenizer.num_pieces:
+            return self.tokenizer.token_text(token)
+        return ""
 
 
 class OneLineErrors:

@@ -1,19 +1,13 @@
 """The engine: one thread that gathers the sequences waiting, runs them as one batch of the
 sampler (`inference.sampler.SteppedBatch`) a few steps at a time, and hands each its text as it grows.
 
-Batching is batch-synchronous: a batch is formed from what is waiting (the first sequence, then
-those arriving each within `batch_wait_s` of the one before, up to the largest compiled size), padded to the smallest
-compiled batch size that holds it and to a compiled prompt width, and decoded until every row is done;
-sequences arriving meanwhile form the next batch. Rows do not join a running batch (continuous
-batching) because the KV cache has one write index for the whole batch (`model.KVCache.index`): a row
-starting late would need its own. Between chunks (one step, so that the first token streams right
-after the prefill, then 2, 4, ... up to `chunk_steps`) the engine streams the new text, applies stop
-strings, and stops the rows whose client has gone, so a batch whose clients have all left ends at once.
-
-Every (batch size, prompt width) program is compiled at start (`warm_up`), those of long prompt widths
-optionally in the background once the server is up; a program compiled while a request waits for it is
-reported on stderr.
-"""
+Batching is batch-synchronous: a batch is formed from what is waiting, padded to a compiled batch size
+and prompt width, and decoded until every row is done; sequences arriving meanwhile form the next
+batch. Rows do not join a running batch (continuous batching) because the KV cache has one write index
+for the whole batch (`model.KVCache.index`). Between chunks of steps (1, then 2, 4, ... up to
+`chunk_steps`, so the first token streams right after the prefill) the engine streams the new text,
+applies stop strings, and stops the rows whose client has gone. Every program is compiled at start
+(`warm_up`); one compiled while a request waits is reported on stderr."""
 from __future__ import annotations
 
 import dataclasses

@@ -99,12 +99,37 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
     """A chat or completions request body as the sequences to generate, or an ApiError (4xx)."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    _check_model(body, limits)
+    prompts, top = _prompts(body, limits, encode_chat, encode_text, chat)
+    n = _choices(body, limits, len(prompts), chat)
+    max_tokens, room = _max_tokens(body, limits, max(len(p) for p in prompts), chat)
+    params = _sampling(body, max_tokens or room)
+    stop = _get(body, "stop", (str, list), [])
+    stop = [stop] if isinstance(stop, str) else stop
+    if not all(isinstance(s, str) and s for s in stop):
+        raise ApiError(400, "'stop' must be a string or an array of non-empty strings", param="stop")
+    seed = _get(body, "seed", (int,))
+    if seed is not None and not SEEDS[0] <= seed <= SEEDS[1] - (n - 1):  # choice j samples with seed + j
+        raise ApiError(400, f"'seed' must be a 64-bit integer, and with n={n} at most {SEEDS[1] - (n - 1)} (choice j "
+                       f"samples with seed + j): between {SEEDS[0]} and {SEEDS[1] - (n - 1)}, got {seed}", param="seed")
+    options = _get(body, "stream_options", (dict,), {})
+    return Request(prompts, n, params, random.randrange(2**31) if seed is None else seed, stop,
+                   bool(_get(body, "stream", (bool,), False)), bool(options.get("include_usage")), max_tokens is not None,
+                   top)
+
+
+def _check_model(body: dict, limits: Limits) -> None:
     model = _get(body, "model", (str,))
     if model is None:
         raise ApiError(400, "'model' is required", param="model")
     if model != limits.model and model not in limits.aliases:
         raise ApiError(404, f"The model `{model}` does not exist (this server serves `{limits.model}`)",
                        param="model", code="model_not_found", kind="NotFoundError")
+
+
+def _prompts(body: dict, limits: Limits, encode_chat: Callable[[list[str]], list[int]],
+             encode_text: Callable[[str], list[int]], chat: bool) -> tuple[list[list[int]], int | None]:
+    """The prompts' token ids, and how many top log-probabilities each token reports (None: none)."""
     if chat:
         top = _get(body, "top_logprobs", (int,))
         if top is not None and not _get(body, "logprobs", (bool,), False):
@@ -121,22 +146,31 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
         raise ApiError(400, f"'{name}': this server was started without log-probabilities (--max_logprobs)", param=name)
     if top is not None and not 0 <= top <= limits.max_logprobs:
         raise ApiError(400, f"'{name}' must be between 0 and {limits.max_logprobs}, got {top}", param=name)
+    return prompts, top
+
+
+def _choices(body: dict, limits: Limits, num_prompts: int, chat: bool) -> int:
+    """`n`, the choices per prompt, once the fields this server does not support are refused."""
     for name in ("presence_penalty", "frequency_penalty"):
         _unsupported(body, name, 0, "LIMA's penalty is 'repetition_penalty' (an extension, default 1.2)")
     _unsupported(body, "logit_bias", {}, "no logit bias")
     n = _get(body, "n", (int,), 1)
     if not 1 <= n <= limits.max_n:
         raise ApiError(400, f"'n' must be between 1 and {limits.max_n}, got {n}", param="n")
-    if len(prompts) * n > limits.max_n:  # one request never queues more than one batch holds
-        raise ApiError(400, f"a request holds at most {limits.max_n} sequences (one batch), and {len(prompts)} prompts x n={n} "
-                       f"make {len(prompts) * n}; send the prompts in several requests", param="prompt")
+    if num_prompts * n > limits.max_n:  # one request never queues more than one batch holds
+        raise ApiError(400, f"a request holds at most {limits.max_n} sequences (one batch), and {num_prompts} prompts x n={n} "
+                       f"make {num_prompts * n}; send the prompts in several requests", param="prompt")
     if not chat and _get(body, "best_of", (int,), n) != n:
         raise ApiError(400, "'best_of' is not supported by this server: choices are not ranked", param="best_of")
+    return n
+
+
+def _max_tokens(body: dict, limits: Limits, longest: int, chat: bool) -> tuple[int | None, int]:
+    """The tokens asked for (None: not said), and the room the longest prompt leaves."""
     max_tokens = _get(body, "max_completion_tokens", (int,)) if chat else None
     max_tokens = _get(body, "max_tokens", (int,), max_tokens)
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(400, f"'max_tokens' must be at least 1, got {max_tokens}", param="max_tokens")
-    longest = max(len(p) for p in prompts)
     room = min(limits.context - longest, limits.max_tokens)
     if max_tokens is not None and (longest + max_tokens > limits.context or max_tokens > limits.max_tokens) or room < 1:
         asked = max_tokens or 1
@@ -145,28 +179,22 @@ def parse(body: Any, limits: Limits, encode_chat: Callable[[list[str]], list[int
                        f"{'messages' if chat else 'prompt'}, {asked} in the completion). Please reduce the length of "
                        f"the {'messages' if chat else 'prompt'} or completion.", param="messages" if chat else "prompt",
                        code="context_length_exceeded")
+    return max_tokens, room
+
+
+def _sampling(body: dict, max_new_tokens: int) -> SamplingParams:
+    """The request's sampling fields, LIMA's where absent, checked."""
     params = SamplingParams(
         temperature=float(_get(body, "temperature", (int, float), LIMA.temperature)),
         top_p=float(_get(body, "top_p", (int, float), LIMA.top_p)),
         repetition_penalty=float(_get(body, "repetition_penalty", (int, float), LIMA.repetition_penalty)),
-        max_new_tokens=max_tokens or room,
+        max_new_tokens=max_new_tokens,
     )
     try:
-        params.check()
-    except LimaError as e:  # the sampler's message names the command-line flag
-        raise ApiError(400, str(e).replace("--max_new_tokens", "max_tokens").replace("--", "")) from None
-    stop = _get(body, "stop", (str, list), [])
-    stop = [stop] if isinstance(stop, str) else stop
-    if not all(isinstance(s, str) and s for s in stop):
-        raise ApiError(400, "'stop' must be a string or an array of non-empty strings", param="stop")
-    seed = _get(body, "seed", (int,))
-    if seed is not None and not SEEDS[0] <= seed <= SEEDS[1] - (n - 1):  # choice j samples with seed + j
-        raise ApiError(400, f"'seed' must be a 64-bit integer, and with n={n} at most {SEEDS[1] - (n - 1)} (choice j "
-                       f"samples with seed + j): between {SEEDS[0]} and {SEEDS[1] - (n - 1)}, got {seed}", param="seed")
-    options = _get(body, "stream_options", (dict,), {})
-    return Request(prompts, n, params, random.randrange(2**31) if seed is None else seed, stop,
-                   bool(_get(body, "stream", (bool,), False)), bool(options.get("include_usage")), max_tokens is not None,
-                   top)
+        params.check({"max_new_tokens": "max_tokens"})  # named as the request names them
+    except LimaError as e:
+        raise ApiError(400, str(e)) from None
+    return params
 
 
 def _chat_turns(messages: Any) -> list[str]:

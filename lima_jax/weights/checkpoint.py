@@ -1,18 +1,13 @@
 """The lima_jax checkpoint (Orbax): a model's parameters plus the architecture that reads them.
 
 A checkpoint directory holds three Orbax items, `params` (the parameter tree), `model` (the
-ModelConfig as JSON) and `checksums` (each array's, checked when it is read: `weights/checksums.py`;
-absent from a checkpoint saved before them), plus the tokenizer's files when one is known
-(`tokenizer.model`, or `tokenizer.json` with its `tokenizer_config.json`). A converted checkpoint and
-each step a training run saves under `<workdir>/checkpoints/<step>/` have this same layout (a step adds
-`run`, and the latest step alone what a resume needs: `train.checkpoints`), so
-everything that reads weights takes any of: a converted checkpoint, one step, or a run's workdir (its latest
-complete step; Orbax writes a step under a temporary name and renames it when complete, or on
-Cloud Storage marks it with a commit file). Every path may be local or `gs://`.
-
-A LoRA run's step holds its adapters as `params` and a `lora` item (the LoraSpec, the base's path and
-fingerprint); `load_params` reads it as the base, rebuilt as the run held it, with the adapters merged.
-"""
+ModelConfig as JSON) and `checksums` (each array's, checked when it is read: `weights/checksums.py`),
+plus the tokenizer's files when one is known. A converted checkpoint and each step a training run saves
+under `<workdir>/checkpoints/<step>/` share this layout (a step adds `run`), so everything that reads
+weights takes a converted checkpoint, one step, or a run's workdir (its latest complete step: Orbax
+renames a step, or on Cloud Storage marks it with a commit file, once it is whole). Every path may be
+local or `gs://`. A LoRA run's step holds its adapters as `params` and a `lora` item (the LoraSpec, the
+base's path and fingerprint); `load_params` reads the base as the run held it, with the adapters merged."""
 from __future__ import annotations
 
 import dataclasses
@@ -77,7 +72,7 @@ def save(
     and then without deleting anything (`weights/output.py` clears a previous export's own files)."""
     path = user_path(path)  # Orbax wants absolute paths
     if path.exists() and not overwrite:
-        raise LimaError(f"{path} already exists; choose a new output path (or pass --overwrite)")
+        raise LimaError(f"{path} already exists; choose a new output path (or pass overwrite=True)")
     with _checkpointer() as ckptr:
         ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_record(cfg)),
                                             checksums=ocp.args.JsonSave({PARAMS: checksums.of(params)})))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from lima_jax.data.tokenizer import ChatTokenizer, of_model
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, namer
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, check_writable, is_cloud, user_path
 from lima_jax.weights import checkpoint, gguf, hf, llama2c, meta, peft
@@ -28,7 +29,8 @@ from lima_jax.weights.names import params_from_hf
 from lima_jax.weights.output import CHECKPOINT_FILES, HF_FILES, PEFT_FILES, check_not_input, replace_export
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path) -> str | None:
+    """The input's format, told from its files; None when they say nothing."""
     if path.is_file() and path.suffix == ".bin":
         return "llama2c"
     if path.is_file() and path.suffix == ".gguf":
@@ -39,7 +41,7 @@ def detect_format(path: Path) -> str:
         return "hf"
     if (path / "params.json").is_file():
         return "meta"
-    raise LimaError(f"{path}: cannot tell its format (no config.json, params.json or checkpoint); pass --input_format")
+    return None
 
 
 def read_weights(path: Path, fmt: str, imposed: ModelConfig | None) -> tuple[ModelConfig, dict]:
@@ -81,30 +83,17 @@ def convert(
     dtype: str = "keep",
     max_shard_bytes: int = 5 * 10**9,
     overwrite: bool = False,
+    names: Mapping[str, str] | None = None,
 ) -> Path:
-    """Converts weights; returns the written path."""
-    src = user_path(input_path)
-    if not src.exists():
-        raise LimaError(f"--input {src}: no such file or directory")
-    out = user_path(output)
-    check_not_input(out, src)
-    if out.exists() and not overwrite:
-        raise LimaError(f"--output {out} already exists; choose a new path (or pass --overwrite)")
-    # Before any weight is read: a folder that cannot take the output is named as the user wrote it,
-    # not as the hidden staging folder beside it that the export would first fail to create.
-    check_writable(out.parent, f"--output {out}: its folder")
-    fmt = detect_format(src) if input_format == "auto" else input_format
-    if output_format == "orbax" and fmt == "orbax":
-        raise LimaError("the input is already a lima_jax checkpoint; pass --output_format=hf or gguf to export it")
-    if output_format == "peft" and not (fmt == "orbax" and checkpoint.is_adapter(checkpoint.resolve(src))):
-        raise LimaError(f"--input {src}: not a LoRA run or step (it holds a full model); --output_format=peft exports "
-                        "a LoRA run's adapters: pass --output_format=hf or gguf")
-    if fmt != "orbax" and is_cloud(src):
-        raise LimaError(f"--input {src}: {fmt} weights are memory-mapped from local files; copy them to this machine first")
+    """Converts weights; returns the written path. Errors name an argument as `errors.namer(names)` does
+    (the command passes its flags)."""
+    name = namer(names)
+    src, out = user_path(input_path), user_path(output)
+    fmt = _checked_format(src, out, input_format, output_format, overwrite, name)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = tokenizer or find_tokenizer(src, fmt, Path(scratch))
         if tokenizer is not None and not Path(tokenizer).exists():
-            raise LimaError(f"--tokenizer {tokenizer}: no such file or folder")
+            raise LimaError(f"{name('tokenizer')} {tokenizer}: no such file or folder")
 
         if output_format == "peft":  # the adapters alone: the base's weights are not read
             step = checkpoint.resolve(src)
@@ -122,9 +111,35 @@ def convert(
                                                                max_shard_bytes=max_shard_bytes, overwrite=True), HF_FILES)
         if output_format == "gguf":  # one file, written beside and renamed over the old one
             return gguf.write(out, params, cfg, tokenizer=tokenizer, eot_id=run.get("eot_id"),
-                              chat_format=run.get("chat_format", "lima"), overwrite=overwrite)
+                              chat_format=run.get("chat_format", "lima"), overwrite=overwrite, names=names)
         return replace_export(out, lambda folder: checkpoint.save(folder, params, cfg, tokenizer=tokenizer, overwrite=True),
                               CHECKPOINT_FILES)
+
+
+def _checked_format(src: Path, out: Path, input_format: str, output_format: str, overwrite: bool,
+                    name: Callable[[str], str]) -> str:
+    """The input's format, once the input, the output and the formats asked for are known to fit, before
+    any weight is read."""
+    if not src.exists():
+        raise LimaError(f"{name('input')} {src}: no such file or directory")
+    check_not_input(out, src, name("output"))
+    if out.exists() and not overwrite:
+        raise LimaError(f"{name('output')} {out} already exists; choose a new path (or pass {name('overwrite')})")
+    # A folder that cannot take the output is named as the user wrote it, not as the hidden staging
+    # folder beside it that the export would first fail to create.
+    check_writable(out.parent, f"{name('output')} {out}: its folder")
+    fmt = detect_format(src) if input_format == "auto" else input_format
+    if fmt is None:
+        raise LimaError(f"{src}: cannot tell its format (no config.json, params.json or checkpoint); "
+                        f"pass {name('input_format')}")
+    if output_format == "orbax" and fmt == "orbax":
+        raise LimaError(f"the input is already a lima_jax checkpoint; pass {name('output_format')}=hf or gguf to export it")
+    if output_format == "peft" and not (fmt == "orbax" and checkpoint.is_adapter(checkpoint.resolve(src))):
+        raise LimaError(f"{name('input')} {src}: not a LoRA run or step (it holds a full model); "
+                        f"{name('output_format')}=peft exports a LoRA run's adapters: pass {name('output_format')}=hf or gguf")
+    if fmt != "orbax" and is_cloud(src):
+        raise LimaError(f"{name('input')} {src}: {fmt} weights are memory-mapped from local files; copy them to this machine first")
+    return fmt
 
 
 def _chat(tokenizer: Path | None, cfg: ModelConfig, run: dict) -> tuple[ChatTokenizer | None, int | None]:

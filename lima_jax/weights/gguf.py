@@ -13,13 +13,13 @@ import functools
 import os
 import re
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_dtypes
 import numpy as np
 
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, namer
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, copy_file, is_cloud, user_path
 from lima_jax.weights import gguf_vocab
@@ -205,24 +205,13 @@ def write(
     eot_id: int | None = None,
     chat_format: str = "lima",
     overwrite: bool = False,
+    names: Mapping[str, str] | None = None,
 ) -> Path:
     """Writes one GGUF file llama.cpp and Ollama load: the weights (float32, float16 or bfloat16, as
-    stored), the architecture, and the tokenizer with EOT and a chat template (`gguf_vocab.add`)."""
+    stored), the architecture, and the tokenizer with EOT and a chat template (`gguf_vocab.add`). Errors
+    name an argument as `errors.namer(names)` does."""
     out = user_path(path)
-    if out.exists() and not overwrite:
-        raise LimaError(f"{out} already exists; choose a new output path (or pass --overwrite)")
-    if tokenizer is None:
-        raise LimaError("--output_format=gguf needs the tokenizer (llama.cpp reads it from the file): pass --tokenizer")
-    unsupported = [what for what, present in (
-        (f"the {cfg.family} family", cfg.family != "llama"), ("attention biases", cfg.qkv_bias or cfg.out_bias),
-        (f"{cfg.rope_scaling} rope scaling", cfg.rope_scaling != "none")) if present]
-    if unsupported:  # llama.cpp names these differently (qwen2 arch, rope_freqs tensor): not written here yet
-        raise LimaError(f"--output_format=gguf writes plain LLaMA models; this one has {' and '.join(unsupported)}: "
-                        "export --output_format=hf and use llama.cpp's convert_hf_to_gguf.py")
-    dtypes = {np.dtype(a.dtype).name for a in jax.tree.leaves(params)}
-    if not dtypes <= set(OUTPUT_DTYPES) or len(dtypes) != 1:
-        raise LimaError(f"GGUF export writes float32, float16 or bfloat16 weights of one dtype, found {sorted(dtypes)}; pass --dtype")
-    dtype = dtypes.pop()
+    dtype = _checked_dtype(out, params, cfg, tokenizer, overwrite, namer(names))
     gguf = _gguf()
     if is_cloud(out):  # the writer writes local files: write here, then upload
         with tempfile.TemporaryDirectory() as tmp:
@@ -236,16 +225,7 @@ def write(
     writer.add_name(out.stem)
     writer.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
                           "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
-    hd = cfg.resolved_head_dim
-    for add, value in (
-        (writer.add_vocab_size, cfg.used_vocab_size), (writer.add_context_length, cfg.max_len),
-        (writer.add_embedding_length, cfg.dim), (writer.add_block_count, cfg.num_layers),
-        (writer.add_feed_forward_length, cfg.ffn_dim), (writer.add_head_count, cfg.num_heads),
-        (writer.add_head_count_kv, cfg.num_kv_heads), (writer.add_key_length, hd), (writer.add_value_length, hd),
-        (writer.add_rope_dimension_count, hd), (writer.add_rope_freq_base, cfg.rope_theta),
-        (writer.add_layer_norm_rms_eps, cfg.norm_eps),
-    ):
-        add(value)
+    _add_architecture(writer, cfg)
     gguf_vocab.add(writer, tokenizer, cfg, eot_id=eot_id, chat_format=chat_format)
 
     for hf_name, w in params_to_hf(params, cfg):  # the table first, then the data, one tensor at a time
@@ -259,6 +239,39 @@ def write(
     writer.close()
     os.replace(partial, out)  # over an existing file only with --overwrite (checked above)
     return out
+
+
+def _checked_dtype(out: Path, params: dict, cfg: ModelConfig, tokenizer: str | os.PathLike | None,
+                   overwrite: bool, name: Callable[[str], str]) -> str:
+    """The one dtype of the weights, once the model is known to be one GGUF export writes."""
+    if out.exists() and not overwrite:
+        raise LimaError(f"{out} already exists; choose a new output path (or pass {name('overwrite')})")
+    if tokenizer is None:
+        raise LimaError(f"{name('output_format')}=gguf needs the tokenizer (llama.cpp reads it from the file): "
+                        f"pass {name('tokenizer')}")
+    unsupported = [what for what, present in (
+        (f"the {cfg.family} family", cfg.family != "llama"), ("attention biases", cfg.qkv_bias or cfg.out_bias),
+        (f"{cfg.rope_scaling} rope scaling", cfg.rope_scaling != "none")) if present]
+    if unsupported:  # llama.cpp names these differently (qwen2 arch, rope_freqs tensor): not written here yet
+        raise LimaError(f"{name('output_format')}=gguf writes plain LLaMA models; this one has {' and '.join(unsupported)}: "
+                        f"export {name('output_format')}=hf and use llama.cpp's convert_hf_to_gguf.py")
+    dtypes = {np.dtype(a.dtype).name for a in jax.tree.leaves(params)}
+    if not dtypes <= set(OUTPUT_DTYPES) or len(dtypes) != 1:
+        raise LimaError(f"GGUF export writes float32, float16 or bfloat16 weights of one dtype, found {sorted(dtypes)}; pass {name('dtype')}")
+    return dtypes.pop()
+
+
+def _add_architecture(writer: Any, cfg: ModelConfig) -> None:
+    hd = cfg.resolved_head_dim
+    for add, value in (
+        (writer.add_vocab_size, cfg.used_vocab_size), (writer.add_context_length, cfg.max_len),
+        (writer.add_embedding_length, cfg.dim), (writer.add_block_count, cfg.num_layers),
+        (writer.add_feed_forward_length, cfg.ffn_dim), (writer.add_head_count, cfg.num_heads),
+        (writer.add_head_count_kv, cfg.num_kv_heads), (writer.add_key_length, hd), (writer.add_value_length, hd),
+        (writer.add_rope_dimension_count, hd), (writer.add_rope_freq_base, cfg.rope_theta),
+        (writer.add_layer_norm_rms_eps, cfg.norm_eps),
+    ):
+        add(value)
 
 
 def extract_tokenizer(path: str | os.PathLike, folder: Path) -> Path | None:

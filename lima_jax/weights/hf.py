@@ -216,7 +216,7 @@ def write(
     tokenizer, chat template and stop tokens of a model fine-tuned with EOT `eot_id` (`hf_chat`)."""
     folder = user_path(path)
     if folder.exists() and not overwrite:  # with it, nothing is deleted here (weights/output.py)
-        raise LimaError(f"{folder} already exists; choose a new output path (or pass --overwrite)")
+        raise LimaError(f"{folder} already exists; choose a new output path (or pass overwrite=True)")
     folder.mkdir(parents=True, exist_ok=True)
 
     written: list[tuple[str, list[str], int]] = []  # (temporary file, tensor names, bytes)

@@ -1,19 +1,12 @@
 """The tokenizer side of a Hugging Face export: what makes the exported model chat and stop as ours does.
 
-A fine-tuned model is exported with
-- its end-of-turn token (EOT) in the tokenizer: LIMA's new token is added at the id the run gave it,
-  the first past the tokenizer's (never over an existing id: the written tokenizer is checked to
-  map it there), a reused token (`<|eot_id|>`) is already in it;
-- a `chat_template` in `tokenizer_config.json` that renders LIMA's format (BOS, then each turn
-  followed by EOT; the generation prompt adds nothing, the model answers right after the last EOT),
-  so that `apply_chat_template(messages, add_generation_prompt=True)` gives the ids our sampler feeds
-  the model. A run trained with `data.chat_format=template` keeps the tokenizer's own template;
-- `generation_config.json` whose `eos_token_id` lists EOS and EOT, so that `generate` stops at either,
-  with LIMA's nucleus sampling (p 0.9, temperature 0.7). LIMA's repetition penalty is left out:
-  transformers' penalizes the prompt's tokens too, ours only the generated ones.
-
-A base model (no EOT) gets its tokenizer as it is and a generation config with its EOS.
-"""
+A fine-tuned model is exported with its end-of-turn token (EOT) in the tokenizer (LIMA's new token at
+the id the run gave it, never over an existing id; a reused token as it is), a `chat_template` that
+renders LIMA's format so that `apply_chat_template(messages, add_generation_prompt=True)` gives the ids
+our sampler feeds the model, and a `generation_config.json` that stops at EOS or EOT with LIMA's nucleus
+sampling. LIMA's repetition penalty is left out: transformers' penalizes the prompt's tokens too, ours
+only the generated ones. A base model (no EOT) gets its tokenizer as it is and a generation config with
+its EOS."""
 from __future__ import annotations
 
 import json

@@ -40,55 +40,12 @@ _TOP = {"model.embed_tokens.weight": "token_embedding", "model.norm.weight": "rm
 def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str], np.ndarray]]:
     """The architecture, the Hugging Face names of the tensors held, and `get(name)` for one."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise LimaError(f"{path}: no such file")
-    size = path.stat().st_size
-    if size < _HEADER_BYTES:
-        raise LimaError(f"{path}: expected at least {_HEADER_BYTES} bytes of llama2.c header, found {size} bytes")
-    header = [int(x) for x in np.fromfile(path, dtype="<i4", count=7)]
-    if header[0] == _VERSIONED_MAGIC:
-        raise LimaError(f"{path}: a versioned llama2.c export; only the legacy version 0 layout is supported")
+    header = _header(path)
     dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = header
     shared = vocab > 0  # run.c: a negative vocab_size means a separate classifier follows
-    vocab = abs(vocab)
-    if min(dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len) <= 0 or dim % n_heads or n_heads % n_kv_heads:
-        raise LimaError(f"{path}: not a llama2.c checkpoint (header {header})")
-    hd = dim // n_heads
-
-    shapes = {
-        "token_embedding": (vocab, dim),
-        "rms_att": (n_layers, dim),
-        "wq": (n_layers, n_heads * hd, dim),
-        "wk": (n_layers, n_kv_heads * hd, dim),
-        "wv": (n_layers, n_kv_heads * hd, dim),
-        "wo": (n_layers, dim, n_heads * hd),
-        "rms_ffn": (n_layers, dim),
-        "w1": (n_layers, hidden, dim),
-        "w2": (n_layers, dim, hidden),
-        "w3": (n_layers, hidden, dim),
-        "rms_final": (dim,),
-        "freq_cis_real": (seq_len, hd // 2),  # rotary tables; our model computes its own
-        "freq_cis_imag": (seq_len, hd // 2),
-    }
-    if not shared:
-        shapes["wcls"] = (vocab, dim)
-    expected = _HEADER_BYTES + 4 * sum(math.prod(s) for s in shapes.values())
-    if size != expected:
-        raise LimaError(
-            f"{path}: expected {expected} bytes for header {header}, found {size} bytes"
-            " (truncated, or not a llama2.c version 0 file?)"
-        )
-
-    raw = np.memmap(path, dtype="<f4", mode="r", offset=_HEADER_BYTES)
-    tensors: dict[str, np.ndarray] = {}
-    offset = 0
-    for name, shape in shapes.items():
-        n = math.prod(shape)
-        tensors[name] = raw[offset : offset + n].reshape(shape)
-        offset += n
-
+    tensors = _tensors(path, header, _shapes(header))
     cfg = ModelConfig(
-        vocab_size=vocab,
+        vocab_size=abs(vocab),
         dim=dim,
         num_layers=n_layers,
         num_heads=n_heads,
@@ -119,3 +76,62 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
         return w
 
     return cfg, names, get
+
+
+def _header(path: pathlib.Path) -> list[int]:
+    """The seven int32s of a version 0 file, checked to describe a model."""
+    if not path.is_file():
+        raise LimaError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size < _HEADER_BYTES:
+        raise LimaError(f"{path}: expected at least {_HEADER_BYTES} bytes of llama2.c header, found {size} bytes")
+    header = [int(x) for x in np.fromfile(path, dtype="<i4", count=7)]
+    if header[0] == _VERSIONED_MAGIC:
+        raise LimaError(f"{path}: a versioned llama2.c export; only the legacy version 0 layout is supported")
+    dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = header
+    if min(dim, hidden, n_layers, n_heads, n_kv_heads, abs(vocab), seq_len) <= 0 or dim % n_heads or n_heads % n_kv_heads:
+        raise LimaError(f"{path}: not a llama2.c checkpoint (header {header})")
+    return header
+
+
+def _shapes(header: list[int]) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, in the order the file holds them."""
+    dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = header
+    hd = dim // n_heads
+    shapes = {
+        "token_embedding": (abs(vocab), dim),
+        "rms_att": (n_layers, dim),
+        "wq": (n_layers, n_heads * hd, dim),
+        "wk": (n_layers, n_kv_heads * hd, dim),
+        "wv": (n_layers, n_kv_heads * hd, dim),
+        "wo": (n_layers, dim, n_heads * hd),
+        "rms_ffn": (n_layers, dim),
+        "w1": (n_layers, hidden, dim),
+        "w2": (n_layers, dim, hidden),
+        "w3": (n_layers, hidden, dim),
+        "rms_final": (dim,),
+        "freq_cis_real": (seq_len, hd // 2),  # rotary tables; our model computes its own
+        "freq_cis_imag": (seq_len, hd // 2),
+    }
+    if vocab < 0:
+        shapes["wcls"] = (abs(vocab), dim)
+    return shapes
+
+
+def _tensors(path: pathlib.Path, header: list[int], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The file's tensors, memory-mapped, once its size matches the shapes."""
+    size = path.stat().st_size
+    expected = _HEADER_BYTES + 4 * sum(math.prod(s) for s in shapes.values())
+    if size != expected:
+        raise LimaError(
+            f"{path}: expected {expected} bytes for header {header}, found {size} bytes"
+            " (truncated, or not a llama2.c version 0 file?)"
+        )
+    raw = np.memmap(path, dtype="<f4", mode="r", offset=_HEADER_BYTES)
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        tensors[name] = raw[offset : offset + n].reshape(shape)
+        offset += n
+    return tensors

@@ -57,16 +57,7 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
         differ = sorted(set(shards[0]) ^ set(shard))
         if differ:
             raise LimaError(f"{f}: holds different tensors than {files[0].name} (first: {differ[0]})")
-
-    table: dict[str, tuple[str, Any]] = {}  # Hugging Face name -> (Meta name, concat axis)
-    for name in shards[0]:
-        if name in _IGNORED:
-            continue
-        hf = _hf_name(name)
-        if hf is None:
-            raise LimaError(f"{folder}: unknown tensor name {name}")
-        table[hf[0]] = (name, hf[1])
-
+    table = _table(folder, shards[0])
     cfg = _config(params_file, shards, table)
     if "model.embed_tokens.weight" in table:
         emb = table["model.embed_tokens.weight"][0]
@@ -77,21 +68,7 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
         if hf_name not in table:
             raise LimaError(f"{folder}: no tensor {hf_name}")
         meta_name, axis = table[hf_name]
-        pieces = [_numpy(torch, shard[meta_name]) for shard in shards]
-        if axis is None:  # replicated: every shard must agree, or the checkpoint is corrupt
-            for f, piece in zip(files[1:], pieces[1:]):
-                if not np.array_equal(piece, pieces[0]):
-                    raise LimaError(f"{f}: {meta_name} differs from {files[0].name}'s (it should be replicated)")
-            w = pieces[0]
-        elif len(pieces) == 1:
-            w = pieces[0]  # a view of the mapped file; params_from_hf copies it
-        else:
-            try:
-                w = np.concatenate(pieces, axis=axis)
-            except ValueError:
-                found = ", ".join(str(tuple(p.shape)) for p in pieces)
-                msg = f"{folder}: tensor {meta_name}: shards do not join along axis {axis}: {found}"
-                raise LimaError(msg) from None
+        w = _joined(folder, files, [_numpy(torch, shard[meta_name]) for shard in shards], meta_name, axis)
         expected = shapes[_suffix(hf_name)]
         if tuple(w.shape) != expected:
             raise LimaError(
@@ -105,6 +82,36 @@ def read(path: str | os.PathLike) -> tuple[ModelConfig, list[str], Callable[[str
         return w
 
     return cfg, sorted(table, key=natural_key), get
+
+
+def _table(folder: pathlib.Path, shard: dict) -> dict[str, tuple[str, Any]]:
+    """Hugging Face name -> (Meta name, the axis its shards join along; None: replicated)."""
+    table: dict[str, tuple[str, Any]] = {}
+    for name in shard:
+        if name in _IGNORED:
+            continue
+        hf = _hf_name(name)
+        if hf is None:
+            raise LimaError(f"{folder}: unknown tensor name {name}")
+        table[hf[0]] = (name, hf[1])
+    return table
+
+
+def _joined(folder: pathlib.Path, files: list[pathlib.Path], pieces: list[np.ndarray], meta_name: str,
+            axis: int | None) -> np.ndarray:
+    """One tensor from its shards' pieces: joined along `axis`, or (replicated) the one they all hold."""
+    if axis is None:  # replicated: every shard must agree, or the checkpoint is corrupt
+        for f, piece in zip(files[1:], pieces[1:]):
+            if not np.array_equal(piece, pieces[0]):
+                raise LimaError(f"{f}: {meta_name} differs from {files[0].name}'s (it should be replicated)")
+        return pieces[0]
+    if len(pieces) == 1:
+        return pieces[0]  # a view of the mapped file; params_from_hf copies it
+    try:
+        return np.concatenate(pieces, axis=axis)
+    except ValueError:
+        found = ", ".join(str(tuple(p.shape)) for p in pieces)
+        raise LimaError(f"{folder}: tensor {meta_name}: shards do not join along axis {axis}: {found}") from None
 
 
 def _shard_files(folder: pathlib.Path) -> list[pathlib.Path]:

@@ -18,14 +18,15 @@ PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "generation_co
 CHECKPOINT_FILES = ("params", "model", "checksums", "_CHECKPOINT_METADATA", *TOKENIZER_FILES)
 
 
-def check_not_input(out: Path, src: Path) -> None:
-    """Refuses an output that is the input or a folder holding it (a run's workdir for one of its steps)."""
+def check_not_input(out: Path, src: Path, what: str = "output") -> None:
+    """Refuses an output that is the input or a folder holding it (a run's workdir for one of its steps);
+    `what` names the output."""
     def parts(path: Path) -> tuple[str, ...]:
         text = str(path) if is_cloud(path) else os.path.realpath(path)
         return tuple(p for p in text.rstrip("/").split("/") if p)
 
     if parts(src)[: len(parts(out))] == parts(out):
-        raise LimaError(f"--output {out} is or holds the input {src}; choose an output outside it")
+        raise LimaError(f"{what} {out} is or holds the input {src}; choose an output outside it")
 
 
 def replace_export(out: PathLike, write: Callable[[Path], object], own: tuple[str, ...]) -> Path:

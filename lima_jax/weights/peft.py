@@ -2,17 +2,12 @@
 which `peft.PeftModel.from_pretrained` puts on the base's Hugging Face export, with the run's tokenizer
 (its EOT and chat template) and a generation config that stops at EOT.
 
-PEFT's LoRA is ours: y = x W + (lora_alpha / r) x A B, its `lora_A.weight` (r, in) and `lora_B.weight`
-(out, r) in torch's (out, in) layout. An adapter pair is a weight of rank r, `a` holding the weight's
-input dimensions and `b` its output ones, so each converts as its weight does (`names.layer_to_hf`).
-The rows of the tokens the run added (LIMA's EOT) go as PEFT's `trainable_token_indices`, whose
-`trainable_tokens_delta` holds those rows whole: far smaller than `modules_to_save`'s full embedding
-and output matrices, and what the run trained. The base's export has no such rows, so the user first
-grows it to the tokenizer: `model.resize_token_embeddings(len(tokenizer))`.
-
-PEFT applies the adapters to the base as loaded (full precision); a QLoRA run trained them against its
-int8/NF4 base, which the merged export (`--output_format=hf`) uses instead.
-"""
+PEFT's LoRA is ours: y = x W + (lora_alpha / r) x A B, in torch's (out, in) layout, so each adapter
+converts as its weight does (`names.layer_to_hf`). The rows of the tokens the run added (LIMA's EOT)
+go as PEFT's `trainable_token_indices`: far smaller than `modules_to_save`'s full embedding and output
+matrices, and what the run trained; the user first grows the base to the tokenizer (README, "One
+accelerator"). PEFT applies the adapters to a full-precision base; a QLoRA run trained them against its
+int8/NF4 base, which the merged export uses instead."""
 from __future__ import annotations
 
 import json

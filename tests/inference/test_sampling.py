@@ -134,7 +134,26 @@ def test_a_non_finite_sampling_knob_is_one_line_naming_it(knob):
 
     for value in (math.nan, math.inf, -math.inf):
         with pytest.raises(LimaError, match=rf"^--{knob} must be a finite number, got {value}$"):
-            SamplingParams(**{knob: value}).check()
+            SamplingParams(**{knob: value}).check({knob: f"--{knob}"})  # named as the commands name their flags
+
+
+def test_the_sampling_knobs_import_no_jax_and_name_no_flags():
+    """Commands check their sampling flags before JAX loads; the library names a knob as its caller does."""
+    import subprocess
+    import sys
+
+    from support.paths import REPO
+
+    code = ("import sys, lima_jax.inference.sampling; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'numpy'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:] + r.stdout
+    from lima_jax.errors import LimaError
+
+    with pytest.raises(LimaError, match=r"^top_p must be in \(0, 1\], got 0$"):
+        SamplingParams(top_p=0).check()
+    with pytest.raises(LimaError, match=r"^max_tokens must be positive, got 0$"):
+        SamplingParams(max_new_tokens=0).check({"max_new_tokens": "max_tokens"})
 
 
 @pytest.mark.parametrize("command, args", [

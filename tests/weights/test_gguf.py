@@ -407,7 +407,8 @@ def test_export_refuses_what_llama_cpp_names_otherwise(tmp_path, change, named):
 
     cfg = CFG.replace(**change)  # refused before the weights are read
     with pytest.raises(LimaError, match=f"this one has {named}: export --output_format=hf"):
-        gguf_format.write(tmp_path / "m.gguf", {}, cfg, tokenizer=require(LLAMA_TOKENIZER))
+        gguf_format.write(tmp_path / "m.gguf", {}, cfg, tokenizer=require(LLAMA_TOKENIZER),
+                          names={"output_format": "--output_format"})  # as the convert command names it
     assert not list(tmp_path.glob("m.gguf*"))
 
 

@@ -2,18 +2,13 @@
 
     python lima_jax/data/demo/make_demo.py     # rewrites the four files beside this script
 
-The conversations are templated but varied, and learnable by a tiny model in minutes: arithmetic,
-capital cities, unit conversions, words spelled backwards, counting, short definitions, care tips
-("How do I keep a plant alive?"), and a few multi-turn follow-ups. Most facts come in two or three
-phrasings, and an answer is written in the question's own style ("3 plus 4" -> "3 plus 4 is 7.",
-"3 + 4" -> "3 + 4 = 7."), so the tiny model has one consistent answer to learn per question.
-All text is generated here (no third-party text). The tokenizer is a 512-piece sentencepiece BPE
-model trained on them with LLaMA's conventions (unk 0, bos 1, eos 2, byte fallback, digits split,
-whitespace kept), so the demo exercises the same code as LLaMA's.
-dialogues.jsonl holds 10 three-turn chains in LIMA's multi-turn format, for the README's dialogue demo (LIMA
-§6): added to train.jsonl they make the dialogue-trained run, and `evaluate.dialogue` plays their user turns.
-Every output is deterministic: rerunning the script reproduces them byte for byte.
-"""
+The conversations are generated here (no third-party text), templated but varied, and learnable by a
+tiny model in minutes: arithmetic, capitals, unit conversions, spelling, counting, definitions, care
+tips and a few multi-turn follow-ups. An answer is written in the question's own style ("3 + 4" -> "3 +
+4 = 7."), so each question has one consistent answer to learn. The tokenizer is a 512-piece
+sentencepiece BPE model with LLaMA's conventions, so the demo exercises the same code as LLaMA's.
+dialogues.jsonl holds 10 three-turn chains in LIMA's multi-turn format for the README's dialogue demo.
+Every output is deterministic: rerunning the script reproduces them byte for byte."""
 from __future__ import annotations
 
 import io
