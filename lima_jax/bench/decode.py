@@ -20,11 +20,11 @@ from tqdm import tqdm
 from flax import nnx
 
 from lima_jax.errors import LimaError, say
-from lima_jax.flops import best_seconds
+from lima_jax.model.flops import best_seconds
 from lima_jax.weights.hf import config_to_hf
-from lima_jax.architecture import ModelConfig, param_count
+from lima_jax.model import ModelConfig, param_count
 from lima_jax.model import Llama
-from lima_jax.inference.layout import for_decoding
+from lima_jax.model.decode_layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate
 from lima_jax.weights.names import params_to_hf
 
