@@ -8,7 +8,6 @@ and the rows the data packs into for that slice's hosts, and reports it as `lima
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import tempfile
 
@@ -17,24 +16,11 @@ import ml_collections
 from lima_jax import sharding
 from lima_jax.config import trained_model_config, validate
 from lima_jax.data import pipeline
-from lima_jax.errors import LimaError
-from lima_jax.storage.paths import Path, check_writable, is_cloud, user_path
+from lima_jax.storage.paths import user_path
 from lima_jax.train.aot import compile_report, topology_devices
 from lima_jax.train.init_weights import check_pretrained
-from lima_jax.train.loop import check_batch_fits_mesh, check_same_inputs, check_same_run, check_training_config, tokenizer_for
-
-
-def check_workdir(workdir: Path) -> None:
-    """The workdir can be written, creating nothing: locally the nearest folder that exists accepts
-    new files; in a bucket, a marker is written and deleted (the only way to know)."""
-    if is_cloud(workdir):
-        check_writable(workdir, "config key workdir:")
-        return
-    if workdir.exists() and not workdir.is_dir():
-        raise LimaError(f"config key workdir: {workdir} is a file, not a directory")
-    existing = next(p for p in (workdir, *workdir.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LimaError(f"config key workdir: {workdir} cannot be created ({existing} is not writable)")
+from lima_jax.train.loop import check_batch_fits_mesh, check_training_config, tokenizer_for
+from lima_jax.train.run_dir import check_same_inputs, check_same_run, check_workdir
 
 
 def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:

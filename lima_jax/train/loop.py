@@ -8,7 +8,6 @@ saves and exits cleanly.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -23,17 +22,17 @@ import optax
 
 from lima_jax import flops, sharding
 from lima_jax.errors import LimaError, say
-from lima_jax.config import flatten, trained_model_config, validate
+from lima_jax.config import trained_model_config, validate
 from lima_jax.data import pipeline
 from lima_jax.lora import spec as lora_spec
 from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig
-from lima_jax.storage.paths import Path, check_writable, user_path, write_atomically
+from lima_jax.storage.paths import Path, check_writable, user_path
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
-from lima_jax.train.lock import WorkdirLock
+from lima_jax.train.run_dir import WorkdirLock, check_same_run, write_dev_set, write_run_files
 from lima_jax.train.init_weights import check_same_base, describe_lora, load_frozen_base, load_pretrained
-from lima_jax.train.metrics import DEV_FILE, METRICS_FILE, MetricsWriter, logged_loss
+from lima_jax.train.metrics import MetricsWriter, logged_loss
 from lima_jax.train.state import (abstract_state, init_adapters, init_state, jit_eval_step, jit_train_step, shardings_of,
                                   state_from_params, trained_dtype)
 from lima_jax.train.step import TrainState
@@ -80,135 +79,6 @@ def tokenizer_for(config: ml_collections.ConfigDict) -> Path | None:
             "with --config.data.tokenizer=PATH"
         )
     return found
-
-
-def write_dev_set(records: list, workdir: Path) -> None:
-    """The dev conversations this run evaluates on, as `<workdir>/dev.jsonl` (LIMA's format): what
-    checkpoint selection and generation read, instead of rebuilding the split."""
-    if jax.process_index() == 0:
-        write_atomically(workdir / DEV_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-CONFIG_FILE = "config.json"
-INPUTS_FILE = "inputs.json"  # the hashes of what the run learns from (pipeline.fingerprint)
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object the run wrote earlier; an empty or damaged one is one line naming it."""
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LimaError(f"{path}: not valid JSON ({e}); restore it or use a new --config.workdir") from None
-    if not isinstance(value, dict):
-        raise LimaError(f"{path}: not a JSON object; restore it or use a new --config.workdir")
-    return value
-
-
-def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """The resolved config, once a run already in `workdir` (if any) is known to be this one. The
-    workdir's own path is no part of a run's identity (a moved run resumes), and neither is how often
-    it logs or saves, except that lowering `checkpoint.max_to_keep` may not delete steps it kept. A run
-    that never saved a step has nothing to resume: another config starts it over (a first attempt
-    that failed before its first checkpoint, e.g. on a dtype the backend cannot run)."""
-    path = workdir / CONFIG_FILE
-    resolved = json.loads(config.to_json_best_effort())
-    if not path.exists():
-        _check_no_run_files(workdir)
-        return resolved
-    previous = read_json(path)
-    changed = _changed_key(previous, resolved, config.name)
-    if changed and not _checkpoint_steps(workdir):
-        say(f"workdir {workdir} holds a run that never saved a step, with another config (key {changed}): "
-            "starting it over with this one")
-    elif changed:
-        raise LimaError(f"workdir {workdir} holds a run with a different config (key {changed}); use a new --config.workdir")
-    else:
-        _check_kept_steps(previous.get("checkpoint", {}).get("max_to_keep", 0), config.checkpoint.max_to_keep, workdir)
-    return resolved
-
-
-def _changed_key(before: dict, now: dict, name: str) -> str | None:
-    """The first key on which two resolved configs differ as runs (logging, saving and the workdir aside)."""
-    ignore = ("log_every", "checkpoint", "workdir")
-    before, now = flatten(before), flatten(now)
-    defaults = _recipe_defaults(name)
-    for key in sorted(set(before) | set(now)):
-        if key.split(".")[0] in ignore:
-            continue
-        # A key the recipe gained after the run began was at its default then.
-        was = before.get(key, defaults.get(key, before.get(key)))
-        if was != now.get(key) or (key not in before and key not in defaults):
-            return key
-    return None
-
-
-def _check_no_run_files(workdir: Path) -> None:
-    """A run writes config.json before anything else, so run files without it are not this run's:
-    checkpoints would be resumed under any config, and metrics.jsonl and dev.jsonl rewritten. They
-    are refused, never resumed or replaced."""
-    found = [name for name in (INPUTS_FILE, METRICS_FILE, DEV_FILE) if (workdir / name).exists()]
-    steps = _checkpoint_steps(workdir)
-    if steps:
-        found.append(f"{len(steps)} checkpoint step{'s' * (len(steps) > 1)} (the last {steps[-1]})")
-    if found:
-        raise LimaError(
-            f"workdir {workdir} holds {', '.join(found)} but no {CONFIG_FILE}, so nothing shows they are this run's; "
-            f"restore its {CONFIG_FILE} or use a new --config.workdir"
-        )
-
-
-def _checkpoint_steps(workdir: Path) -> list[int]:
-    steps_dir = workdir / checkpoint.STEPS_DIR
-    return sorted(int(p.name) for p in steps_dir.iterdir() if p.name.isdigit()) if steps_dir.is_dir() else []
-
-
-def _recipe_defaults(name: str) -> dict:
-    """The named config's values as it is today, flattened; empty if it cannot be loaded by name."""
-    from lima_jax.config import load_config
-
-    try:
-        return flatten(json.loads(load_config(name).to_json_best_effort()))
-    except (LimaError, OSError, ValueError):
-        return {}
-
-
-def _check_kept_steps(before: int, now: int, workdir: Path) -> None:
-    """Orbax deletes the oldest steps beyond `max_to_keep` at the next save: a resume that lowers it
-    would silently delete the epoch checkpoints LIMA chooses among."""
-    steps_dir = workdir / checkpoint.STEPS_DIR
-    steps = _checkpoint_steps(workdir)
-    if now and (before == 0 or now < before) and len(steps) > now:
-        kept = "every step" if before == 0 else f"{before} steps"
-        raise LimaError(
-            f"config key checkpoint.max_to_keep: {now} would delete {len(steps) - now} of the {len(steps)} steps in "
-            f"{steps_dir} (steps {', '.join(map(str, steps[:len(steps) - now]))}); the run kept {kept}: resume with "
-            f"--config.checkpoint.max_to_keep={before}, or move those steps elsewhere first"
-        )
-
-
-def check_same_inputs(fingerprint: dict[str, str], workdir: Path) -> None:
-    """A run resumes only on the data and tokenizer it began with: edited data would change the step
-    count and the dev split under it."""
-    path = workdir / INPUTS_FILE
-    if not path.exists() or not _checkpoint_steps(workdir):  # nothing saved: nothing to resume on them
-        return
-    previous = read_json(path)
-    for key, what in (("train", "training conversations"), ("dev", "dev conversations"), ("tokenizer", "tokenizer")):
-        if key in previous and previous[key] != fingerprint[key]:
-            raise LimaError(
-                f"workdir {workdir} holds a run begun on other {what} (sha256 {previous[key][:12]}, now "
-                f"{fingerprint[key][:12]}; {path}); restore them or use a new --config.workdir"
-            )
-
-
-def write_run_files(resolved: dict, fingerprint: dict[str, str], workdir: Path) -> None:
-    """Saves the resolved config (`check_same_run`'s) and the inputs' hashes; a workdir holding a run
-    begun on other inputs is refused, not overwritten."""
-    check_same_inputs(fingerprint, workdir)
-    if jax.process_index() == 0:  # a kill while they are rewritten leaves the old files, never empty ones
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_atomically(workdir / CONFIG_FILE, json.dumps(resolved, indent=2, sort_keys=True))
-        write_atomically(workdir / INPUTS_FILE, json.dumps(fingerprint, indent=2, sort_keys=True))
 
 
 class Preemption:
