@@ -165,23 +165,6 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig.from_dict(values)
 
 
-def adds_eot(config: ml_collections.ConfigDict) -> bool:
-    """Whether the run adds LIMA's new end-of-turn token (`data.eot` empty) to the tokenizer's ids."""
-    return not config.get("data", {}).get("eot", "")
-
-
-def trained_model_config(config: ml_collections.ConfigDict, tokenizer_pieces: int | None = None) -> ModelConfig:
-    """The model a run trains, for the trainer, AOT and the dry run alike: the config's architecture
-    with the tokenizer's ids plus LIMA's new end-of-turn token (none when `data.eot` reuses one of
-    the tokenizer's), padded up to a multiple of `model.vocab_multiple` rows. Without a tokenizer at
-    hand, `model.vocab_size` counts the tokenizer's ids."""
-    pieces = config.model.vocab_size if tokenizer_pieces is None else tokenizer_pieces
-    used = pieces + int(adds_eot(config))
-    multiple = config.model.get("vocab_multiple", 1)
-    padded = -(-used // multiple) * multiple
-    return model_config(config).replace(vocab_size=padded, vocab_padding=padded - used)
-
-
 def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> None:
     """Checks the values that the type system cannot: one LimaError line per problem. A config that
     reads its model from `init_checkpoint` (`--config=auto`) is first filled from it, for `platform`

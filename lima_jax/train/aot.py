@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lima_jax import flops
-from lima_jax.config import adds_eot, trained_model_config, validate
+from lima_jax.config import validate
 from lima_jax.errors import LimaError
 from lima_jax.architecture import param_count
 from lima_jax.sharding import make_mesh
@@ -32,6 +32,7 @@ from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig, abstract_model
 from lima_jax.train import optimizer as optim
 from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step, shardings_of, trained_dtype
+from lima_jax.weights.vocab import tokenizer_ids, trained_model_config
 
 # Per generation: HBM per chip (GiB), TensorCores per chip as counted in slice names, and whether
 # the chips form a 3-D torus (v4, v5p) or a 2-D grid (v5e, v6e).
@@ -171,7 +172,7 @@ def aot_lora(config, cfg: ModelConfig) -> LoraSpec | None:
     spec = lora_spec.from_keys(config)
     if spec is None:
         return None
-    return dataclasses.replace(spec, rows=(cfg.used_vocab_size - int(adds_eot(config)), cfg.used_vocab_size))
+    return dataclasses.replace(spec, rows=(tokenizer_ids(config, cfg), cfg.used_vocab_size))
 
 
 def abstract_frozen(cfg: ModelConfig, lora: LoraSpec, mesh: Mesh) -> Any:

@@ -22,12 +22,12 @@ import optax
 
 from lima_jax import flops, sharding
 from lima_jax.errors import LimaError, say
-from lima_jax.config import trained_model_config, validate
+from lima_jax.config import validate
 from lima_jax.data import pipeline
 from lima_jax.lora import spec as lora_spec
 from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig
-from lima_jax.storage.paths import Path, check_writable, user_path
+from lima_jax.storage.paths import check_writable, user_path
 from lima_jax.train import optimizer as optim
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train.run_dir import WorkdirLock, check_same_run, write_dev_set, write_run_files
@@ -38,6 +38,7 @@ from lima_jax.train.state import (abstract_state, init_adapters, init_state, jit
 from lima_jax.train.step import TrainState
 from lima_jax.recipe import check_platform
 from lima_jax.weights import checkpoint
+from lima_jax.weights.vocab import tokenizer_for, trained_model_config
 
 
 PARAMS_DTYPES = ("", "float32", "bfloat16")  # what a step's `params` may be stored in ("": as trained)
@@ -64,21 +65,6 @@ def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh, process_count
         raise LimaError(f"config key batch_size: {config.batch_size} does not divide over the data axes (data*fsdp = {dp})")
     per_step = dp * config.grad_accum
     return per_step // math.gcd(per_step, jax.process_count() if process_count is None else process_count)
-
-
-def tokenizer_for(config: ml_collections.ConfigDict) -> Path | None:
-    """`data.tokenizer`, else the init checkpoint's, else None (the demo's, for demo data only)."""
-    if config.data.tokenizer:
-        return user_path(config.data.tokenizer)
-    if not config.init_checkpoint:
-        return None
-    found = checkpoint.tokenizer_path(config.init_checkpoint)
-    if found is None:
-        raise LimaError(
-            f"config key data.tokenizer: {config.init_checkpoint} holds no tokenizer; pass the base model's "
-            "with --config.data.tokenizer=PATH"
-        )
-    return found
 
 
 class Preemption:
