@@ -38,14 +38,20 @@ RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def mesh_shape(requested: dict[str, int], num_devices: int) -> tuple[int, ...]:
-    """Sizes for (data, fsdp, tensor); one -1 takes the devices the others leave."""
+def check_mesh(requested: dict[str, int]) -> list[int]:
+    """The requested sizes for (data, fsdp, tensor), each positive or -1 (at most one: the rest)."""
     sizes = [int(requested.get(axis, 1)) for axis in MESH_AXES]
-    fill = [i for i, s in enumerate(sizes) if s == -1]
-    if len(fill) > 1:
+    if sizes.count(-1) > 1:
         raise LimaError("config key mesh: at most one axis may be -1")
     if any(s == 0 or s < -1 for s in sizes):
         raise LimaError(f"config key mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+    return sizes
+
+
+def mesh_shape(requested: dict[str, int], num_devices: int) -> tuple[int, ...]:
+    """Sizes for (data, fsdp, tensor); one -1 takes the devices the others leave."""
+    sizes = check_mesh(requested)
+    fill = [i for i, s in enumerate(sizes) if s == -1]
     known = math.prod(s for s in sizes if s != -1)
     if fill:
         if num_devices % known:

@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 from lima_jax import flops, sharding
 from lima_jax.bench import SHAPES, TORCH_ATTENTION, decode as bench_decode
 from lima_jax.errors import LimaError, say
-from lima_jax.config import model_config, override_keys, set_key, validate
+from lima_jax.config import model_config, override_keys, prepare, set_key
 from lima_jax.data.batches import BATCH_SCHEMA
 from lima_jax.architecture import ModelConfig, param_count
 from lima_jax.train import optimizer as optim
@@ -274,7 +274,7 @@ def bench(
     shape: str = "none",
 ) -> dict:
     """Benchmarks the train step (and torch's) in `steps` paired rounds; returns the JSON record."""
-    validate(config)
+    prepare(config)
     if seq_len <= 0 or batch_size <= 0 or steps <= 0 or warmup < 0:
         raise LimaError(f"--seq_len, --batch_size and --steps must be positive, --warmup >= 0 (got {seq_len}, {batch_size}, {steps}, {warmup})")
     if config.grad_accum < 1 or batch_size % config.grad_accum:
@@ -444,7 +444,7 @@ def decode_bench(
     compile_layers: tuple[int, ...] = (),
 ) -> dict:
     """Benchmarks the sampler (and transformers' generate); returns the JSON record."""
-    validate(config)
+    prepare(config)
     device = jax.devices()[0]
     compare_torch = resolve_compare_torch(compare_torch, device)
     cfg = model_config(config)

@@ -14,12 +14,12 @@ import tempfile
 import ml_collections
 
 from lima_jax import sharding
-from lima_jax.config import validate
+from lima_jax.config import prepare
 from lima_jax.data import pipeline
 from lima_jax.storage.paths import user_path
 from lima_jax.train.aot import compile_report, topology_devices
 from lima_jax.train.init_weights import check_pretrained
-from lima_jax.train.loop import check_batch_fits_mesh, check_training_config
+from lima_jax.train.loop import check_batch_fits_mesh
 from lima_jax.train.run_dir import check_same_inputs, check_same_run, check_workdir
 from lima_jax.weights.vocab import tokenizer_for, trained_model_config
 
@@ -27,8 +27,7 @@ from lima_jax.weights.vocab import tokenizer_for, trained_model_config
 def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:
     """Checks the run `config` describes and compiles its step for `topology`; returns `aot`'s report
     with what the data gave (examples, steps, hosts)."""
-    validate(config, platform="tpu")  # a TPU step, compiled on this host
-    check_training_config(config)
+    prepare(config, "tpu")  # a TPU step, compiled on this host
     workdir = user_path(config.workdir)
     check_workdir(workdir)
     if workdir.is_dir():

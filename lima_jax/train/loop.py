@@ -22,7 +22,7 @@ import optax
 
 from lima_jax import flops, sharding
 from lima_jax.errors import LimaError, say
-from lima_jax.config import validate
+from lima_jax.config import prepare
 from lima_jax.data import pipeline
 from lima_jax.lora import spec as lora_spec
 from lima_jax.lora.spec import LoraSpec
@@ -36,25 +36,8 @@ from lima_jax.train.metrics import MetricsWriter, logged_loss
 from lima_jax.train.state import (abstract_state, init_adapters, init_state, jit_eval_step, jit_train_step, shardings_of,
                                   state_from_params, trained_dtype)
 from lima_jax.train.step import TrainState
-from lima_jax.recipe import check_platform
 from lima_jax.weights import checkpoint
 from lima_jax.weights.vocab import tokenizer_for, trained_model_config
-
-
-PARAMS_DTYPES = ("", "float32", "bfloat16")  # what a step's `params` may be stored in ("": as trained)
-
-
-def check_training_config(config: ml_collections.ConfigDict) -> None:
-    for key in ("num_epochs", "batch_size", "grad_accum", "log_every"):
-        if config[key] < 1:
-            raise LimaError(f"config key {key}: must be positive, got {config[key]}")
-    if config.data.max_len < 2:
-        raise LimaError(f"config key data.max_len: must be at least 2, got {config.data.max_len}")
-    if config.checkpoint.every_steps < 0 or config.checkpoint.max_to_keep < 0:
-        raise LimaError("config keys checkpoint.every_steps and checkpoint.max_to_keep must be >= 0")
-    if config.checkpoint.params_dtype not in PARAMS_DTYPES:
-        raise LimaError(f"config key checkpoint.params_dtype: {config.checkpoint.params_dtype!r} is not one of "
-                        f"{', '.join(repr(d) if not d else d for d in PARAMS_DTYPES)}")
 
 
 def check_batch_fits_mesh(config: ml_collections.ConfigDict, mesh, process_count: int | None = None) -> int:
@@ -165,10 +148,8 @@ def train(config: ml_collections.ConfigDict) -> dict:
 
 
 def _train(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> dict:
-    validate(config)
-    check_training_config(config)
+    prepare(config, jax.default_backend())
     lora = lora_spec.from_config(config)
-    check_platform(config, jax.default_backend())
     workdir = user_path(config.workdir)
     if jax.process_index() == 0:  # a missing bucket or a denied write: one line now, not at the first checkpoint
         check_writable(workdir, "config key workdir:")
