@@ -137,6 +137,22 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def check_batch_fits_mesh(batch_size: int, grad_accum: int, mesh: Mesh, process_count: int | None = None) -> int:
+    """Rows per host must split evenly over the data axes and the micro-batches: returns the row
+    multiple each host rounds its packed rows up to."""
+    dp = data_parallel_size(mesh)
+    if batch_size % dp:
+        raise LimaError(f"config key batch_size: {batch_size} does not divide over the data axes (data*fsdp = {dp})")
+    per_step = dp * grad_accum
+    return per_step // math.gcd(per_step, jax.process_count() if process_count is None else process_count)
+
+
+def global_batch(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This host's rows -> one global array per field, sharded over the data axes."""
+    target = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(target, v) for k, v in arrays.items()}
+
+
 # Activation constraints: the trainer sets a mesh here; the model asks `constrain` to pin its
 # residual stream and logits, which is a no-op outside training (e.g. in the sampler on one device).
 _ACTIVE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("lima_mesh", default=None)

@@ -19,7 +19,6 @@ from lima_jax.data import pipeline
 from lima_jax.storage.paths import user_path
 from lima_jax.train.aot import compile_report, topology_devices
 from lima_jax.train.init_weights import check_pretrained
-from lima_jax.train.loop import check_batch_fits_mesh
 from lima_jax.train.run_dir import check_same_inputs, check_same_run, check_workdir
 from lima_jax.weights.vocab import tokenizer_for, trained_model_config
 
@@ -35,7 +34,7 @@ def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:
     _, devices = topology_devices(topology)
     mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
     hosts = len({d.process_index for d in devices})
-    row_multiple = check_batch_fits_mesh(config, mesh, hosts)
+    row_multiple = sharding.check_batch_fits_mesh(config.batch_size, config.grad_accum, mesh, hosts)
     tokenizer_path = tokenizer_for(config)
     with tempfile.TemporaryDirectory(prefix="lima_dry_run_") as cache:  # TFDS prepares the data here, not in the workdir
         data = pipeline.build(

@@ -81,7 +81,7 @@ def test_ctrl_c_saves_like_sigterm_and_a_finished_run_says_so(tmp_path):
 # that lands on one of JAX's threads reaches Python's handler only once the main thread runs Python again.
 STUCK = """
 import sys, time
-from lima_jax.train.loop import Preemption
+from lima_jax.train.preemption import Preemption
 
 with Preemption():
     print("ready", file=sys.stderr, flush=True)
