@@ -106,15 +106,9 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     if rows % (dp * config.grad_accum):
         raise LimaError(f"config key batch_size: {rows} rows do not divide over data*fsdp={dp} x grad_accum={config.grad_accum}")
     lora = aot_lora(config, cfg)
-    # As training builds it (`trained_dtype`).
-    optimizer = optim.make_optimizer(config.optim, total_steps, trained_dtype(cfg, lora))
-    schedule = optim.learning_rate(config.optim, total_steps)
-    frozen = None if lora is None else abstract_frozen(cfg, lora, mesh)
-    step = jit_train_step(config, cfg, optimizer, schedule, mesh, lora, None if frozen is None else shardings_of(frozen))
-    state = abstract_state(cfg, optimizer, mesh, lora)
+    step, state, frozen = _train_step(config, cfg, mesh, lora, total_steps)
     start = time.perf_counter()
     lowered = step.lower(state, abstract_batch(rows, config.data.max_len, mesh), *(() if frozen is None else (frozen,)))
-    hbm = CHIPS[generation][0] * 2**30
     summary = {
         "config": config.name,
         "topology": topology,
@@ -131,7 +125,7 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
         "params": param_count(cfg),
         "trained_params": sum(a.size for a in jax.tree.leaves(state.params)),
         "lora": None if lora is None else lora_summary(lora, cfg),
-        "hbm_bytes": hbm,
+        "hbm_bytes": CHIPS[generation][0] * 2**30,
     }
     try:
         compiled = lowered.compile()
@@ -140,7 +134,23 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
             raise
         return {**summary, "fits": False, "compile_s": round(time.perf_counter() - start, 2), "error": _first_line(str(e))}
     compile_s = time.perf_counter() - start
+    tflops = flops.train_flops_per_token(cfg, config.data.max_len, frozen=lora is not None) * rows * config.data.max_len / 1e12
+    return {**summary, **_measured(compiled, compile_s, summary["hbm_bytes"], state, frozen),
+            "model_tflops_per_step": round(tflops, 1), "peak_tflops_per_chip": flops.published_peak_tflops(devices[0].device_kind)}
 
+
+def _train_step(config, cfg: ModelConfig, mesh: Mesh, lora: LoraSpec | None, total_steps: int) -> tuple[Any, Any, Any]:
+    """(the jitted train step, the abstract state, the abstract frozen base or None), as training builds
+    them (`trained_dtype`)."""
+    optimizer = optim.make_optimizer(config.optim, total_steps, trained_dtype(cfg, lora))
+    schedule = optim.learning_rate(config.optim, total_steps)
+    frozen = None if lora is None else abstract_frozen(cfg, lora, mesh)
+    step = jit_train_step(config, cfg, optimizer, schedule, mesh, lora, None if frozen is None else shardings_of(frozen))
+    return step, abstract_state(cfg, optimizer, mesh, lora), frozen
+
+
+def _measured(compiled: Any, compile_s: float, hbm: int, state: Any, frozen: Any) -> dict:
+    """Per-chip bytes against the chip's HBM and XLA's cost analysis of a compiled step."""
     mem = compiled.memory_analysis()
     argument, temp, output, alias = (
         mem.argument_size_in_bytes,
@@ -151,18 +161,13 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     total = argument + output - alias + temp + mem.generated_code_size_in_bytes
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    tokens = rows * config.data.max_len
-    flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len, frozen=lora is not None)
     return {
-        **summary,
         "per_chip_bytes": {"argument": argument, "output": output, "alias": alias, "temp": temp, "total": total,
                            "trained_state": chip_bytes(state), **({} if frozen is None else {"frozen_base": chip_bytes(frozen)})},
         "hbm_fraction": round(total / hbm, 4),
         "fits": total <= hbm,
         "compile_s": round(compile_s, 2),
         "cost_analysis": {k: float(v) for k, v in (cost or {}).items() if k in ("flops", "bytes accessed", "transcendentals")},
-        "model_tflops_per_step": round(flops_per_token * tokens / 1e12, 1),
-        "peak_tflops_per_chip": flops.published_peak_tflops(devices[0].device_kind),
     }
 
 
