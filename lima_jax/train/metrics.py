@@ -16,7 +16,6 @@ import sys
 import time
 from typing import Any, Iterator
 
-import jax
 from tqdm import tqdm
 
 from lima_jax.data.records import repair_tail
@@ -135,6 +134,9 @@ class StepLog:
     for that step only, not the device queue); `flush` writes the last one now (before a save)."""
 
     def __init__(self, writer: MetricsWriter, batcher, flops_per_token: float, peak_flops: float) -> None:
+        import jax  # here, not above: evaluate.selection reads this module's file names without JAX
+
+        self.fetch, self.hosts = jax.device_get, jax.process_count()
         self.writer, self.batcher = writer, batcher
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.pending = None  # (step, its metrics on the device, its padding fraction)
@@ -153,14 +155,14 @@ class StepLog:
             self.pending, self.tick = None, time.perf_counter()
 
     def _write(self, step: int, metrics: dict, padding: float) -> dict:
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values = {k: float(v) for k, v in self.fetch(metrics).items()}  # waits for that step only
         bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values[k])]
         if bad:  # every host sees the same global values, so every host stops here
             raise Diverged(f"step {step + 1} of {self.batcher.total_steps}: {bad[0]} is {values[bad[0]]} (loss "
                            f"{values['loss']:.4g}, grad_norm {values['grad_norm']:.4g}, learning rate {values['learning_rate']:.3g})")
         seconds = max(time.perf_counter() - self.tick, 1e-9)
         batcher = self.batcher
-        real_tokens = batcher.rows_per_host * jax.process_count() * batcher.seq_len * (1.0 - padding)
+        real_tokens = batcher.rows_per_host * self.hosts * batcher.seq_len * (1.0 - padding)
         record = {
             "step": step + 1,  # steps done: the checkpoints' numbering
             "epoch": round(batcher.epoch_progress(step + 1), 4),
