@@ -51,16 +51,20 @@ GRID_3D = {1: "1x1x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x
 GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
 
+class BadTopology(LimaError):
+    """A slice name that names no standard slice; the command that took it names its flag."""
+
+
 def parse_topology(name: str) -> tuple[str, str, int]:
     """`v4-128` -> ('v4', 'v4:4x4x4', 64): slice names count TensorCores, two per v4/v5p chip."""
     generation, _, count = name.partition("-")
     if generation not in CHIPS or not count.isdigit():
-        raise LimaError(f"--topology {name!r}: expected GENERATION-COUNT with generation one of {', '.join(CHIPS)}")
+        raise BadTopology(f"{name!r}: expected GENERATION-COUNT with generation one of {', '.join(CHIPS)}")
     _, cores_per_chip, dims = CHIPS[generation]
     chips = int(count) // cores_per_chip
     grids = GRID_3D if dims == 3 else GRID_2D
     if chips not in grids:
-        raise LimaError(f"--topology {name!r}: no standard {generation} slice has {chips} chips ({', '.join(map(str, grids))})")
+        raise BadTopology(f"{name!r}: no standard {generation} slice has {chips} chips ({', '.join(map(str, grids))})")
     return generation, f"{'v5e' if generation == 'v5litepod' else generation}:{grids[chips]}", chips
 
 
