@@ -25,10 +25,14 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if _CONFIG.value is None:
         raise LimaError("--config is required")
-    from lima_jax.train.aot import compile_offline, compile_report, print_report  # JAX: after the flags are checked
+    from lima_jax.train.aot import BadTopology, compile_offline, compile_report, print_report  # JAX: after the flags are checked
 
     compile_offline()  # before JAX first loads a backend
-    print_report(compile_report(_CONFIG.value, _TOPOLOGY.value, _STEPS.value))
+    try:
+        report = compile_report(_CONFIG.value, _TOPOLOGY.value, _STEPS.value)
+    except BadTopology as e:
+        raise LimaError(f"--topology {e}") from None
+    print_report(report)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 A config file defines `get_config()` returning an `ml_collections.ConfigDict`; most build it with
 `lima_jax.recipe.lima_config(...)`, which holds the paper's recipe as defaults. The dict is locked, so an
-unknown key fails at parse time, and `validate()` checks values once before any work starts.
+unknown key fails at parse time. A config is then made ready in two steps (`prepare`): `resolve` fills what
+`--config=auto` reads from its checkpoint (the only step that reads the disk), and `validate` checks every
+run-level value once, before any work starts (pure).
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import ml_collections
 from absl import flags
 from ml_collections.config_flags import config_flags as _cf
 
-from lima_jax.errors import LimaError
+from lima_jax.errors import LimaError, say
 from lima_jax.model import ModelConfig
-from lima_jax.recipe import from_checkpoint, needs_checkpoint
+from lima_jax.recipe import check_platform, from_checkpoint, needs_checkpoint
 from lima_jax.recipe import lima_config  # noqa: F401 - config files written before recipe.py import it from here
 
 _REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -127,7 +129,7 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collec
     config = _NamedConfigParser(name="config").parse(resolve_config_path(spec))
     for key, value in (overrides or {}).items():
         set_key(config, key, value)
-    validate(config)
+    prepare(config)
     return config
 
 
@@ -165,31 +167,28 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig.from_dict(values)
 
 
-def adds_eot(config: ml_collections.ConfigDict) -> bool:
-    """Whether the run adds LIMA's new end-of-turn token (`data.eot` empty) to the tokenizer's ids."""
-    return not config.get("data", {}).get("eot", "")
+PARAMS_DTYPES = ("", "float32", "bfloat16")  # what a step's `params` may be stored in ("": as trained)
 
 
-def trained_model_config(config: ml_collections.ConfigDict, tokenizer_pieces: int | None = None) -> ModelConfig:
-    """The model a run trains, for the trainer, AOT and the dry run alike: the config's architecture
-    with the tokenizer's ids plus LIMA's new end-of-turn token (none when `data.eot` reuses one of
-    the tokenizer's), padded up to a multiple of `model.vocab_multiple` rows. Without a tokenizer at
-    hand, `model.vocab_size` counts the tokenizer's ids."""
-    pieces = config.model.vocab_size if tokenizer_pieces is None else tokenizer_pieces
-    used = pieces + int(adds_eot(config))
-    multiple = config.model.get("vocab_multiple", 1)
-    padded = -(-used // multiple) * multiple
-    return model_config(config).replace(vocab_size=padded, vocab_padding=padded - used)
+def resolve(config: ml_collections.ConfigDict, platform: str | None = None) -> str | None:
+    """Fills what `--config=auto` leaves unset from `init_checkpoint`, for `platform` (default: JAX's
+    backend), in place: the only step that reads the disk. Returns the line saying what it chose, or
+    None when the config names its model."""
+    return from_checkpoint(config, platform) if needs_checkpoint(config) else None
+
+
+def prepare(config: ml_collections.ConfigDict, platform: str | None = None) -> ml_collections.ConfigDict:
+    """A parsed config made ready to run: `resolve`, say what it chose, `validate`."""
+    chosen = resolve(config, platform)
+    if chosen:
+        say(f"--config=auto: {chosen}")
+    validate(config, platform)
+    return config
 
 
 def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> None:
-    """Checks the values that the type system cannot: one LimaError line per problem. A config that
-    reads its model from `init_checkpoint` (`--config=auto`) is first filled from it, for `platform`
-    (default: JAX's backend), and says so."""
-    if needs_checkpoint(config):
-        from lima_jax.errors import say
-
-        say(f"--config=auto: {from_checkpoint(config, platform)}")
+    """Checks every run-level value the type system cannot, before any work starts: one LimaError line
+    per problem. Pure: reads no file, prints nothing. `platform`: where the run trains, when known."""
 
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
@@ -200,6 +199,29 @@ def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> 
     need(vocab_multiple > 0, "model.vocab_multiple", f"must be positive, got {vocab_multiple}")
     if "optim" in config:
         _validate_optim(config.optim, need)
+    if "checkpoint" in config:
+        _validate_training(config, need)
+    if "mesh" in config:
+        from lima_jax.sharding import check_mesh
+
+        check_mesh(config.mesh.to_dict())
+    if platform is not None:
+        check_platform(config, platform)
+
+
+def _validate_training(config: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:
+    """The run's length, batch, data and checkpoint keys."""
+    for key in ("num_epochs", "batch_size", "grad_accum", "log_every"):
+        need(config[key] >= 1, key, f"must be positive, got {config[key]}")
+    need(config.data.max_len >= 2, "data.max_len", f"must be at least 2, got {config.data.max_len}")
+    from lima_jax.data.tokenizer import TRAIN_ON
+
+    need(config.data.train_on in TRAIN_ON, "data.train_on", f"must be one of {', '.join(TRAIN_ON)}, got {config.data.train_on!r}")
+    ckpt = config.checkpoint
+    if ckpt.every_steps < 0 or ckpt.max_to_keep < 0:
+        raise LimaError("config keys checkpoint.every_steps and checkpoint.max_to_keep must be >= 0")
+    need(ckpt.params_dtype in PARAMS_DTYPES, "checkpoint.params_dtype",
+         f"{ckpt.params_dtype!r} is not one of {', '.join(repr(d) if not d else d for d in PARAMS_DTYPES)}")
 
 
 def _validate_optim(o: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from absl import flags
 
 from lima_jax.cli import check_exists, no_arguments, run
-from lima_jax.config import define_config_flag, model_config, validate
+from lima_jax.config import define_config_flag, model_config, prepare
 from lima_jax.errors import LimaError
 
 INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "gguf", "orbax")
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     check_exists(_INPUT.value, "--input")
     imposed = None
     if _CONFIG.value is not None:
-        validate(_CONFIG.value)
+        prepare(_CONFIG.value)
         imposed = model_config(_CONFIG.value)
     from lima_jax.weights.convert import convert  # JAX: after the flags are checked
 

@@ -66,57 +66,78 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
     c.batch_size = batch_size  # examples per step, across all hosts
     c.grad_accum = 1  # micro-batches per step, when a batch does not fit in memory at once
 
-    c.data = ml_collections.ConfigDict()
-    c.data.manual_dir = ""  # LIMA's train.jsonl/test.jsonl (or your own); empty uses the embedded demo
-    # A sentencepiece or Llama 3 (tiktoken) tokenizer.model, an HF tokenizer.json or model folder;
-    # empty: the init checkpoint's, or the demo's.
-    c.data.tokenizer = ""
-    # The end-of-turn token: empty adds LIMA's new token (the vocabulary grows by one); a token of the
-    # tokenizer (e.g. <|eot_id|>, <|im_end|>) is reused instead.
-    c.data.eot = ""
-    # lima: BOS, then each turn followed by EOT (the paper's); template: the tokenizer's own Jinja chat
-    # template renders each conversation (data.eot must then be the token it ends assistant turns with).
-    c.data.chat_format = "lima"
-    c.data.train_on = "assistant"  # assistant | all
-    c.data.skip_invalid = False
-    c.data.max_len = 2048  # longer texts are trimmed; also the packed row length
-    c.data.pack = True
-    c.data.dev_file = ""  # a dev set file; empty holds out data.dev_size training examples
-    c.data.dev_size = 50
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-5
-    c.optim.end_lr = 1e-6
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.95
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.1
-    c.optim.grad_clip = 0.0  # 0 turns clipping off
-    # A lean full fine-tune: model.param_dtype=bfloat16 halves the parameters. Rounded to nearest, most of
-    # LIMA's 1e-5 updates would vanish, so they reach bf16 parameters through a float32 master copy (master),
-    # or by stochastic rounding (stochastic: no copy); nearest rounds as is. moments_dtype=bfloat16 halves AdamW's.
-    c.optim.narrow_params = "master"
-    c.optim.moments_dtype = ""  # "" as the parameters it steps (float32 with master weights) | float32 | bfloat16
-
+    c.data = _data_keys()
+    c.optim = _optim_keys()
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # -1 takes the rest
 
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 0  # besides every epoch end; 0 turns it off
-    c.checkpoint.max_to_keep = 0  # 0 keeps all (the paper picks among epochs 5-10)
-    c.checkpoint.async_save = True
-    c.checkpoint.params_dtype = ""  # "" as trained; bfloat16 halves fp32 steps (the latest also keeps them exact)
-
+    c.checkpoint = _checkpoint_keys()
     # LoRA (rank 0: every weight trains): adapters on a frozen base, `lima_jax.lora`.
-    c.lora = ml_collections.ConfigDict()
-    c.lora.rank = 0
-    c.lora.alpha = 16.0  # the update is scaled by alpha / rank
-    c.lora.dropout = 0.0  # on each adapter's input (PEFT's lora_dropout); LIMA's residual dropout applies as ever
-    c.lora.targets = "q,k,v,o,gate,up,down"
-    c.lora.base_dtype = ""  # float32 | bfloat16 | int8 | nf4 (QLoRA); empty: as the base checkpoint stores it
+    c.lora = _lora_keys()
 
     c.log_every = 1
     c.peak_tflops = 0.0  # per device, for MFU; 0 looks it up by device kind (measured on CPU)
     return c
+
+
+def _data_keys() -> ml_collections.ConfigDict:
+    """The conversations, the tokenizer and how texts become rows."""
+    d = ml_collections.ConfigDict()
+    d.manual_dir = ""  # LIMA's train.jsonl/test.jsonl (or your own); empty uses the embedded demo
+    # A sentencepiece or Llama 3 (tiktoken) tokenizer.model, an HF tokenizer.json or model folder;
+    # empty: the init checkpoint's, or the demo's.
+    d.tokenizer = ""
+    # The end-of-turn token: empty adds LIMA's new token (the vocabulary grows by one); a token of the
+    # tokenizer (e.g. <|eot_id|>, <|im_end|>) is reused instead.
+    d.eot = ""
+    # lima: BOS, then each turn followed by EOT (the paper's); template: the tokenizer's own Jinja chat
+    # template renders each conversation (data.eot must then be the token it ends assistant turns with).
+    d.chat_format = "lima"
+    d.train_on = "assistant"  # assistant | all
+    d.skip_invalid = False
+    d.max_len = 2048  # longer texts are trimmed; also the packed row length
+    d.pack = True
+    d.dev_file = ""  # a dev set file; empty holds out data.dev_size training examples
+    d.dev_size = 50
+    return d
+
+
+def _optim_keys() -> ml_collections.ConfigDict:
+    """AdamW as LIMA ran it, and how a lean full fine-tune narrows what it steps."""
+    o = ml_collections.ConfigDict()
+    o.lr = 1e-5
+    o.end_lr = 1e-6
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.weight_decay = 0.1
+    o.grad_clip = 0.0  # 0 turns clipping off
+    # A lean full fine-tune: model.param_dtype=bfloat16 halves the parameters. Rounded to nearest, most of
+    # LIMA's 1e-5 updates would vanish, so they reach bf16 parameters through a float32 master copy (master),
+    # or by stochastic rounding (stochastic: no copy); nearest rounds as is. moments_dtype=bfloat16 halves AdamW's.
+    o.narrow_params = "master"
+    o.moments_dtype = ""  # "" as the parameters it steps (float32 with master weights) | float32 | bfloat16
+    return o
+
+
+def _checkpoint_keys() -> ml_collections.ConfigDict:
+    """When steps are saved, how many are kept and in what dtype."""
+    c = ml_collections.ConfigDict()
+    c.every_steps = 0  # besides every epoch end; 0 turns it off
+    c.max_to_keep = 0  # 0 keeps all (the paper picks among epochs 5-10)
+    c.async_save = True
+    c.params_dtype = ""  # "" as trained; bfloat16 halves fp32 steps (the latest also keeps them exact)
+    return c
+
+
+def _lora_keys() -> ml_collections.ConfigDict:
+    """LoRA's adapters (rank 0: none)."""
+    lora = ml_collections.ConfigDict()
+    lora.rank = 0
+    lora.alpha = 16.0  # the update is scaled by alpha / rank
+    lora.dropout = 0.0  # on each adapter's input (PEFT's lora_dropout); LIMA's residual dropout applies as ever
+    lora.targets = "q,k,v,o,gate,up,down"
+    lora.base_dtype = ""  # float32 | bfloat16 | int8 | nf4 (QLoRA); empty: as the base checkpoint stores it
+    return lora
 
 
 def check_architecture(model: dict[str, Any], base: ModelConfig, source: str) -> None:

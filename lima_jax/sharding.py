@@ -38,14 +38,20 @@ RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def mesh_shape(requested: dict[str, int], num_devices: int) -> tuple[int, ...]:
-    """Sizes for (data, fsdp, tensor); one -1 takes the devices the others leave."""
+def check_mesh(requested: dict[str, int]) -> list[int]:
+    """The requested sizes for (data, fsdp, tensor), each positive or -1 (at most one: the rest)."""
     sizes = [int(requested.get(axis, 1)) for axis in MESH_AXES]
-    fill = [i for i, s in enumerate(sizes) if s == -1]
-    if len(fill) > 1:
+    if sizes.count(-1) > 1:
         raise LimaError("config key mesh: at most one axis may be -1")
     if any(s == 0 or s < -1 for s in sizes):
         raise LimaError(f"config key mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+    return sizes
+
+
+def mesh_shape(requested: dict[str, int], num_devices: int) -> tuple[int, ...]:
+    """Sizes for (data, fsdp, tensor); one -1 takes the devices the others leave."""
+    sizes = check_mesh(requested)
+    fill = [i for i, s in enumerate(sizes) if s == -1]
     known = math.prod(s for s in sizes if s != -1)
     if fill:
         if num_devices % known:
@@ -129,6 +135,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch_fits_mesh(batch_size: int, grad_accum: int, mesh: Mesh, process_count: int | None = None) -> int:
+    """Rows per host must split evenly over the data axes and the micro-batches: returns the row
+    multiple each host rounds its packed rows up to."""
+    dp = data_parallel_size(mesh)
+    if batch_size % dp:
+        raise LimaError(f"config key batch_size: {batch_size} does not divide over the data axes (data*fsdp = {dp})")
+    per_step = dp * grad_accum
+    return per_step // math.gcd(per_step, jax.process_count() if process_count is None else process_count)
+
+
+def global_batch(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This host's rows -> one global array per field, sharded over the data axes."""
+    target = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(target, v) for k, v in arrays.items()}
 
 
 # Activation constraints: the trainer sets a mesh here; the model asks `constrain` to pin its

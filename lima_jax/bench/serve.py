@@ -189,14 +189,14 @@ def serve_bench_record(config, checkpoint: str | None, shape: str, **kwargs) -> 
     import jax
 
     from lima_jax.bench.train import model_fields
-    from lima_jax.config import model_config, validate
+    from lima_jax.config import model_config, prepare
     from lima_jax.weights.checkpoint import load_model_config
 
     if checkpoint:
         cfg = load_model_config(checkpoint)
         record = bench_serve(checkpoint, **kwargs)
     else:
-        validate(config)
+        prepare(config)
         cfg = model_config(config)
         with tempfile.TemporaryDirectory() as tmp:
             record = bench_serve(random_checkpoint(cfg, kwargs.get("seed", 0), tmp), **kwargs)

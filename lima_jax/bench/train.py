@@ -25,7 +25,7 @@ from lima_jax import sharding
 from lima_jax.model import flops
 from lima_jax.bench import SHAPES, TORCH_ATTENTION, decode as bench_decode
 from lima_jax.errors import LimaError, say
-from lima_jax.config import model_config, override_keys, set_key, validate
+from lima_jax.config import model_config, override_keys, prepare, set_key
 from lima_jax.data.batches import BATCH_SCHEMA
 from lima_jax.model import ModelConfig, param_count
 from lima_jax.train import optimizer as optim
@@ -258,7 +258,7 @@ def bench(
     shape: str = "none",
 ) -> dict:
     """Benchmarks the train step (and torch's) in `steps` paired rounds; returns the JSON record."""
-    validate(config)
+    prepare(config)
     _check_args(config, seq_len, batch_size, steps, warmup, torch_attention)
     device = jax.devices()[0]
     lora = config.get("lora") is not None and config.lora.rank > 0
@@ -463,7 +463,7 @@ def decode_bench(
     compile_layers: tuple[int, ...] = (),
 ) -> dict:
     """Benchmarks the sampler (and transformers' generate); returns the JSON record."""
-    validate(config)
+    prepare(config)
     device = jax.devices()[0]
     compare_torch = resolve_compare_torch(compare_torch, device)
     cfg = model_config(config)

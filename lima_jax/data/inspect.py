@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
     from lima_jax.data.pipeline import manual_dir
     from lima_jax.data.records import read_conversations
     from lima_jax.data.tokenizer import ChatTokenizer
-    from lima_jax.train.loop import tokenizer_for
+    from lima_jax.weights.vocab import tokenizer_for
     from lima_jax.data import demo_dir
 
     config = _CONFIG.value

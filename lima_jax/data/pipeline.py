@@ -16,7 +16,7 @@ from lima_jax.data import demo_dir, text_tokenizers
 from lima_jax.data.batches import Batch, Batcher, Example, eval_batches
 from lima_jax.data.lima import dev_split, load_split
 from lima_jax.data.records import Record, read_conversations
-from lima_jax.data.tokenizer import TRAIN_ON, ChatTokenizer
+from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
 from lima_jax.storage.paths import Path, PathLike, is_cloud, user_path
 
@@ -119,10 +119,9 @@ def build(
     eval_rows: int,
     cache_dir: pathlib.Path | None = None,
 ) -> TrainingData:
-    """`tokenizer_path`: the one to train with (local or gs://), or None for the demo's (demo data only)."""
+    """`tokenizer_path`: the one to train with (local or gs://), or None for the demo's (demo data only).
+    `config` is validated (`lima_jax.config.validate`)."""
     data = config.data
-    if data.train_on not in TRAIN_ON:
-        raise LimaError(f"config key data.train_on: must be one of {', '.join(TRAIN_ON)}, got {data.train_on!r}")
     using_demo = not data.manual_dir
     source = manual_dir(config)
     train, dev, skipped = split_conversations(config, process_index, process_count, cache_dir)

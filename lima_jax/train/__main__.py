@@ -49,11 +49,15 @@ def main(argv: list[str]) -> None:
 def dry_run() -> None:
     if not _TOPOLOGY.value:
         raise LimaError("--dry_run needs --topology (a TPU slice such as v4-128)")
-    from lima_jax.train.aot import compile_offline, print_report
+    from lima_jax.train.aot import BadTopology, compile_offline, print_report
     from lima_jax.train.dry_run import dry_run as check_and_compile
 
     compile_offline()  # before JAX first loads a backend
-    print_report(check_and_compile(_CONFIG.value, _TOPOLOGY.value))
+    try:
+        report = check_and_compile(_CONFIG.value, _TOPOLOGY.value)
+    except BadTopology as e:
+        raise LimaError(f"--topology {e}") from None
+    print_report(report)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lima_jax.model import flops
-from lima_jax.config import adds_eot, trained_model_config, validate
+from lima_jax.config import prepare
 from lima_jax.errors import LimaError
 from lima_jax.model import param_count
 from lima_jax.sharding import make_mesh
@@ -32,6 +32,7 @@ from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig, abstract_model
 from lima_jax.train import optimizer as optim
 from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step, shardings_of, trained_dtype
+from lima_jax.weights.vocab import tokenizer_ids, trained_model_config
 
 # Per generation: HBM per chip (GiB), TensorCores per chip as counted in slice names, and whether
 # the chips form a 3-D torus (v4, v5p) or a 2-D grid (v5e, v6e).
@@ -50,16 +51,20 @@ GRID_3D = {1: "1x1x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x
 GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
 
+class BadTopology(LimaError):
+    """A slice name that names no standard slice; the command that took it names its flag."""
+
+
 def parse_topology(name: str) -> tuple[str, str, int]:
     """`v4-128` -> ('v4', 'v4:4x4x4', 64): slice names count TensorCores, two per v4/v5p chip."""
     generation, _, count = name.partition("-")
     if generation not in CHIPS or not count.isdigit():
-        raise LimaError(f"--topology {name!r}: expected GENERATION-COUNT with generation one of {', '.join(CHIPS)}")
+        raise BadTopology(f"{name!r}: expected GENERATION-COUNT with generation one of {', '.join(CHIPS)}")
     _, cores_per_chip, dims = CHIPS[generation]
     chips = int(count) // cores_per_chip
     grids = GRID_3D if dims == 3 else GRID_2D
     if chips not in grids:
-        raise LimaError(f"--topology {name!r}: no standard {generation} slice has {chips} chips ({', '.join(map(str, grids))})")
+        raise BadTopology(f"{name!r}: no standard {generation} slice has {chips} chips ({', '.join(map(str, grids))})")
     return generation, f"{'v5e' if generation == 'v5litepod' else generation}:{grids[chips]}", chips
 
 
@@ -94,7 +99,7 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     The model is the one training builds (`trained_model_config`: the tokenizer's `pieces` + EOT,
     padded); `rows` is the global row count of a step (default `batch_size`, the dry run passes the
     data's packed rows)."""
-    validate(config, platform="tpu")  # a TPU step, compiled on this host
+    prepare(config, "tpu")  # a TPU step, compiled on this host
     if pieces is None:
         pieces, tokenizer = tokenizer_pieces(config)
     cfg = trained_model_config(config, pieces)
@@ -105,15 +110,9 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     if rows % (dp * config.grad_accum):
         raise LimaError(f"config key batch_size: {rows} rows do not divide over data*fsdp={dp} x grad_accum={config.grad_accum}")
     lora = aot_lora(config, cfg)
-    # As training builds it (`trained_dtype`).
-    optimizer = optim.make_optimizer(config.optim, total_steps, trained_dtype(cfg, lora))
-    schedule = optim.learning_rate(config.optim, total_steps)
-    frozen = None if lora is None else abstract_frozen(cfg, lora, mesh)
-    step = jit_train_step(config, cfg, optimizer, schedule, mesh, lora, None if frozen is None else shardings_of(frozen))
-    state = abstract_state(cfg, optimizer, mesh, lora)
+    step, state, frozen = _train_step(config, cfg, mesh, lora, total_steps)
     start = time.perf_counter()
     lowered = step.lower(state, abstract_batch(rows, config.data.max_len, mesh), *(() if frozen is None else (frozen,)))
-    hbm = CHIPS[generation][0] * 2**30
     summary = {
         "config": config.name,
         "topology": topology,
@@ -130,7 +129,7 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
         "params": param_count(cfg),
         "trained_params": sum(a.size for a in jax.tree.leaves(state.params)),
         "lora": None if lora is None else lora_summary(lora, cfg),
-        "hbm_bytes": hbm,
+        "hbm_bytes": CHIPS[generation][0] * 2**30,
     }
     try:
         compiled = lowered.compile()
@@ -139,7 +138,23 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
             raise
         return {**summary, "fits": False, "compile_s": round(time.perf_counter() - start, 2), "error": _first_line(str(e))}
     compile_s = time.perf_counter() - start
+    tflops = flops.train_flops_per_token(cfg, config.data.max_len, frozen=lora is not None) * rows * config.data.max_len / 1e12
+    return {**summary, **_measured(compiled, compile_s, summary["hbm_bytes"], state, frozen),
+            "model_tflops_per_step": round(tflops, 1), "peak_tflops_per_chip": flops.published_peak_tflops(devices[0].device_kind)}
 
+
+def _train_step(config, cfg: ModelConfig, mesh: Mesh, lora: LoraSpec | None, total_steps: int) -> tuple[Any, Any, Any]:
+    """(the jitted train step, the abstract state, the abstract frozen base or None), as training builds
+    them (`trained_dtype`)."""
+    optimizer = optim.make_optimizer(config.optim, total_steps, trained_dtype(cfg, lora))
+    schedule = optim.learning_rate(config.optim, total_steps)
+    frozen = None if lora is None else abstract_frozen(cfg, lora, mesh)
+    step = jit_train_step(config, cfg, optimizer, schedule, mesh, lora, None if frozen is None else shardings_of(frozen))
+    return step, abstract_state(cfg, optimizer, mesh, lora), frozen
+
+
+def _measured(compiled: Any, compile_s: float, hbm: int, state: Any, frozen: Any) -> dict:
+    """Per-chip bytes against the chip's HBM and XLA's cost analysis of a compiled step."""
     mem = compiled.memory_analysis()
     argument, temp, output, alias = (
         mem.argument_size_in_bytes,
@@ -150,18 +165,13 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
     total = argument + output - alias + temp + mem.generated_code_size_in_bytes
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    tokens = rows * config.data.max_len
-    flops_per_token = flops.train_flops_per_token(cfg, config.data.max_len, frozen=lora is not None)
     return {
-        **summary,
         "per_chip_bytes": {"argument": argument, "output": output, "alias": alias, "temp": temp, "total": total,
                            "trained_state": chip_bytes(state), **({} if frozen is None else {"frozen_base": chip_bytes(frozen)})},
         "hbm_fraction": round(total / hbm, 4),
         "fits": total <= hbm,
         "compile_s": round(compile_s, 2),
         "cost_analysis": {k: float(v) for k, v in (cost or {}).items() if k in ("flops", "bytes accessed", "transcendentals")},
-        "model_tflops_per_step": round(flops_per_token * tokens / 1e12, 1),
-        "peak_tflops_per_chip": flops.published_peak_tflops(devices[0].device_kind),
     }
 
 
@@ -171,7 +181,7 @@ def aot_lora(config, cfg: ModelConfig) -> LoraSpec | None:
     spec = lora_spec.from_keys(config)
     if spec is None:
         return None
-    return dataclasses.replace(spec, rows=(cfg.used_vocab_size - int(adds_eot(config)), cfg.used_vocab_size))
+    return dataclasses.replace(spec, rows=(tokenizer_ids(config, cfg), cfg.used_vocab_size))
 
 
 def abstract_frozen(cfg: ModelConfig, lora: LoraSpec, mesh: Mesh) -> Any:

@@ -8,40 +8,25 @@ and the rows the data packs into for that slice's hosts, and reports it as `lima
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import tempfile
 
 import ml_collections
 
 from lima_jax import sharding
-from lima_jax.config import trained_model_config, validate
+from lima_jax.config import prepare
 from lima_jax.data import pipeline
-from lima_jax.errors import LimaError
-from lima_jax.storage.paths import Path, check_writable, is_cloud, user_path
+from lima_jax.storage.paths import user_path
 from lima_jax.train.aot import compile_report, topology_devices
 from lima_jax.train.init_weights import check_pretrained
-from lima_jax.train.loop import check_batch_fits_mesh, check_same_inputs, check_same_run, check_training_config, tokenizer_for
-
-
-def check_workdir(workdir: Path) -> None:
-    """The workdir can be written, creating nothing: locally the nearest folder that exists accepts
-    new files; in a bucket, a marker is written and deleted (the only way to know)."""
-    if is_cloud(workdir):
-        check_writable(workdir, "config key workdir:")
-        return
-    if workdir.exists() and not workdir.is_dir():
-        raise LimaError(f"config key workdir: {workdir} is a file, not a directory")
-    existing = next(p for p in (workdir, *workdir.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LimaError(f"config key workdir: {workdir} cannot be created ({existing} is not writable)")
+from lima_jax.train.run_dir import check_same_inputs, check_same_run, check_workdir
+from lima_jax.weights.vocab import tokenizer_for, trained_model_config
 
 
 def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:
     """Checks the run `config` describes and compiles its step for `topology`; returns `aot`'s report
     with what the data gave (examples, steps, hosts)."""
-    validate(config, platform="tpu")  # a TPU step, compiled on this host
-    check_training_config(config)
+    prepare(config, "tpu")  # a TPU step, compiled on this host
     workdir = user_path(config.workdir)
     check_workdir(workdir)
     if workdir.is_dir():
@@ -49,7 +34,7 @@ def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:
     _, devices = topology_devices(topology)
     mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
     hosts = len({d.process_index for d in devices})
-    row_multiple = check_batch_fits_mesh(config, mesh, hosts)
+    row_multiple = sharding.check_batch_fits_mesh(config.batch_size, config.grad_accum, mesh, hosts)
     tokenizer_path = tokenizer_for(config)
     with tempfile.TemporaryDirectory(prefix="lima_dry_run_") as cache:  # TFDS prepares the data here, not in the workdir
         data = pipeline.build(

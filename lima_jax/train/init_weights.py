@@ -9,14 +9,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from lima_jax.config import adds_eot
 from lima_jax.errors import LimaError
 from lima_jax.lora import base as lora_base
 from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig
 from lima_jax.recipe import check_architecture
 from lima_jax.storage.paths import Path
-from lima_jax.weights import checkpoint
+from lima_jax.weights import checkpoint, vocab
 from lima_jax.weights.checkpoint import LORA, read_json_item
 
 
@@ -25,12 +24,7 @@ def check_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig) -> Mod
     model `cfg` trains (read from its metadata: no array is loaded)."""
     base = checkpoint.load_model_config(config.init_checkpoint)
     check_architecture(dataclasses.asdict(cfg), base, config.init_checkpoint)
-    pieces = cfg.used_vocab_size - int(adds_eot(config))  # the tokenizer's ids
-    if base.used_vocab_size < pieces:  # more rows is normal: many models pad their embeddings
-        raise LimaError(
-            f"config key data.tokenizer: the tokenizer has {pieces} ids but {config.init_checkpoint} has "
-            f"{base.used_vocab_size} embedding rows"
-        )
+    vocab.check_rows(config, base, cfg)
     checkpoint.check_stored_shapes(config.init_checkpoint, base)
     return base
 
@@ -41,8 +35,7 @@ def load_pretrained(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh, k
     embedding row and output column initialised to the mean of the tokenizer's rows, unless the checkpoint
     is a fine-tune of this very vocabulary (ids + EOT), which keeps its own."""
     base = check_pretrained(config, cfg)
-    pieces = cfg.used_vocab_size - int(adds_eot(config))
-    kept = cfg.used_vocab_size if base.used_vocab_size == cfg.used_vocab_size else pieces
+    kept = vocab.kept_rows(config, base, cfg)
     return checkpoint.load_resized(config.init_checkpoint, base, cfg, kept, mesh, keep_dtype), kept
 
 

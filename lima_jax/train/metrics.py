@@ -125,6 +125,59 @@ class MetricsWriter:
             ) from e
 
 
+class Diverged(Exception):
+    """A step whose loss or gradient norm is not finite: its state must never be saved."""
+
+
+class StepLog:
+    """Each step's record, written once the next step is dispatched (fetching its metrics then waits
+    for that step only, not the device queue); `flush` writes the last one now (before a save)."""
+
+    def __init__(self, writer: MetricsWriter, batcher, flops_per_token: float, peak_flops: float) -> None:
+        import jax  # here, not above: evaluate.selection reads this module's file names without JAX
+
+        self.fetch, self.hosts = jax.device_get, jax.process_count()
+        self.writer, self.batcher = writer, batcher
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.pending = None  # (step, its metrics on the device, its padding fraction)
+        self.last: dict = {}  # the last record written
+        self.tick = time.perf_counter()
+
+    def dispatched(self, step: int, metrics: dict, padding: float) -> None:
+        if self.pending is not None:
+            self.last = self._write(*self.pending)
+            self.tick = time.perf_counter()
+        self.pending = (step, metrics, padding)
+
+    def flush(self, steps_done: int | None = None) -> None:
+        if self.pending is not None:
+            self.last = self._write(*self.pending)
+            self.pending, self.tick = None, time.perf_counter()
+
+    def _write(self, step: int, metrics: dict, padding: float) -> dict:
+        values = {k: float(v) for k, v in self.fetch(metrics).items()}  # waits for that step only
+        bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values[k])]
+        if bad:  # every host sees the same global values, so every host stops here
+            raise Diverged(f"step {step + 1} of {self.batcher.total_steps}: {bad[0]} is {values[bad[0]]} (loss "
+                           f"{values['loss']:.4g}, grad_norm {values['grad_norm']:.4g}, learning rate {values['learning_rate']:.3g})")
+        seconds = max(time.perf_counter() - self.tick, 1e-9)
+        batcher = self.batcher
+        real_tokens = batcher.rows_per_host * self.hosts * batcher.seq_len * (1.0 - padding)
+        record = {
+            "step": step + 1,  # steps done: the checkpoints' numbering
+            "epoch": round(batcher.epoch_progress(step + 1), 4),
+            "loss": values["loss"],
+            "learning_rate": values["learning_rate"],
+            "grad_norm": values["grad_norm"],
+            "target_tokens": int(values["target_tokens"]),
+            "padding_fraction": round(padding, 4),
+            "tokens_per_s": real_tokens / seconds,
+            "mfu": real_tokens * self.flops_per_token / seconds / self.peak_flops,
+        }
+        self.writer.step(record)
+        return record
+
+
 def logged_loss(workdir: Path, step: int) -> float | None:
     """The loss metrics.jsonl holds for `step` (None if none): what a rerun of a finished run reports."""
     path = workdir / METRICS_FILE

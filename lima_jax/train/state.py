@@ -150,3 +150,23 @@ def jit_eval_step(cfg: ModelConfig, mesh: Mesh, lora: LoraSpec | None = None, fr
     extra = () if lora is None else (frozen_shardings,)
     return jax.jit(run, in_shardings=(trained_shardings(cfg, mesh, lora), batch_shardings(mesh)) + extra,
                    out_shardings=NamedSharding(mesh, P()))
+
+
+def fresh_optimizer_state(params: Any, optimizer: optax.GradientTransformation, cfg: ModelConfig, mesh: Mesh, step: int,
+                          lora: LoraSpec | None = None) -> Any:
+    """A new optimizer state for `params` whose learning-rate schedule stands at `step`: a resume from a
+    step without one (its moments start over, as at step 0; the schedule must not)."""
+    opt_state = state_from_params(params, optimizer, cfg, mesh, lora).opt_state
+    is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)  # noqa: E731
+    at_step = lambda s: s._replace(count=jax.device_put(jnp.asarray(step, s.count.dtype), s.count.sharding))  # noqa: E731
+    return jax.tree.map(lambda s: at_step(s) if is_schedule(s) else s, opt_state, is_leaf=is_schedule)
+
+
+def dev_loss(eval_step, params: Any, batches, mesh: Mesh) -> float:
+    """Mean dev loss per target token over the whole dev set."""
+    loss_sum = count = 0.0
+    for batch in batches:
+        out = eval_step(params, sharding.global_batch(batch.arrays(), mesh))
+        loss_sum += float(out["loss_sum"])
+        count += float(out["count"])
+    return loss_sum / max(count, 1.0)

@@ -53,13 +53,13 @@ def test_the_architecture_comes_from_the_checkpoint_and_is_printed(pretrained, c
 def test_auto_computes_in_bfloat16_on_accelerators_and_a_cpu_refuses_to_train_in_it(pretrained):
     """The README's base-model fine-tune took bfloat16 on a CPU and died at the first step, after 1.5
     minutes of compiling: `UNIMPLEMENTED: Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32`."""
-    from lima_jax.config import validate
+    from lima_jax.config import resolve
     from lima_jax.recipe import auto_config, check_platform
 
     for platform, dtype in (("tpu", "bfloat16"), ("gpu", "bfloat16"), ("cpu", "float32")):
         config = auto_config()
         config.init_checkpoint = str(pretrained / "ckpt")
-        validate(config, platform=platform)
+        resolve(config, platform=platform)
         assert config.model.dtype == dtype, platform
         check_platform(config, platform)
     config.model.dtype = "bfloat16"

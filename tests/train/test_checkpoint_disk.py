@@ -21,7 +21,8 @@ from lima_jax.evaluate.selection import epoch_checkpoints
 from lima_jax.model import abstract_model
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train import optimizer as optim
-from lima_jax.train.loop import fresh_optimizer_state, train
+from lima_jax.train.loop import train
+from lima_jax.train.state import fresh_optimizer_state
 from lima_jax.weights import checkpoint
 from lima_jax.weights.checkpoint import model_record
 

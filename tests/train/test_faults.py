@@ -81,7 +81,7 @@ def test_ctrl_c_saves_like_sigterm_and_a_finished_run_says_so(tmp_path):
 # that lands on one of JAX's threads reaches Python's handler only once the main thread runs Python again.
 STUCK = """
 import sys, time
-from lima_jax.train.loop import Preemption
+from lima_jax.train.preemption import Preemption
 
 with Preemption():
     print("ready", file=sys.stderr, flush=True)
@@ -276,7 +276,7 @@ def test_a_killed_runs_lock_is_taken_over(tmp_path):
 
 
 def test_a_lock_from_another_host_is_refused_while_renewed_and_taken_once_stale(tmp_path):
-    from lima_jax.train.lock import WorkdirLock
+    from lima_jax.train.run_dir import WorkdirLock
 
     lock = tmp_path / "lock"
     lock.write_text(json.dumps({"host": "pod-worker-0", "pid": 1, "token": "x", "renewed": time.time() - 5}))
@@ -533,7 +533,7 @@ def test_bfloat16_on_a_cpu_is_refused_before_compiling_and_a_run_without_steps_r
     """A bf16 run on a CPU died at its first step after 1.5 minutes of compiling, and the rerun with float32
     in the same workdir was refused ("a different config (key model.dtype)") though nothing was saved."""
     from lima_jax.config import load_config
-    from lima_jax.train.loop import check_same_run
+    from lima_jax.train.run_dir import check_same_run
 
     r = call_command("train", "--config=tiny", "--config.model.dtype=bfloat16", f"--config.workdir={tmp_path / 'bf16'}")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
