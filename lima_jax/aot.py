@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from lima_jax.cli import no_arguments, run
-from lima_jax.config import define_config_flag
+from lima_jax.cli import define_config_flag, no_arguments, run
 from lima_jax.errors import LimaError
 
 _CONFIG = define_config_flag("config", None)

@@ -24,6 +24,8 @@ import traceback
 from typing import Any, Callable, Iterator, NoReturn
 
 from absl import app, flags, logging
+import ml_collections
+from ml_collections.config_flags import config_flags
 
 from lima_jax.storage import compile_cache
 from lima_jax.errors import LimaError, run_main, say  # noqa: F401 - say: where the commands import it from
@@ -36,8 +38,6 @@ flags.DEFINE_string("compilation_cache", None, "where JAX keeps compiled program
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         if any(a.startswith("--config") or a.startswith("--grid") for a in argv[1:]):
-            from lima_jax.config import CONFIG_FLAGS, check_overrides  # imports the model: only for commands with a config
-
             for name in CONFIG_FLAGS or ["config"]:
                 check_overrides(argv, name)
         rest = flags.FLAGS(argv)
@@ -55,6 +55,62 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
     compile_cache.use(flags.FLAGS.compilation_cache)  # before the command imports JAX
     return rest
+
+
+CONFIG_FLAGS: dict[str, Callable[[str], str]] = {}  # the config-file flags defined, each with how it finds a file
+
+
+def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "",
+                       resolve: Callable[[str], str] | None = None) -> flags.FlagHolder:
+    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name
+    (`resolve`: how a name becomes a file; `ablate --grid` looks in configs/ablations/).
+
+    Each entry point defines it; a process that imports several (tests) shares the first.
+    """
+    from lima_jax.config import ConfigFileParser, available_configs, resolve_config_path  # imports the model: only for commands with a config
+
+    resolve = resolve or resolve_config_path
+    if name in flags.FLAGS:
+        return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+    CONFIG_FLAGS[name] = resolve
+    flag = config_flags._ConfigFlag(  # noqa: SLF001 - the public helper hard-wires its parser
+        parser=ConfigFileParser(name=name, lock_config=True, resolve=resolve),
+        serializer=flags.ArgumentSerializer(),
+        name=name,
+        default=default,
+        help_string=help_string or f"a config name ({', '.join(available_configs())}) or a .py file; override keys with --{name}.a.b=value",
+        flag_values=flags.FLAGS,
+        accept_new_attributes=False,
+    )
+    return flags.DEFINE_flag(flag, flags.FLAGS)
+
+
+def check_overrides(argv: list[str], name: str = "config") -> None:
+    """Checks every `--NAME.a.b=value` against the keys of the config that `--NAME` loads, so an
+    unknown key is named in one line (ml_collections raises a multi-line AttributeError)."""
+    spec = None  # the last --NAME=SPEC or --NAME SPEC, as absl reads it
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            spec = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(argv):
+            spec = argv[i + 1]
+    from lima_jax.config import override_keys, resolve_config_path  # imports the model: only for commands with a config
+
+    keys = override_keys(argv, name)
+    if not keys:
+        return
+    if spec is None:
+        raise LimaError(f"--{name}.{keys[0]} overrides a key, but no --{name}=NAME was given")
+    resolve = CONFIG_FLAGS.get(name, resolve_config_path)
+    config = config_flags.ConfigFileFlagParser(name=name).parse(resolve(spec))  # LimaError names an unknown config
+    for dotted in keys:
+        node = config
+        for i, part in enumerate(dotted.split(".")):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(dotted.split(".")[:i]) or "the top level"
+                choices = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
+                raise LimaError(f"--{name}.{dotted}: unknown config key {part!r} in {where} (known: {choices})")
+            node = node[part]
 
 
 def _exit_after_help() -> NoReturn:

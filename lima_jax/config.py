@@ -14,7 +14,6 @@ import pathlib
 from typing import Any, Callable
 
 import ml_collections
-from absl import flags
 from ml_collections.config_flags import config_flags as _cf
 
 from lima_jax.errors import LimaError, say
@@ -54,7 +53,7 @@ def resolve_config_path(spec: str) -> str:
     raise LimaError(f"--config: unknown config {name!r}; available: {', '.join(available_configs())}")
 
 
-class _NamedConfigParser(_cf.ConfigFileFlagParser):
+class ConfigFileParser(_cf.ConfigFileFlagParser):
     """ml_collections' config-file parser, resolving a bare name against configs/ first (or as `resolve` does)."""
 
     def __init__(self, name: str, lock_config: bool = True, resolve: Callable[[str], str] = resolve_config_path):
@@ -68,65 +67,14 @@ class _NamedConfigParser(_cf.ConfigFileFlagParser):
             raise ValueError(str(e)) from None
 
 
-CONFIG_FLAGS: dict[str, Callable[[str], str]] = {}  # the config-file flags defined, each with how it finds a file
-
-
-def define_config_flag(name: str = "config", default: str | None = None, help_string: str = "",
-                       resolve: Callable[[str], str] = resolve_config_path) -> flags.FlagHolder:
-    """Like `config_flags.DEFINE_config_file`, but `--config=65b` picks configs/65b.py by name
-    (`resolve`: how a name becomes a file; `ablate --grid` looks in configs/ablations/).
-
-    Each entry point defines it; a process that imports several (tests) shares the first.
-    """
-    if name in flags.FLAGS:
-        return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-    CONFIG_FLAGS[name] = resolve
-    flag = _cf._ConfigFlag(  # noqa: SLF001 - the public helper hard-wires its parser
-        parser=_NamedConfigParser(name=name, lock_config=True, resolve=resolve),
-        serializer=flags.ArgumentSerializer(),
-        name=name,
-        default=default,
-        help_string=help_string or f"a config name ({', '.join(available_configs())}) or a .py file; override keys with --{name}.a.b=value",
-        flag_values=flags.FLAGS,
-        accept_new_attributes=False,
-    )
-    return flags.DEFINE_flag(flag, flags.FLAGS)
-
-
 def override_keys(argv: list[str], name: str = "config") -> list[str]:
     """The config keys a command line sets: `--config.a.b=value` -> `a.b`."""
     return [a[len(name) + 3 :].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")]
 
 
-def check_overrides(argv: list[str], name: str = "config") -> None:
-    """Checks every `--NAME.a.b=value` against the keys of the config that `--NAME` loads, so an
-    unknown key is named in one line (ml_collections raises a multi-line AttributeError)."""
-    spec = None  # the last --NAME=SPEC or --NAME SPEC, as absl reads it
-    for i, a in enumerate(argv):
-        if a.startswith(f"--{name}="):
-            spec = a.split("=", 1)[1]
-        elif a == f"--{name}" and i + 1 < len(argv):
-            spec = argv[i + 1]
-    keys = override_keys(argv, name)
-    if not keys:
-        return
-    if spec is None:
-        raise LimaError(f"--{name}.{keys[0]} overrides a key, but no --{name}=NAME was given")
-    resolve = CONFIG_FLAGS.get(name, resolve_config_path)
-    config = _cf.ConfigFileFlagParser(name=name).parse(resolve(spec))  # LimaError names an unknown config
-    for dotted in keys:
-        node = config
-        for i, part in enumerate(dotted.split(".")):
-            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                where = ".".join(dotted.split(".")[:i]) or "the top level"
-                choices = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
-                raise LimaError(f"--{name}.{dotted}: unknown config key {part!r} in {where} (known: {choices})")
-            node = node[part]
-
-
 def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
     """Loads a config by name or path and applies dotted-key overrides (for tests and scripts)."""
-    config = _NamedConfigParser(name="config").parse(resolve_config_path(spec))
+    config = ConfigFileParser(name="config").parse(resolve_config_path(spec))
     for key, value in (overrides or {}).items():
         set_key(config, key, value)
     prepare(config)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from lima_jax.cli import check_exists, no_arguments, run
-from lima_jax.config import define_config_flag, model_config, prepare
+from lima_jax.cli import check_exists, define_config_flag, no_arguments, run
+from lima_jax.config import model_config, prepare
 from lima_jax.errors import LimaError
 
 INPUT_FORMATS = ("auto", "hf", "meta", "llama2c", "gguf", "orbax")

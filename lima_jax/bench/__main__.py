@@ -18,8 +18,7 @@ import sys
 from absl import flags
 
 from lima_jax.bench import SHAPES, TORCH_ATTENTION
-from lima_jax.cli import define_dtype_flag, no_arguments, run
-from lima_jax.config import define_config_flag
+from lima_jax.cli import define_config_flag, define_dtype_flag, no_arguments, run
 from lima_jax.errors import LimaError
 
 MODES = ("train", "decode", "serve", "device")

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from lima_jax.cli import no_arguments, run
-from lima_jax.config import define_config_flag
+from lima_jax.cli import define_config_flag, no_arguments, run
 from lima_jax.errors import LimaError
 
 _CONFIG = define_config_flag("config", "tiny")
@@ -26,7 +25,7 @@ def main(argv: list[str]) -> None:
     from lima_jax.data.pipeline import manual_dir
     from lima_jax.data.records import read_conversations
     from lima_jax.data.tokenizer import ChatTokenizer
-    from lima_jax.weights.vocab import tokenizer_for
+    from lima_jax.train.vocab import tokenizer_for
     from lima_jax.data import demo_dir
 
     config = _CONFIG.value

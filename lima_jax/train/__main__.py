@@ -20,8 +20,7 @@ import json
 from absl import flags
 
 from lima_jax.storage import compile_cache
-from lima_jax.cli import define_distributed_flags, no_arguments, run
-from lima_jax.config import define_config_flag
+from lima_jax.cli import define_config_flag, define_distributed_flags, no_arguments, run
 from lima_jax.errors import LimaError
 
 _CONFIG = define_config_flag("config", "tiny")

@@ -32,7 +32,7 @@ from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig, abstract_model
 from lima_jax.train import optimizer as optim
 from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step, shardings_of, trained_dtype
-from lima_jax.weights.vocab import tokenizer_ids, trained_model_config
+from lima_jax.train.vocab import tokenizer_ids, trained_model_config
 
 # Per generation: HBM per chip (GiB), TensorCores per chip as counted in slice names, and whether
 # the chips form a 3-D torus (v4, v5p) or a 2-D grid (v5e, v6e).

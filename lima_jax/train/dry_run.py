@@ -20,7 +20,7 @@ from lima_jax.storage.paths import user_path
 from lima_jax.train.aot import compile_report, topology_devices
 from lima_jax.train.init_weights import check_pretrained
 from lima_jax.train.run_dir import check_same_inputs, check_same_run, check_workdir
-from lima_jax.weights.vocab import tokenizer_for, trained_model_config
+from lima_jax.train.vocab import tokenizer_for, trained_model_config
 
 
 def dry_run(config: ml_collections.ConfigDict, topology: str) -> dict:

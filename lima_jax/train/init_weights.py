@@ -15,7 +15,8 @@ from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig
 from lima_jax.recipe import check_architecture
 from lima_jax.storage.paths import Path
-from lima_jax.weights import checkpoint, vocab
+from lima_jax.train import vocab
+from lima_jax.weights import checkpoint
 from lima_jax.weights.checkpoint import LORA, read_json_item
 
 

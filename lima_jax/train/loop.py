@@ -35,7 +35,7 @@ from lima_jax.train.state import (abstract_state, dev_loss, fresh_optimizer_stat
                                   jit_train_step, shardings_of, state_from_params, trained_dtype)
 from lima_jax.train.step import TrainState
 from lima_jax.weights import checkpoint
-from lima_jax.weights.vocab import tokenizer_for, trained_model_config
+from lima_jax.train.vocab import tokenizer_for, trained_model_config
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lima_jax.config import load_config, model_config
-from lima_jax.weights.vocab import trained_model_config
+from lima_jax.train.vocab import trained_model_config
 from lima_jax.data import demo_dir, text_tokenizers
 from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError

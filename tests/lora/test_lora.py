@@ -17,7 +17,7 @@ from support.training import checkpoint_steps, data_dir, demo_records, kill_9_af
 
 from lima_jax import sharding
 from lima_jax.config import load_config
-from lima_jax.weights.vocab import trained_model_config
+from lima_jax.train.vocab import trained_model_config
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
 from lima_jax.lora import adapters, base as lora_base

@@ -3,7 +3,7 @@
 import pytest
 
 from lima_jax.config import available_configs, load_config, model_config
-from lima_jax.weights.vocab import trained_model_config
+from lima_jax.train.vocab import trained_model_config
 from lima_jax.errors import LimaError
 from lima_jax.model import param_count
 from support.commands import call_command

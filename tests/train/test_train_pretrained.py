@@ -5,7 +5,7 @@ import pytest
 from lima_jax import sharding
 from lima_jax.weights import checkpoint
 from lima_jax.config import load_config
-from lima_jax.weights.vocab import trained_model_config
+from lima_jax.train.vocab import trained_model_config
 from lima_jax.data import demo_dir
 from lima_jax.errors import LimaError
 from lima_jax.train.init_weights import load_pretrained
