@@ -28,7 +28,7 @@ import ml_collections
 from ml_collections.config_flags import config_flags
 
 from lima_jax.storage import compile_cache
-from lima_jax.errors import LimaError, run_main, say  # noqa: F401 - say: where the commands import it from
+from lima_jax.errors import LimaError, run_main
 
 flags.DEFINE_bool("verbose", False, "print tracebacks with errors")
 flags.DEFINE_string("compilation_cache", None, "where JAX keeps compiled programs for the next run, or `off` (default: "

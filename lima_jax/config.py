@@ -16,7 +16,8 @@ from typing import Any, Callable
 import ml_collections
 from ml_collections.config_flags import config_flags as _cf
 
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.model import ModelConfig
 from lima_jax.recipe import check_platform, from_checkpoint, needs_checkpoint
 from lima_jax.recipe import lima_config  # noqa: F401 - config files written before recipe.py import it from here

@@ -1,5 +1,5 @@
-"""What the user is told: the project's one-line errors, the wrapper every `__main__` uses to report them,
-and `say`, a line for the user from any module (the config included) without importing the command line."""
+"""What the user is told when something is wrong: the project's one-line errors and the wrapper every
+`__main__` uses to report them."""
 from __future__ import annotations
 
 import sys
@@ -51,9 +51,3 @@ def run_main(main: Callable[[list[str]], None], argv: list[str], verbose: bool) 
         sys.exit(1)
     sys.exit(0)
 
-
-def say(message: str) -> None:
-    """A line for the user, from process 0 only (logs are quiet unless --verbosity=0)."""
-    jax = sys.modules.get("jax")  # a command that never imported JAX is a single process
-    if jax is None or jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)

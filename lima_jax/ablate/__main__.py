@@ -19,7 +19,8 @@ import json
 from absl import flags
 
 from lima_jax.ablate.plan import resolve_grid_path
-from lima_jax.cli import define_config_flag, no_arguments, run, say
+from lima_jax.cli import define_config_flag, no_arguments, run
+from lima_jax.log import say
 from lima_jax.errors import LimaError
 
 _GRID = define_config_flag("grid", None, "an ablation grid: configs/ablations/NAME.py or NAME; override keys with "

@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 from flax import nnx
 
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.model.flops import best_seconds
 from lima_jax.weights.hf import config_to_hf
 from lima_jax.model import ModelConfig, param_count

@@ -35,7 +35,7 @@ from flax import nnx
 
 from lima_jax.model import ModelConfig
 from lima_jax.config import model_config
-from lima_jax.errors import say
+from lima_jax.log import say
 from lima_jax.model import attention
 from lima_jax.model import Llama, abstract_model
 from lima_jax.recipe import lima_config

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 
 BATCH_SIZES = (1, 4, 16)  # the engine's: one client, a few, many
 

@@ -24,7 +24,8 @@ from jax.sharding import Mesh
 from lima_jax import sharding
 from lima_jax.model import flops
 from lima_jax.bench import SHAPES, TORCH_ATTENTION, decode as bench_decode
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.config import model_config, override_keys, prepare, set_key
 from lima_jax.data.batches import BATCH_SCHEMA
 from lima_jax.model import ModelConfig, param_count

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from lima_jax.cli import no_arguments, run, say
+from lima_jax.cli import no_arguments, run
+from lima_jax.log import say
 
 _SOURCE = flags.DEFINE_enum("source", None, ["stackexchange", "stackexchange_dialogues", "wikihow", "reddit"],
                             "which kind of dump --input holds (stackexchange_dialogues: Posts.xml and Comments.xml)")

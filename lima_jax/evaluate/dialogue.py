@@ -21,7 +21,8 @@ import json
 
 from absl import flags
 
-from lima_jax.cli import define_sampling_flags, no_arguments, run, say
+from lima_jax.cli import define_sampling_flags, no_arguments, run
+from lima_jax.log import say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.cli import MAX_FAILURES, define_judge_flags, parse_checkpoints
 from lima_jax.evaluate.judge.runner import stop_message

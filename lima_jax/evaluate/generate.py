@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from lima_jax.cli import (check_exists, define_distributed_flags, define_dtype_flag, define_mesh_flag, define_sampling_flags,
-                          no_arguments, run, say)
+from lima_jax.cli import (check_exists, define_distributed_flags, define_dtype_flag, define_mesh_flag, define_sampling_flags, no_arguments, run)
+from lima_jax.log import say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.answers.formats import FORMATS, make_sink, read_prompts
 from lima_jax.evaluate.answers.generation import generate_file

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from lima_jax.data.records import read_conversations
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.evaluate.answers.formats import read_responses
 from lima_jax.evaluate.answers.generation import generate_responses, generation_settings
 from lima_jax.evaluate.charts import LIKERT_AXIS, fit_titles, has_width, new_figure, save_png

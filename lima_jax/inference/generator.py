@@ -15,7 +15,8 @@ from __future__ import annotations
 import jax
 
 from lima_jax import sharding
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.data.tokenizer import of_model
 from lima_jax.model.decode_layout import for_decoding
 from lima_jax.inference.sampler import SamplingParams, generate, past_context

@@ -14,7 +14,8 @@ import os
 
 from absl import flags
 
-from lima_jax.cli import define_dtype_flag, define_mesh_flag, no_arguments, run, say
+from lima_jax.cli import define_dtype_flag, define_mesh_flag, no_arguments, run
+from lima_jax.log import say
 from lima_jax.errors import LimaError
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")

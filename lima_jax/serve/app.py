@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lima_jax.errors import say
+from lima_jax.log import say
 from lima_jax.inference.generator import Generator
 from lima_jax.serve.batching import Engine, Choice, Update
 from lima_jax.serve.guards import Guard, error_response

@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.inference.generator import Generator
 from lima_jax.inference.sampler import Row, SamplingParams, SteppedBatch, compiled_programs
 

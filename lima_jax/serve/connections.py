@@ -19,7 +19,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from lima_jax.errors import say
+from lima_jax.log import say
 
 # uvicorn closes an idle kept-alive connection after 5 s by default; a client reusing it at that moment
 # gets "Server disconnected without sending a response". Clients between batches idle longer than that.

@@ -49,7 +49,8 @@ def use_run_dir(workdir: str) -> None:
 
 
 def _use_dir(directory: str) -> None:
-    from lima_jax.errors import LimaError, say
+    from lima_jax.errors import LimaError
+    from lima_jax.log import say
     from lima_jax.storage.paths import check_writable, user_path
 
     directory = os.fspath(user_path(directory))

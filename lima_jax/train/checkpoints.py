@@ -13,7 +13,8 @@ from typing import Any, Iterator
 import jax
 import orbax.checkpoint as ocp
 
-from lima_jax.errors import RunFailure, say
+from lima_jax.errors import RunFailure
+from lima_jax.log import say
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, user_path
 from lima_jax.weights import checksums

@@ -19,7 +19,8 @@ from lima_jax import sharding
 from lima_jax.model import flops
 from lima_jax.config import prepare
 from lima_jax.data import pipeline
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.lora import spec as lora_spec
 from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig

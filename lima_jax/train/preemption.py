@@ -7,7 +7,7 @@ import sys
 
 import jax
 
-from lima_jax.errors import say
+from lima_jax.log import say
 
 
 class Preemption:

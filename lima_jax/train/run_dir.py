@@ -24,7 +24,8 @@ import jax
 import ml_collections
 
 from lima_jax.config import flatten, load_config
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.storage.paths import Path, check_writable, is_cloud, write_atomically
 from lima_jax.train.metrics import DEV_FILE, METRICS_FILE
 from lima_jax.weights import checkpoint

@@ -11,7 +11,8 @@ import os
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from lima_jax.data.records import check_appendable, repair_tail
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.evaluate.answers.records import (Record, digest, make_record, parse_record, prompt_id,
                                                read_response_jsonl)
 from lima_jax.inference import hosts

@@ -18,7 +18,8 @@ import statistics
 from typing import Any, Callable, Sequence
 
 from lima_jax.data.records import BadLine, json_object, read_jsonl
-from lima_jax.errors import LimaError, say
+from lima_jax.errors import LimaError
+from lima_jax.log import say
 from lima_jax.evaluate import charts, stats
 from lima_jax.evaluate.answers.formats import read_responses
 from lima_jax.evaluate.answers.generation import Question, ResponseSink, generate_answers
