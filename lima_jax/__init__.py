@@ -1,23 +1,8 @@
 """lima_jax: LIMA's supervised fine-tuning recipe for LLaMA models, in JAX.
 
 Importing it sets up two things before any lima_jax module imports JAX, TensorStore or gcsfs: a quiet
-TPU probe off a TPU, and the Cloud Storage emulator when STORAGE_EMULATOR_HOST says so.
-
-A quiet start on machines without a TPU, when the `libtpu` package is installed.
-
-JAX probes for a TPU whenever libtpu is installed: at the first backend lookup (`jax.devices()`,
-the first jit) and whenever `jax.experimental.topologies` loads the TPU plugin (`lima_jax.aot`).
-Off a TPU VM, libtpu then lacks the slice description the VM's metadata server would give it and
-writes "Failed to find host bounds for accelerator type ...", "unexpected worker hostname ..." and a
-source-location trace to stderr before failing (quietly, as far as JAX is concerned) with "No
-jellyfish device found"; JAX falls back to the next backend.
-
-`quiet_tpu_probe` gives libtpu the description of a lone host (`TPU_HOST_BOUNDS=1,1,1`,
-`TPU_WORKER_HOSTNAMES=localhost`) when no TPU is attached, so its probe finds nothing without a
-word. It changes nothing else: JAX still picks its backends itself (a GPU still wins, JAX_PLATFORMS
-is left to the user), and topologies compile exactly as before (the description covers no devices
-of theirs). Setting JAX_PLATFORMS=cpu instead would not do: the AOT path loads libtpu whatever the
-platforms, and an explicit platform list makes JAX fail loudly where it would fall back.
+TPU probe off a TPU (`quiet_tpu_probe`), and the Cloud Storage emulator when STORAGE_EMULATOR_HOST
+says so.
 """
 from __future__ import annotations
 
@@ -62,7 +47,13 @@ def tpu_attached() -> bool:
 def quiet_tpu_probe() -> bool:
     """Describes a lone host to libtpu when no TPU is attached; returns whether it did.
 
-    Costs a few file reads; must run before JAX loads libtpu (called below, at import).
+    With libtpu installed, JAX probes for a TPU at its first backend lookup and whenever AOT loads the
+    TPU plugin; off a TPU VM libtpu then prints "Failed to find host bounds ..." and a trace before
+    JAX falls back. Described as a lone host (`TPU_HOST_BOUNDS=1,1,1`, `TPU_WORKER_HOSTNAMES=localhost`),
+    its probe finds nothing without a word, and nothing else changes: JAX still picks its backends, and
+    topologies compile as before. (JAX_PLATFORMS=cpu would not do: AOT loads libtpu whatever the
+    platforms, and an explicit list makes JAX fail loudly where it would fall back.) Costs a few file
+    reads; must run before JAX loads libtpu (called below, at import).
     """
     if any(v in os.environ for v in _SLICE_VARS) or tpu_attached():
         return False

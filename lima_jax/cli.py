@@ -1,16 +1,10 @@
 """What every command shares: absl flags in, one-line errors out, and the flag groups several use.
 
-The convention: a command module (`python -m lima_jax.X`) defines its flags at import with
-`flags.DEFINE_*` (or a `define_*_flags()` group below), reads them in `main`, and calls library
-functions with explicit arguments. No other module imports a command module, so no flag is ever
-defined twice. This module imports nothing heavy (no JAX, no config): `--help` and the judging
-commands stay fast.
-
-`--help` lists every flag the command takes (its shared groups' too) and exits 0; a command imports
-JAX in `main`, once its input is checked, so help and bad input answer in well under a second.
-A bad flag or config override prints one line naming it and exits 2 before any work; a LimaError
-from the run does the same; any other failure exits 1. `--verbose` adds the traceback.
-`--compilation_cache` (every command) says where JAX keeps compiled programs: `lima_jax.storage.compile_cache`.
+A command module (`python -m lima_jax.X`) defines its flags at import (`flags.DEFINE_*` or a
+`define_*_flags()` group below), reads them in `main`, and calls libraries with explicit arguments;
+nothing imports a command module, so no flag is defined twice. This module imports no JAX and no
+config, so `--help` and bad input answer in well under a second: a bad flag or override is one line
+and exit 2, a LimaError from the run too, any other failure exit 1 (`--verbose` adds the traceback).
 """
 from __future__ import annotations
 

@@ -7,12 +7,9 @@ T keys) may instead take a fused kernel, `model.attention = auto | xla | splash 
 is checked without JAX):
 
 - `xla`: `attention`, the score matrix written out.
-- `splash`: the Pallas TPU splash-attention kernel (blockwise, nothing T x T in HBM), wrapped in
-  `shard_map` over the batch and head axes as MaxText does, since a Pallas call cannot be split by
-  XLA's partitioner. On a CPU it runs in Pallas' interpret mode (slow; for tests).
-- `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's flash attention on NVIDIA
-  GPUs, with a (B, 1, T, T) same-segment mask beside `is_causal`. JAX gives it a custom partitioning
-  rule (batch and heads), so it needs no shard_map.
+- `splash`: the Pallas TPU splash-attention kernel, in `shard_map` over batch and heads (XLA's
+  partitioner cannot split a Pallas call); on a CPU, Pallas' interpret mode (for tests).
+- `cudnn`: cuDNN's flash attention through `jax.nn.dot_product_attention`, with a same-segment mask.
 - `auto`: splash on TPU, cudnn on GPU where their shape and dtype limits are met, else xla.
 """
 from __future__ import annotations

@@ -4,13 +4,10 @@
 Shapes: B batch, T query tokens, S key slots, D model dim, H query heads, K key/value heads,
 Dh head dim, F hidden MLP dim, V vocabulary, L layers.
 
-Every parameter carries logical axis names (`sharding_names`), which a rules table maps onto a
-device mesh; the model itself never names a mesh axis. The layers' parameters are stacked along a
-leading `layers` axis and run with `lax.scan`, so compile time does not grow with depth.
-
-Each layer and the model have two method paths: `__call__` trains (whole sequences, dropout) and
-`decode` runs new tokens against a KV cache. How weights are held for fast decoding on a given device
-is not the network's business: `decode_layout.py` lays a trained model out for that.
+Parameters carry logical axis names that a rules table maps onto a mesh (the model never names a
+mesh axis); the layers are stacked and run with `lax.scan`, so compile time does not grow with depth.
+`__call__` trains (whole sequences, dropout) and `decode` runs new tokens against a KV cache;
+`decode_layout.py` lays a trained model out for fast decoding.
 
 Residual dropout follows LIMA: each residual branch (attention output, MLP output) is dropped out
 before it is added back, at a rate rising linearly from 0.0 at the bottom layer to

@@ -1,15 +1,10 @@
 """Scripted multi-turn dialogues (LIMA §6): the dialogues file, playing it against each checkpoint (its own
-answers kept in context), rating every assistant turn with the conversation so far, and what §6 reports
-per checkpoint (Figure 7's distribution, the same per turn position, the conversations that fail within
-3 interactions, and in how many conversations a checkpoint does better than the first one).
-
-The dialogues file is JSONL, `{"id": ..., "turns": [user turns]}` a line (a LIMA-style
-`{"conversations": [...]}` line gives its user turns). A transcript is a response file whose lines also
-name their `dialogue` and `turn` (1 = the first answer), `prompt` holding the conversation so far.
-"Fails within 3 interactions": a Fail among the first three assistant turns (unknown when one of those
-is unrated and none is a Fail). "Better in a conversation": a higher mean rating over its turns (Fail 0,
-Pass 1, Excellent 2), our reading of the paper's per-conversation comparison.
-"""
+answers kept in context), rating every assistant turn with the conversation so far, and §6's figures per
+checkpoint (Figure 7's distribution, per turn position, failures within 3 interactions, conversations
+better than the first checkpoint's). A transcript is a response file whose lines also name their
+`dialogue` and `turn`. "Fails within 3 interactions": a Fail among the first three assistant turns.
+"Better in a conversation": a higher mean rating over its turns (Fail 0, Pass 1, Excellent 2), our
+reading of the paper's comparison (the README's multi-turn section gives the file formats)."""
 from __future__ import annotations
 
 import dataclasses
