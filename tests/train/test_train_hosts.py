@@ -2,8 +2,8 @@
 share one workdir, are preempted together or lose a host mid-save, and the run resumes (on any number of
 hosts) as if never stopped.
 
-The preempted run shares a bucket of the Cloud Storage emulator (as a pod shares gs://) and a local
-directory; the host killed mid-save shares a local directory.
+The preempted run shares a bucket of the Cloud Storage emulator (as a pod shares gs://) and, in the slow
+tier, a local directory; the host killed mid-save shares a local directory.
 
 The tests here take 20-60 s each in the suite: every run is two or three `python -m lima_jax.train`
 processes (about 10 s each to their first step: import, distributed start-up, the first collectives) whose
@@ -93,7 +93,9 @@ class Shared:
         return sorted(int(t[0]) for t in tails if len(t) == 2 and t[1] == "commit_success.txt")
 
 
-@pytest.fixture(params=["gs", "local"])
+# The local variant is the slow tier's: the default tier has the same preemption on a bucket, and two hosts
+# sharing a local folder in the kill mid-save test below.
+@pytest.fixture(params=["gs", pytest.param("local", marks=pytest.mark.slow)])
 def shared_workdir(request, tmp_path):
     if request.param == "local":
         return Shared(str(tmp_path / "shared"))
@@ -240,8 +242,11 @@ def test_a_host_killed_mid_save_leaves_the_last_complete_step_to_resume_from(dat
     assert_same_losses(read_metrics(shared_workdir), reference)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(data_dir, reference, tmp_path):
-    """Two processes of two devices each train the module's run to the losses one process of eight gives."""
+    """Two processes of two devices each train the module's run to the losses one process of eight gives.
+    The slow tier's: in the default tier the preempted test's two hosts train the same run to the same
+    losses up to their preemption (past the first epoch), and the host killed mid-save's do up to step 4."""
     shared_workdir = Shared(str(tmp_path / "two"))
     results = finish(launch(shared_workdir, overrides(data_dir), num_processes=2, devices=2))
     assert all(code == 0 for code, _ in results), [err[-2000:] for _, err in results]
