@@ -202,6 +202,8 @@ def test_a_run_in_a_program_gives_back_its_sigterm_handler(reference_run):
 
 
 def test_two_hosts_preempted_mid_epoch_resume_as_one_like_an_uninterrupted_run(data_dir, reference, shared_workdir):
+    """40-70 s: two hosts' processes train past the first epoch on the bucket (every byte through the
+    emulator's HTTP API), then a third resumes and finishes the run."""
     config = overrides(data_dir)
     procs = launch(shared_workdir, config, num_processes=2, devices=2)
     wait_for(lambda: steps_done(procs[0]) >= STEPS_PER_EPOCH + 3, procs)  # mid-way through epoch 2
@@ -224,6 +226,8 @@ def test_two_hosts_preempted_mid_epoch_resume_as_one_like_an_uninterrupted_run(d
 
 
 def test_a_host_killed_mid_save_leaves_the_last_complete_step_to_resume_from(data_dir, reference, tmp_path):
+    """About 40 s: two hosts' processes train to their second save, and one process resumes from step 4
+    to the end of the run."""
     shared_workdir = Shared(str(tmp_path / "shared"))
     config = overrides(data_dir, **{"checkpoint.every_steps": 4})
     procs = launch(shared_workdir, config, num_processes=2, devices=2)
