@@ -27,23 +27,26 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 TESTS = pathlib.Path(__file__).resolve().parent
-# The modules that take longest, in that order (seconds of one worker's time in a 2-worker run): started
+# The modules that take longest, in that order (their tests' CPU seconds, measured test by test): started
 # first, so that the last module a worker takes is a short one and the workers end together.
 LONGEST_FIRST = (
-    "train/test_train_hosts.py",    # multi-process runs
     "train/test_faults.py",         # kills, signals, a full disk
-    "inference/test_sampling.py",
-    "commands/test_select.py",
-    "train/test_train.py",
-    "storage/test_gcs.py",
-    "train/test_dry_run.py",        # the 65B step compiled for v4-128
-    "train/test_aot.py",            # the same, through lima_jax.aot
+    "train/test_train_hosts.py",    # multi-process runs
     "model/test_model.py",
-    "bench/test_bench.py",
-    "bench/test_device_check.py",  # the device check's CPU subset: every part compiles its own programs
+    "train/test_train.py",
+    "train/test_dry_run.py",        # the 65B step compiled for v4-128
+    "inference/test_sampling.py",
+    "lora/test_lora.py",
+    "commands/test_readme_run.py",  # one test: the README's 722-step run
+    "storage/test_gcs.py",
+    "inference/test_dtype.py",
     "inference/test_sample_hosts.py",
-    "commands/test_readme_run.py",
+    "bench/test_device_check.py",   # the device check's CPU subset: every part compiles its own programs
+    "bench/test_bench.py",
+    "commands/test_compile_cache.py",
     "serve/test_serve.py",
+    "commands/test_select.py",
+    "weights/test_export_chat.py",
 )
 
 

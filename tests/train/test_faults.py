@@ -57,6 +57,7 @@ def test_every_saved_step_is_in_the_metrics_after_a_hard_kill(tmp_path):
 
 
 def test_ctrl_c_saves_like_sigterm_and_a_finished_run_says_so(tmp_path):
+    """About 25 s: the command stopped by SIGINT in its own process, then the run finished and rerun."""
     workdir = tmp_path / "run"
     proc = start_command("train", *train_args(workdir))
     deadline = time.time() + 240
@@ -382,7 +383,8 @@ def uninterrupted(kill_data, tmp_path_factory):
     return _without_timing(read_metrics(config.workdir))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+# Seeds 1 and 2 (other kill points, the same check) are the slow tier's.
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_kill_9_at_a_random_point_then_resume_gives_the_uninterrupted_metrics(seed, kill_data, uninterrupted, tmp_path):
     import random
 
@@ -397,6 +399,8 @@ def test_kill_9_at_a_random_point_then_resume_gives_the_uninterrupted_metrics(se
 
 
 def test_a_kill_during_each_file_rewrite_leaves_the_old_file_whole_and_the_run_resumes(kill_data, uninterrupted, tmp_path):
+    """About 25 s: five processes of the command (one killed -9 after step 5, one killed at each file's
+    rename), then the run resumed to its end."""
     workdir = tmp_path / "run"
     kill_9_after(_kill_args(workdir, kill_data), workdir, 5)
     script = SUPPORT / "kill_at_rename.py"

@@ -160,11 +160,14 @@ def test_checkpoint_saved_on_8_devices_restores_on_1(small_run):
 LEAN = {"model.param_dtype": "bfloat16", "optim.moments_dtype": "bfloat16"}  # bf16 weights, fp32 master copy
 
 
-@pytest.mark.parametrize("data, lean", [pytest.param(200, {}, id="slice"), pytest.param(200, LEAN, id="lean"),
+@pytest.mark.parametrize("data, lean", [pytest.param(200, {}, id="slice", marks=pytest.mark.slow),
+                                        pytest.param(200, LEAN, id="lean"),
                                         pytest.param(None, {}, id="demo", marks=pytest.mark.slow)])
 def test_sigterm_then_restart_ends_with_the_same_metrics(data, lean, tmp_path):
-    """Two epochs, stopped mid-epoch 1 and resumed: 200 demo conversations (48 steps) here, the whole demo
-    (200 steps) in the slow tier; a lean full fine-tune resumes from its float32 master copy exactly too."""
+    """Two epochs, stopped mid-epoch 1 and resumed: 200 demo conversations (48 steps), the whole demo (200
+    steps) in the slow tier; a lean full fine-tune resumes from its float32 master copy exactly too. The
+    default tier runs the lean one (20-40 s: three runs of bfloat16 steps, which a CPU emulates); the plain
+    slice is the slow tier's, as tests/storage/test_gcs.py stops and resumes the same run (in a bucket)."""
     overrides = {"num_epochs": 2, **lean}
     if data is not None:
         folder = data_dir(tmp_path / "data", demo_records()[:data])

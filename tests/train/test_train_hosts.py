@@ -2,8 +2,8 @@
 share one workdir, are preempted together or lose a host mid-save, and the run resumes (on any number of
 hosts) as if never stopped.
 
-The preempted run shares a bucket of the Cloud Storage emulator (as a pod shares gs://) and a local
-directory; the host killed mid-save shares a local directory.
+The preempted run shares a bucket of the Cloud Storage emulator (as a pod shares gs://) and, in the slow
+tier, a local directory; the host killed mid-save shares a local directory.
 
 The tests here take 20-60 s each in the suite: every run is two or three `python -m lima_jax.train`
 processes (about 10 s each to their first step: import, distributed start-up, the first collectives) whose
@@ -93,7 +93,9 @@ class Shared:
         return sorted(int(t[0]) for t in tails if len(t) == 2 and t[1] == "commit_success.txt")
 
 
-@pytest.fixture(params=["gs", "local"])
+# The local variant is the slow tier's: the default tier has the same preemption on a bucket, and two hosts
+# sharing a local folder in the kill mid-save test below.
+@pytest.fixture(params=["gs", pytest.param("local", marks=pytest.mark.slow)])
 def shared_workdir(request, tmp_path):
     if request.param == "local":
         return Shared(str(tmp_path / "shared"))
@@ -200,6 +202,8 @@ def test_a_run_in_a_program_gives_back_its_sigterm_handler(reference_run):
 
 
 def test_two_hosts_preempted_mid_epoch_resume_as_one_like_an_uninterrupted_run(data_dir, reference, shared_workdir):
+    """40-70 s: two hosts' processes train past the first epoch on the bucket (every byte through the
+    emulator's HTTP API), then a third resumes and finishes the run."""
     config = overrides(data_dir)
     procs = launch(shared_workdir, config, num_processes=2, devices=2)
     wait_for(lambda: steps_done(procs[0]) >= STEPS_PER_EPOCH + 3, procs)  # mid-way through epoch 2
@@ -222,6 +226,8 @@ def test_two_hosts_preempted_mid_epoch_resume_as_one_like_an_uninterrupted_run(d
 
 
 def test_a_host_killed_mid_save_leaves_the_last_complete_step_to_resume_from(data_dir, reference, tmp_path):
+    """About 40 s: two hosts' processes train to their second save, and one process resumes from step 4
+    to the end of the run."""
     shared_workdir = Shared(str(tmp_path / "shared"))
     config = overrides(data_dir, **{"checkpoint.every_steps": 4})
     procs = launch(shared_workdir, config, num_processes=2, devices=2)
@@ -240,8 +246,11 @@ def test_a_host_killed_mid_save_leaves_the_last_complete_step_to_resume_from(dat
     assert_same_losses(read_metrics(shared_workdir), reference)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(data_dir, reference, tmp_path):
-    """Two processes of two devices each train the module's run to the losses one process of eight gives."""
+    """Two processes of two devices each train the module's run to the losses one process of eight gives.
+    The slow tier's: in the default tier the preempted test's two hosts train the same run to the same
+    losses up to their preemption (past the first epoch), and the host killed mid-save's do up to step 4."""
     shared_workdir = Shared(str(tmp_path / "two"))
     results = finish(launch(shared_workdir, overrides(data_dir), num_processes=2, devices=2))
     assert all(code == 0 for code, _ in results), [err[-2000:] for _, err in results]
