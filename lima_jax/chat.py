@@ -15,7 +15,7 @@ from absl import flags
 
 from lima_jax.cli import check_exists, define_dtype_flag, define_sampling_flags, no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.inference.sampling import SamplingParams
+from lima_jax.inference.sampling_params import SamplingParams
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _SAMPLING = define_sampling_flags()

@@ -214,11 +214,11 @@ class SamplingFlags:
     seed: flags.FlagHolder
 
     def values(self) -> dict[str, Any]:
-        """The sampler's keyword arguments (`inference.sampling.SamplingParams`), without the seed."""
+        """The sampler's keyword arguments (`inference.sampling_params.SamplingParams`), without the seed."""
         return {f.name: getattr(self, f.name).value for f in dataclasses.fields(self) if f.name != "seed"}
 
     def check(self, params: Any) -> None:
-        """`params.check()` (an `inference.sampling.SamplingParams`), its error naming the flag (`--top_p`)."""
+        """`params.check()` (an `inference.sampling_params.SamplingParams`), its error naming the flag (`--top_p`)."""
         params.check({name: f"--{name}" for name in self.values()})
 
 

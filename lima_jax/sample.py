@@ -21,7 +21,7 @@ from lima_jax.cli import (check_exists, define_distributed_flags, define_dtype_f
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
 from lima_jax.inference.hosts import is_writer
-from lima_jax.inference.sampling import SamplingParams
+from lima_jax.inference.sampling_params import SamplingParams
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "the prompt as comma-separated token ids, e.g. 1,2,3")

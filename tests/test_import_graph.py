@@ -135,3 +135,22 @@ def test_only_the_command_line_touches_flags():
     libraries = sorted(m for m, p in modules().items()
                        if m not in command_line() and touch.search(p.read_text()))
     assert not libraries, libraries
+
+
+def _stem(name: str) -> str:
+    for ending in ("ations", "ation", "ions", "ion", "ings", "ing", "ers", "er", "es", "s"):
+        if name.endswith(ending) and len(name) - len(ending) >= 3:
+            name = name[: -len(ending)]
+            break
+    return name.rstrip("e")
+
+
+def test_no_two_sibling_modules_differ_only_by_an_ending():
+    """`select` and `selection`, `judge` and `judging`: one noun, one module (or names a reader can tell apart)."""
+    siblings: dict[tuple[Path, str], set[str]] = {}
+    for path in PACKAGE.rglob("*"):
+        if (path.suffix == ".py" and path.stem != "__init__" and path.stem != "__main__") or (path / "__init__.py").is_file():
+            siblings.setdefault((path.parent, _stem(path.stem)), set()).add(path.stem)
+    twins = sorted(f"{parent.relative_to(REPO)}: {', '.join(sorted(names))}"
+                   for (parent, _), names in siblings.items() if len(names) > 1)
+    assert not twins, twins

@@ -16,7 +16,7 @@ import ml_collections
 
 from lima_jax.ablate.plan import Arm, Choice, arms, check_required, prepare_data, train_config, workdir_of
 from lima_jax.errors import LimaError
-from lima_jax.evaluate import selection
+from lima_jax.evaluate import epochs
 from lima_jax.evaluate.answers.formats import read_prompts, read_responses
 from lima_jax.evaluate.answers.generation import ResponseSink, generate_answers
 from lima_jax.evaluate.answers.records import Record, text_hash
@@ -99,13 +99,13 @@ def choose_checkpoint(arm: Arm, choice: Choice, judge_factory: Callable[[], Any]
         path = checkpoint.resolve(arm.run_dir)
         chosen = {"step": int(path.name), "epoch": None, "path": str(path)}
     else:
-        rows = [r for r in selection.epoch_checkpoints(arm.run_dir) if choice.lo <= r["epoch"] <= choice.hi]
+        rows = [r for r in epochs.epoch_checkpoints(arm.run_dir) if choice.lo <= r["epoch"] <= choice.hi]
         if not rows:
             raise LimaError(f"arm {arm.name}: no epoch checkpoint with a dev loss in epochs {choice.lo}-{choice.hi} "
                             f"(checkpoint={_choice_text(choice)})")
         if choice.kind == "likert":
             rows = _likert_rows(arm, rows, judge_factory(), params, seed)
-        best = selection.best_epoch(rows, choice.kind)
+        best = epochs.best_epoch(rows, choice.kind)
         chosen = {"step": best["step"], "epoch": best["epoch"], "path": str(best["checkpoint"]),
                   "dev_loss": best["dev_loss"], **({"likert_mean": best["likert_mean"]} if "likert_mean" in best else {})}
     chosen["choice"] = _choice_text(choice)
@@ -121,11 +121,11 @@ def _choice_text(choice: Choice) -> str:
 def _likert_rows(arm: Arm, rows: list, judge, params: SamplingParams, seed: int) -> list:
     """`evaluate.select --likert` on the arm's run: each epoch's dev answers scored 1-6."""
     out = arm.dir / "select"
-    caches = selection.open_likert_caches(rows, out)
-    selection.generate_epochs(rows, selection.dev_prompts(arm.run_dir), out, params, seed)
-    selection.likert_epochs(rows, judge, caches, out)
-    selection.write_table(rows, out / "select.md")
-    selection.plot(rows, out / "select.png")
+    caches = epochs.open_likert_caches(rows, out)
+    epochs.generate_epochs(rows, epochs.dev_prompts(arm.run_dir), out, params, seed)
+    epochs.likert_epochs(rows, judge, caches, out)
+    epochs.write_table(rows, out / "select.md")
+    epochs.plot(rows, out / "select.png")
     return rows
 
 

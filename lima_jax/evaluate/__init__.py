@@ -5,6 +5,6 @@ r"""LIMA's evaluation. The commands (flags and the calls into the library) sit h
 and beneath them the library, by role: `answers/` (response files, other tools' formats, generation),
 `judge/` (the Judge protocol, the OpenAI-compatible and local judges, prompts, cache, runner, factory),
 `protocols/` (pairwise, absolute, Likert, dialogue: tasks -> verdicts -> tallies), `stats`, `labels`,
-`tables` and `charts` (the report), `selection` (per-epoch checkpoint choice); `cli` holds what the
+`tables` and `charts` (the report), `epochs` (per-epoch checkpoint choice); `cli` holds what the
 commands share (the judge flags).
 """

@@ -1,6 +1,6 @@
 """The reports' charts, drawn with matplotlib's object API (no pyplot: no global backend or display):
 LIMA's Figure 1 (pairwise preference, stacked bars), the absolute ratings, Figure 5 (Likert means with
-their intervals), and the helpers that `selection` and `ablate` draw their charts with.
+their intervals), and the helpers that `epochs` and `ablate` draw their charts with.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate.cli import MAX_FAILURES, define_judge_flags, parse_checkpoints
 from lima_jax.evaluate.judge.runner import stop_message
 from lima_jax.evaluate.protocols import dialogue
-from lima_jax.inference.sampling import SamplingParams
+from lima_jax.inference.sampling_params import SamplingParams
 from lima_jax.storage.paths import user_path
 
 _DIALOGUES = flags.DEFINE_string("dialogues", None, "JSONL of dialogues: {\"id\", \"turns\": [user turns]} a line")

@@ -39,7 +39,7 @@ from lima_jax.log import say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.answers.formats import FORMATS, make_sink, read_prompts
 from lima_jax.evaluate.answers.generation import generate_file
-from lima_jax.inference.sampling import SamplingParams
+from lima_jax.inference.sampling_params import SamplingParams
 from lima_jax.storage.paths import check_writable, user_path
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")

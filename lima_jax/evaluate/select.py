@@ -7,7 +7,7 @@ With a judge, `--reference` judges each epoch's dev answers against a fixed syst
 scores them 1-6 (LIMA's Figure 9: dev perplexity and judged quality on two axes); either or both.
 
 The dev prompts are the ones the run evaluated on (`<workdir>/dev.jsonl`); see
-`lima_jax.evaluate.selection` for what is reported.
+`lima_jax.evaluate.epochs` for what is reported.
 
 On the slice that trained (every host runs the same line with `--mesh` over all their devices and
 `train`'s distributed flags), every host takes part in generating each epoch's dev answers; then
@@ -22,7 +22,7 @@ from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_fl
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.cli import define_judge_flags, parse_epochs
 from lima_jax.inference import hosts
-from lima_jax.inference.sampling import SamplingParams
+from lima_jax.inference.sampling_params import SamplingParams
 from lima_jax.storage.paths import user_path
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
@@ -44,11 +44,11 @@ def main(argv: list[str]) -> None:
         raise LimaError("--workdir and --out_dir are required")
     check_exists(_WORKDIR.value, "--workdir")
     # The input is checked: now the library, which imports JAX (the generator).
-    from lima_jax.evaluate import selection
+    from lima_jax.evaluate import epochs
 
     workdir, out_dir = user_path(_WORKDIR.value), user_path(_OUT_DIR.value)
     lo, hi = parse_epochs(_EPOCHS.value)
-    rows = [r for r in selection.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
+    rows = [r for r in epochs.epoch_checkpoints(workdir) if lo <= r["epoch"] <= hi]
     if not rows:
         raise LimaError(f"--epochs={_EPOCHS.value}: no epoch checkpoint in that range")
     has_judge = bool(_JUDGE.judge_url.value or _JUDGE.judge_checkpoint.value)
@@ -59,13 +59,13 @@ def main(argv: list[str]) -> None:
     judged = bool(_REFERENCE.value or _LIKERT.value)
     params = SamplingParams(**_SAMPLING.values())
     _SAMPLING.check(params)
-    prompts = selection.dev_prompts(workdir) if judged else []
+    prompts = epochs.dev_prompts(workdir) if judged else []
     _DISTRIBUTED.start(shutdown_timeout_s=WAIT_FOR_JUDGING_S)
     if judged:
-        selection.judge_all_epochs(rows, prompts, out_dir, params, _SAMPLING.seed.value, _MESH.value, _JUDGE.judge,
+        epochs.judge_all_epochs(rows, prompts, out_dir, params, _SAMPLING.seed.value, _MESH.value, _JUDGE.judge,
                                    _REFERENCE.value, _LIKERT.value, remedy="use another --out_dir")
     if hosts.is_writer():
-        print(selection.write_selection(rows, out_dir))
+        print(epochs.write_selection(rows, out_dir))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lima_jax.errors import LimaError
 from lima_jax.inference.hosts import check_same
-from lima_jax.inference.sampling import SamplingParams
+from lima_jax.inference.sampling_params import SamplingParams
 from lima_jax.model import KVCache, Llama
 from lima_jax.sharding import activation_mesh
 

@@ -134,7 +134,7 @@ class StepLog:
     for that step only, not the device queue); `flush` writes the last one now (before a save)."""
 
     def __init__(self, writer: MetricsWriter, batcher, flops_per_token: float, peak_flops: float) -> None:
-        import jax  # here, not above: evaluate.selection reads this module's file names without JAX
+        import jax  # here, not above: evaluate.epochs reads this module's file names without JAX
 
         self.fetch, self.hosts = jax.device_get, jax.process_count()
         self.writer, self.batcher = writer, batcher

@@ -144,7 +144,7 @@ def test_the_sampling_knobs_import_no_jax_and_name_no_flags():
 
     from support.paths import REPO
 
-    code = ("import sys, lima_jax.inference.sampling; "
+    code = ("import sys, lima_jax.inference.sampling_params; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'numpy'}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:] + r.stdout

@@ -17,7 +17,7 @@ from support.training import checkpoint_steps, two_step_config
 from lima_jax import sharding
 from lima_jax.config import load_config
 from lima_jax.data import demo_dir
-from lima_jax.evaluate.selection import epoch_checkpoints
+from lima_jax.evaluate.epochs import epoch_checkpoints
 from lima_jax.model import abstract_model
 from lima_jax.train.checkpoints import RunCheckpoints
 from lima_jax.train import optimizer as optim

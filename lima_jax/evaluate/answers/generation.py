@@ -106,7 +106,7 @@ def settings_path(output: PathLike) -> Path:
 
 def generation_settings(checkpoint: PathLike, params: Any, seed: int) -> dict[str, Any]:
     """What an answer depends on besides its prompt: the checkpoint read (a step directory; its step,
-    None for a converted checkpoint) and the sampling (`inference.sampling.SamplingParams`) and seed."""
+    None for a converted checkpoint) and the sampling (`inference.sampling_params.SamplingParams`) and seed."""
     path = Path(checkpoint)
     return {"step": int(path.name) if path.name.isdigit() else None, "checkpoint": os.fspath(path),
             "temperature": params.temperature, "top_p": params.top_p, "repetition_penalty": params.repetition_penalty,
