@@ -13,7 +13,7 @@ import sys
 
 from lima_jax.data import demo_dir
 from lima_jax.inference.generator import Generator
-from lima_jax.inference.sampling import SamplingParams
+from lima_jax.inference.sampling_params import SamplingParams
 
 
 def main(runs: list[str]) -> None:
