@@ -1,23 +1,8 @@
-"""One-call accelerator check: `python -m lima_jax.bench --mode=device` prints one JSON report.
-
-Its parts, each run by the bench function that owns it, in this order:
-- `attention_numerics`: each fused kernel the backend has (cudnn on GPU, splash on TPU; none on a CPU)
-  against `attention=xla` on one small bf16 model (2 layers of 4 heads x 128, rows of two packed
-  segments): the largest absolute difference of the logits and of the loss's gradients, beside the
-  largest absolute value of each (the scale the difference is read against);
-- `train_full`, `train_lora`: the real train step (`bench.train.bench`: step time, tokens/s, MFU),
-  trained in full, then as LoRA rank 16 on a frozen base initialised at random;
-- `decode`: the sampler's tokens/s at batch 1 and 16 (`bench.train.decode_bench`);
-- `serve`: the server at 1, 4 and 16 concurrent clients (`bench.serve.serve_bench_record`).
-
-On an accelerator the train, decode and serve parts use one 1.1B LLaMA (dim 2048, 16 layers of 16
-heads x 128 over 8 KV heads, FFN 8192, vocab 32000; LIMA's dropout), trained on 4 rows of 2048
-tokens; on a CPU a tiny model (dim 64, 2 layers) with a few tokens, a smoke test in about a minute.
-Each part has a time budget: a part whose budget no longer fits in the whole's (`Plan.total_s`, under
-8 minutes on an accelerator) is skipped with that reason, one still running at the deadline is reported
-unfinished, and one that fails (e.g. out of memory on a small chip) reports its error, so the other
-parts' numbers still come out; the report's `failed` lists the last two, and the command then exits 1.
-"""
+"""One-call accelerator check: `python -m lima_jax.bench --mode=device` prints one JSON report of the
+fused attention kernels' numerics against `xla`, a full and a LoRA train step, decoding at batch 1 and 16,
+and the server at 1, 4 and 16 clients (docs/bench.md lists the parts and their shapes). Each part has a
+time budget: one that no longer fits is skipped with that reason, one still running at the deadline is
+reported unfinished, one that fails reports its error, so the other parts' numbers still come out."""
 from __future__ import annotations
 
 import dataclasses

@@ -5,11 +5,8 @@ A run writes `config.json` (its resolved config) and `inputs.json` (the hashes o
 tokenizer) before anything else, and `dev.jsonl` (the dev conversations it evaluates on); a rerun
 resumes only under the same config and inputs. Process 0 holds `<workdir>/lock` while it trains: two
 trainers on one workdir (a restarted job beside a zombie) would interleave `metrics.jsonl` and race for
-checkpoints. The lock names its holder (host, pid) and is renewed every `RENEW_S` seconds; it is stale,
-and taken over with a note, when its holder is a dead process on this host or when it has not been
-renewed for `STALE_S` seconds (a preempted VM's process, which cannot be asked). Locally the lock is
-created with O_EXCL; in a bucket (no such primitive through gcsfs) it is written, read back after a
-pause, and the run that finds another's token gives way.
+checkpoints. The lock names its holder and is renewed; a dead holder's or a silent one's is taken over
+with a note (`WorkdirLock`).
 """
 from __future__ import annotations
 
@@ -178,7 +175,13 @@ STALE_S = 120.0
 
 
 class WorkdirLock:
-    """`with WorkdirLock(workdir):` refuses, in one line on every host, a workdir another live run holds."""
+    """`with WorkdirLock(workdir):` refuses, in one line on every host, a workdir another live run holds.
+
+    The lock names its holder (host, pid) and is renewed every `renew_s` seconds; it is stale, and taken
+    over with a note, when its holder is a dead process on this host or has not renewed it for `stale_s`
+    seconds (a preempted VM's process cannot be asked). Locally it is created with O_EXCL; in a bucket
+    (no such primitive through gcsfs) it is written, read back after a pause, and the run that finds
+    another's token gives way."""
 
     def __init__(self, workdir: Path, *, renew_s: float = RENEW_S, stale_s: float = STALE_S) -> None:
         self.path = workdir / LOCK_FILE
