@@ -58,10 +58,14 @@ setup(
         # openai: the official client tests/serve/test_serve.py talks to the server with.
         # accelerate: transformers loads GGUF files through it (tests/weights/test_gguf.py checks our export there).
         # pytest-xdist: the suite runs in one process per core (pytest.ini).
+        # wandb: --config.log.wandb's sink, run offline by tests/train/test_wandb.py.
         # peft: loads a LoRA run's --output_format=peft export onto its base (tests/weights/test_export_peft.py);
         # pinned so that it keeps the pinned CPU torch.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.45", "gcp-storage-emulator>=2026.7.18",
-                 "openai>=1.40", "accelerate==1.15.0", "peft==0.21.2"],
+                 "openai>=1.40", "accelerate==1.15.0", "peft==0.21.2",
+                 "wandb==0.31.0"],
+        # Weights & Biases logging (--config.log.wandb=PROJECT), beside metrics.jsonl and TensorBoard.
+        "wandb": ["wandb==0.31.0"],
         # libtpu lets JAX compile for TPU topologies on a CPU host (lima_jax.aot and its tests). On a
         # machine without a TPU, lima_jax keeps its TPU probe quiet (lima_jax/__init__.py).
         "aot": ["libtpu==0.0.51; platform_system == 'Linux' and platform_machine == 'x86_64'"],

@@ -8,6 +8,7 @@ run-level value once, before any work starts (pure).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import pathlib
@@ -171,6 +172,20 @@ def _validate_training(config: ml_collections.ConfigDict, need: Callable[[bool, 
         raise LimaError("config keys checkpoint.every_steps and checkpoint.max_to_keep must be >= 0")
     need(ckpt.params_dtype in PARAMS_DTYPES, "checkpoint.params_dtype",
          f"{ckpt.params_dtype!r} is not one of {', '.join(repr(d) if not d else d for d in PARAMS_DTYPES)}")
+    if "log" in config:
+        _validate_log(config.log, need)
+
+
+def _validate_log(log: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:
+    """The W&B names (W&B refuses a project or entity with / \\ # ? % :), and the package they need:
+    missing, it is one line now, not an error after the data is prepared."""
+    for key in ("wandb", "wandb_entity", "wandb_name"):
+        value = log.get(key, "")
+        need(isinstance(value, str), f"log.{key}", f"must be a string, got {value!r}")
+        need(key == "wandb_name" or not any(c in value for c in "/\\#?%:"), f"log.{key}",
+             f"a W&B name may not hold any of / \\ # ? % :, got {value!r}")
+    if log.get("wandb"):
+        need(importlib.util.find_spec("wandb") is not None, "log.wandb", "needs the wandb package: pip install wandb")
 
 
 def _validate_optim(o: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from typing import Any
 
 import jax
@@ -183,10 +184,20 @@ def _hooks(run: Run, log: StepLog, writer: MetricsWriter, eval_step) -> Hooks:
     return hooks
 
 
+def _wandb(run: Run):
+    """Process 0's W&B run when `log.wandb` names a project (imported only then), else None."""
+    if jax.process_index() != 0 or not run.config.log.wandb:
+        return None
+    from lima_jax.train.wandb_sink import WandbSink
+
+    return WandbSink(run.config, json.loads(run.config.to_json_best_effort()), run.workdir)
+
+
 def _loop(run: Run, opened: contextlib.ExitStack) -> dict:
     train_step, eval_step = _steps(run)
     batcher, mesh, total = run.data.batcher, run.mesh, run.data.batcher.total_steps
-    writer = MetricsWriter(run.workdir, resume_step=run.start, total_steps=total, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(run.workdir, resume_step=run.start, total_steps=total, enabled=jax.process_index() == 0,
+                           sink=_wandb(run))
     opened.callback(writer.close)
     flops_per_token = flops.train_flops_per_token(run.cfg, run.config.data.max_len, frozen=run.lora is not None)
     peak = flops.peak_tflops(jax.devices()[0], run.config.peak_tflops)[0] * 1e12 * jax.device_count()

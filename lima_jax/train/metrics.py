@@ -1,6 +1,6 @@
 """What a user sees of a run, on process 0 only: a progress bar, `<workdir>/metrics.jsonl` (one JSON
-object per step, one per epoch with the dev loss) and TensorBoard event files (tensorboardX's format:
-no TensorFlow needed). In a `gs://` workdir metrics.jsonl is uploaded whole every few seconds and at
+object per step, one per epoch with the dev loss), TensorBoard event files (tensorboardX's format:
+no TensorFlow needed) and, with `log.wandb` set, the same values in Weights & Biases (train/wandb_sink.py). In a `gs://` workdir metrics.jsonl is uploaded whole every few seconds and at
 each checkpoint (an object cannot be appended to).
 
 Both files are written in the run's own thread: a write that fails (a full disk) stops the run with one
@@ -29,8 +29,8 @@ _UPLOAD_EVERY_S = 10.0  # how often, at most, a cloud metrics.jsonl is uploaded 
 
 
 class MetricsWriter:
-    def __init__(self, workdir: Path, *, resume_step: int, total_steps: int, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, workdir: Path, *, resume_step: int, total_steps: int, enabled: bool, sink: Any = None):
+        self.enabled, self.sink = enabled, sink  # sink: a WandbSink, or None
         if not enabled:
             return
         self.path = workdir / METRICS_FILE
@@ -67,6 +67,8 @@ class MetricsWriter:
             for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "padding_fraction"):
                 self.events.scalar(f"train/{key}", record[key], record["step"])
             self.events.flush()
+        if self.sink is not None:
+            self.sink.log({f"train/{k}": v for k, v in record.items() if k != "step"}, record["step"])
         self.bar.set_description(f"epoch {record['epoch']:.2f}")
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         self.bar.update(1)
@@ -81,6 +83,8 @@ class MetricsWriter:
         if dev_loss is not None:
             with self._writing(self.events_dir):
                 self.events.scalar("dev/loss", dev_loss, step)
+            if self.sink is not None:
+                self.sink.log({"dev/loss": dev_loss, "dev/perplexity": perplexity}, step)
             self.bar.write(f"epoch {epoch}: dev loss {dev_loss:.4f} (perplexity {perplexity:.2f})")
 
     def sync(self) -> None:
@@ -100,8 +104,12 @@ class MetricsWriter:
             with self._writing(self.path):
                 self.file.close()
         finally:
-            with self._writing(self.events_dir):
-                self.events.close()
+            try:
+                with self._writing(self.events_dir):
+                    self.events.close()
+            finally:
+                if self.sink is not None:
+                    self.sink.close()
 
     def _write(self, record: dict[str, Any]) -> None:
         with self._writing(self.path):

@@ -67,7 +67,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 
 def _changed_key(before: dict, now: dict, name: str) -> str | None:
     """The first key on which two resolved configs differ as runs (logging, saving and the workdir aside)."""
-    ignore = ("log_every", "checkpoint", "workdir")
+    ignore = ("log_every", "log", "checkpoint", "workdir")
     before, now = flatten(before), flatten(now)
     defaults = _recipe_defaults(name)
     for key in sorted(set(before) | set(now)):
