@@ -71,8 +71,8 @@ def check_history(history: dict[int, dict], metrics: list[dict]) -> None:
 
 def test_each_step_and_dev_loss_go_to_wandb_and_a_resume_continues_the_same_run(tmp_path, offline):
     """Two epochs of two steps; then the last checkpoint is dropped (as if killed before it was saved) and
-    the same config resumes from step 2: a second offline run directory with the same W&B run id. About
-    25 s on 2 cores: two trainings, since a resume is what it checks (no session fixture logs to W&B)."""
+    the same config resumes from step 2: a second offline run directory with the same W&B run id. 25-30 s
+    on 2 cores: two trainings, since a resume is what it checks (no session fixture logs to W&B)."""
     from lima_jax.data import demo_dir
     from lima_jax.train.loop import train
 
@@ -92,6 +92,7 @@ def test_each_step_and_dev_loss_go_to_wandb_and_a_resume_continues_the_same_run(
 
     shutil.rmtree(workdir / "checkpoints" / "4")
     assert checkpoint_steps(workdir) == [2]
+    config.log.wandb_name = "tiny-run-resumed"  # the log keys are no part of a run's identity: it resumes
     assert train(config)["status"] == "finished"
     assert (workdir / RUN_ID_FILE).read_text().strip() == run_id
     (second,) = set(offline.glob(f"offline-run-*-{run_id}")) - {first}
