@@ -8,7 +8,7 @@ import math
 import pytest
 
 from lima_jax.ablate.report import quantity_chart
-from lima_jax.evaluate import charts, selection, stats
+from lima_jax.evaluate import charts, epochs, stats
 from lima_jax.evaluate.protocols import dialogue, pairwise
 from lima_jax.evaluate.protocols.dialogue import Rated
 from lima_jax.evaluate.judge.runner import RunStats
@@ -120,7 +120,7 @@ def test_selection_chart_fits_and_shows_points_at_the_floor(tmp_path, judged):
                      likert_judge=JUDGE)
         elif judged == "pairwise":
             r.update(win_pct=0.0, tie_pct=100.0, loss_pct=0.0, failed=0)
-    fig = selection.chart(rows)
+    fig = epochs.chart(rows)
     _save(fig, tmp_path, "select.png")
     if judged != "none":
         twin = fig.axes[1]
