@@ -5,7 +5,7 @@ whose judgment failed (or was never made) are counted apart, never as ties.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from lima_jax.errors import LimaError
 from lima_jax.evaluate import stats
@@ -74,14 +74,9 @@ def _audit_markdown(comparisons: Sequence[Distribution], ours: str, human_labels
     lines += ["", "### Length-controlled win rate", "",
               "| Baseline | Prompts | Win rate (ties half) | Length-controlled win rate | Length coefficient |",
               "|---|---:|---:|---:|---:|"]
-    for d in rows:
-        lc = d.audit.length_controlled
-        if lc is None:
-            lines.append(f"| {d.name} | {len(d.audit.lengths['ours'])} | n/a | n/a | n/a |")
-            continue
-        lines.append(f"| {d.name} | {lc.prompts} | {lc.win_rate:.1f}% [{lc.win_rate_ci[0]:.1f}, "
-                     f"{lc.win_rate_ci[1]:.1f}] | {lc.lc_win_rate:.1f}% [{lc.lc_ci[0]:.1f}, {lc.lc_ci[1]:.1f}] | "
-                     f"{lc.length_coef:+.2f} |")
+    lines += _per_baseline(rows, "length_controlled", lambda d: f"{len(d.audit.lengths['ours'])} | n/a | n/a | n/a",
+                           lambda lc: f"{lc.prompts} | {lc.win_rate:.1f}% [{lc.win_rate_ci[0]:.1f}, {lc.win_rate_ci[1]:.1f}] | "
+                                      f"{lc.lc_win_rate:.1f}% [{lc.lc_ci[0]:.1f}, {lc.lc_ci[1]:.1f}] | {lc.length_coef:+.2f}")
     lines += ["", "AlpacaEval 2's regression (Dubois et al. 2024), without its instruction-difficulty term: a logistic "
               "regression of each prompt's preference (the mean of its two orders: win 1, tie 0.5, loss 0) on an "
               "intercept and tanh(length difference / its standard deviation), L2 penalty "
@@ -92,17 +87,21 @@ def _audit_markdown(comparisons: Sequence[Distribution], ours: str, human_labels
         lines += [f"### Agreement with human labels ({human_labels})", "",
                   "| Baseline | Labels | Prompts | Agreement | Same verdict | Exactly one tie | Labels not judged |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for d in rows:
-            h = d.audit.human
-            if h is None:
-                lines.append(f"| {d.name} | 0 | 0 | n/a | 0 | 0 | 0 |")
-                continue
-            agreement = "n/a" if not h.labels else f"{h.agreement:.1f}% [{h.ci[0]:.1f}, {h.ci[1]:.1f}]"
-            lines.append(f"| {d.name} | {h.labels} | {h.prompts} | {agreement} | {h.same} | {h.half} | {h.unjudged} |")
+        lines += _per_baseline(rows, "human", lambda d: "0 | 0 | n/a | 0 | 0 | 0",
+                               lambda h: f"{h.labels} | {h.prompts} | "
+                                         + ("n/a" if not h.labels else f"{h.agreement:.1f}% [{h.ci[0]:.1f}, {h.ci[1]:.1f}]")
+                                         + f" | {h.same} | {h.half} | {h.unjudged}")
         lines += ["", "Tie-discounted accuracy, as LIMA measures agreement (§4): 1 when the judge and the label "
                   "agree, 0.5 when exactly one of them says tie, 0 otherwise; the judge's verdict is the prompt's "
                   "outcome above. Labels are matched to a baseline by its generator name.", ""]
     return lines
+
+
+def _per_baseline(rows: Sequence[Distribution], part: str, absent: Callable[[Distribution], str],
+                  cells: Callable[[Any], str]) -> list[str]:
+    """One table row per baseline from its audit's `part`, or `absent(d)` where that part was not computed."""
+    return [f"| {d.name} | {absent(d) if getattr(d.audit, part) is None else cells(getattr(d.audit, part))} |"
+            for d in rows]
 
 
 def markdown(comparisons: Sequence[Distribution], ratings: Distribution | None, ours: str, samples: int,
