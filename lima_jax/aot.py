@@ -24,9 +24,11 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if _CONFIG.value is None:
         raise LimaError("--config is required")
+    from lima_jax.config import prepare
     from lima_jax.train.aot import BadTopology, compile_offline, compile_report, print_report  # JAX: after the flags are checked
 
     compile_offline()  # before JAX first loads a backend
+    prepare(_CONFIG.value, "tpu")  # a TPU step, compiled on this host
     try:
         report = compile_report(_CONFIG.value, _TOPOLOGY.value, _STEPS.value)
     except BadTopology as e:

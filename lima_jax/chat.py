@@ -15,7 +15,6 @@ from absl import flags
 
 from lima_jax.cli import check_exists, define_dtype_flag, define_sampling_flags, no_arguments, run
 from lima_jax.errors import LimaError
-from lima_jax.inference.sampling_params import SamplingParams
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _SAMPLING = define_sampling_flags()
@@ -26,8 +25,7 @@ def main(argv: list[str]) -> None:
     no_arguments(argv)
     if not _CHECKPOINT.value:
         raise LimaError("--checkpoint is required")
-    params = SamplingParams(**_SAMPLING.values())
-    _SAMPLING.check(params)
+    params = _SAMPLING.params()
     check_exists(_CHECKPOINT.value, "checkpoint")
     # The input is checked: now JAX.
     from lima_jax.inference.chat import chat, decoded_lines

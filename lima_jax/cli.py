@@ -23,6 +23,7 @@ from ml_collections.config_flags import config_flags
 
 from lima_jax.storage import compile_cache
 from lima_jax.errors import LimaError, run_main
+from lima_jax.inference.sampling_params import SamplingParams
 
 flags.DEFINE_bool("verbose", False, "print tracebacks with errors")
 flags.DEFINE_string("compilation_cache", None, "where JAX keeps compiled programs for the next run, or `off` (default: "
@@ -213,13 +214,13 @@ class SamplingFlags:
     max_new_tokens: flags.FlagHolder
     seed: flags.FlagHolder
 
-    def values(self) -> dict[str, Any]:
-        """The sampler's keyword arguments (`inference.sampling_params.SamplingParams`), without the seed."""
-        return {f.name: getattr(self, f.name).value for f in dataclasses.fields(self) if f.name != "seed"}
-
-    def check(self, params: Any) -> None:
-        """`params.check()` (an `inference.sampling_params.SamplingParams`), its error naming the flag (`--top_p`)."""
-        params.check({name: f"--{name}" for name in self.values()})
+    def params(self) -> SamplingParams:
+        """The sampler's settings (an `inference.sampling_params.SamplingParams`, without the seed), checked:
+        a bad one is one line naming its flag (`--top_p`)."""
+        names = [f.name for f in dataclasses.fields(self) if f.name != "seed"]
+        params = SamplingParams(**{name: getattr(self, name).value for name in names})
+        params.check({name: f"--{name}" for name in names})
+        return params
 
 
 def define_sampling_flags() -> SamplingFlags:

@@ -21,7 +21,6 @@ from lima_jax.cli import (check_exists, define_distributed_flags, define_dtype_f
 from lima_jax.data.records import read_conversations
 from lima_jax.errors import LimaError
 from lima_jax.inference.hosts import is_writer
-from lima_jax.inference.sampling_params import SamplingParams
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
 _PROMPT_IDS = flags.DEFINE_string("prompt_ids", None, "the prompt as comma-separated token ids, e.g. 1,2,3")
@@ -41,8 +40,7 @@ def main(argv: list[str]) -> None:
     given = [f for f in (_PROMPT_IDS, _PROMPT, _PROMPT_FILE) if f.value is not None]
     if len(given) != 1:
         raise LimaError("give exactly one of --prompt_ids, --prompt, --prompt_file")
-    params = SamplingParams(**_SAMPLING.values())
-    _SAMPLING.check(params)
+    params = _SAMPLING.params()
     records = read_conversations(_PROMPT_FILE.value)[0] if _PROMPT_FILE.value is not None else None
     check_exists(_CHECKPOINT.value, "checkpoint")
     # The input is checked: now JAX.

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     responses = read_responses(_RESPONSES.value, _QUESTIONS.value)
     max_failures = _JUDGE.max_failures()
     result = judge_absolute(responses, judge, _JUDGE.cache(), workers=_JUDGE.workers.value, max_failures=max_failures)
-    finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", "responses", max_failures)
+    finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", max_failures)
 
 
 if __name__ == "__main__":

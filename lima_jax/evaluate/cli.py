@@ -36,8 +36,9 @@ class JudgeFlags:
         except KeyError:
             raise AttributeError(name) from None
 
-    def judge(self, answer: AnswerFormat = VERDICT_LINE) -> Judge:
-        """The judge the flags name, reading its choice from answers in the `answer` format."""
+    def check(self) -> None:
+        """The flags' combinations, each error naming its flags (`make_judge` checks the values again
+        for callers without flags)."""
         v = {name: holder.value for name, holder in self.holders.items()}
         if v["workers"] < 1:
             raise LimaError(f"--workers={v['workers']}: must be at least 1")
@@ -45,6 +46,11 @@ class JudgeFlags:
             raise LimaError("give --judge_checkpoint or --judge_url, not both")
         if not v["judge_checkpoint"] and not (v["judge_url"] and v["judge_model"]):
             raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
+
+    def judge(self, answer: AnswerFormat = VERDICT_LINE) -> Judge:
+        """The judge the flags name, reading its choice from answers in the `answer` format."""
+        self.check()
+        v = {name: holder.value for name, holder in self.holders.items()}
         return make_judge(judge_checkpoint=v["judge_checkpoint"], judge_url=v["judge_url"], judge_model=v["judge_model"],
                           workers=v["workers"], answer=answer, api_key_env=v["api_key_env"], timeout_s=v["timeout_s"],
                           max_retries=v["max_retries"], backoff_s=v["backoff_s"], temperature=v["judge_temperature"],
@@ -87,8 +93,7 @@ def define_judge_flags() -> JudgeFlags:
     )})
 
 
-def finish(summary: dict, stats: RunStats, out: str | None, details: Any, unit: str, total_key: str,
-           max_failures: int | None) -> None:
+def finish(summary: dict, stats: RunStats, out: str | None, details: Any, unit: str, max_failures: int | None) -> None:
     """The end of a judging command: the summary as a JSON line, the details to `out` if given, an
     error if the run stopped early, and a warning naming how many `unit`s failed."""
     print(json.dumps(summary), flush=True)
@@ -97,7 +102,7 @@ def finish(summary: dict, stats: RunStats, out: str | None, details: Any, unit: 
     if stats.stopped:
         raise LimaError(stop_message(stats, max_failures or 0, MAX_FAILURES))
     if summary["failed"]:
-        print(f"failed judgments for {summary['failed']} of {summary[total_key]} {unit}s (not counted); "
+        print(f"failed judgments for {summary['failed']} of {summary[unit + 's']} {unit}s (not counted); "
               "rerun to retry them", file=sys.stderr)
 
 

@@ -27,7 +27,6 @@ from lima_jax.errors import LimaError
 from lima_jax.evaluate.cli import MAX_FAILURES, define_judge_flags, parse_checkpoints
 from lima_jax.evaluate.judge.runner import stop_message
 from lima_jax.evaluate.protocols import dialogue
-from lima_jax.inference.sampling_params import SamplingParams
 from lima_jax.storage.paths import user_path
 
 _DIALOGUES = flags.DEFINE_string("dialogues", None, "JSONL of dialogues: {\"id\", \"turns\": [user turns]} a line")
@@ -51,12 +50,10 @@ def main(argv: list[str]) -> None:
         raise LimaError("--checkpoint is required (repeat it, or use --checkpoints, to compare checkpoints)")
     if _BATCH.value < 1:
         raise LimaError(f"--batch_size must be positive, got {_BATCH.value}")
-    params = SamplingParams(**_SAMPLING.values())
-    _SAMPLING.check(params)
+    params = _SAMPLING.params()
     if _JUDGE.out.value:
         raise LimaError("--out is not read here: report.json and report.md go to --out_dir")
-    if not _JUDGE.judge_checkpoint.value and not (_JUDGE.judge_url.value and _JUDGE.judge_model.value):
-        raise LimaError("--judge_url and --judge_model (or --judge_checkpoint) are required")
+    _JUDGE.check()
     max_failures = _JUDGE.max_failures()
     script = dialogue.read_dialogues(_DIALOGUES.value)
     out = user_path(_OUT_DIR.value)

@@ -39,7 +39,6 @@ from lima_jax.log import say
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.answers.formats import FORMATS, make_sink, read_prompts
 from lima_jax.evaluate.answers.generation import generate_file
-from lima_jax.inference.sampling_params import SamplingParams
 from lima_jax.storage.paths import check_writable, user_path
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a checkpoint, a step directory, or a run's workdir")
@@ -64,8 +63,7 @@ def main(argv: list[str]) -> None:
             raise LimaError(f"--{flag.name} is required")
     if _BATCH.value < 1:
         raise LimaError(f"--batch_size must be positive, got {_BATCH.value}")
-    params = SamplingParams(**_SAMPLING.values())
-    _SAMPLING.check(params)
+    params = _SAMPLING.params()
     questions, kind = read_prompts(_PROMPTS.value)
     output = user_path(_OUTPUT.value)
     check_writable(output.parent, "--output")  # before the checkpoint is loaded and the sampler compiled

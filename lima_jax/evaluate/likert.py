@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     max_failures = _JUDGE.max_failures()
     judge = _JUDGE.judge(answer=LIKERT_LINE)
     result = judge_likert(responses, judge, cache, workers=_JUDGE.workers.value, max_failures=max_failures)
-    finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", "responses", max_failures)
+    finish(result.summary, result.stats, _JUDGE.out.value, result.results, "response", max_failures)
 
 
 if __name__ == "__main__":

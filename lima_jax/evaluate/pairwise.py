@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     max_failures = _JUDGE.max_failures()
     result = judge_pairwise(ours, baseline, judge, _JUDGE.cache(), workers=_JUDGE.workers.value, max_failures=max_failures)
     outcomes = {pid: outcome for pid, (outcome, _) in result.results.items()}
-    finish(result.summary, result.stats, _JUDGE.out.value, outcomes, "prompt", "prompts", max_failures)
+    finish(result.summary, result.stats, _JUDGE.out.value, outcomes, "prompt", max_failures)
 
 
 if __name__ == "__main__":

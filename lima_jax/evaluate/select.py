@@ -22,7 +22,6 @@ from lima_jax.cli import (check_exists, define_distributed_flags, define_mesh_fl
 from lima_jax.errors import LimaError
 from lima_jax.evaluate.cli import define_judge_flags, parse_epochs
 from lima_jax.inference import hosts
-from lima_jax.inference.sampling_params import SamplingParams
 from lima_jax.storage.paths import user_path
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
@@ -57,8 +56,7 @@ def main(argv: list[str]) -> None:
     if _LIKERT.value and not has_judge:
         raise LimaError("--likert needs a judge: --judge_url and --judge_model, or --judge_checkpoint")
     judged = bool(_REFERENCE.value or _LIKERT.value)
-    params = SamplingParams(**_SAMPLING.values())
-    _SAMPLING.check(params)
+    params = _SAMPLING.params()
     prompts = epochs.dev_prompts(workdir) if judged else []
     _DISTRIBUTED.start(shutdown_timeout_s=WAIT_FOR_JUDGING_S)
     if judged:

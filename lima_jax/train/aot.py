@@ -22,7 +22,6 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lima_jax.model import flops
-from lima_jax.config import prepare
 from lima_jax.errors import LimaError
 from lima_jax.model import param_count
 from lima_jax.sharding import make_mesh
@@ -98,8 +97,7 @@ def compile_report(config, topology: str, total_steps: int, *, pieces: int | Non
 
     The model is the one training builds (`trained_model_config`: the tokenizer's `pieces` + EOT,
     padded); `rows` is the global row count of a step (default `batch_size`, the dry run passes the
-    data's packed rows)."""
-    prepare(config, "tpu")  # a TPU step, compiled on this host
+    data's packed rows). `config` is prepared (`config.prepare(config, "tpu")`) by the caller."""
     if pieces is None:
         pieces, tokenizer = tokenizer_pieces(config)
     cfg = trained_model_config(config, pieces)

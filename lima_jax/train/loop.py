@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from typing import Any
 
 import jax
@@ -44,6 +43,7 @@ from lima_jax.train.vocab import tokenizer_for, trained_model_config
 class Run:
     """What the loop runs: the checked config, its workdir, data, model and state."""
     config: ml_collections.ConfigDict
+    resolved: dict  # the config as config.json holds it
     workdir: Path
     mesh: Any
     data: pipeline.TrainingData
@@ -92,7 +92,7 @@ def _start(config: ml_collections.ConfigDict, opened: contextlib.ExitStack) -> R
     ckpts = RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save,
                            params_dtype=config.checkpoint.params_dtype)
     opened.callback(ckpts.close)  # waits for a save in flight
-    run = Run(config, workdir, mesh, data, cfg, optimizer, ckpts, lora)
+    run = Run(config, resolved, workdir, mesh, data, cfg, optimizer, ckpts, lora)
     if lora is not None:  # the base first: which rows the adapters train depends on it
         run.lora, run.frozen, run.lora_record = load_frozen_base(config, cfg, mesh, lora)
     _initial_state(run)
@@ -190,7 +190,7 @@ def _wandb(run: Run):
         return None
     from lima_jax.train.wandb_sink import WandbSink
 
-    return WandbSink(run.config, json.loads(run.config.to_json_best_effort()), run.workdir)
+    return WandbSink(run.config, run.resolved, run.workdir)
 
 
 def _loop(run: Run, opened: contextlib.ExitStack) -> dict:
