@@ -29,6 +29,9 @@ QWEN2_PATTERN = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Where a chat model's export keeps its tokenizer's end-of-sequence id (tokenizer.ggml.eos_token_id holds
+# the EOT, the one id transformers stops at); llama.cpp and transformers read no such key.
+LIMA_EOS = "lima.eos_token_id"
 PRE_PATTERNS = {"llama-bpe": text_tokenizers.LLAMA3_PATTERN, "gpt-2": GPT2_PATTERN, "qwen2": QWEN2_PATTERN}
 
 
@@ -72,26 +75,48 @@ def add(writer: Any, tokenizer: str | os.PathLike, cfg: ModelConfig, *, eot_id: 
     for i in range(len(tokens), used):  # rows no token names (padded vocabularies), as convert_hf_to_gguf does
         tokens, types = tokens + [f"[PAD{i}]"], types + [UNUSED]
         scores = None if scores is None else scores + [-1000.0]
+    if eot_id is not None and not 0 <= eot_id < used:
+        raise LimaError(f"end-of-turn id {eot_id} is not one of the model's {used} token ids")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     if scores is not None:
         writer.add_token_scores(scores)
-    for add_id, value in ((writer.add_bos_token_id, tok.bos_id), (writer.add_eos_token_id, tok.eos_id)):
-        if value is not None:
-            add_id(value)
+    if tok.bos_id is not None:
+        writer.add_bos_token_id(tok.bos_id)
+    _add_ends(writer, tok.eos_id, eot_id)
     writer.add_add_bos_token(tok.bos_id is not None)
     writer.add_add_eos_token(False)
     if tok.kind == "sentencepiece":
         writer.add_unk_token_id(tok.sp.unk_id())
     if eot_id is None:
         return
-    if not 0 <= eot_id < used:
-        raise LimaError(f"end-of-turn id {eot_id} is not one of the model's {used} token ids")
-    writer.add_eot_token_id(eot_id)
     if chat_format == "template" and tok.chat_template:
         writer.add_chat_template(tok.chat_template)
     else:
         writer.add_chat_template(lima_chat_template(None if tok.bos_id is None else tokens[tok.bos_id], tokens[eot_id]))
+
+
+def _add_ends(writer: Any, eos_id: int | None, eot_id: int | None) -> None:
+    """The ids generation stops at. llama.cpp stops at eos, eot and eom alike (llama-vocab.cpp's
+    special_eog_ids), but transformers' GGUF loader reads eos alone into its config: a chat model's file
+    names its EOT as eos too, and keeps the tokenizer's own eos under LIMA_EOS for our import (`eos_id`).
+    A base model (no EOT) keeps its eos."""
+    if eot_id is None:
+        if eos_id is not None:
+            writer.add_eos_token_id(eos_id)
+        return
+    writer.add_eos_token_id(eot_id)
+    writer.add_eot_token_id(eot_id)
+    if eos_id is not None and eos_id != eot_id:
+        writer.add_uint32(LIMA_EOS, eos_id)
+
+
+def eos_id(reader: Any) -> int | None:
+    """The tokenizer's own end-of-sequence id: LIMA_EOS where our export named the EOT as eos, else eos."""
+    eos = field(reader, "tokenizer.ggml.eos_token_id")
+    if eos is not None and eos == field(reader, "tokenizer.ggml.eot_token_id"):
+        return field(reader, LIMA_EOS, eos)
+    return eos
 
 
 def _proto(tok: Any) -> Any:
@@ -182,9 +207,8 @@ def extract(reader: Any, folder: Path, source: str) -> Path | None:
     eot = field(reader, "tokenizer.ggml.eot_token_id")
     if tokens and tokens[-1] == NEW_EOT and eot == len(tokens) - 1:
         tokens, types = tokens[:-1], types[:-1]
-    special = {
-        name: field(reader, f"tokenizer.ggml.{name}_token_id") for name in ("bos", "eos", "unknown", "padding")
-    }
+    special = {name: field(reader, f"tokenizer.ggml.{name}_token_id") for name in ("bos", "unknown", "padding")}
+    special["eos"] = eos_id(reader)
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "llama":
         scores = field(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)

@@ -128,6 +128,26 @@ def test_the_merged_gguf_export_holds_the_merged_weights_and_the_eot(lora_run, o
     np.testing.assert_array_equal(back["embed"], np.asarray(params["embed"])[:USED])
 
 
+def test_the_merged_gguf_export_stops_at_eot_in_transformers(lora_run, tmp_path):
+    """transformers' GGUF loader builds `eos_token_id` from `tokenizer.ggml.eos_token_id` alone (it ignores
+    `eot_token_id`): a chat fine-tune's file names its EOT there, so greedy `generate` stops where ours does.
+    The prompts are ours: transformers' GGUF sentencepiece tokenizer adds no prefix space after `<s>` in a
+    rendered template (llama.cpp's does, as sentencepiece does), which is no part of what the file says."""
+    pytest.importorskip("accelerate", reason="transformers loads GGUF files through accelerate")
+    out = convert(lora_run, tmp_path / "m.gguf", output_format="gguf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32).eval()
+    generator = Generator(lora_run)
+    prompts = [generator.encode(turns) for turns in CONVERSATIONS]
+    mine = generator(prompts, SamplingParams(temperature=0.0, max_new_tokens=12), seed=0)
+    assert any(answer[-1] == EOT and len(answer) < 12 for answer in mine)  # ours ends a turn within 12 tokens
+    for prompt, answer in zip(prompts, mine):
+        with torch.no_grad():
+            theirs = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12)[0, len(prompt):].tolist()
+        assert theirs == answer  # the same tokens, and no further past EOT
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id, tokenizer.bos_token_id) == ("<|lima_eot|>", EOT, 1)
+
+
 def test_a_full_model_is_refused_for_peft_in_one_line(pretrained, tmp_path):
     """A converted checkpoint here; a full run's step is refused by the same check (`checkpoint.is_adapter`)."""
     with pytest.raises(LimaError, match=r"not a LoRA run or step \(it holds a full model\)"):

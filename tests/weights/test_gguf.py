@@ -14,7 +14,7 @@ import pytest
 from support.hf_reference import hf_logits, hf_state, random_hf_model, torch, transformers
 
 from support.paths import LLAMA_TOKENIZER, require
-from lima_jax.data import text_tokenizers
+from lima_jax.data import demo_dir, text_tokenizers
 from lima_jax.data.tokenizer import NEW_EOT, ChatTokenizer
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, model_from_params
@@ -205,8 +205,9 @@ def test_export_reads_back_with_the_gguf_reader(fine_tuned):
         "llama.feed_forward_length": 96, "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
         "llama.context_length": 64, "llama.rope.dimension_count": 16, "llama.vocab_size": 32001,
         "llama.rope.freq_base": 10000.0, "general.file_type": int(gguf.LlamaFileType.ALL_F32),
-        "tokenizer.ggml.model": "llama", "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.eot_token_id": 32000,
+        # The EOT is eos as well (transformers reads eos alone); LLaMA's </s> is kept for our import.
+        "tokenizer.ggml.model": "llama", "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 32000,
+        "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.eot_token_id": 32000, "lima.eos_token_id": 2,
         "tokenizer.ggml.add_bos_token": True,
     }
     assert {k: meta.get(k) for k in expected} == expected
@@ -242,7 +243,8 @@ def test_export_loads_in_transformers_gguf_loader(fine_tuned):
     np.testing.assert_allclose(hf_logits(loaded, tokens), hf_logits(model, tokens), atol=1e-5, rtol=0)
     tok = transformers.AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
     original = text_tokenizers.load(require(LLAMA_TOKENIZER))
-    assert (tok.bos_token_id, tok.eos_token_id, tok.convert_ids_to_tokens(32000)) == (1, 2, NEW_EOT)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.convert_ids_to_tokens(32000)) == (1, 32000, NEW_EOT)
+    assert loaded.generation_config.eos_token_id == 32000  # where `generate` stops
     for text in ["Hello world!", "ünïcödé 日本語 🙂 tabs\tand\nnewlines"]:
         assert tok(text, add_special_tokens=False).input_ids == original.encode(text), text
 
@@ -264,6 +266,23 @@ def test_export_then_import_gives_the_same_model_and_tokenizer(fine_tuned, tmp_p
     for text in ["Hello world!", "  two  spaces, tabs\tand\nnewlines", "ünïcödé 日本語 🙂", "3.14159 <s> </s>"]:
         assert rebuilt.encode_text(text) == original.encode_text(text), text
         assert rebuilt.text.decode(original.encode_text(text)) == original.text.decode(original.encode_text(text))
+
+
+def test_a_base_model_keeps_its_eos_and_names_no_eot(tmp_path):
+    """No EOT (the model has the tokenizer's rows only, no run record): eos is the tokenizer's own, in and out."""
+    from lima_jax.weights import gguf as gguf_format
+
+    path = demo_dir() / "tokenizer.model"
+    cfg = CFG.replace(vocab_size=text_tokenizers.load(path).num_ids)
+    state = hf_state(random_hf_model(cfg, seed=8))
+    out = gguf_format.write(tmp_path / "base.gguf", params_from_hf(list(state), state.__getitem__, cfg, source="hf"), cfg,
+                            tokenizer=path)
+    meta = {f.name: f.contents() for f in gguf.GGUFReader(out).fields.values()}
+    assert (meta["tokenizer.ggml.eos_token_id"], meta["tokenizer.ggml.bos_token_id"]) == (2, 1)
+    assert not {"tokenizer.ggml.eot_token_id", "lima.eos_token_id", "tokenizer.chat_template"} & set(meta)
+    back = convert(out, tmp_path / "back")
+    assert checkpoint.load_params(back)[0] == cfg
+    assert text_tokenizers.load(checkpoint.tokenizer_path(back)).eos_id == 2
 
 
 @pytest.mark.parametrize("dtype, qtype", [("float16", Q.F16), ("bfloat16", Q.BF16)])
@@ -360,7 +379,8 @@ def test_llama3_tiktoken_tokenizer_exports_as_byte_level_bpe(tmp_path, monkeypat
     meta = {f.name: f.contents() for f in gguf.GGUFReader(out).fields.values()}
     assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"], meta["tokenizer.ggml.eot_token_id"]) == ("gpt2", "llama-bpe", eot)
     assert (meta["tokenizer.ggml.tokens"][eot], meta["tokenizer.ggml.token_type"][eot]) == ("<|eot_id|>", 3)
-    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (original.bos_id, original.eos_id)
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"], meta["lima.eos_token_id"]) == (
+        original.bos_id, eot, original.eos_id)
     reference = json.loads(TikTokenConverter(vocab_file=str(path)).converted().to_str())["model"]
     assert meta["tokenizer.ggml.merges"] == [m if isinstance(m, str) else " ".join(m) for m in reference["merges"]]
     assert meta["tokenizer.ggml.tokens"][: len(vocab)] == sorted(reference["vocab"], key=reference["vocab"].get)
@@ -441,3 +461,4 @@ def test_unknown_pre_tokenizer_is_refused_with_the_tokenizer_flag_to_pass(tmp_pa
         convert(tmp_path / "smaug.gguf", tmp_path / "back")
     back = convert(tmp_path / "smaug.gguf", tmp_path / "back", tokenizer=hf / "tokenizer.json")
     assert text_tokenizers.load(checkpoint.tokenizer_path(back)).chat_template == text_tokenizers.load(hf).chat_template
+
