@@ -23,16 +23,27 @@ from lima_jax.storage.paths import Path
 
 # gguf.TokenType and sentencepiece's ModelProto.SentencePiece.Type share their numbers.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-# llama.cpp's names for byte-level BPE pre-tokenizers (llama-vocab.cpp) -> the split pattern.
+# llama.cpp's names for byte-level BPE pre-tokenizers (llama-vocab.cpp) -> the regexes it splits text by, in
+# order, each match kept as a piece, before the byte-level mapping.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"  # tokenizers' ByteLevel
 QWEN2_PATTERN = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+DIGIT_PATTERN = r"\p{N}"  # one number character: tokenizers' Digits(individual_digits=True)
+PRE_SPLITS = {
+    "llama-bpe": (text_tokenizers.LLAMA3_PATTERN,),
+    "gpt-2": (GPT2_PATTERN,),
+    "qwen2": (QWEN2_PATTERN,),
+    "smollm": (DIGIT_PATTERN, GPT2_PATTERN),  # SmolLM/SmolLM2: Digits(individual_digits=True), then ByteLevel
+}
+# Other names llama.cpp gives the same regexes (llama-vocab.cpp: one `case` list each), and "default" (a file
+# from before llama.cpp named pre-tokenizers), read as GPT-2's split as it always was here.
+PRE_ALIASES = {"default": "gpt-2", "llama3": "llama-bpe",
+               **dict.fromkeys(("starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2"), "smollm")}
 # Where a chat model's export keeps its tokenizer's end-of-sequence id (tokenizer.ggml.eos_token_id holds
 # the EOT, the one id transformers stops at); llama.cpp and transformers read no such key.
 LIMA_EOS = "lima.eos_token_id"
-PRE_PATTERNS = {"llama-bpe": text_tokenizers.LLAMA3_PATTERN, "gpt-2": GPT2_PATTERN, "qwen2": QWEN2_PATTERN}
 
 
 def field(reader: Any, key: str, default: Any = None) -> Any:
@@ -138,17 +149,18 @@ def _bpe_vocab(tok: Any, source: str | os.PathLike) -> tuple[list[str], list[int
     model = spec.get("model", {})
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
         raise LimaError(f"tokenizer {source}: GGUF export supports byte-level BPE tokenizer.json files only")
-    pattern = _split_pattern(spec.get("pre_tokenizer"))
-    names = [name for name, p in PRE_PATTERNS.items() if p == pattern]
-    if not names:
-        raise LimaError(f"tokenizer {source}: its pre-tokenizer pattern is not one llama.cpp names "
-                        f"({', '.join(PRE_PATTERNS)})")
+    pre = spec.get("pre_tokenizer")
+    splits = _splits(pre)
+    name = next((name for name, p in PRE_SPLITS.items() if p == splits), None)
+    if name is None:
+        raise LimaError(f"tokenizer {source}: its pre-tokenizer {_describe(pre)} splits text as no pre-tokenizer "
+                        f"llama.cpp names ({', '.join(PRE_SPLITS)}) does")
     special = {t.content for t in tok.tok.get_added_tokens_decoder().values() if t.special}
     tokens = [tok.tok.id_to_token(i) or f"[PAD{i}]" for i in range(tok.num_ids)]
     types = [CONTROL if t in special else NORMAL if t in model["vocab"] else UNUSED if t == f"[PAD{i}]" else USER_DEFINED
              for i, t in enumerate(tokens)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, types, merges, names[0]
+    return tokens, types, merges, name
 
 
 def _tiktoken_vocab(tok: Any) -> tuple[list[str], list[int], list[str], str]:
@@ -176,19 +188,37 @@ def _byte_chars() -> dict[int, str]:
     return {b: chr(b) if b in printable else chr(next(others)) for b in range(256)}
 
 
-def _split_pattern(pre: Any) -> str | None:
-    """The regex of the first Split pre-tokenizer (Llama 3, Qwen), or GPT-2's for a plain ByteLevel."""
+def _splits(pre: Any) -> tuple[str, ...] | None:
+    """The regexes a byte-level pre-tokenizer splits text by, in order (each match kept as a piece), read
+    from every element of a Sequence; None for anything else (another split behaviour, a ByteLevel that is
+    not last or adds a prefix space, Metaspace, ...), which no llama.cpp name expresses."""
+    steps = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    splits: list[str] = []
+    for i, step in enumerate(steps):
+        kind = step.get("type") if isinstance(step, dict) else None
+        if kind == "ByteLevel" and i == len(steps) - 1 and not step.get("add_prefix_space", True):
+            return (*splits, GPT2_PATTERN) if step.get("use_regex", True) else tuple(splits)
+        if kind == "Split" and "Regex" in step.get("pattern", {}) and step.get("behavior") == "Isolated" and not step.get("invert"):
+            splits.append(step["pattern"]["Regex"])
+        elif kind == "Digits":  # tokenizers' Digits splits on char::is_numeric, i.e. \p{N}
+            splits.append(DIGIT_PATTERN if step.get("individual_digits") else DIGIT_PATTERN + "+")
+        else:
+            return None
+    return None  # no ByteLevel at the end
+
+
+def _describe(pre: Any) -> str:
+    """A pre-tokenizer in one line, as tokenizer.json spells it."""
     if not isinstance(pre, dict):
-        return None
-    if pre.get("type") == "Split":
-        return pre.get("pattern", {}).get("Regex")
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return GPT2_PATTERN
-    for inner in pre.get("pretokenizers", []):
-        found = _split_pattern(inner)
-        if found:
-            return found
-    return None
+        return repr(pre)
+    kind = pre.get("type")
+    if kind == "Sequence":
+        return f"Sequence[{', '.join(_describe(p) for p in pre.get('pretokenizers', []))}]"
+    if kind == "Split":
+        pattern = next(iter(pre.get("pattern", {}).values()), None)
+        return f"Split({pattern!r}, {str(pre.get('behavior')).lower()}{', inverted' if pre.get('invert') else ''})"
+    args = ", ".join(f"{k}={v}" for k, v in pre.items() if k not in ("type", "trim_offsets"))
+    return f"{kind}({args})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,16 +290,16 @@ def _write_bpe(reader: Any, folder: Path, tokens: list[str], types: list[int], s
     """tokenizer.json (byte-level BPE with the named pre-tokenizer) and tokenizer_config.json."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    pre = field(reader, "tokenizer.ggml.pre", "gpt-2")
-    pre = {"default": "gpt-2", "llama3": "llama-bpe"}.get(pre, pre)
-    if pre not in PRE_PATTERNS:
-        raise LimaError(f"{source}: tokenizer.ggml.pre {pre!r} is not supported ({', '.join(PRE_PATTERNS)}); "
+    named = field(reader, "tokenizer.ggml.pre", "gpt-2")
+    pre = PRE_ALIASES.get(named, named)
+    if pre not in PRE_SPLITS:
+        raise LimaError(f"{source}: tokenizer.ggml.pre {named!r} is not supported ({', '.join([*PRE_SPLITS, *PRE_ALIASES])}); "
                         "convert with --tokenizer=PATH of the model's tokenizer.json")
     merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges") or []]
     # Every token in the model's vocabulary, so that the special ones added below keep their ids.
     tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, ignore_merges=pre == "llama-bpe"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRE_PATTERNS[pre]), behavior="isolated"),
+        *(pre_tokenizers.Split(Regex(p), behavior="isolated") for p in PRE_SPLITS[pre]),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()

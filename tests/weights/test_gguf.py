@@ -450,7 +450,7 @@ def test_converted_instruct_model_exports_its_own_template_and_end_of_turn(tmp_p
 
 
 def test_unknown_pre_tokenizer_is_refused_with_the_tokenizer_flag_to_pass(tmp_path):
-    """A real GGUF may name a pre-tokenizer llama.cpp knows and we do not (Smaug's `smaug-bpe`, SmolLM's `smollm`, ...):
+    """A real GGUF may name a pre-tokenizer llama.cpp knows and we do not (Smaug's `smaug-bpe`, ...):
     the refusal says how to convert it anyway, with the model's own tokenizer.json."""
     out, hf = instruct_gguf(tmp_path)
     data = out.read_bytes()
@@ -462,3 +462,79 @@ def test_unknown_pre_tokenizer_is_refused_with_the_tokenizer_flag_to_pass(tmp_pa
     back = convert(tmp_path / "smaug.gguf", tmp_path / "back", tokenizer=hf / "tokenizer.json")
     assert text_tokenizers.load(checkpoint.tokenizer_path(back)).chat_template == text_tokenizers.load(hf).chat_template
 
+
+def digit_split_bpe(folder, pre) -> None:
+    """A byte-level BPE whose merges were trained without splitting digits (numbers are in its vocabulary
+    whole), read through `pre`: with SmolLM's Digits + ByteLevel only that rule keeps "2024" apart."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["In 2024 we paid 1234.56 for 12 apples.", "The year 2023 had 365 days; 1234 is a number.", "Hello, world! naïve café"]
+    tok.train_from_iterator(text * 20, trainer)
+    tok.pre_tokenizer = pre
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text('{"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}')
+
+
+def export_with(folder, out):
+    """A random tiny base model with `folder`'s tokenizer, exported to GGUF at `out`."""
+    from lima_jax.weights import gguf as gguf_format
+
+    cfg = CFG.replace(vocab_size=text_tokenizers.load(folder).num_ids)
+    state = hf_state(random_hf_model(cfg, seed=9))
+    return gguf_format.write(out, params_from_hf(list(state), state.__getitem__, cfg, source="hf"), cfg, tokenizer=folder)
+
+
+DIGITS = ["In 2024 we paid 1234.56", "call 555-0199 or ٣٤٥ (Arabic-Indic digits)", "v2.0.1, x86_64 and 10,000,000"]
+
+
+def test_smollms_digit_splitting_exports_as_smollm_and_imports_back(tmp_path):
+    """SmolLM/SmolLM2's tokenizer.json: Sequence[Digits(individual_digits=True), ByteLevel(use_regex=True)], which
+    llama.cpp names "smollm" (each \\p{N} alone, then GPT-2's split); written as "gpt-2", numbers would merge."""
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    digit_split_bpe(tmp_path / "tok", pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]))
+    original = text_tokenizers.load(tmp_path / "tok")
+    gpt2 = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
+    gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert gpt2.encode(DIGITS[0]).ids != original.encode(DIGITS[0])  # the rule changes the ids: the test can fail
+    out = export_with(tmp_path / "tok", tmp_path / "m.gguf")
+    assert field_of(out, "tokenizer.ggml.pre") == "smollm"
+    for name in ("smollm", "refact"):  # and one of llama.cpp's other names for the same regexes
+        data = out.read_bytes()
+        (tmp_path / f"{name}.gguf").write_bytes(data.replace(b"smollm", name.encode()))
+        rebuilt = text_tokenizers.load(checkpoint.tokenizer_path(convert(tmp_path / f"{name}.gguf", tmp_path / name)))
+        for text in DIGITS + ["Hello, world! naïve café"]:
+            assert rebuilt.encode(text) == original.encode(text), (name, text)
+            assert rebuilt.decode(original.encode(text)) == text
+
+
+def field_of(path, key):
+    return gguf.GGUFReader(path).get_field(key).contents()
+
+
+@pytest.mark.parametrize("pre, named", [
+    ("split", r"Sequence\[Split\('\\\\p\{N\}\{1,3\}', isolated\), ByteLevel\(add_prefix_space=False, use_regex=True\)\]"),
+    ("llama3_digits", r"Sequence\[Split\(.*\), Digits\(individual_digits=True\), ByteLevel\(.*use_regex=False\)\]"),
+])
+def test_a_pre_tokenizer_llama_cpp_names_otherwise_is_refused_in_one_line(tmp_path, pre, named):
+    """Nothing llama.cpp names splits as these do (Llama 3's regex followed by single digits is not "llama-bpe"):
+    refused, naming the pre-tokenizer, rather than written as the nearest name."""
+    from tokenizers import Regex, pre_tokenizers
+
+    parts = {"split": [pre_tokenizers.Split(Regex(r"\p{N}{1,3}"), behavior="isolated"),
+                       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)],
+             "llama3_digits": [pre_tokenizers.Split(Regex(text_tokenizers.LLAMA3_PATTERN), behavior="isolated"),
+                               pre_tokenizers.Digits(individual_digits=True),
+                               pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]}[pre]
+    digit_split_bpe(tmp_path / "tok", pre_tokenizers.Sequence(parts))
+    with pytest.raises(LimaError, match=rf"^tokenizer {tmp_path}/tok: its pre-tokenizer {named} splits text as no "
+                                        r"pre-tokenizer llama\.cpp names \(.*smollm.*\) does$"):
+        export_with(tmp_path / "tok", tmp_path / "m.gguf")
+    assert not list(tmp_path.glob("m.gguf*"))
