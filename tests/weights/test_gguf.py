@@ -522,7 +522,7 @@ def field_of(path, key):
 @pytest.mark.parametrize("pre, named", [
     ("split", r"Sequence\[Split\('\\\\p\{N\}\{1,3\}', isolated\), ByteLevel\(add_prefix_space=False, use_regex=True\)\]"),
     ("llama3_digits", r"Sequence\[Split\(.*\), Digits\(individual_digits=True\), ByteLevel\(.*use_regex=False\)\]"),
-])
+], ids=["split", "llama3_digits"])
 def test_a_pre_tokenizer_llama_cpp_names_otherwise_is_refused_in_one_line(tmp_path, pre, named):
     """Nothing llama.cpp names splits as these do (Llama 3's regex followed by single digits is not "llama-bpe"):
     refused, naming the pre-tokenizer, rather than written as the nearest name."""
