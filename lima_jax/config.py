@@ -161,7 +161,7 @@ def validate(config: ml_collections.ConfigDict, platform: str | None = None) -> 
 
 def _validate_training(config: ml_collections.ConfigDict, need: Callable[[bool, str, str], None]) -> None:
     """The run's length, batch, data and checkpoint keys."""
-    for key in ("num_epochs", "batch_size", "grad_accum", "log_every"):
+    for key in ("num_epochs", "batch_size", "grad_accum"):
         need(config[key] >= 1, key, f"must be positive, got {config[key]}")
     need(config.data.max_len >= 2, "data.max_len", f"must be at least 2, got {config.data.max_len}")
     from lima_jax.data.tokenizer import TRAIN_ON

@@ -74,9 +74,9 @@ def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collecti
     # LoRA (rank 0: every weight trains): adapters on a frozen base, `lima_jax.lora`.
     c.lora = _lora_keys()
 
-    c.log_every = 1
-    # Weights & Biases (train/wandb_sink.py): log.wandb names the project (empty: off); the entity (a user
-    # or team) and the run's display name default to W&B's own.
+    # Every step is logged (metrics.jsonl, TensorBoard, the progress bar: train/metrics.py), and checked finite
+    # before a save. Weights & Biases (train/wandb_sink.py): log.wandb names the project (empty: off); the
+    # entity (a user or team) and the run's display name default to W&B's own.
     c.log = ml_collections.ConfigDict({"wandb": "", "wandb_entity": "", "wandb_name": ""})
     c.peak_tflops = 0.0  # per device, for MFU; 0 looks it up by device kind (measured on CPU)
     return c

@@ -31,7 +31,7 @@ from lima_jax.lora.spec import LoraSpec
 from lima_jax.model import ModelConfig, abstract_model
 from lima_jax.train import optimizer as optim
 from lima_jax.train.state import abstract_batch, abstract_state, jit_train_step, shardings_of, trained_dtype
-from lima_jax.train.vocab import tokenizer_ids, trained_model_config
+from lima_jax.train.vocab import tokenizer_ids, tokenizer_pieces, trained_model_config
 
 # Per generation: HBM per chip (GiB), TensorCores per chip as counted in slice names, and whether
 # the chips form a 3-D torus (v4, v5p) or a 2-D grid (v5e, v6e).
@@ -80,15 +80,6 @@ def topology_devices(name: str) -> tuple[str, list]:
     except Exception as e:  # noqa: BLE001 - libtpu reports many ways
         raise LimaError(f"cannot describe TPU topology {desc} (is libtpu installed? pip install libtpu): {str(e).splitlines()[0]}") from None
     return generation, list(topology.devices)
-
-
-def tokenizer_pieces(config) -> tuple[int, str]:
-    """(pieces, where the count came from): `data.tokenizer` when given, else `model.vocab_size`."""
-    if config.data.tokenizer:
-        from lima_jax.data.tokenizer import ChatTokenizer
-
-        return ChatTokenizer(config.data.tokenizer, eot=config.data.eot).num_pieces, str(config.data.tokenizer)
-    return config.model.vocab_size, "config key model.vocab_size"
 
 
 def compile_report(config, topology: str, total_steps: int, *, pieces: int | None = None,

@@ -67,6 +67,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 
 def _changed_key(before: dict, now: dict, name: str) -> str | None:
     """The first key on which two resolved configs differ as runs (logging, saving and the workdir aside)."""
+    # log_every: a key that set nothing, in the config.json of runs begun before it was removed
     ignore = ("log_every", "log", "checkpoint", "workdir")
     before, now = flatten(before), flatten(now)
     defaults = _recipe_defaults(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ml_collections
 
 from lima_jax.config import model_config
+from lima_jax.data.tokenizer import ChatTokenizer
 from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig
 from lima_jax.storage.paths import Path, user_path
@@ -27,6 +28,16 @@ def tokenizer_for(config: ml_collections.ConfigDict) -> Path | None:
             "with --config.data.tokenizer=PATH"
         )
     return found
+
+
+def tokenizer_pieces(config: ml_collections.ConfigDict) -> tuple[int, str]:
+    """(the tokenizer's ids, where the count came from) for the tokenizer training reads (`tokenizer_for`:
+    `data.tokenizer`, else the init checkpoint's, whose row count may exceed it); with neither, the config's
+    `model.vocab_size` (AOT compiling a config for a tokenizer it was not given)."""
+    path = tokenizer_for(config)
+    if path is None:
+        return config.model.vocab_size, "config key model.vocab_size"
+    return ChatTokenizer(path, eot=config.data.eot).num_pieces, str(path)
 
 
 def adds_eot(config: ml_collections.ConfigDict) -> bool:

@@ -78,3 +78,25 @@ def test_a_compilation_cache_is_left_alone_by_a_compile_for_tpu(tmp_path):
         assert "persistent compilation cache" not in r.stderr, r.stderr[-2000:]
     cache = tmp_path / "cache"
     assert not cache.exists() or not list(cache.iterdir())
+
+
+@needs_libtpu
+def test_auto_config_compiles_the_vocabulary_of_the_tokenizer_training_reads(tmp_path):
+    """`--config=auto` with no data.tokenizer trains with the init checkpoint's tokenizer (train.vocab.tokenizer_for),
+    not with the checkpoint's row count: here a base padded to 700 rows over the demo tokenizer's 512 pieces.
+    aot compiled 700 + EOT padded to 768 rows; training builds 512 + EOT padded to 640. About 22 s: the compile
+    every test here pays (17 s) and a base converted from transformers."""
+    from support.hf_reference import random_hf_model
+
+    from lima_jax.config import load_config, model_config
+    from lima_jax.data import demo_dir
+    from lima_jax.weights.convert import convert
+
+    random_hf_model(model_config(load_config("tiny")).replace(vocab_size=700)).save_pretrained(tmp_path / "hf")
+    ckpt = convert(tmp_path / "hf", tmp_path / "ckpt", tokenizer=demo_dir() / "tokenizer.model")
+    r, report = _aot("--config=auto", f"--config.init_checkpoint={ckpt}", "--topology=v5p-8", "--config.batch_size=8",
+                     "--config.data.max_len=128")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "vocabulary 700" in r.stderr  # auto read the checkpoint's rows as its model.vocab_size
+    assert (report["vocab_size"], report["vocab_padding"]) == (640, 127)
+    assert report["tokenizer"] == str(ckpt / "tokenizer.model")

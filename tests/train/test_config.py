@@ -148,3 +148,10 @@ def test_a_negative_learning_rate_stops_the_command_in_one_line(tmp_path):
     r = _train("--config=tiny", "--config.optim.lr=-1e-5", f"--config.workdir={tmp_path / 'run'}", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: config key optim.lr: must be finite and > 0, got -1e-05"
     assert not (tmp_path / "run").exists()
+
+
+def test_log_every_is_no_key():
+    """`log_every` was validated and recorded but read by nothing (every step is logged): a run given
+    --config.log_every=10 logged every step all the same. Now it is refused as unknown."""
+    with pytest.raises(LimaError, match="log_every: unknown key"):
+        load_config("tiny", {"log_every": 10})

@@ -552,3 +552,17 @@ def test_bfloat16_on_a_cpu_is_refused_before_compiling_and_a_run_without_steps_r
     (run / "checkpoints" / "10").mkdir(parents=True)  # once a step is saved, the run is resumed or refused
     with pytest.raises(LimaError, match=r"holds a run with a different config \(key seed\)"):
         check_same_run(config, run)
+
+
+def test_a_run_begun_with_the_removed_log_every_key_resumes(tmp_path):
+    """Runs begun before `log_every` was removed recorded it (1) in config.json; with a step saved, they resume."""
+    from lima_jax.config import load_config
+    from lima_jax.train.run_dir import check_same_run
+
+    config = load_config("tiny", {"workdir": str(tmp_path)})
+    (tmp_path / "config.json").write_text(json.dumps({**json.loads(config.to_json_best_effort()), "log_every": 1}))
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+    assert "log_every" not in check_same_run(config, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**json.loads(config.to_json_best_effort()), "log_everyx": 1}))
+    with pytest.raises(LimaError, match=r"different config \(key log_everyx\)"):  # any other unknown key is refused
+        check_same_run(config, tmp_path)
