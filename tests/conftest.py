@@ -1,5 +1,5 @@
-"""Test setup: 8 simulated CPU devices (set before JAX is imported), one compilation cache for the
-session, and the fixtures.
+"""Test setup: 8 simulated CPU devices and fast-compiling XLA flags (set before JAX is imported), one
+compilation cache for the session, and the fixtures.
 
 The compilation cache: every process the session starts (the tests' own `python -m lima_jax.*`
 commands included, through the environment) reads and writes one JAX persistent cache in a fresh
@@ -14,7 +14,11 @@ import os
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM's -O0 for the tests' XLA:CPU programs: the same HLO passes and fusions, about half the compile time (the
+# tiny train step 6.2 -> 3.1 CPU s, its init 4.3 -> 1.1), which is most of what the suite spends; the programs
+# run 2-3x slower and round differently in the last bits, so the runs a user makes as a user would (the README's
+# run, the device check: support.commands.USER_ENVIRONMENT) keep XLA's default level.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _OWN_CACHE = "PYTEST_XDIST_WORKER" not in os.environ  # a worker uses its controller's
 if _OWN_CACHE:

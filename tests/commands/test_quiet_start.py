@@ -21,6 +21,9 @@ def _python(code: str) -> subprocess.CompletedProcess:
     """Runs code as a lima_jax command would start, with no JAX_PLATFORMS and no TPU slice variables."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS" and k not in tpu_probe._SLICE_VARS}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    # A dry run in the other test worker may hold libtpu at the same time: without this, libtpu's lockfile
+    # refuses a second process ("Internal error when accessing libtpu multi-process lockfile"), as seen here.
+    env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
