@@ -65,9 +65,13 @@ class Engine:
         self.programs: dict[tuple[int, int], BatchPrograms] = {}  # (batch size, prompt width): its two programs
         # Counters for /metrics: how the engine batched what it was given.
         self.stats = {"batches": 0, "sequences": 0, "padding_rows": 0, "decode_steps": 0, "cancelled": 0}
-        self._later: list[tuple[int, int]] = []  # (batch size, width) pairs `warm_up` left to the engine thread
+        self._later: list[tuple[int, int]] = []  # (batch size, width) pairs `warm_up` left to the compiler thread
+        self._compiling = threading.Lock()  # held while a batch shape compiles (one at a time)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lima_jax.serve engine", daemon=True)
+        # Its own thread, so that requests for the shapes compiled are served meanwhile: compiled by the
+        # engine thread while idle, a 4,096-token shape of a 135M model held a short request 38 s.
+        self._compiler = threading.Thread(target=self._compile_later, name="lima_jax.serve compiler", daemon=True)
 
     @property
     def largest(self) -> int:
@@ -80,9 +84,9 @@ class Engine:
     def warm_up(self, before_serving: int | None = None) -> None:
         """Compiles, without running them, the two programs (prefill; decode loop, greedy or sampling,
         with log-probabilities or not) of each batch size and prompt width. Those of the `before_serving`
-        smallest widths (all by default) are compiled now, with a progress bar; the others wait for the
-        engine thread, which compiles them one batch shape at a time while no request is waiting, every
-        width at batch size 1 first (a request that needs one first compiles it then, and waits)."""
+        smallest widths (all by default) are compiled now, with a progress bar; the others are compiled
+        by a thread of their own once the engine starts, one batch shape at a time, every width at batch
+        size 1 first, while requests are served (one that needs a shape not compiled yet waits for it)."""
         start = time.perf_counter()
         now = self.widths[: len(self.widths) if before_serving is None else max(1, before_serving)]
         self._later = [(rows, w) for rows in self.batch_sizes for w in self.widths if w not in now]
@@ -101,20 +105,26 @@ class Engine:
                                                    on_program=on_program)
         return self.programs[rows, width]
 
-    def _compile_next(self) -> None:
-        """The next batch shape left for later: run while nothing is waiting."""
-        rows, width = self._later.pop(0)
-        start = time.perf_counter()
-        self._compile(rows, width)
-        say(f"serve: compiled the programs for {rows} prompts of up to {width} tokens in "
-            f"{time.perf_counter() - start:.1f}s ({self.compiled} in all{', more to come' if self._later else ''})")
+    def _compile_later(self) -> None:
+        """The compiler thread: the batch shapes `warm_up` left, one at a time."""
+        while not self._stop.is_set():
+            with self._compiling:
+                if not self._later:
+                    return
+                rows, width = self._later.pop(0)
+                start = time.perf_counter()
+                self._compile(rows, width)
+            say(f"serve: compiled the programs for {rows} prompts of up to {width} tokens in "
+                f"{time.perf_counter() - start:.1f}s ({self.compiled} in all{', more to come' if self._later else ''})")
 
     def start(self) -> None:
         self._thread.start()
+        self._compiler.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self._compiler.join(timeout=30)
 
     def submit(self, sequences: list[Choice]) -> None:
         for s in sequences:
@@ -125,11 +135,14 @@ class Engine:
         programs = self.programs.get((size, width))
         if programs is None:
             start = time.perf_counter()
-            if (size, width) in self._later:
-                self._later.remove((size, width))
-            programs = self._compile(size, width)
-            say(f"serve: compiled the programs for {size} prompts of up to {width} tokens after warm-up, while a "
-                f"request waited ({time.perf_counter() - start:.1f}s)")
+            with self._compiling:  # after the shape the compiler thread is on, if any (it may be this one)
+                programs = self.programs.get((size, width))
+                if programs is None:
+                    if (size, width) in self._later:
+                        self._later.remove((size, width))
+                    programs = self._compile(size, width)
+            say(f"serve: a request waited {time.perf_counter() - start:.1f}s for the programs for {size} prompts of up "
+                f"to {width} tokens, compiled after warm-up")
         return SteppedBatch(g.model, rows, rows=size, width=width, max_new_tokens=self.max_tokens, stop_ids=g.stop_ids,
                             mesh=g.mesh, top_logprobs=self.max_logprobs, record_logprobs=logprobs, programs=programs)
 
@@ -155,8 +168,6 @@ class Engine:
         while not self._stop.is_set():
             batch = self._checked(self._gather())
             if not batch:
-                if self._later and self.waiting.empty():
-                    self._compile_next()
                 continue
             try:
                 self._run(batch)
