@@ -114,7 +114,7 @@ class Engine:
                 rows, width = self._later.pop(0)
                 start = time.perf_counter()
                 self._compile(rows, width)
-            say(f"serve: compiled the programs for {rows} prompts of up to {width} tokens in "
+            say(f"serve: compiled the programs for batch size {rows}, prompts of up to {width} tokens, in "
                 f"{time.perf_counter() - start:.1f}s ({self.compiled} in all{', more to come' if self._later else ''})")
 
     def start(self) -> None:
@@ -141,8 +141,8 @@ class Engine:
                     if (size, width) in self._later:
                         self._later.remove((size, width))
                     programs = self._compile(size, width)
-            say(f"serve: a request waited {time.perf_counter() - start:.1f}s for the programs for {size} prompts of up "
-                f"to {width} tokens, compiled after warm-up")
+            say(f"serve: a request waited {time.perf_counter() - start:.1f}s for the programs for batch size {size}, "
+                f"prompts of up to {width} tokens, compiled after warm-up")
         return SteppedBatch(g.model, rows, rows=size, width=width, max_new_tokens=self.max_tokens, stop_ids=g.stop_ids,
                             mesh=g.mesh, top_logprobs=self.max_logprobs, record_logprobs=logprobs, programs=programs)
 
