@@ -9,4 +9,5 @@ def say(message: str) -> None:
     """A line for the user, from process 0 only (logs are quiet unless --verbosity=0)."""
     jax = sys.modules.get("jax")  # a command that never imported JAX is a single process
     if jax is None or jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)
+        sys.stderr.write(message + "\n")  # one write: lines from two threads do not run together
+        sys.stderr.flush()

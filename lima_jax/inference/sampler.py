@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from lima_jax.model import KVCache, Llama
 from lima_jax.sharding import activation_mesh
 
 MIN_BUCKET = 16
+KNOBS = ("temperature", "top_p", "repetition_penalty")  # the sampling settings each row carries into the loop
 # XLA:CPU's default copy insertion copies every layer's KV cache on each decode step (it cannot tell
 # that writing a token into the cache is the buffer's last use); its region analysis can, and the
 # cache is then updated in place. A debug option of every backend; only XLA:CPU reads it.
@@ -99,10 +100,14 @@ def first_argmax(x: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(x == best, index, x.shape[-1]), axis=-1)
 
 
-def next_token(keys: jax.Array, logits: jax.Array, seen: jax.Array, params: dict[str, jax.Array], greedy: bool) -> jax.Array:
+def next_token(keys: jax.Array, logits: jax.Array, seen: jax.Array, params: dict[str, jax.Array],
+               greedy: bool | jax.Array) -> jax.Array:
     """One token per row; `keys` (B,) are the rows' own keys, so a row's draw does not depend on
     which other prompts share its batch. The knobs are scalars or one value per row (B,); with
-    `greedy` False, a row whose temperature is 0 still takes the argmax (a server's batch mixes them)."""
+    `greedy` False, a row whose temperature is 0 still takes the argmax (a server's batch mixes them).
+    `greedy` as a traced bool picks the path at run time: one program serves both kinds of batch."""
+    if isinstance(greedy, jax.Array):
+        return jax.lax.cond(greedy, lambda: first_argmax(logits), lambda: next_token(keys, logits, seen, params, False))
     if greedy:
         return first_argmax(logits)
     temperature = jnp.reshape(params["temperature"], (-1, 1))
@@ -156,9 +161,10 @@ def _prefill(model, tokens, positions, segments, stop_ids, keys, max_new_tokens,
                        jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n, k), jnp.int32), jnp.zeros((b, n, k), jnp.float32))
 
 
-def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, greedy) -> DecodeState:
+def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, greedy, record=True) -> DecodeState:
     """Decodes until step `until` (at most N) or until every row is done; a row is done at a stop
-    token or once it has `limits` tokens."""
+    token or once it has `limits` tokens. `greedy` and `record` (whether to fill the log-probability
+    arrays, where the state has them) may be traced bools, decided at run time."""
     b, vocab = s.logits.shape
     until = jnp.minimum(until, s.out.shape[1])
 
@@ -169,11 +175,19 @@ def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, gre
         step_logits, cache = model.decode(token[:, None], (lengths + s.step)[:, None], jnp.ones((b, 1), jnp.int32), s.cache)
         logprobs, top_ids, top_logprobs = s.logprobs, s.top_ids, s.top_logprobs
         if logprobs.shape[1]:  # static: only the programs that were asked for them compute them
-            logp = jax.nn.log_softmax(s.logits.astype(jnp.float32), axis=-1)
-            logprobs = logprobs.at[:, s.step].set(jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0])
-            if top_ids.shape[2]:
-                values, ids = jax.lax.top_k(logp, top_ids.shape[2])
-                top_ids, top_logprobs = top_ids.at[:, s.step].set(ids), top_logprobs.at[:, s.step].set(values)
+            k = top_ids.shape[2]
+
+            def found():  # this step's: the token's log-probability, the K most likely and theirs
+                logp = jax.nn.log_softmax(s.logits.astype(jnp.float32), axis=-1)
+                values, ids = jax.lax.top_k(logp, k) if k else (jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32))
+                return jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], ids, values
+
+            def skipped():
+                return jnp.zeros((b,), jnp.float32), jnp.zeros((b, k), jnp.int32), jnp.zeros((b, k), jnp.float32)
+
+            lp, ids, values = found() if record is True else jax.lax.cond(record, found, skipped)
+            logprobs = logprobs.at[:, s.step].set(lp)
+            top_ids, top_logprobs = top_ids.at[:, s.step].set(ids), top_logprobs.at[:, s.step].set(values)
         return DecodeState(s.step + 1, s.out.at[:, s.step].set(token), cache, step_logits[:, -1], done,
                            s.seen | jax.nn.one_hot(token, vocab, dtype=jnp.bool_), s.keys, logprobs, top_ids, top_logprobs)
 
@@ -262,7 +276,7 @@ def generate(
     graphdef, state = nnx.split(model)
     inputs = (tokens, positions, segments, np.asarray([len(p) for p in prompts], np.int32),
               np.asarray(list(stop_ids), np.int32),
-              {k: np.float32(getattr(params, k)) for k in ("temperature", "top_p", "repetition_penalty")},
+              {k: np.float32(getattr(params, k)) for k in KNOBS},
               np.asarray(limits, np.int32), np.asarray(jax.random.key_data(_row_keys(seed, [prompt_seed(p) for p in prompts]))))
     out, steps = _generate(graphdef, state, *_on(mesh, inputs),
                            max_new_tokens=params.max_new_tokens, greedy=params.temperature == 0, mesh=mesh)
@@ -283,12 +297,46 @@ def _start_batch(graphdef, state, tokens, positions, segments, stop_ids, key_dat
                         jax.random.wrap_key_data(key_data), max_new_tokens, top_k)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "mesh"), donate_argnames=("s",),
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("s",),
                    compiler_options=COMPILER_OPTIONS)
-def _continue_batch(graphdef, state, s, lengths, stop_ids, knobs, limits, cancel, until, *, greedy, mesh):
+def _continue_batch(graphdef, state, s, lengths, stop_ids, knobs, limits, cancel, until, greedy, record, *, mesh):
+    """`greedy` and `record` are run-time bools: one decode program per batch shape serves greedy and
+    sampling batches, with log-probabilities or without (four programs took four times the compiling)."""
     with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         s = s._replace(done=s.done | cancel)
-        return _advance(nnx.merge(graphdef, state), s, lengths, stop_ids, knobs, limits, until, greedy)
+        return _advance(nnx.merge(graphdef, state), s, lengths, stop_ids, knobs, limits, until, greedy, record)
+
+
+class BatchPrograms(NamedTuple):
+    """A batch shape's two compiled programs (`compile_batch`): the prefill and the decode loop, each
+    called with its jitted function's arguments less the static ones."""
+
+    start: jax.stages.Compiled
+    advance: jax.stages.Compiled
+
+
+def compile_batch(model: Llama, *, rows: int, width: int, max_new_tokens: int, stop_ids: Sequence[int],
+                  mesh: jax.sharding.Mesh | None = None, top_logprobs: int | None = None,
+                  on_program: Callable[[], None] = lambda: None) -> BatchPrograms:
+    """Compiles what a `SteppedBatch` of this shape runs, without running it (a warm-up that ran the
+    prefill of 16 prompts of 4,096 tokens spent minutes computing what nobody asked for).
+    `on_program` is called after each of the two."""
+    graphdef, state = nnx.split(model)
+    spec = (lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)) if mesh is None else (
+        lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, PartitionSpec())))
+    key_shape = jax.random.key_data(jax.random.key(0)).shape
+    i32, f32 = jnp.int32, jnp.float32
+    start = _start_batch.lower(graphdef, state, *(spec((rows, width), i32) for _ in range(3)),
+                               spec((len(stop_ids),), i32), spec((rows, *key_shape), jnp.uint32),
+                               max_new_tokens=max_new_tokens, top_k=top_logprobs, mesh=mesh).compile()
+    on_program()
+    s = jax.tree.map(lambda o: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=o.sharding), start.out_info)
+    knobs = {k: spec((rows,), f32) for k in KNOBS}
+    advance = _continue_batch.lower(graphdef, state, s, spec((rows,), i32), spec((len(stop_ids),), i32), knobs,
+                                    spec((rows,), i32), spec((rows,), jnp.bool_), spec((), i32), spec((), jnp.bool_),
+                                    spec((), jnp.bool_), mesh=mesh).compile()
+    on_program()
+    return BatchPrograms(start, advance)
 
 
 SEEDS = (-(2**63), 2**63 - 1)  # what jax.random.key takes: a signed 64-bit integer
@@ -319,13 +367,16 @@ class SteppedBatch:
 
     Rows are padded to `rows` and prompts to `width` (at least the longest prompt), so a caller that
     keeps to a few (rows, width) pairs and one `max_new_tokens` reuses two compiled programs per pair
-    (three with greedy and sampling batches). A row samples exactly what `generate` gives its prompt
+    (the prefill and the decode loop, greedy or sampling; `compile_batch` compiles them ahead and
+    `programs` takes them). A row samples exactly what `generate` gives its prompt
     with its params and seed: its key comes from its seed and its prompt, the knobs are per row, and
     a row at temperature 0 takes the argmax of the raw logits. With `top_logprobs` K (0 included),
-    the batch also records each token's log-probability and the K most likely tokens at each step."""
+    the batch has room for each token's log-probability and the K most likely tokens at each step,
+    and records them unless `record_logprobs` is False (the same programs either way)."""
 
     def __init__(self, model: Llama, sequences: Sequence[Row], *, rows: int, width: int, max_new_tokens: int,
-                 stop_ids: Sequence[int], mesh: jax.sharding.Mesh | None = None, top_logprobs: int | None = None):
+                 stop_ids: Sequence[int], mesh: jax.sharding.Mesh | None = None, top_logprobs: int | None = None,
+                 record_logprobs: bool = True, programs: BatchPrograms | None = None):
         prompts = [r.prompt for r in sequences]
         _check_prompts(model, prompts, stop_ids)
         if len(sequences) > rows or max(map(len, prompts)) > width:
@@ -346,15 +397,19 @@ class SteppedBatch:
         self.inputs = _on(mesh, (
             np.asarray([len(p) for p in prompts] + [1] * pad, np.int32),
             np.asarray(self.stop_ids, np.int32),
-            {k: knob(k, 1.0) for k in ("temperature", "top_p", "repetition_penalty")},
+            {k: knob(k, 1.0) for k in KNOBS},
             np.asarray([r.params.max_new_tokens for r in sequences] + [0] * pad, np.int32),
         ))
         self.cancelled = np.asarray([False] * len(sequences) + [True] * pad)  # padding rows are done from the start
         tokens, positions, segments = _left_padded(prompts, width, rows)
-        self.s = _start_batch(self.graphdef, self.state, *_on(mesh, (tokens, positions, segments,
-                                                                      np.asarray(self.stop_ids, np.int32), keys)),
-                              max_new_tokens=max_new_tokens, top_k=top_logprobs, mesh=mesh)
-        self.with_logprobs = top_logprobs is not None
+        started = _on(mesh, (tokens, positions, segments, np.asarray(self.stop_ids, np.int32), keys))
+        if programs is None:
+            self.s = _start_batch(self.graphdef, self.state, *started, max_new_tokens=max_new_tokens, top_k=top_logprobs,
+                                  mesh=mesh)
+        else:
+            self.s = programs.start(self.state, *started)
+        self.programs = programs
+        self.with_logprobs = top_logprobs is not None and record_logprobs
         self.logprob_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.limits = [r.params.max_new_tokens for r in sequences]
         self.step = 0
@@ -365,10 +420,12 @@ class SteppedBatch:
         marked in `cancel`; returns every row's tokens so far (up to and including its stop token)."""
         for i, c in enumerate(cancel):
             self.cancelled[i] |= bool(c)
-        lengths, stop_ids, knobs, limits = self.inputs
-        self.s = _continue_batch(self.graphdef, self.state, self.s, lengths, stop_ids, knobs, limits,
-                                 *_on(self.mesh, (self.cancelled, np.int32(self.step + steps))),
-                                 greedy=self.greedy, mesh=self.mesh)
+        args = (*self.inputs, *_on(self.mesh, (self.cancelled, np.int32(self.step + steps), np.bool_(self.greedy),
+                                               np.bool_(self.with_logprobs))))
+        if self.programs is None:
+            self.s = _continue_batch(self.graphdef, self.state, self.s, *args, mesh=self.mesh)
+        else:
+            self.s = self.programs.advance(self.state, self.s, *args)
         out, step, done = jax.device_get((self.s.out, self.s.step, self.s.done))
         self.step, self.done = int(step), np.asarray(done)
         if self.with_logprobs:
@@ -387,12 +444,6 @@ class SteppedBatch:
         logprobs, ids, values = self.logprob_arrays
         return [(float(logprobs[row, t]), list(zip(ids[row, t].tolist(), values[row, t].tolist())))
                 for t in range(start, stop)]
-
-
-def compiled_programs() -> int:
-    """How many programs `SteppedBatch` has compiled in this process (a server checks that none is
-    compiled after its warm-up)."""
-    return _start_batch._cache_size() + _continue_batch._cache_size()
 
 
 def _on(mesh: jax.sharding.Mesh | None, inputs):

@@ -6,8 +6,8 @@ MT-Bench, lm-evaluation-harness, the `openai` client) can use it.
 Then `GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completions` (streaming or not) at
 http://127.0.0.1:8000/v1; a greedy or seeded answer equals `lima_jax.sample`'s for the same
 conversation and seed. Without `--api_key_env` only local requests are served (`serve.guards`). Every
-program is compiled before the port opens (long prompt widths right after, in the background), so no
-request waits for a compile. The README's "Serving" section lists the fields, limits and flags."""
+program is compiled ahead without being run: before the port opens, and those of long prompt widths
+after it on a thread of their own, while requests are served. The README's "Serving" section lists the fields, limits and flags."""
 from __future__ import annotations
 
 import os

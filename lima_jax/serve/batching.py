@@ -6,8 +6,9 @@ and prompt width, and decoded until every row is done; sequences arriving meanwh
 batch. Rows do not join a running batch (continuous batching) because the KV cache has one write index
 for the whole batch (`model.KVCache.index`). Between chunks of steps (1, then 2, 4, ... up to
 `chunk_steps`, so the first token streams right after the prefill) the engine streams the new text,
-applies stop strings, and stops the rows whose client has gone. Every program is compiled at start
-(`warm_up`); one compiled while a request waits is reported on stderr."""
+applies stop strings, and stops the rows whose client has gone. Every program is compiled ahead,
+without being run (`warm_up`, then the engine thread while idle); one compiled while a request waits
+is reported on stderr."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from lima_jax.errors import LimaError
 from lima_jax.log import say
 from lima_jax.inference.generator import Generator
-from lima_jax.inference.sampler import Row, SamplingParams, SteppedBatch, compiled_programs
+from lima_jax.inference.sampler import BatchPrograms, Row, SamplingParams, SteppedBatch, compile_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,65 +62,69 @@ class Engine:
         self.batch_sizes, self.widths = sorted(batch_sizes), sorted(widths)
         self.max_tokens, self.chunk_steps, self.batch_wait_s = max_tokens, chunk_steps, batch_wait_s
         self.waiting: queue.Queue[Choice] = queue.Queue()
-        self.compiled = 0
+        self.programs: dict[tuple[int, int], BatchPrograms] = {}  # (batch size, prompt width): its two programs
         # Counters for /metrics: how the engine batched what it was given.
         self.stats = {"batches": 0, "sequences": 0, "padding_rows": 0, "decode_steps": 0, "cancelled": 0}
-        self._later: list[int] = []  # prompt widths whose programs `warm_up` left to the engine thread
+        self._later: list[tuple[int, int]] = []  # (batch size, width) pairs `warm_up` left to the compiler thread
+        self._compiling = threading.Lock()  # held while a batch shape compiles (one at a time)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lima_jax.serve engine", daemon=True)
+        # Its own thread, so that requests for the shapes compiled are served meanwhile: compiled by the
+        # engine thread while idle, a 4,096-token shape of a 135M model held a short request 38 s.
+        self._compiler = threading.Thread(target=self._compile_later, name="lima_jax.serve compiler", daemon=True)
 
     @property
     def largest(self) -> int:
         return self.batch_sizes[-1]
 
+    @property
+    def compiled(self) -> int:
+        return 2 * len(self.programs)
+
     def warm_up(self, before_serving: int | None = None) -> None:
-        """Compiles every program a request can need: per batch size and prompt width, the prefill and a
-        decode loop for greedy and for sampling batches, each with and without log-probabilities. The
-        programs of the `before_serving` smallest widths (all by default) are compiled now, with a
-        progress bar; the others wait for the engine thread, which compiles them while no request is
-        waiting (a request that needs one first compiles it then, and waits for that)."""
+        """Compiles, without running them, the two programs (prefill; decode loop, greedy or sampling,
+        with log-probabilities or not) of each batch size and prompt width. Those of the `before_serving`
+        smallest widths (all by default) are compiled now, with a progress bar; the others are compiled
+        by a thread of their own once the engine starts, one batch shape at a time, every width at batch
+        size 1 first, while requests are served (one that needs a shape not compiled yet waits for it)."""
         start = time.perf_counter()
         now = self.widths[: len(self.widths) if before_serving is None else max(1, before_serving)]
-        self._later = [w for w in self.widths if w not in now]
-        programs = [(rows, width) for width in now for rows in self.batch_sizes]
-        with tqdm(programs, desc="serve: compiling", unit="program", leave=False,
-                  total=len(programs) * len(self._variants)) as bar:
-            for rows, width in programs:
-                self._compile(rows, width, bar)
-        self.compiled = compiled_programs()
+        self._later = [(rows, w) for rows in self.batch_sizes for w in self.widths if w not in now]
+        shapes = [(rows, width) for width in now for rows in self.batch_sizes]
+        with tqdm(total=2 * len(shapes), desc="serve: compiling", unit="program", leave=False) as bar:
+            for rows, width in shapes:
+                self._compile(rows, width, lambda: bar.update(1))
         later = f"; prompts past {now[-1]} tokens compile in the background" if self._later else ""
         say(f"serve: compiled {self.compiled} programs ({len(self.batch_sizes)} batch sizes x {len(now)} prompt "
             f"widths) in {time.perf_counter() - start:.1f}s{later}")
 
-    @property
-    def _variants(self) -> list[tuple[float, bool]]:
-        """The programs of one (batch size, width): greedy and sampling, with log-probabilities or not."""
-        return [(t, lp) for t in (0.0, 0.7) for lp in ((False, True) if self.max_logprobs is not None else (False,))]
+    def _compile(self, rows: int, width: int, on_program=lambda: None) -> BatchPrograms:
+        g = self.generator
+        self.programs[rows, width] = compile_batch(g.model, rows=rows, width=width, max_new_tokens=self.max_tokens,
+                                                   stop_ids=g.stop_ids, mesh=g.mesh, top_logprobs=self.max_logprobs,
+                                                   on_program=on_program)
+        return self.programs[rows, width]
 
-    def _compile(self, rows: int, width: int, bar=None) -> None:
-        prompt = [self.generator.stop_ids[0]]
-        for temperature, logprobs in self._variants:
-            self._batch([Row(prompt, SamplingParams(temperature=temperature, max_new_tokens=1), 0)], rows,
-                        width, logprobs).advance(1)
-            if bar is not None:
-                bar.update(1)
-
-    def _compile_next_width(self) -> None:
-        """The next width left for later, every batch size: run while nothing is waiting."""
-        width = self._later.pop(0)
-        start = time.perf_counter()
-        for rows in self.batch_sizes:
-            self._compile(rows, width)
-        self.compiled = compiled_programs()
-        say(f"serve: compiled the programs for prompts of up to {width} tokens in {time.perf_counter() - start:.1f}s "
-            f"({self.compiled} in all{', more to come' if self._later else ''})")
+    def _compile_later(self) -> None:
+        """The compiler thread: the batch shapes `warm_up` left, one at a time."""
+        while not self._stop.is_set():
+            with self._compiling:
+                if not self._later:
+                    return
+                rows, width = self._later.pop(0)
+                start = time.perf_counter()
+                self._compile(rows, width)
+            say(f"serve: compiled the programs for batch size {rows}, prompts of up to {width} tokens, in "
+                f"{time.perf_counter() - start:.1f}s ({self.compiled} in all{', more to come' if self._later else ''})")
 
     def start(self) -> None:
         self._thread.start()
+        self._compiler.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self._compiler.join(timeout=30)
 
     def submit(self, sequences: list[Choice]) -> None:
         for s in sequences:
@@ -127,8 +132,19 @@ class Engine:
 
     def _batch(self, rows: list[Row], size: int, width: int, logprobs: bool) -> SteppedBatch:
         g = self.generator
+        programs = self.programs.get((size, width))
+        if programs is None:
+            start = time.perf_counter()
+            with self._compiling:  # after the shape the compiler thread is on, if any (it may be this one)
+                programs = self.programs.get((size, width))
+                if programs is None:
+                    if (size, width) in self._later:
+                        self._later.remove((size, width))
+                    programs = self._compile(size, width)
+            say(f"serve: a request waited {time.perf_counter() - start:.1f}s for the programs for batch size {size}, "
+                f"prompts of up to {width} tokens, compiled after warm-up")
         return SteppedBatch(g.model, rows, rows=size, width=width, max_new_tokens=self.max_tokens, stop_ids=g.stop_ids,
-                            mesh=g.mesh, top_logprobs=self.max_logprobs if logprobs else None)
+                            mesh=g.mesh, top_logprobs=self.max_logprobs, record_logprobs=logprobs, programs=programs)
 
     def _gather(self) -> list[Choice]:
         """The first sequence waiting, then more while they keep coming (each within `batch_wait_s` of
@@ -152,8 +168,6 @@ class Engine:
         while not self._stop.is_set():
             batch = self._checked(self._gather())
             if not batch:
-                if self._later and self.waiting.empty():
-                    self._compile_next_width()
                 continue
             try:
                 self._run(batch)
@@ -162,9 +176,6 @@ class Engine:
                     if not s.finished:
                         s.finished = True
                         s.on_update(Update("", error=f"{type(e).__name__}: {e}"))
-            if compiled_programs() > self.compiled:
-                self.compiled = compiled_programs()
-                say(f"serve: compiled a new program after warm-up (now {self.compiled}); a request waited for it")
 
     def _checked(self, batch: list[Choice]) -> list[Choice]:
         """The sequences that can join a batch; one that cannot fails alone, never the batch around it."""

@@ -18,7 +18,7 @@ from support.commands import USER_ENVIRONMENT, last_json, run_command, succeeded
 @pytest.fixture(scope="module")
 def report():
     """The CPU subset once, through the command: 35-60 s on this 2-core host, not 30, because each of its
-    parts (two train steps, six decode programs, the server's nine) compiles its own programs, as it must to
+    parts (two train steps, six decode programs, the server's six) compiles its own programs, as it must to
     measure them; every test below reads this one run."""
     start = time.monotonic()
     stdout = succeeded(run_command("bench", "--mode=device", env={**USER_ENVIRONMENT, "JAX_PLATFORMS": "cpu"}))

@@ -73,6 +73,21 @@ def test_long_prompt_widths_compile_in_the_background_and_a_request_then_waits_f
     assert "after warm-up" not in capfd.readouterr().err
 
 
+def test_a_request_is_answered_while_a_background_compile_holds_the_compiler(generator):
+    """Compiled by the engine thread while idle, one 4,096-token shape of a 135M model held a short
+    request 38 s; the compiler thread compiles beside the engine (here holding its lock stands for a long compile)."""
+    from lima_jax.serve.batching import Engine
+
+    engine = Engine(generator, batch_sizes=[1], widths=[64, 256], max_tokens=16, max_logprobs=None)
+    engine.warm_up(before_serving=1)
+    engine.start()
+    try:
+        with engine._compiling:
+            assert _answer(engine, generator, generator.encode(["Hi"]))[-1].finish_reason in ("stop", "length")
+    finally:
+        engine.stop()
+
+
 def test_the_first_token_streams_alone_right_after_the_prefill(generator):
     """Chunks of 16 steps made the time to the first token the time to the first 16."""
     from lima_jax.serve.batching import Engine
@@ -91,3 +106,34 @@ def test_the_first_token_streams_alone_right_after_the_prefill(generator):
 def test_a_served_context_past_the_models_is_refused_in_one_line(generator):
     r = call_command("serve", f"--checkpoint={generator.path}", "--max_len=1000")
     assert r.returncode != 0 and last_error(r) == "error: --max_len=1000: the model's context is 256 tokens (2 at least)"
+
+
+def test_programs_compiled_ahead_answer_as_generate_greedy_sampled_mixed_with_or_without_logprobs(generator):
+    """The server's two programs per batch shape (compiled without being run; greedy or sampling and
+    log-probabilities decided at run time) give `generate`'s tokens and the log-probabilities the
+    jitted batch records. About 20 s: six programs compile (the two ahead, `generate`'s two, the jitted
+    batch's two), as many as the comparisons need."""
+    from lima_jax.inference.sampler import Row, SamplingParams, SteppedBatch, compile_batch, generate
+
+    model, stops = generator.model, generator.stop_ids
+    programs = compile_batch(model, rows=2, width=64, max_new_tokens=8, stop_ids=stops, top_logprobs=3)
+    prompts = [generator.encode(["Tell me a story."]), generator.encode(["Name three colors."])]
+    greedy, sampled = SamplingParams(temperature=0, max_new_tokens=8), SamplingParams(max_new_tokens=8)
+    expected = {(i, p.temperature): generate(model, [prompts[i]], p, stop_ids=stops, seed=7)[0]
+                for i in range(2) for p in (greedy, sampled)}
+
+    def run(rows, record, programs):
+        batch = SteppedBatch(model, rows, rows=2, width=64, max_new_tokens=8, stop_ids=stops, top_logprobs=3,
+                             record_logprobs=record, programs=programs)
+        while not batch.finished:
+            out = batch.advance(3)
+        return out, batch
+
+    for a, b in [(greedy, greedy), (sampled, sampled), (greedy, sampled)]:
+        for record in (False, True):
+            out, batch = run([Row(prompts[0], a, 7), Row(prompts[1], b, 7)], record, programs)
+            assert out == [expected[0, a.temperature], expected[1, b.temperature]], (a, b, record)
+            assert batch.with_logprobs == record
+    out, ahead = run([Row(prompts[0], sampled, 7)], True, programs)
+    _, jitted = run([Row(prompts[0], sampled, 7)], True, None)
+    assert ahead.logprobs(0, 0, len(out[0])) == jitted.logprobs(0, 0, len(out[0]))
