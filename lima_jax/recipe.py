@@ -37,6 +37,13 @@ LARGE_MODEL_PARAMS = 50e9
 # attention gradient in bfloat16 (a bf16 x bf16 -> f32 dot is unimplemented there), and would gain nothing.
 AUTO_DTYPES = {"cpu": "float32"}
 AUTO_DTYPE = "bfloat16"
+# ... and on a CPU recomputes each layer in the backward pass (`model.remat=full`): there the activations
+# kept for it are the step's largest cost in host memory (SmolLM2-135M's shape at 8 x 256 tokens: 3.5 of
+# the 4.4 GB of temporaries; 0.9 GB with full remat), for about a third more compute. See the README's
+# "Memory of a CPU fine-tune".
+AUTO_REMATS = {"cpu": "full"}
+AUTO_REMAT = "none"
+PER_PLATFORM = ("dtype", "remat")  # the model keys `--config=auto` picks for the platform
 
 
 def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collections.ConfigDict:
@@ -161,7 +168,7 @@ def auto_config() -> ml_collections.ConfigDict:
     checkpoint fixes, the batch size and the top dropout are left unset (None) until `from_checkpoint`
     fills them at the start of the run; a key given on the command line is kept (and checked)."""
     c = lima_config("auto")
-    for key in (*FROM_CHECKPOINT, "residual_dropout", "dtype"):
+    for key in (*FROM_CHECKPOINT, "residual_dropout", *PER_PLATFORM):
         c.model[key] = config_dict.placeholder(type(c.model[key]))
     c.batch_size = config_dict.placeholder(int)
     return c
@@ -170,12 +177,12 @@ def auto_config() -> ml_collections.ConfigDict:
 def needs_checkpoint(config: ml_collections.ConfigDict) -> bool:
     """Whether `config` still waits for `from_checkpoint` (an `auto_config()` not yet filled)."""
     return config.get("batch_size") is None or any(config.model.get(key) is None
-                                                   for key in (*FROM_CHECKPOINT, "residual_dropout", "dtype"))
+                                                   for key in (*FROM_CHECKPOINT, "residual_dropout", *PER_PLATFORM))
 
 
 def from_checkpoint(config: ml_collections.ConfigDict, platform: str | None = None) -> str:
     """Fills `config`'s unset model keys from `init_checkpoint`, its batch size and top dropout from the
-    model's size, and its compute dtype from the `platform` it will run on (default: JAX's backend), in
+    model's size, and its compute dtype and remat policy from the `platform` it will run on (default: JAX's backend), in
     place; a model key set to another value than the checkpoint's architecture is a LimaError naming
     both. Returns the line that describes what was chosen."""
     import jax
@@ -191,9 +198,12 @@ def from_checkpoint(config: ml_collections.ConfigDict, platform: str | None = No
     for key in FROM_CHECKPOINT:
         if config.model[key] is None:
             config.model[key] = stored[key]
-    if config.model.dtype is None:
+    if config.model.dtype is None or config.model.remat is None:
         platform = platform or jax.default_backend()
+    if config.model.dtype is None:
         config.model.dtype = AUTO_DTYPES.get(platform, AUTO_DTYPE)
+    if config.model.remat is None:
+        config.model.remat = AUTO_REMATS.get(platform, AUTO_REMAT)
     values = {k: v for k, v in config.model.to_dict().items() if k != "vocab_multiple"}
     num_params = param_count(ModelConfig(**{**values, "residual_dropout": 0.0}))
     batch, dropout = recipe_for_size(num_params)
@@ -202,7 +212,7 @@ def from_checkpoint(config: ml_collections.ConfigDict, platform: str | None = No
     if config.model.residual_dropout is None:
         config.model.residual_dropout = dropout
     return (f"{source}: {describe(ModelConfig(**values), num_params)}; batch {config.batch_size}, top-layer dropout "
-            f"{config.model.residual_dropout}, computing in {config.model.dtype}")
+            f"{config.model.residual_dropout}, computing in {config.model.dtype} with remat {config.model.remat}")
 
 
 def check_platform(config: ml_collections.ConfigDict, platform: str) -> None:

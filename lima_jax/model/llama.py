@@ -217,6 +217,19 @@ class Llama(nnx.Module):
         restart at each example; tokens attend only within their own segment. Residual dropout is
         applied only when `dropout_rng` is given (training), never at inference.
         """
+        return self.logits(self.hidden(tokens, positions, segment_ids, dropout_rng=dropout_rng))
+
+    def hidden(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """The residual stream after the last layer (B, T, D), which `logits` turns into logits: the
+        loss does so a slice of the sequence at a time (`lima_jax.train.loss`), so that the (B, T, V)
+        float32 logits and their gradient never exist whole. Arguments as `__call__`'s."""
         positions, segment_ids = whole_sequences(tokens, positions, segment_ids)
         cfg = self.cfg
         rates = jnp.asarray(dropout_rates(cfg.num_layers, cfg.residual_dropout))
@@ -234,7 +247,7 @@ class Llama(nnx.Module):
         else:
             for i in range(cfg.num_layers):
                 x, _ = one_layer(x, (jax.tree.map(lambda a: a[i], stacked), rates[i], None if keys is None else keys[i]))
-        return self._logits(x)
+        return x
 
     def decode(
         self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache, *, last_only: bool = False
@@ -245,7 +258,7 @@ class Llama(nnx.Module):
         keys and values written at `cache.index`. The layers run unrolled, each with its own cache
         buffer, or with `cfg.decode_scan` under one `lax.scan` that carries the stacked cache and
         writes each layer's new slots in place."""
-        head = (lambda x: self._logits(x[:, -1:])) if last_only else self._logits
+        head = (lambda x: self.logits(x[:, -1:])) if last_only else self.logits
         t = tokens.shape[1]
         if t > cache.max_len:
             raise ValueError(f"{t} tokens do not fit a KV cache of {cache.max_len} slots")
@@ -281,7 +294,9 @@ class Llama(nnx.Module):
     def _embed(self, tokens: jax.Array) -> jax.Array:
         return constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype), ACTIVATION_AXES)
 
-    def _logits(self, x: jax.Array) -> jax.Array:
+    def logits(self, x: jax.Array) -> jax.Array:
+        """The output head: the final norm, then the (tied or own) vocabulary projection of x (..., T, D)
+        to float32 logits (..., T, V), padding ids held at PADDING_LOGIT."""
         x = rms_norm(x, self.norm[...], self.cfg.norm_eps)
         if self.cfg.tie_embeddings:
             logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(x.dtype), preferred_element_type=jnp.float32)

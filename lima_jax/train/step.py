@@ -1,6 +1,7 @@
 """The pure training and evaluation steps: (state, batch) -> (state, metrics).
 
-The loss is the mean next-token cross-entropy over the batch's target tokens (those with weight 1):
+The loss is the mean next-token cross-entropy over the batch's target tokens (those with weight 1),
+computed a slice of the sequence at a time (`loss.py`):
 token losses and target counts are summed over every micro-batch and divided once, so gradient
 accumulation and packing leave the loss unchanged. Dropout keys derive from (seed, step), so the
 state needs no RNG and a resumed run draws the same masks.
@@ -14,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from lima_jax.train.loss import cross_entropy_sum
+
 
 class TrainState(NamedTuple):
     step: jax.Array  # () int32: the number of steps taken, which is also the data position
@@ -24,10 +27,9 @@ class TrainState(NamedTuple):
 def token_losses(graphdef: nnx.GraphDef, params: Any, batch: dict, dropout_rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """(sum of target-token cross-entropies, number of target tokens) for one (micro-)batch."""
     model = nnx.merge(graphdef, params)
-    logits = model(batch["tokens"], batch["positions"], batch["segment_ids"], dropout_rng=dropout_rng)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])  # float32
-    weights = batch["weights"].astype(jnp.float32)
-    return jnp.sum(nll * weights), jnp.sum(weights)
+    hidden = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"], dropout_rng=dropout_rng)
+    loss_sum = cross_entropy_sum(model.logits, hidden, batch["targets"], batch["weights"], model.cfg.vocab_size)
+    return loss_sum, jnp.sum(batch["weights"].astype(jnp.float32))
 
 
 def _microbatches(batch: dict, n: int) -> dict:
