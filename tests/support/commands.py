@@ -13,8 +13,7 @@ from typing import Any
 
 # A user's environment: this machine's own devices (one CPU device here) and XLA's default optimization, not the
 # tests' eight simulated devices and fast-compiling flags (tests/conftest.py).
-TEST_ONLY_XLA_FLAGS = ("--xla_force_host_platform_device_count", "--xla_backend_optimization_level",
-                       "--xla_cpu_use_fusion_emitters")
+TEST_ONLY_XLA_FLAGS = ("--xla_force_host_platform_device_count", "--xla_backend_optimization_level")
 USER_ENVIRONMENT = {"XLA_FLAGS": " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                                           if not f.startswith(TEST_ONLY_XLA_FLAGS))}
 
