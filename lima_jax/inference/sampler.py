@@ -174,7 +174,7 @@ def _advance(model, s: DecodeState, lengths, stop_ids, knobs, limits, until, gre
         done = s.done | jnp.isin(token, stop_ids) | (s.step + 1 >= limits)
         step_logits, cache = model.decode(token[:, None], (lengths + s.step)[:, None], jnp.ones((b, 1), jnp.int32), s.cache)
         logprobs, top_ids, top_logprobs = s.logprobs, s.top_ids, s.top_logprobs
-        if logprobs.shape[1]:  # static: only the programs that were asked for them compute them
+        if logprobs.shape[1]:  # static: a program built without top_logprobs has no room for them
             k = top_ids.shape[2]
 
             def found():  # this step's: the token's log-probability, the K most likely and theirs
@@ -301,7 +301,7 @@ def _start_batch(graphdef, state, tokens, positions, segments, stop_ids, key_dat
                    compiler_options=COMPILER_OPTIONS)
 def _continue_batch(graphdef, state, s, lengths, stop_ids, knobs, limits, cancel, until, greedy, record, *, mesh):
     """`greedy` and `record` are run-time bools: one decode program per batch shape serves greedy and
-    sampling batches, with log-probabilities or without (four programs took four times the compiling)."""
+    sampling batches, with log-probabilities or without."""
     with activation_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         s = s._replace(done=s.done | cancel)
         return _advance(nnx.merge(graphdef, state), s, lengths, stop_ids, knobs, limits, until, greedy, record)
@@ -318,9 +318,8 @@ class BatchPrograms(NamedTuple):
 def compile_batch(model: Llama, *, rows: int, width: int, max_new_tokens: int, stop_ids: Sequence[int],
                   mesh: jax.sharding.Mesh | None = None, top_logprobs: int | None = None,
                   on_program: Callable[[], None] = lambda: None) -> BatchPrograms:
-    """Compiles what a `SteppedBatch` of this shape runs, without running it (a warm-up that ran the
-    prefill of 16 prompts of 4,096 tokens spent minutes computing what nobody asked for).
-    `on_program` is called after each of the two."""
+    """Compiles what a `SteppedBatch` of this shape runs, without running it (a warm-up has no use for
+    the results). `on_program` is called after each of the two."""
     graphdef, state = nnx.split(model)
     spec = (lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)) if mesh is None else (
         lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, PartitionSpec())))

@@ -36,8 +36,8 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "4", "16"], "the compiled 
                                  "sequences decode together")
 _CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", 16, "decode steps between two looks at the batch (streaming, stop "
                                     "strings, clients gone)")
-_MAX_LOGPROBS = flags.DEFINE_integer("max_logprobs", 20, "top_logprobs at most (the decode programs that record "
-                                     "log-probabilities keep this many); -1: no log-probabilities, fewer programs")
+_MAX_LOGPROBS = flags.DEFINE_integer("max_logprobs", 20, "top_logprobs at most (the decode programs keep this many "
+                                     "log-probabilities a step); -1: no log-probabilities, smaller decode state")
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 10.0, "how long a batch waits for more requests before it starts")
 _MAX_REQUEST_BYTES = flags.DEFINE_integer("max_request_bytes", 4 * 2**20, "a request body at most (larger ones get "
                                           "a 413 before they are read whole)")

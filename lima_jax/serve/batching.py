@@ -7,8 +7,8 @@ batch. Rows do not join a running batch (continuous batching) because the KV cac
 for the whole batch (`model.KVCache.index`). Between chunks of steps (1, then 2, 4, ... up to
 `chunk_steps`, so the first token streams right after the prefill) the engine streams the new text,
 applies stop strings, and stops the rows whose client has gone. Every program is compiled ahead,
-without being run (`warm_up`, then the engine thread while idle); one compiled while a request waits
-is reported on stderr."""
+without being run (`warm_up`, then a compiler thread of its own while requests are served); one
+compiled while a request waits is reported on stderr."""
 from __future__ import annotations
 
 import dataclasses
@@ -69,8 +69,7 @@ class Engine:
         self._compiling = threading.Lock()  # held while a batch shape compiles (one at a time)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lima_jax.serve engine", daemon=True)
-        # Its own thread, so that requests for the shapes compiled are served meanwhile: compiled by the
-        # engine thread while idle, a 4,096-token shape of a 135M model held a short request 38 s.
+        # Its own thread, so that requests for the shapes already compiled are served meanwhile.
         self._compiler = threading.Thread(target=self._compile_later, name="lima_jax.serve compiler", daemon=True)
 
     @property
@@ -106,25 +105,37 @@ class Engine:
         return self.programs[rows, width]
 
     def _compile_later(self) -> None:
-        """The compiler thread: the batch shapes `warm_up` left, one at a time."""
+        """The compiler thread: the batch shapes `warm_up` left, one at a time. A shape that fails to
+        compile (out of memory, say) is named in one line and left to the request that needs it."""
         while not self._stop.is_set():
             with self._compiling:
                 if not self._later:
                     return
                 rows, width = self._later.pop(0)
                 start = time.perf_counter()
-                self._compile(rows, width)
-            say(f"serve: compiled the programs for batch size {rows}, prompts of up to {width} tokens, in "
-                f"{time.perf_counter() - start:.1f}s ({self.compiled} in all{', more to come' if self._later else ''})")
+                try:
+                    self._compile(rows, width)
+                    line = (f"serve: compiled the programs for batch size {rows}, prompts of up to {width} tokens, in "
+                            f"{time.perf_counter() - start:.1f}s ({self.compiled} in all"
+                            f"{', more to come' if self._later else ''})")
+                except Exception as e:  # noqa: BLE001 - the server keeps serving the shapes it has
+                    line = (f"serve: compiling batch size {rows}, prompts of up to {width} tokens, failed "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); a request that "
+                            "needs it compiles it")
+            if not self._stop.is_set():  # nothing printed while the server shuts down
+                say(line)
 
     def start(self) -> None:
+        """Starts the engine thread, and the compiler thread when `warm_up` left shapes to it."""
         self._thread.start()
-        self._compiler.start()
+        if self._later:
+            self._compiler.start()
 
     def stop(self) -> None:
+        """Stops the engine (after its batch's current chunk). The compiler thread is a daemon and is not
+        waited for: a large shape compiles for a minute, and a stopping server has no use for it."""
         self._stop.set()
         self._thread.join(timeout=30)
-        self._compiler.join(timeout=30)
 
     def submit(self, sequences: list[Choice]) -> None:
         for s in sequences:

@@ -154,7 +154,7 @@ def config_from_gguf(reader: Any, tensors: dict[str, Any], source: str) -> Model
     rope_dims = int(key("rope.dimension_count", head_dim))
     if rope_dims != head_dim:
         raise LimaError(f"{source}: {ARCH}.rope.dimension_count {rope_dims} is not the head dim {head_dim} (partial rotary is not supported)")
-    eos = gguf_vocab.eos_id(reader)  # llama.cpp's default for a sentencepiece vocabulary without the key: 2
+    eos = gguf_vocab.eos_id(reader)
     return ModelConfig(
         vocab_size=vocab,
         dim=dim,
@@ -168,7 +168,7 @@ def config_from_gguf(reader: Any, tensors: dict[str, Any], source: str) -> Model
         max_len=int(key("context_length", 2048)),
         tie_embeddings="output.weight" not in tensors,
         bos_id=int(field(reader, "tokenizer.ggml.bos_token_id", 1)),
-        eos_id=int(2 if eos is None else eos),
+        eos_id=int(2 if eos is None else eos),  # 2: llama.cpp's default for a sentencepiece vocabulary without the key
     )
 
 

@@ -40,7 +40,7 @@ PRE_SPLITS = {
 # Other names llama.cpp gives the same regexes (llama-vocab.cpp: one `case` list each), and "default" (a file
 # from before llama.cpp named pre-tokenizers), read as GPT-2's split as it always was here.
 PRE_ALIASES = {"default": "gpt-2", "llama3": "llama-bpe",
-               **dict.fromkeys(("starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2"), "smollm")}
+               **dict.fromkeys(("starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), "smollm")}
 # Where a chat model's export keeps its tokenizer's end-of-sequence id (tokenizer.ggml.eos_token_id holds
 # the EOT, the one id transformers stops at); llama.cpp and transformers read no such key.
 LIMA_EOS = "lima.eos_token_id"

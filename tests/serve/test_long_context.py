@@ -88,6 +88,41 @@ def test_a_request_is_answered_while_a_background_compile_holds_the_compiler(gen
         engine.stop()
 
 
+def test_a_background_compile_that_fails_is_one_line_and_the_shape_compiles_when_a_request_needs_it(
+        generator, monkeypatch, capfd):
+    """XLA running out of memory on a large shape is the case; one failure injected into the compiler
+    stands for it (it cannot be provoked cheaply here). Before, the thread died with a traceback."""
+    import time
+
+    from lima_jax.serve import batching
+
+    real, failures = batching.compile_batch, []
+
+    def fails_once(*args, **kwargs):
+        if kwargs["width"] == 256 and not failures:
+            failures.append(kwargs["width"])
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory\nwhile compiling")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batching, "compile_batch", fails_once)
+    engine = batching.Engine(generator, batch_sizes=[1], widths=[64, 256], max_tokens=16, max_logprobs=None)
+    engine.warm_up(before_serving=1)
+    engine.start()
+    try:
+        deadline = time.time() + 120
+        while engine._compiler.is_alive() and time.time() < deadline:
+            time.sleep(0.05)
+        err = capfd.readouterr().err
+        assert ("serve: compiling batch size 1, prompts of up to 256 tokens, failed (RuntimeError: RESOURCE_EXHAUSTED: "
+                "out of memory); a request that needs it compiles it") in err.splitlines()
+        assert "Traceback" not in err and (1, 256) not in engine.programs
+        long_prompt = generator.encode(["word " * 100])
+        assert _answer(engine, generator, long_prompt)[-1].finish_reason in ("stop", "length")
+        assert (1, 256) in engine.programs
+    finally:
+        engine.stop()
+
+
 def test_the_first_token_streams_alone_right_after_the_prefill(generator):
     """Chunks of 16 steps made the time to the first token the time to the first 16."""
     from lima_jax.serve.batching import Engine
