@@ -33,8 +33,9 @@ SHRINK = ["--config.batch_size=8", "--config.data.max_len=64", "--config.data.de
 
 
 def section(title: str) -> str:
+    """The section's own text, up to its first subsection (### Memory of a CPU fine-tune measures, with placeholders)."""
     text = README.read_text(encoding="utf-8")
-    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
 
 
 def commands(bash: str) -> list[list[str]]:
