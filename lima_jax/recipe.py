@@ -33,17 +33,14 @@ FROM_CHECKPOINT = ARCHITECTURE + ("vocab_size", "max_len", "bos_id", "eos_id")
 # models". Its 65B is LLaMA-1 65B; 7B to 33B models are the smaller ones (configs/33b.py keeps 64/0.2),
 # so the line between them is drawn at 50B: Llama 2 70B falls on 65B's side (configs/llama2_70b.py).
 LARGE_MODEL_PARAMS = 50e9
-# `--config=auto` computes in bfloat16 on TPU and GPU, in float32 on a CPU: XLA:CPU cannot run the
-# attention gradient in bfloat16 (a bf16 x bf16 -> f32 dot is unimplemented there), and would gain nothing.
-AUTO_DTYPES = {"cpu": "float32"}
-AUTO_DTYPE = "bfloat16"
-# ... and on a CPU recomputes each layer in the backward pass (`model.remat=full`): there the activations
-# kept for it are the step's largest cost in host memory (SmolLM2-135M's shape at 8 x 256 tokens: 3.5 of
-# the 4.4 GB of temporaries; 0.9 GB with full remat), for about a third more compute. See the README's
-# "Memory of a CPU fine-tune".
-AUTO_REMATS = {"cpu": "full"}
-AUTO_REMAT = "none"
-PER_PLATFORM = ("dtype", "remat")  # the model keys `--config=auto` picks for the platform
+# The model keys `--config=auto` picks for the platform it runs on: key -> ({platform: value}, otherwise).
+# dtype: bfloat16 on TPU and GPU, float32 on a CPU: XLA:CPU cannot run the attention gradient in bfloat16
+# (a bf16 x bf16 -> f32 dot is unimplemented there), and would gain nothing.
+# remat: on a CPU each layer is recomputed in the backward pass (`full`): there the activations kept for it
+# are the step's largest cost in host memory (SmolLM2-135M's shape at 8 x 256 tokens: 3.5 of the 4.4 GB of
+# temporaries; 0.9 GB with full remat), for about a third more compute. See the README's "Memory of a CPU
+# fine-tune".
+PER_PLATFORM = {"dtype": ({"cpu": "float32"}, "bfloat16"), "remat": ({"cpu": "full"}, "none")}
 
 
 def lima_config(name: str, *, batch_size: int = 64, **model: Any) -> ml_collections.ConfigDict:
@@ -198,12 +195,10 @@ def from_checkpoint(config: ml_collections.ConfigDict, platform: str | None = No
     for key in FROM_CHECKPOINT:
         if config.model[key] is None:
             config.model[key] = stored[key]
-    if config.model.dtype is None or config.model.remat is None:
-        platform = platform or jax.default_backend()
-    if config.model.dtype is None:
-        config.model.dtype = AUTO_DTYPES.get(platform, AUTO_DTYPE)
-    if config.model.remat is None:
-        config.model.remat = AUTO_REMATS.get(platform, AUTO_REMAT)
+    for key, (by_platform, otherwise) in PER_PLATFORM.items():
+        if config.model[key] is None:
+            platform = platform or jax.default_backend()
+            config.model[key] = by_platform.get(platform, otherwise)
     values = {k: v for k, v in config.model.to_dict().items() if k != "vocab_multiple"}
     num_params = param_count(ModelConfig(**{**values, "residual_dropout": 0.0}))
     batch, dropout = recipe_for_size(num_params)
