@@ -172,11 +172,8 @@ class RunCheckpoints:
             yield
         except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many types
             self._failed = True
-            why = root_cause(e)
-            os_reason = re.search(r": ([^:]+?) \[os_error_code='?\d+'?\]", why)
             raise RunFailure(
-                f"saving checkpoint step {step} in {self.directory} failed: "
-                f"{os_reason.group(1) if os_reason else why[:300]}; {self._last_complete()}"
+                f"saving checkpoint step {step} in {self.directory} failed: {_save_failure(e)}; {self._last_complete()}"
             ) from e
 
     def _last_complete(self) -> str:
@@ -189,3 +186,16 @@ class RunCheckpoints:
         if not steps:
             return "no step is complete: fix the cause and rerun the same command to start over"
         return f"the last complete step is {max(steps)}: fix the cause and rerun the same command to resume from it"
+
+
+def _save_failure(error: BaseException) -> str:
+    """Why a save failed, as the OS says it ("No space left on device") whether TensorStore wrote the
+    file (its message ends "[os_error_code=28]") or Python did (an OSError, "[Errno 28] ...")."""
+    cause = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    why = root_cause(error)
+    os_reason = re.search(r": ([^:]+?) \[os_error_code='?\d+'?\]", why)
+    return os_reason.group(1) if os_reason else why[:300]

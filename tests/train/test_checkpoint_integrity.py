@@ -90,3 +90,15 @@ def test_a_save_that_fails_in_the_background_is_named_when_the_next_save_meets_i
                                 "the last complete step is 1: fix the cause and rerun the same command to resume from it")
         ckpts.close()  # the failure is already told: closing raises nothing more
         assert sorted(p for p in os.listdir(disk / "checkpoints") if p.isdigit()) == ["1"]
+
+
+def test_a_save_failing_in_a_write_of_python_s_own_is_named_as_tensorstore_s_are(tmp_path):
+    """Which write meets a full disk first decides whether TensorStore ("... [os_error_code=28]") or
+    Python ("[Errno 28] ...") raises: the line names the OS's reason either way (the test above once
+    got Python's form). /dev/full fails every write with ENOSPC."""
+    ckpts = RunCheckpoints(tmp_path)
+    with pytest.raises(RunFailure) as e, ckpts._saving(2):
+        with open("/dev/full", "w") as f:
+            f.write("x")
+    assert str(e.value) == (f"saving checkpoint step 2 in {tmp_path / 'checkpoints'} failed: No space left on device; "
+                            "no step is complete: fix the cause and rerun the same command to start over")
