@@ -4,6 +4,8 @@ there).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,4 +71,28 @@ def project(spec: str, x: jax.Array, weight: nnx.Variable | jax.Array | object, 
         weight = weight.get_value()
     if hasattr(weight, "project"):
         return weight.project(spec, x, key)
-    return jnp.einsum(spec, x, weight.astype(x.dtype))
+    return weight_product(spec, x, weight.astype(x.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def weight_product(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """`jnp.einsum(spec, x, w)` whose gradients are the two einsums written below. JAX's own rule computes
+    a weight's gradient as (cotangent x input), in the output's axes then the input's, and transposes the
+    result; XLA:CPU then writes each product's cotangent transposed in memory before the matmul. Taken
+    as einsums in the weight's own axis order, with the head's, the same arithmetic trains about 20%
+    faster at the bench's ci shape (`python -m lima_jax.bench --config=tiny --shape=ci`, README "Speed")."""
+    return jnp.einsum(spec, x, w)
+
+
+def _weight_product_forward(spec: str, x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return jnp.einsum(spec, x, w), (x, w)
+
+
+def _weight_product_backward(spec: str, saved: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = saved
+    operands, out = spec.split("->")
+    x_axes, w_axes = operands.split(",")
+    return jnp.einsum(f"{out},{w_axes}->{x_axes}", dy, w), jnp.einsum(f"{x_axes},{out}->{w_axes}", x, dy)
+
+
+weight_product.defvjp(_weight_product_forward, _weight_product_backward)

@@ -23,7 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from lima_jax.model.attention import ATTENTION_SAVED, attention, cached_attention, self_attention
 from lima_jax.model.config import REMAT_POLICIES, ModelConfig
 from lima_jax.model.kv_cache import KVCache
-from lima_jax.model.layers import dropout_rates, project, residual_dropout, rms_norm, rope_frequencies, rotary
+from lima_jax.model.layers import dropout_rates, project, residual_dropout, rms_norm, rope_frequencies, rotary, weight_product
 from lima_jax.sharding import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
@@ -298,10 +298,11 @@ class Llama(nnx.Module):
         """The output head: the final norm, then the (tied or own) vocabulary projection of x (..., T, D)
         to float32 logits (..., T, V), padding ids held at PADDING_LOGIT."""
         x = rms_norm(x, self.norm[...], self.cfg.norm_eps)
-        if self.cfg.tie_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(x.dtype), preferred_element_type=jnp.float32)
+        spec, weight = ("btd,vd->btv", self.embed) if self.cfg.tie_embeddings else ("btd,dv->btv", self.lm_head)
+        if x.dtype == jnp.float32:  # float32 logits either way; weight_product's gradients are faster on a CPU
+            logits = weight_product(spec, x, weight[...].astype(x.dtype))
         else:
-            logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(x.dtype), preferred_element_type=jnp.float32)
+            logits = jnp.einsum(spec, x, weight[...].astype(x.dtype), preferred_element_type=jnp.float32)
         if self.cfg.vocab_padding:  # padding ids are never sampled nor trained towards
             used = jnp.arange(self.cfg.vocab_size) < self.cfg.used_vocab_size
             logits = jnp.where(used, logits, PADDING_LOGIT)
