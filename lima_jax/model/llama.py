@@ -299,10 +299,11 @@ class Llama(nnx.Module):
         to float32 logits (..., T, V), padding ids held at PADDING_LOGIT."""
         x = rms_norm(x, self.norm[...], self.cfg.norm_eps)
         spec, weight = ("btd,vd->btv", self.embed) if self.cfg.tie_embeddings else ("btd,dv->btv", self.lm_head)
+        weight = weight[...].astype(x.dtype)
         if x.dtype == jnp.float32:  # float32 logits either way; weight_product's gradients are faster on a CPU
-            logits = weight_product(spec, x, weight[...].astype(x.dtype))
+            logits = weight_product(spec, x, weight)
         else:
-            logits = jnp.einsum(spec, x, weight[...].astype(x.dtype), preferred_element_type=jnp.float32)
+            logits = jnp.einsum(spec, x, weight, preferred_element_type=jnp.float32)
         if self.cfg.vocab_padding:  # padding ids are never sampled nor trained towards
             used = jnp.arange(self.cfg.vocab_size) < self.cfg.used_vocab_size
             logits = jnp.where(used, logits, PADDING_LOGIT)
