@@ -12,7 +12,7 @@ def get_config():
     # Fits a v4-128 slice (64 chips x 32 GiB): FSDP over 32 chips, 2-way tensor parallelism. With
     # the splash kernel (`model.attention=auto` on TPU) each layer keeps q, k, v and the attention
     # output for the backward pass instead of recomputing them: `python -m lima_jax.aot --config=65b
-    # --topology=v4-128` reports 26.8 GiB per chip (full remat: 20.8 GiB; save_dots does not fit).
+    # --topology=v4-128` reports 26.7 GiB per chip (full remat: 20.7 GiB; save_dots does not fit).
     config.mesh.tensor = 2
     config.model.remat = "save_attention"
     return config

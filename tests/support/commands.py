@@ -16,6 +16,10 @@ from typing import Any
 TEST_ONLY_XLA_FLAGS = ("--xla_force_host_platform_device_count", "--xla_backend_optimization_level")
 USER_ENVIRONMENT = {"XLA_FLAGS": " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                                           if not f.startswith(TEST_ONLY_XLA_FLAGS))}
+# One CPU device, as a user's shell has, but the tests' fast-compiling flags: for a command whose numbers
+# the test does not compare, only their presence and sanity.
+ONE_DEVICE_ENVIRONMENT = {"XLA_FLAGS": " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                                if not f.startswith(TEST_ONLY_XLA_FLAGS[0]))}
 
 
 def command_line(module: str, *args: str) -> list[str]:
