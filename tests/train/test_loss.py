@@ -1,6 +1,7 @@
 """The loss over the vocabulary a slice of the sequence at a time: the same loss and gradient as the
 cross-entropy of the whole logits, and a train step that never holds those logits whole."""
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -44,6 +45,33 @@ def test_sliced_loss_and_gradient_are_the_whole_logits_cross_entropys(tmp_path, 
     np.testing.assert_allclose(got, want, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):  # the sums over tokens run in another order
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(b))))
+
+
+def _vocab_products(jaxpr, vocab: int) -> int:
+    """dot_generals with a `vocab`-long operand dimension, in `jaxpr` and every jaxpr nested in it."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general" and any(vocab in v.aval.shape for v in eqn.invars):
+            count += 1
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            count += _vocab_products(sub, vocab)
+    return count
+
+
+def test_the_sliced_loss_gradient_runs_the_head_once_per_slice(tmp_path, monkeypatch):
+    """Differentiated, each slice's head products are its logits and the two gradients (to the hidden
+    states and to the head's weight), taken while the logits exist: no second forward of the head."""
+    cfg = model_config(small_config(tmp_path, **{"model.residual_dropout": 0.0})).replace(vocab_size=512)
+    graphdef, params = nnx.split(Llama(cfg, rngs=nnx.Rngs(0)))
+    tokens = jnp.zeros((4, 32), jnp.int32)
+
+    def sliced(p):
+        model = nnx.merge(graphdef, p)
+        return loss.cross_entropy_sum(model.logits, model.hidden(tokens), tokens, jnp.ones((4, 32)), cfg.vocab_size)
+
+    monkeypatch.setattr(loss, "SLICE_LOGITS", 4 * 8 * 512)  # 4 slices, run by one scan body
+    assert _vocab_products(jax.make_jaxpr(sliced)(params).jaxpr, 512) == 1
+    assert _vocab_products(jax.make_jaxpr(jax.grad(sliced))(params).jaxpr, 512) == 3
 
 
 def test_the_train_step_never_holds_the_whole_logits(tmp_path):
