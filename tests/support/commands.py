@@ -14,12 +14,17 @@ from typing import Any
 # A user's environment: this machine's own devices (one CPU device here) and XLA's default optimization, not the
 # tests' eight simulated devices and fast-compiling flags (tests/conftest.py).
 TEST_ONLY_XLA_FLAGS = ("--xla_force_host_platform_device_count", "--xla_backend_optimization_level")
-USER_ENVIRONMENT = {"XLA_FLAGS": " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                                          if not f.startswith(TEST_ONLY_XLA_FLAGS))}
+
+
+def _without_xla_flags(*prefixes: str) -> dict[str, str]:
+    """The environment's XLA_FLAGS less those starting with `prefixes`."""
+    return {"XLA_FLAGS": " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(prefixes))}
+
+
+USER_ENVIRONMENT = _without_xla_flags(*TEST_ONLY_XLA_FLAGS)
 # One CPU device, as a user's shell has, but the tests' fast-compiling flags: for a command whose numbers
 # the test does not compare, only their presence and sanity.
-ONE_DEVICE_ENVIRONMENT = {"XLA_FLAGS": " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                                                if not f.startswith(TEST_ONLY_XLA_FLAGS[0]))}
+ONE_DEVICE_ENVIRONMENT = _without_xla_flags("--xla_force_host_platform_device_count")
 
 
 def command_line(module: str, *args: str) -> list[str]:
