@@ -21,6 +21,27 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return (scale.astype(x.dtype) * normed.astype(x.dtype)).astype(x.dtype)
 
 
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(gate) * up, the LLaMA MLP's gating. Its gradient keeps only the two inputs and recomputes the
+    sigmoid: JAX's own rule saves three more (B, T, F) arrays a layer (the sigmoid and two products),
+    which a scan over the layers then zero-fills and copies into its stacks."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_forward(gate: jax.Array, up: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_backward(saved: tuple[jax.Array, jax.Array], dh: jax.Array) -> tuple[jax.Array, jax.Array]:
+    gate, up = saved
+    sig = jax.nn.sigmoid(gate)
+    return dh * up * sig * (1 + gate * (1 - sig)), dh * gate * sig
+
+
+swiglu.defvjp(_swiglu_forward, _swiglu_backward)
+
+
 def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
     """The rotary inverse frequencies (Dh/2,) in float32, as Hugging Face computes them; with
     `rope_scaling="llama3"`, Llama 3.1's: long wavelengths divided by `rope_factor`, short ones kept,

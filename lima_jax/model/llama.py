@@ -23,7 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from lima_jax.model.attention import ATTENTION_SAVED, attention, cached_attention, self_attention
 from lima_jax.model.config import REMAT_POLICIES, ModelConfig
 from lima_jax.model.kv_cache import KVCache
-from lima_jax.model.layers import dropout_rates, project, residual_dropout, rms_norm, rope_frequencies, rotary, weight_product
+from lima_jax.model.layers import dropout_rates, project, residual_dropout, rms_norm, rope_frequencies, rotary, swiglu, weight_product
 from lima_jax.sharding import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")  # the residual stream's logical axes
@@ -171,7 +171,7 @@ class Block(nnx.Module):
 
     def _mlp(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
         gate, up = self.project_gate_up(rms_norm(x, self.mlp_norm[...], self.cfg.norm_eps), key)
-        return self._project("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down, *_adapter_keys(key, 6, 1))
+        return self._project("btf,fd->btd", swiglu(gate, up), self.w_down, *_adapter_keys(key, 6, 1))
 
     def _project(self, spec: str, x: jax.Array, weight: nnx.Variable, key: jax.Array | None = None) -> jax.Array:
         """Every weight product of the layer: `project`'s (the decoding layout, `decode_layout.py`, computes its own)."""
