@@ -1,8 +1,6 @@
 """`model.attention`: each fused kernel against the XLA path, on packed rows (segment ids, padding)
 with grouped-query heads. Splash runs here in Pallas' interpret mode (a CPU has no TPU); cuDNN needs
 an NVIDIA GPU and skips without one."""
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -20,7 +18,7 @@ from lima_jax.errors import LimaError
 from lima_jax.model import ModelConfig, model_from_params
 from lima_jax.model.attention import attend, attention, causal_block_count, causal_blocks, dot_product, resolve, splash
 from support.markers import needs_libtpu
-from support.models import forward, random_model, random_tokens, tiny
+from support.models import forward, random_model, random_tokens, saved_residuals, tiny
 
 needs_gpu = pytest.mark.skipif(
     jax.default_backend() != "gpu", reason=f"cuDNN attention needs an NVIDIA GPU (this backend is {jax.default_backend()})"
@@ -172,10 +170,7 @@ def test_save_attention_remat_keeps_the_splash_kernels_residuals_and_the_gradien
     saved, grads = {}, {}
     for attn, remat in (("xla", "none"), ("splash", "full"), ("splash", "save_attention")):
         graphdef, state = nnx.split(model_from_params(cfg.replace(attention=attn, remat=remat), params))
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            jax.ad_checkpoint.print_saved_residuals(loss(graphdef), state)
-        saved[remat] = out.getvalue()
+        saved[remat] = saved_residuals(loss(graphdef), state)
         if remat != "full":  # (test_model checks that full remat keeps the gradient)
             grads[remat] = jax.jit(jax.grad(loss(graphdef)))(state)
     log_sum_exp = "f32[3,1,2,128] output of scan"  # (layers, rows, heads, T): only splash makes it
@@ -230,10 +225,6 @@ def test_xla_training_keeps_each_rows_log_sum_exp_not_the_attention_probabilitie
     model = random_model(cfg)
     tokens, seg = random_tokens(cfg, (2, 64)), packed_segments(2, 64)
     graphdef, state = nnx.split(model)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        jax.ad_checkpoint.print_saved_residuals(
-            lambda state: jnp.mean(nnx.merge(graphdef, state)(tokens, segment_ids=seg)[..., 0] ** 2), state)
-    saved = out.getvalue()
+    saved = saved_residuals(lambda state: jnp.mean(nnx.merge(graphdef, state)(tokens, segment_ids=seg)[..., 0] ** 2), state)
     assert "f32[3,2,2,2,64] output of scan" in saved  # log-sum-exp (layers, rows, K, G, T)
     assert "f32[3,2,2,2,64,64]" not in saved  # probabilities (layers, rows, K, G, T, S)

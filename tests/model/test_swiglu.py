@@ -1,17 +1,15 @@
 """`layers.swiglu`: the MLP's gating, silu(gate) * up, whose gradient keeps only its two inputs. It must
 give JAX's own values and gradients, and a layer must save three (B, T, F) arrays for its MLP's backward
 pass (gate, up and their product), not the six JAX's own rule leaves."""
-import contextlib
-import io
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from lima_jax.model import Llama, ModelConfig
+from lima_jax.model import Llama
 from lima_jax.model.layers import swiglu
+from support.models import saved_residuals, tiny
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -37,15 +35,11 @@ def test_value_and_gradients_are_jax_own(dtype):
 
 def test_a_layer_saves_three_mlp_sized_arrays_for_its_backward_pass():
     ffn = 24  # unlike every other dim below, so the MLP's residuals are the arrays of this width
-    cfg = ModelConfig(dim=16, num_layers=1, num_heads=2, num_kv_heads=2, ffn_dim=ffn, vocab_size=32,
-                      max_len=8, residual_dropout=0.0)
-    graphdef, stacked = nnx.split(Llama(cfg, rngs=nnx.Rngs(0)).layers)
-    layer = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], stacked))
+    cfg = tiny(dim=16, num_layers=1, num_heads=2, num_kv_heads=2, ffn_dim=ffn, max_len=8)
+    layer = Llama(cfg, rngs=nnx.Rngs(0)).decode_blocks()[0]
     x = jax.random.normal(jax.random.key(1), (2, 8, 16))
     positions = jnp.broadcast_to(jnp.arange(8), (2, 8))
     segments = jnp.ones((2, 8), jnp.int32)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        jax.ad_checkpoint.print_saved_residuals(lambda x: layer(x, positions, segments, jnp.float32(0), None), x)
-    mlp_sized = [line for line in out.getvalue().splitlines() if line.startswith(f"f32[2,8,{ffn}]")]
+    saved = saved_residuals(lambda x: layer(x, positions, segments, jnp.float32(0), None), x)
+    mlp_sized = [line for line in saved.splitlines() if line.startswith(f"f32[2,8,{ffn}]")]
     assert len(mlp_sized) == 3, mlp_sized

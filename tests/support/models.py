@@ -2,6 +2,8 @@
 the compiled forward pass the model tests call, and a way to damage a saved tensor file."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 import jax
@@ -47,6 +49,15 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> Llama:
 
 def random_tokens(cfg: ModelConfig, shape: tuple[int, ...], seed: int = 1) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).integers(0, cfg.vocab_size, shape), jnp.int32)
+
+
+def saved_residuals(fn, *args) -> str:
+    """What the backward pass of `fn(*args)` keeps, one array a line, as `jax.ad_checkpoint.print_saved_residuals`
+    prints it (e.g. "f32[3,2,64] output of scan from ...")."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        jax.ad_checkpoint.print_saved_residuals(fn, *args)
+    return out.getvalue()
 
 
 @nnx.jit
